@@ -1,0 +1,1 @@
+//! framegate, the gateway.

@@ -1,1 +1,26 @@
 //! framegate, the gateway.
+//!
+//! Camera and video clients stream frames over WebSocket (QUIC to come);
+//! one-shot callers POST an image over HTTP. Every frame follows one path,
+//! and each stage lives in the module named after it:
+//!
+//! ```text
+//! transport (http, ws) → auth → session (credits) → pipeline::decode::probe
+//!   → pipeline::queue (bounded, lock-free) → pipeline::batcher
+//!   → inference worker: pipeline::decode → pipeline::preprocess → backend → pipeline::postprocess
+//!   → answer on the same session / request
+//! ```
+//!
+//! [`gateway::Gateway`] assembles the parts; `main.rs` is the `framegate` binary.
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod pipeline;
+pub mod session;
+pub mod transport;
+
+pub use error::GatewayError;
+pub use gateway::Gateway;

@@ -1,1 +1,196 @@
-fn main() {}
+//! The `framegate` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use framegate::auth::{Authenticator, DevKey, DEV_KEY_ENV};
+use framegate::config::{Config, ModelConfig};
+use framegate::gateway::{onnx_factory, Gateway};
+use framegate::pipeline::Readiness;
+
+#[derive(Parser)]
+#[command(name = "framegate", version, about = "A streaming inference gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Validate a configuration file and print it with every default filled in.
+    CheckConfig {
+        /// The file.
+        #[arg(long, short, env = "FRAMEGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (`framegate.toml`); optional, every field has a default.
+    #[arg(long, short, env = "FRAMEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP + WebSocket listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "FRAMEGATE_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Inference workers [default: 2 on small machines].
+    #[arg(long, env = "FRAMEGATE_WORKERS")]
+    workers: Option<usize>,
+    /// ONNX Runtime intra-op threads per worker [default: 1].
+    #[arg(long, env = "FRAMEGATE_THREADS_PER_WORKER")]
+    threads_per_worker: Option<usize>,
+    /// Largest batch [default: 8].
+    #[arg(long, env = "FRAMEGATE_MAX_BATCH")]
+    max_batch: Option<usize>,
+    /// Longest wait for batch-mates while a worker is busy, microseconds [default: 2000].
+    #[arg(long, env = "FRAMEGATE_MAX_DELAY_US")]
+    max_delay_us: Option<u64>,
+    /// Ingress queue capacity per model [default: 256].
+    #[arg(long, env = "FRAMEGATE_QUEUE_CAPACITY")]
+    queue_capacity: Option<usize>,
+    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else the install location).
+    #[arg(long, env = "FRAMEGATE_ORT_DYLIB")]
+    ort_dylib: Option<PathBuf>,
+    /// Serve this model.toml instead of the bundled model (repeatable).
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "FRAMEGATE_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(a) = args.http_listen {
+        config.http.listen = a;
+    }
+    if let Some(w) = args.workers {
+        config.pipeline.workers = Some(w);
+    }
+    if let Some(t) = args.threads_per_worker {
+        config.pipeline.threads_per_worker = t;
+    }
+    if let Some(b) = args.max_batch {
+        config.pipeline.max_batch = b;
+    }
+    if let Some(d) = args.max_delay_us {
+        config.pipeline.max_delay_us = d;
+    }
+    if let Some(q) = args.queue_capacity {
+        config.pipeline.queue_capacity = q;
+    }
+    if let Some(p) = args.ort_dylib {
+        config.onnxruntime.dylib = Some(p);
+    }
+    if let Some(f) = args.log_format {
+        config.log.format = f;
+    }
+    for m in args.models {
+        config.models.push(ModelConfig { spec: m, name: None });
+    }
+    config.validate()?;
+    init_logging(&config);
+
+    framegate::backend::onnx::init_runtime(config.onnxruntime.dylib.as_deref())
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("not ready: ")))?;
+
+    let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
+    let threads = config.pipeline.threads_per_worker;
+    let listen = config.http.listen;
+    let gw = Gateway::start(config, auth, onnx_factory(threads))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    match dev_key {
+        DevKey::Generated(k) => println!(
+            "framegate: no API keys configured; generated development key (shown once, set {DEV_KEY_ENV} to choose your own):\n  {k}"
+        ),
+        DevKey::FromEnv => println!("framegate: using the development key from {DEV_KEY_ENV}"),
+        DevKey::None => {}
+    }
+    println!("framegate {} listening on http://{addr} (WebSocket ws://{addr}/v1/stream)", env!("CARGO_PKG_VERSION"));
+    {
+        // Log when the models are ready, without blocking the listener.
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            loop {
+                match gw.readiness() {
+                    Readiness::Ready => {
+                        println!("framegate: ready ({} ms to load and warm up)", started.elapsed().as_millis());
+                        return;
+                    }
+                    Readiness::Failed(f) => {
+                        eprintln!("framegate: model failed to load: {f}");
+                        return;
+                    }
+                    Readiness::Loading => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+    }
+    framegate::transport::serve_http(gw.clone(), listener, shutdown_signal()).await?;
+    tracing::info!("shutting down: answering queued frames");
+    tokio::task::spawn_blocking(move || gw.shutdown()).await?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(serve(args))
+        }
+        Command::CheckConfig { config } => {
+            let Some(path) = config else {
+                bail!("give a file with --config");
+            };
+            let c = load_config(Some(&path))?;
+            println!("{}", toml::to_string_pretty(&c)?);
+            Ok(())
+        }
+    }
+}

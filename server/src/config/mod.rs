@@ -1,0 +1,332 @@
+//! The one configuration file, `framegate.toml`.
+//!
+//! Every field has a documented default, so the gateway runs with no file at
+//! all. The whole file is validated before start-up and every problem is
+//! reported at once (not just the first). Command-line flags and environment
+//! variables override single fields (see `main.rs`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners for the public HTTP/WebSocket side.
+    pub http: HttpConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Limits applied to every frame and message before any image work.
+    pub limits: LimitsConfig,
+    /// Session behaviour (WebSocket and, later, QUIC).
+    pub session: SessionConfig,
+    /// The ingress queue, batcher and inference workers.
+    pub pipeline: PipelineConfig,
+    /// ONNX Runtime.
+    pub onnxruntime: OnnxRuntimeConfig,
+    /// Models served. Empty means the bundled NanoDet-g model.
+    pub models: Vec<ModelConfig>,
+    /// Which model answers requests that name none. Default: the first model.
+    pub default_model: Option<String>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// HTTP and WebSocket listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for HTTP (`/v1/detect`, `/v1/models`, health) and WebSocket
+    /// (`/v1/stream`). Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest request body accepted on `/v1/detect`, in bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Seconds a client gets to send its request headers / WebSocket `Hello`.
+    /// Default 10.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            max_body_bytes: 16 << 20,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Static API keys, each with the tenant it belongs to. When empty, the
+    /// gateway uses a single development key: `FRAMEGATE_DEV_KEY` from the
+    /// environment, or a random key printed once at start-up.
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// One static API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Tenant the key belongs to.
+    pub tenant: String,
+    /// SHA-256 of the key, hex encoded (`printf %s KEY | sha256sum`). The
+    /// key itself never appears in the configuration.
+    pub sha256: String,
+}
+
+/// Limits checked before any image is decoded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest protocol message (WebSocket message), in bytes. Default 16 MiB.
+    pub max_message_bytes: usize,
+    /// Pixel budget per frame (width × height), checked from the image header
+    /// before decoding. Default 40 megapixels.
+    pub max_frame_pixels: u64,
+    /// Largest accepted width or height, in pixels. Default 16384.
+    pub max_frame_side: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 << 20,
+            max_frame_pixels: 40_000_000,
+            max_frame_side: 16_384,
+        }
+    }
+}
+
+/// Session settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Credits granted in `Welcome`: the most frames a session may have in
+    /// flight. Default 8. Size it to the client's frame rate times the
+    /// expected latency; more only adds queueing.
+    pub credits: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { credits: 8 }
+    }
+}
+
+/// Pipeline settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Capacity of the ingress queue per model, in frames. When it is full,
+    /// HTTP answers 429 with `Retry-After` and a stream gets `Dropped`
+    /// (queue-full) for that frame. Default 256.
+    pub queue_capacity: usize,
+    /// Largest batch handed to a backend. Default 8.
+    pub max_batch: usize,
+    /// How long, in microseconds, a frame may wait for batch-mates while some
+    /// inference worker is busy. When every worker is idle a batch leaves at
+    /// once. Default 2000 (2 ms).
+    pub max_delay_us: u64,
+    /// Inference workers (OS threads, one backend session each). Default: 2
+    /// on machines with at most 4 cores, else cores / 2.
+    pub workers: Option<usize>,
+    /// Intra-op threads per worker's ONNX Runtime session. Default 1.
+    pub threads_per_worker: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 256,
+            max_batch: 8,
+            max_delay_us: 2_000,
+            workers: None,
+            threads_per_worker: 1,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The number of inference workers, after applying the default.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            if cores <= 4 {
+                2
+            } else {
+                cores / 2
+            }
+        })
+    }
+
+    /// `max_delay_us` as a duration.
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_micros(self.max_delay_us)
+    }
+}
+
+/// ONNX Runtime settings.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxRuntimeConfig {
+    /// Path of `libonnxruntime.so`. Default: `ORT_DYLIB_PATH`, else the
+    /// location `scripts/install-onnxruntime.sh` installs to.
+    pub dylib: Option<PathBuf>,
+}
+
+/// A model to serve, described by a `model.toml` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Path to the model's `model.toml` (its `file` and `labels` are relative
+    /// to it).
+    pub spec: PathBuf,
+    /// Name to serve it under; default: the `name` in its `model.toml`.
+    pub name: Option<String>,
+}
+
+/// Log settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: String,
+    /// A `tracing` filter, e.g. `info,framegate=debug`. Default `info,ort=warn`;
+    /// `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            filter: "info,ort=warn".into(),
+        }
+    }
+}
+
+/// Every problem found in a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!("cannot read {}: {e}", path.display())],
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError {
+            problems: vec![format!("{}: {e}", path.display())],
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field, collecting all problems.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let p = &self.pipeline;
+        if p.queue_capacity == 0 {
+            problems.push("pipeline.queue_capacity must be at least 1".into());
+        }
+        if p.max_batch == 0 || p.max_batch > 256 {
+            problems.push(format!(
+                "pipeline.max_batch must be in 1..=256, got {}",
+                p.max_batch
+            ));
+        }
+        if p.workers == Some(0) {
+            problems.push("pipeline.workers must be at least 1".into());
+        }
+        if p.threads_per_worker == 0 {
+            problems.push("pipeline.threads_per_worker must be at least 1".into());
+        }
+        if p.max_delay_us > 1_000_000 {
+            problems.push("pipeline.max_delay_us must be at most 1000000 (1 s)".into());
+        }
+        if self.session.credits == 0 || self.session.credits > 1024 {
+            problems.push("session.credits must be in 1..=1024".into());
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            problems.push("limits.max_message_bytes must be at least 1024".into());
+        }
+        if l.max_frame_pixels == 0 {
+            problems.push("limits.max_frame_pixels must be at least 1".into());
+        }
+        if self.http.max_body_bytes < 1024 {
+            problems.push("http.max_body_bytes must be at least 1024".into());
+        }
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            if k.tenant.is_empty() {
+                problems.push(format!("auth.keys[{i}].tenant is empty"));
+            }
+            if k.sha256.len() != 64 || hex::decode(&k.sha256).is_err() {
+                problems.push(format!(
+                    "auth.keys[{i}].sha256 must be 64 hex digits (the SHA-256 of the key)"
+                ));
+            }
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            problems.push(format!(
+                "log.format must be \"text\" or \"json\", got {:?}",
+                self.log.format
+            ));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if !m.spec.exists() {
+                problems.push(format!(
+                    "models[{i}].spec: {} does not exist",
+                    m.spec.display()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = r#"
+            [pipeline]
+            max_batch = 0
+            queue_capacity = 0
+            [session]
+            credits = 0
+            [log]
+            format = "xml"
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = toml::from_str::<Config>("[pipeline]\nmax_bacth = 4\n").unwrap_err();
+        assert!(err.to_string().contains("max_bacth"), "{err}");
+    }
+}

@@ -1,0 +1,203 @@
+//! The one error taxonomy of the gateway.
+//!
+//! Every error knows its side (who caused it), whether a retry can help, and
+//! maps in this one place to an HTTP status, a WebSocket close code and a
+//! protocol `Error` message.
+
+use std::time::Duration;
+
+use framegate_protocol::{ErrorCode, ErrorMessage};
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller sent something wrong, or is not allowed.
+    Client,
+    /// The inference backend failed.
+    Backend,
+    /// The gateway is at capacity; the caller may retry later.
+    Capacity,
+    /// A bug or an unexpected condition in the gateway.
+    Internal,
+}
+
+/// An error that ends one request or one frame.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// No key, or a key the gateway does not know.
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    /// The request or frame is malformed (empty body, bad field).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The body or message is larger than allowed.
+    #[error("payload too large: {size} bytes, limit {limit}")]
+    PayloadTooLarge {
+        /// Size seen.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The image's header declares more pixels than the budget.
+    #[error("image of {width}x{height} exceeds the pixel budget of {budget} pixels")]
+    PixelBudget {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The budget.
+        budget: u64,
+    },
+    /// The content type or image format is not one we decode.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMedia(String),
+    /// The image could not be decoded (corrupt or truncated).
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    /// A protocol rule was broken (message order, undecodable message).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The requested model is not served here.
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
+    /// The session has no credit left for this frame.
+    #[error("no credit: {in_flight} frames already in flight (limit {credits})")]
+    NoCredit {
+        /// Frames in flight.
+        in_flight: u32,
+        /// Credits granted.
+        credits: u32,
+    },
+    /// The ingress queue is full.
+    #[error("overloaded: the ingress queue is full")]
+    QueueFull,
+    /// The model is still loading or warming up.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// The backend failed on this batch.
+    #[error("inference failed: {0}")]
+    Backend(String),
+    /// An unexpected failure inside the gateway.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// Who caused it.
+    pub fn side(&self) -> Side {
+        use GatewayError::*;
+        match self {
+            Unauthorized | BadRequest(_) | PayloadTooLarge { .. } | PixelBudget { .. }
+            | UnsupportedMedia(_) | InvalidImage(_) | Protocol(_) | UnknownModel(_)
+            | NoCredit { .. } => Side::Client,
+            QueueFull | NotReady(_) => Side::Capacity,
+            Backend(_) => Side::Backend,
+            Internal(_) => Side::Internal,
+        }
+    }
+
+    /// Whether sending the same thing again later can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::QueueFull
+                | GatewayError::NotReady(_)
+                | GatewayError::Backend(_)
+                | GatewayError::NoCredit { .. }
+        )
+    }
+
+    /// The protocol error code.
+    pub fn code(&self) -> ErrorCode {
+        use GatewayError::*;
+        match self {
+            Unauthorized => ErrorCode::Unauthorized,
+            BadRequest(_) => ErrorCode::BadRequest,
+            PayloadTooLarge { .. } | PixelBudget { .. } => ErrorCode::PayloadTooLarge,
+            UnsupportedMedia(_) => ErrorCode::UnsupportedMediaType,
+            InvalidImage(_) => ErrorCode::InvalidImage,
+            Protocol(_) => ErrorCode::ProtocolViolation,
+            UnknownModel(_) => ErrorCode::NotFound,
+            NoCredit { .. } => ErrorCode::NoCredit,
+            QueueFull => ErrorCode::Overloaded,
+            NotReady(_) => ErrorCode::Unavailable,
+            Backend(_) => ErrorCode::BackendFailure,
+            Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP status for a one-shot request.
+    pub fn http_status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            Unauthorized => 401,
+            BadRequest(_) | InvalidImage(_) | Protocol(_) => 400,
+            PayloadTooLarge { .. } | PixelBudget { .. } => 413,
+            UnsupportedMedia(_) => 415,
+            UnknownModel(_) => 404,
+            NoCredit { .. } | QueueFull => 429,
+            NotReady(_) => 503,
+            Backend(_) => 502,
+            Internal(_) => 500,
+        }
+    }
+
+    /// `Retry-After` to send with the HTTP answer, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::QueueFull | GatewayError::NoCredit { .. } => Some(Duration::from_secs(1)),
+            GatewayError::NotReady(_) => Some(Duration::from_secs(2)),
+            _ => None,
+        }
+    }
+
+    /// The WebSocket close code, for errors that end a session.
+    pub fn ws_close_code(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            Unauthorized => 4001,
+            Protocol(_) | BadRequest(_) => 1002,
+            PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
+            UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) => 1008,
+            QueueFull | NoCredit { .. } | NotReady(_) => 1013,
+            Backend(_) | Internal(_) => 1011,
+        }
+    }
+
+    /// The protocol `Error` message, about frame `seq` if given.
+    pub fn to_message(&self, seq: Option<u64>) -> ErrorMessage {
+        ErrorMessage {
+            code: self.code(),
+            message: self.to_string(),
+            retryable: self.retryable(),
+            seq,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_errors_are_retryable_429s() {
+        let e = GatewayError::QueueFull;
+        assert_eq!(e.http_status(), 429);
+        assert!(e.retryable());
+        assert_eq!(e.side(), Side::Capacity);
+        assert!(e.retry_after().is_some());
+    }
+
+    #[test]
+    fn client_errors_are_not_retryable() {
+        for e in [
+            GatewayError::Unauthorized,
+            GatewayError::InvalidImage("x".into()),
+            GatewayError::PixelBudget { width: 1, height: 1, budget: 0 },
+        ] {
+            assert_eq!(e.side(), Side::Client);
+            assert!(!e.retryable());
+            assert!((400..500).contains(&e.http_status()));
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The assembled gateway: configuration, authentication and one pipeline per
+//! model, shared by every transport.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::backend::onnx::OnnxBackend;
+use crate::backend::spec::LoadedModel;
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::pipeline::decode::FrameLimits;
+use crate::pipeline::{BackendFactory, ModelPipeline, Readiness};
+
+/// Everything a transport needs.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The validated configuration.
+    pub config: Config,
+    /// Credential checks.
+    pub auth: Authenticator,
+    models: BTreeMap<String, Arc<ModelPipeline>>,
+    default_model: String,
+    /// Limits applied before decoding.
+    pub frame_limits: FrameLimits,
+}
+
+/// The ONNX Runtime CPU backend factory.
+pub fn onnx_factory(threads: usize) -> BackendFactory {
+    Arc::new(move |model: &LoadedModel| {
+        OnnxBackend::new(model, threads).map(|b| Box::new(b) as Box<dyn crate::backend::Backend>)
+    })
+}
+
+impl Gateway {
+    /// Loads the models and starts their pipelines (they warm up in the
+    /// background; see [`Gateway::readiness`]).
+    pub fn start(config: Config, auth: Authenticator, factory: BackendFactory) -> Result<Arc<Self>, GatewayError> {
+        let mut loaded = Vec::new();
+        if config.models.is_empty() {
+            loaded.push((None, LoadedModel::bundled().map_err(|e| GatewayError::Internal(e.to_string()))?));
+        }
+        for m in &config.models {
+            let model = LoadedModel::from_spec_file(&m.spec).map_err(|e| GatewayError::NotReady(e.to_string()))?;
+            loaded.push((m.name.clone(), model));
+        }
+        let mut models = BTreeMap::new();
+        for (name, mut model) in loaded {
+            if let Some(name) = name {
+                model.spec.name = name;
+            }
+            let name = model.spec.name.clone();
+            if models.contains_key(&name) {
+                return Err(GatewayError::Internal(format!("model {name:?} is configured twice")));
+            }
+            let pipeline = ModelPipeline::start(model, &config.pipeline, factory.clone());
+            models.insert(name, pipeline);
+        }
+        let default_model = match &config.default_model {
+            Some(d) if models.contains_key(d) => d.clone(),
+            Some(d) => return Err(GatewayError::UnknownModel(d.clone())),
+            None => models.keys().next().cloned().expect("at least one model"),
+        };
+        let frame_limits = FrameLimits {
+            max_pixels: config.limits.max_frame_pixels,
+            max_side: config.limits.max_frame_side,
+        };
+        Ok(Arc::new(Self {
+            config,
+            auth,
+            models,
+            default_model,
+            frame_limits,
+        }))
+    }
+
+    /// The pipeline for `name` (empty: the default model).
+    pub fn model(&self, name: &str) -> Result<&Arc<ModelPipeline>, GatewayError> {
+        let name = if name.is_empty() { &self.default_model } else { name };
+        self.models
+            .get(name)
+            .ok_or_else(|| GatewayError::UnknownModel(name.to_string()))
+    }
+
+    /// Every model's pipeline, by name.
+    pub fn models(&self) -> impl Iterator<Item = (&String, &Arc<ModelPipeline>)> {
+        self.models.iter()
+    }
+
+    /// The default model's name.
+    pub fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    /// Ready when every model is ready; otherwise the first reason.
+    pub fn readiness(&self) -> Readiness {
+        for p in self.models.values() {
+            match p.readiness() {
+                Readiness::Ready => {}
+                other => return other,
+            }
+        }
+        Readiness::Ready
+    }
+
+    /// Stops every pipeline after answering the frames already queued.
+    pub fn shutdown(&self) {
+        for p in self.models.values() {
+            p.shutdown();
+        }
+    }
+}

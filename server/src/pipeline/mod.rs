@@ -1,0 +1,449 @@
+//! The pipeline of one model: ingress queue → batcher → inference workers.
+//!
+//! Transports call [`ModelPipeline::submit`] with a frame whose header has
+//! been checked ([`decode::probe`]). The frame waits in the bounded
+//! [`queue::IngressQueue`]; the batcher thread forms batches by the rule in
+//! [`batcher`]; each inference worker (its own OS thread, its own backend
+//! session) decodes, preprocesses into the batch tensor, runs the backend,
+//! postprocesses and answers every frame through its one-shot channel.
+//! Every frame gets exactly one answer: a result or an error.
+
+pub mod batcher;
+pub mod decode;
+pub mod postprocess;
+pub mod preprocess;
+pub mod queue;
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use framegate_protocol::{Detection, StageTimings};
+use tokio::sync::oneshot;
+
+use crate::backend::spec::LoadedModel;
+use crate::backend::Backend;
+use crate::config::PipelineConfig;
+use crate::error::GatewayError;
+
+use self::batcher::{BatchPolicy, Decision};
+use self::decode::{ProbedFrame, RgbImage};
+use self::preprocess::Preprocessor;
+use self::queue::IngressQueue;
+
+/// A frame's answer.
+#[derive(Debug, Clone)]
+pub struct FrameResult {
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+    /// Boxes in frame pixels.
+    pub detections: Vec<Detection>,
+    /// Time spent in each stage.
+    pub timings: StageTimings,
+}
+
+/// What a submitted frame resolves to.
+pub type FrameOutcome = Result<FrameResult, GatewayError>;
+
+/// A frame on its way through the pipeline.
+#[derive(Debug)]
+pub struct WorkItem {
+    frame: ProbedFrame,
+    received_at: Instant,
+    enqueued_at: Instant,
+    reply: oneshot::Sender<FrameOutcome>,
+}
+
+/// Makes one backend instance per worker.
+pub type BackendFactory =
+    Arc<dyn Fn(&LoadedModel) -> Result<Box<dyn Backend>, GatewayError> + Send + Sync>;
+
+#[derive(Debug, Default)]
+struct Shared {
+    idle_workers: AtomicUsize,
+    ready_workers: AtomicUsize,
+    ready: AtomicBool,
+    failure: Mutex<Option<String>>,
+    backend_kind: Mutex<Option<&'static str>>,
+}
+
+/// The running pipeline of one model.
+pub struct ModelPipeline {
+    model: Arc<LoadedModel>,
+    queue: Arc<IngressQueue<WorkItem>>,
+    shared: Arc<Shared>,
+    workers: usize,
+    max_batch: usize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ModelPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelPipeline")
+            .field("model", &self.model.spec.name)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+/// Readiness of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Still loading or warming up.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Failed to load; the reason.
+    Failed(String),
+}
+
+impl ModelPipeline {
+    /// Starts the batcher and `config.worker_count()` workers. Workers load
+    /// and warm up their backend in the background; see [`Self::readiness`].
+    pub fn start(
+        model: LoadedModel,
+        config: &PipelineConfig,
+        factory: BackendFactory,
+    ) -> Arc<Self> {
+        let model = Arc::new(model);
+        let workers = config.worker_count();
+        let queue = Arc::new(IngressQueue::new(config.queue_capacity));
+        let shared = Arc::new(Shared::default());
+        let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Vec<WorkItem>>(workers);
+        let policy = BatchPolicy {
+            max_batch: config.max_batch,
+            max_delay: config.max_delay(),
+        };
+        let mut threads = Vec::new();
+        let batcher = {
+            let queue = queue.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("batcher-{}", model.spec.name))
+                .spawn(move || run_batcher(&queue, &shared, policy, workers, batch_tx))
+                .expect("spawn batcher thread")
+        };
+        queue.set_consumer(batcher.thread().clone());
+        for i in 0..workers {
+            let ctx = WorkerContext {
+                model: model.clone(),
+                shared: shared.clone(),
+                queue: queue.clone(),
+                batches: batch_rx.clone(),
+                factory: factory.clone(),
+                max_batch: config.max_batch,
+                workers,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("infer-{}-{i}", model.spec.name))
+                .spawn(move || run_worker(ctx))
+                .expect("spawn inference thread");
+            threads.push(handle);
+        }
+        threads.push(batcher);
+        Arc::new(Self {
+            model,
+            queue,
+            shared,
+            workers,
+            max_batch: config.max_batch,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+
+    /// Inference workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Largest batch.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Frames waiting in the ingress queue.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The backend kind, once a worker has loaded it.
+    pub fn backend_kind(&self) -> Option<&'static str> {
+        *self.shared.backend_kind.lock().expect("lock")
+    }
+
+    /// Loading, ready or failed.
+    pub fn readiness(&self) -> Readiness {
+        if let Some(f) = self.shared.failure.lock().expect("lock").clone() {
+            return Readiness::Failed(f);
+        }
+        if self.shared.ready.load(Ordering::Acquire) {
+            Readiness::Ready
+        } else {
+            Readiness::Loading
+        }
+    }
+
+    /// Waits until ready, failed, or `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Readiness {
+        let end = Instant::now() + timeout;
+        loop {
+            let r = self.readiness();
+            if r != Readiness::Loading || Instant::now() >= end {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Queues a frame. Fails at once (never waits) when the pipeline is not
+    /// ready or the queue is full.
+    pub fn submit(
+        &self,
+        frame: ProbedFrame,
+        received_at: Instant,
+    ) -> Result<oneshot::Receiver<FrameOutcome>, GatewayError> {
+        match self.readiness() {
+            Readiness::Ready => {}
+            Readiness::Loading => {
+                return Err(GatewayError::NotReady(format!(
+                    "model {} is still loading",
+                    self.model.spec.name
+                )))
+            }
+            Readiness::Failed(f) => return Err(GatewayError::NotReady(f)),
+        }
+        let (tx, rx) = oneshot::channel();
+        let item = WorkItem {
+            frame,
+            received_at,
+            enqueued_at: Instant::now(),
+            reply: tx,
+        };
+        match self.queue.push(item) {
+            Ok(()) => Ok(rx),
+            Err(_) if self.queue.is_closed() => Err(GatewayError::NotReady(
+                "the gateway is shutting down".into(),
+            )),
+            Err(_) => Err(GatewayError::QueueFull),
+        }
+    }
+
+    /// Stops accepting frames, answers every queued frame, and joins the
+    /// threads.
+    pub fn shutdown(&self) {
+        self.queue.close();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("lock"));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ModelPipeline {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+fn run_batcher(
+    queue: &IngressQueue<WorkItem>,
+    shared: &Shared,
+    policy: BatchPolicy,
+    workers: usize,
+    batches: crossbeam_channel::Sender<Vec<WorkItem>>,
+) {
+    let mut pending: VecDeque<WorkItem> = VecDeque::with_capacity(policy.max_batch);
+    loop {
+        while pending.len() < policy.max_batch {
+            match queue.pop() {
+                Some(item) => pending.push_back(item),
+                None => break,
+            }
+        }
+        if queue.is_closed() && pending.is_empty() && queue.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        let idle = shared.idle_workers.load(Ordering::Acquire);
+        let oldest = pending.front().map(|i| i.enqueued_at);
+        match policy.decide(now, pending.len(), oldest, idle, workers) {
+            Decision::Dispatch(n) => {
+                shared.idle_workers.fetch_sub(1, Ordering::AcqRel);
+                let batch: Vec<WorkItem> = pending.drain(..n).collect();
+                if batches.send(batch).is_err() {
+                    break;
+                }
+            }
+            Decision::WaitUntil(t) => std::thread::park_timeout(t.saturating_duration_since(now)),
+            Decision::Idle => std::thread::park_timeout(Duration::from_millis(100)),
+        }
+    }
+    // Workers see the channel close and stop after their current batch.
+}
+
+struct WorkerContext {
+    model: Arc<LoadedModel>,
+    shared: Arc<Shared>,
+    queue: Arc<IngressQueue<WorkItem>>,
+    batches: crossbeam_channel::Receiver<Vec<WorkItem>>,
+    factory: BackendFactory,
+    max_batch: usize,
+    workers: usize,
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+fn run_worker(ctx: WorkerContext) {
+    let spec = &ctx.model.spec;
+    let chw = 3 * spec.input.width as usize * spec.input.height as usize;
+    let mut backend = match (ctx.factory)(&ctx.model) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(model = %spec.name, error = %e, "cannot load backend");
+            *ctx.shared.failure.lock().expect("lock") = Some(e.to_string());
+            return;
+        }
+    };
+    *ctx.shared.backend_kind.lock().expect("lock") = Some(backend.kind());
+    let mut input = vec![0f32; chw * ctx.max_batch];
+    // Warm up at batch 1 and the largest batch so the first real frames do
+    // not pay for lazy allocation inside the runtime.
+    for batch in [1, ctx.max_batch] {
+        if let Err(e) = backend.infer(&input[..chw * batch], batch, &mut |_| Ok(())) {
+            tracing::error!(model = %spec.name, error = %e, "warm-up failed");
+            *ctx.shared.failure.lock().expect("lock") = Some(format!("warm-up failed: {e}"));
+            return;
+        }
+    }
+    ctx.shared.idle_workers.fetch_add(1, Ordering::AcqRel);
+    if ctx.shared.ready_workers.fetch_add(1, Ordering::AcqRel) + 1 == ctx.workers {
+        ctx.shared.ready.store(true, Ordering::Release);
+        tracing::info!(model = %spec.name, workers = ctx.workers, backend = backend.kind(), "model ready");
+    }
+    ctx.queue.wake();
+
+    let mut rgb = RgbImage::default();
+    let mut pre = Preprocessor::default();
+    while let Ok(batch) = ctx.batches.recv() {
+        process_batch(&ctx, backend.as_mut(), batch, &mut input, chw, &mut rgb, &mut pre);
+        ctx.shared.idle_workers.fetch_add(1, Ordering::AcqRel);
+        ctx.queue.wake();
+    }
+}
+
+struct Prepared {
+    item: WorkItem,
+    place: preprocess::Placement,
+    queue_us: u32,
+    decode_us: u32,
+    preprocess_us: u32,
+}
+
+fn process_batch(
+    ctx: &WorkerContext,
+    backend: &mut dyn Backend,
+    batch: Vec<WorkItem>,
+    input: &mut [f32],
+    chw: usize,
+    rgb: &mut RgbImage,
+    pre: &mut Preprocessor,
+) {
+    let spec = &ctx.model.spec;
+    let started = Instant::now();
+    let mut ready: Vec<Prepared> = Vec::with_capacity(batch.len());
+    for item in batch {
+        if item.reply.is_closed() {
+            // The caller went away; nobody would read the answer.
+            continue;
+        }
+        let queue_us = micros(started.saturating_duration_since(item.enqueued_at));
+        let t0 = Instant::now();
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| decode::decode_rgb(&item.frame, rgb)))
+            .unwrap_or_else(|_| Err(GatewayError::InvalidImage("the decoder failed on this image".into())));
+        if let Err(e) = decoded {
+            let _ = item.reply.send(Err(e));
+            continue;
+        }
+        let t1 = Instant::now();
+        let k = ready.len();
+        let place = pre.run(rgb, &spec.input, &mut input[k * chw..(k + 1) * chw]);
+        let t2 = Instant::now();
+        ready.push(Prepared {
+            item,
+            place,
+            queue_us,
+            decode_us: micros(t1 - t0),
+            preprocess_us: micros(t2 - t1),
+        });
+    }
+    if ready.is_empty() {
+        return;
+    }
+    let n = ready.len();
+    let t_infer = Instant::now();
+    let mut infer_us = 0;
+    let mut answers: Vec<Option<FrameOutcome>> = (0..n).map(|_| None).collect();
+    let run = backend.infer(&input[..n * chw], n, &mut |views| {
+        infer_us = micros(t_infer.elapsed());
+        for (i, p) in ready.iter().enumerate() {
+            let t0 = Instant::now();
+            let boxes = postprocess::decode(
+                &spec.decoder,
+                (spec.input.width, spec.input.height),
+                views,
+                i,
+                &p.place,
+            );
+            let post_us = micros(t0.elapsed());
+            answers[i] = Some(boxes.map(|boxes| FrameResult {
+                width: p.item.frame.width,
+                height: p.item.frame.height,
+                detections: boxes
+                    .into_iter()
+                    .map(|d| Detection {
+                        class_id: d.class_id,
+                        label: ctx.model.label(d.class_id),
+                        score: d.score,
+                        x1: d.xyxy[0],
+                        y1: d.xyxy[1],
+                        x2: d.xyxy[2],
+                        y2: d.xyxy[3],
+                    })
+                    .collect(),
+                timings: StageTimings {
+                    queue_us: p.queue_us,
+                    decode_us: p.decode_us,
+                    preprocess_us: p.preprocess_us,
+                    infer_us,
+                    postprocess_us: post_us,
+                    total_us: 0,
+                },
+            }));
+        }
+        Ok(())
+    });
+    for (p, answer) in ready.into_iter().zip(answers) {
+        let outcome = match (&run, answer) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(()), Some(Ok(mut r))) => {
+                r.timings.total_us = micros(p.item.received_at.elapsed());
+                Ok(r)
+            }
+            (Ok(()), Some(Err(e))) => Err(e),
+            (Ok(()), None) => Err(GatewayError::Internal("backend produced no output".into())),
+        };
+        let _ = p.item.reply.send(outcome);
+    }
+}

@@ -1,0 +1,304 @@
+//! One-shot HTTP: `POST /v1/detect`, `GET /v1/models`, `/healthz`, `/readyz`,
+//! and the router that also carries the WebSocket stream endpoint.
+//!
+//! A detect request is authenticated first, its body read up to the limit,
+//! its image header checked against the pixel budget, and only then queued.
+//! Errors answer JSON `{"error": {"code", "message", "retryable"}}` with the
+//! status from the error taxonomy (429 and 503 carry `Retry-After`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::pipeline::decode::probe;
+use crate::pipeline::{FrameResult, Readiness};
+
+/// Builds the public router: HTTP endpoints and the WebSocket stream.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let body_limit = gw.config.http.max_body_bytes;
+    Router::new()
+        .route("/v1/detect", post(detect))
+        .route("/v1/models", get(models))
+        .route("/v1/stream", get(super::ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(gw)
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+    retryable: bool,
+}
+
+/// The HTTP answer for an error.
+pub fn error_response(e: &GatewayError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: e.code().as_str(),
+            message: e.to_string(),
+            retryable: e.retryable(),
+        },
+    };
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(after) = e.retry_after() {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(after.as_secs().max(1)),
+        );
+    }
+    if matches!(e, GatewayError::Unauthorized) {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        error_response(&self)
+    }
+}
+
+/// The JSON answer of `/v1/detect`.
+#[derive(Debug, Serialize)]
+pub struct DetectResponse {
+    /// Model that answered.
+    pub model: String,
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+    /// Boxes.
+    pub detections: Vec<JsonDetection>,
+    /// Stage timings in microseconds.
+    pub timings_us: JsonTimings,
+}
+
+/// One box in JSON.
+#[derive(Debug, Serialize)]
+pub struct JsonDetection {
+    /// Class index.
+    pub class_id: u32,
+    /// Class name.
+    pub label: String,
+    /// Confidence.
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in frame pixels.
+    #[serde(rename = "box")]
+    pub xyxy: [f32; 4],
+}
+
+/// Stage timings in JSON.
+#[derive(Debug, Serialize)]
+pub struct JsonTimings {
+    /// Waiting in the ingress queue and for a batch.
+    pub queue: u32,
+    /// Image decode.
+    pub decode: u32,
+    /// Resize and normalisation.
+    pub preprocess: u32,
+    /// Backend run of the batch.
+    pub infer: u32,
+    /// Box decoding and NMS.
+    pub postprocess: u32,
+    /// Request received → answer ready.
+    pub total: u32,
+}
+
+fn to_json(model: &str, r: FrameResult) -> DetectResponse {
+    DetectResponse {
+        model: model.to_string(),
+        width: r.width,
+        height: r.height,
+        detections: r
+            .detections
+            .into_iter()
+            .map(|d| JsonDetection {
+                class_id: d.class_id,
+                label: d.label,
+                score: d.score,
+                xyxy: [d.x1, d.y1, d.x2, d.y2],
+            })
+            .collect(),
+        timings_us: JsonTimings {
+            queue: r.timings.queue_us,
+            decode: r.timings.decode_us,
+            preprocess: r.timings.preprocess_us,
+            infer: r.timings.infer_us,
+            postprocess: r.timings.postprocess_us,
+            total: r.timings.total_us,
+        },
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads the image from the body: raw (`image/jpeg`, `image/png`,
+/// `application/octet-stream`, or no type) or multipart field `image`.
+async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
+    let content_type = header_str(req.headers(), header::CONTENT_TYPE)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if let Some(len) = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok()) {
+        if len > limit {
+            return Err(GatewayError::PayloadTooLarge { size: len, limit });
+        }
+    }
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_string();
+    match mime.as_str() {
+        "multipart/form-data" => {
+            let mut multipart = Multipart::from_request(req, &())
+                .await
+                .map_err(|e| GatewayError::BadRequest(format!("bad multipart body: {e}")))?;
+            while let Some(field) = multipart
+                .next_field()
+                .await
+                .map_err(|e| multipart_error(e, limit))?
+            {
+                if field.name() == Some("image") {
+                    return field.bytes().await.map_err(|e| multipart_error(e, limit));
+                }
+            }
+            Err(GatewayError::BadRequest(
+                "multipart body has no field named \"image\"".into(),
+            ))
+        }
+        "" | "image/jpeg" | "image/jpg" | "image/png" | "application/octet-stream" => {
+            axum::body::to_bytes(req.into_body(), limit)
+                .await
+                .map_err(|_| GatewayError::PayloadTooLarge { size: limit + 1, limit })
+        }
+        other => Err(GatewayError::UnsupportedMedia(format!(
+            "content type {other:?}; send image/jpeg, image/png or multipart/form-data with a field \"image\""
+        ))),
+    }
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> GatewayError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        GatewayError::PayloadTooLarge { size: limit + 1, limit }
+    } else {
+        GatewayError::BadRequest(format!("bad multipart body: {}", e.body_text()))
+    }
+}
+
+async fn detect(
+    State(gw): State<Arc<Gateway>>,
+    Query(params): Query<HashMap<String, String>>,
+    req: Request<Body>,
+) -> Response {
+    let received_at = Instant::now();
+    match detect_inner(&gw, params, req, received_at).await {
+        Ok(resp) => Json(resp).into_response(),
+        Err(e) => {
+            tracing::debug!(error = %e, "detect refused");
+            error_response(&e)
+        }
+    }
+}
+
+async fn detect_inner(
+    gw: &Gateway,
+    params: HashMap<String, String>,
+    req: Request,
+    received_at: Instant,
+) -> Result<DetectResponse, GatewayError> {
+    gw.auth
+        .authenticate_header(header_str(req.headers(), header::AUTHORIZATION))?;
+    let pipeline = gw.model(params.get("model").map_or("", String::as_str))?;
+    let body = read_image(req, gw.config.http.max_body_bytes).await?;
+    let frame = probe(None, 0, 0, body, &gw.frame_limits)?;
+    let rx = pipeline.submit(frame, received_at)?;
+    let result = rx
+        .await
+        .map_err(|_| GatewayError::Internal("the pipeline dropped the frame".into()))??;
+    Ok(to_json(&pipeline.model().spec.name, result))
+}
+
+#[derive(Serialize)]
+struct ModelInfo {
+    name: String,
+    default: bool,
+    ready: bool,
+    status: String,
+    backend: Option<&'static str>,
+    input: [u32; 2],
+    resize: &'static str,
+    decoder: &'static str,
+    classes: usize,
+    workers: usize,
+    max_batch: usize,
+}
+
+async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(e) = gw.auth.authenticate_header(header_str(&headers, header::AUTHORIZATION)) {
+        return error_response(&e);
+    }
+    let list: Vec<ModelInfo> = gw
+        .models()
+        .map(|(name, p)| {
+            let spec = &p.model().spec;
+            let readiness = p.readiness();
+            ModelInfo {
+                name: name.clone(),
+                default: name == gw.default_model(),
+                ready: readiness == Readiness::Ready,
+                status: match readiness {
+                    Readiness::Ready => "ready".into(),
+                    Readiness::Loading => "loading".into(),
+                    Readiness::Failed(f) => format!("failed: {f}"),
+                },
+                backend: p.backend_kind(),
+                input: [spec.input.width, spec.input.height],
+                resize: match spec.input.resize {
+                    crate::backend::spec::ResizeMode::Stretch => "stretch",
+                    crate::backend::spec::ResizeMode::Letterbox => "letterbox",
+                },
+                decoder: match spec.decoder {
+                    crate::backend::spec::DecoderSpec::Nanodet { .. } => "nanodet",
+                    crate::backend::spec::DecoderSpec::Yolov8 { .. } => "yolov8",
+                },
+                classes: p.model().labels.len(),
+                workers: p.workers(),
+                max_batch: p.max_batch(),
+            }
+        })
+        .collect();
+    Json(serde_json::json!({ "models": list })).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.readiness() {
+        Readiness::Ready => (StatusCode::OK, "ready\n").into_response(),
+        Readiness::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading\n").into_response(),
+        Readiness::Failed(f) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {f}\n")).into_response()
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Transports: thin adapters from sockets to the gateway.
+//!
+//! `http` carries one-shot detection and health endpoints and hosts the
+//! router; `ws` is the WebSocket streaming session.
+
+pub mod http;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::gateway::Gateway;
+
+/// Serves HTTP and WebSocket on `listener` until `shutdown` resolves, then
+/// stops accepting and lets open requests finish.
+pub async fn serve_http(
+    gw: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = http::router(gw);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

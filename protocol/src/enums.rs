@@ -226,7 +226,8 @@ string_names!(ErrorCode, "error code", [
 
 impl ErrorCode {
     /// The HTTP status used when this error answers an HTTP request (or
-    /// refuses a WebSocket upgrade).
+    /// refuses a WebSocket upgrade). The table is in docs/protocol.md,
+    /// "Errors".
     pub fn http_status(&self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
@@ -236,7 +237,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::InvalidImage => 422,
+            ErrorCode::InvalidImage => 400,
             ErrorCode::ProtocolViolation => 400,
             ErrorCode::UnsupportedVersion => 400,
             ErrorCode::RateLimited | ErrorCode::Overloaded | ErrorCode::NoCredit => 429,
@@ -250,18 +251,17 @@ impl ErrorCode {
     /// session (1xxx from RFC 6455, 4xxx private to framegate).
     pub fn ws_close_code(&self) -> u16 {
         match self {
-            ErrorCode::BadRequest => 1008,
+            ErrorCode::BadRequest | ErrorCode::ProtocolViolation => 1002,
             ErrorCode::Unauthorized => 4001,
             ErrorCode::BudgetExhausted => 4002,
             ErrorCode::Forbidden => 4003,
-            ErrorCode::NotFound => 4004,
             ErrorCode::UnsupportedVersion => 4010,
             ErrorCode::PayloadTooLarge => 1009,
-            ErrorCode::UnsupportedMediaType => 1003,
-            ErrorCode::InvalidImage => 1007,
-            ErrorCode::ProtocolViolation => 1002,
-            ErrorCode::NoCredit => 1008,
-            ErrorCode::RateLimited | ErrorCode::Overloaded | ErrorCode::Unavailable => 1013,
+            ErrorCode::NotFound | ErrorCode::UnsupportedMediaType | ErrorCode::InvalidImage => 1008,
+            ErrorCode::RateLimited
+            | ErrorCode::Overloaded
+            | ErrorCode::Unavailable
+            | ErrorCode::NoCredit => 1013,
             ErrorCode::Internal | ErrorCode::BackendFailure => 1011,
         }
     }

@@ -72,6 +72,19 @@ for t in "$bin"/tests/*; do
 done
 echo "tests: $passed executables passed, $failed failed"
 
+# Out-of-bounds reads/writes: one test under compute-sanitizer, when there.
+san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$san" ] && [ -x "$bin/tests/gpu_vs_cpu" ]; then
+    echo "== compute-sanitizer memcheck (gpu_vs_cpu repeated_batches)"
+    if timeout 120 "$san" --tool memcheck --error-exitcode 9 "$bin/tests/gpu_vs_cpu" repeated_batches \
+        >"$logs/memcheck.log" 2>&1; then
+        echo "memcheck: clean; $(grep -E 'ERROR SUMMARY' "$logs/memcheck.log" | tail -1)"
+    else
+        echo "memcheck: FAILED (rc $?)"; status=1
+        grep -E 'ERROR SUMMARY|Invalid|at 0x|by thread' "$logs/memcheck.log" | head -20 | sed 's/^/    /'
+    fi
+fi
+
 echo "== bench"
 timeout 240 "$bin/gpu-bench" "$@" 2>&1 | tee "$logs/bench.log"
 rc=${PIPESTATUS[0]}

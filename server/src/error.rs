@@ -87,8 +87,14 @@ impl GatewayError {
     pub fn side(&self) -> Side {
         use GatewayError::*;
         match self {
-            Unauthorized | BadRequest(_) | PayloadTooLarge { .. } | PixelBudget { .. }
-            | UnsupportedMedia(_) | InvalidImage(_) | Protocol(_) | UnknownModel(_)
+            Unauthorized
+            | BadRequest(_)
+            | PayloadTooLarge { .. }
+            | PixelBudget { .. }
+            | UnsupportedMedia(_)
+            | InvalidImage(_)
+            | Protocol(_)
+            | UnknownModel(_)
             | NoCredit { .. } => Side::Client,
             QueueFull | NotReady(_) => Side::Capacity,
             Backend(_) => Side::Backend,
@@ -193,7 +199,11 @@ mod tests {
         for e in [
             GatewayError::Unauthorized,
             GatewayError::InvalidImage("x".into()),
-            GatewayError::PixelBudget { width: 1, height: 1, budget: 0 },
+            GatewayError::PixelBudget {
+                width: 1,
+                height: 1,
+                budget: 0,
+            },
         ] {
             assert_eq!(e.side(), Side::Client);
             assert!(!e.retryable());

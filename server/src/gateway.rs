@@ -35,13 +35,21 @@ pub fn onnx_factory(threads: usize) -> BackendFactory {
 impl Gateway {
     /// Loads the models and starts their pipelines (they warm up in the
     /// background; see [`Gateway::readiness`]).
-    pub fn start(config: Config, auth: Authenticator, factory: BackendFactory) -> Result<Arc<Self>, GatewayError> {
+    pub fn start(
+        config: Config,
+        auth: Authenticator,
+        factory: BackendFactory,
+    ) -> Result<Arc<Self>, GatewayError> {
         let mut loaded = Vec::new();
         if config.models.is_empty() {
-            loaded.push((None, LoadedModel::bundled().map_err(|e| GatewayError::Internal(e.to_string()))?));
+            loaded.push((
+                None,
+                LoadedModel::bundled().map_err(|e| GatewayError::Internal(e.to_string()))?,
+            ));
         }
         for m in &config.models {
-            let model = LoadedModel::from_spec_file(&m.spec).map_err(|e| GatewayError::NotReady(e.to_string()))?;
+            let model = LoadedModel::from_spec_file(&m.spec)
+                .map_err(|e| GatewayError::NotReady(e.to_string()))?;
             loaded.push((m.name.clone(), model));
         }
         let mut models = BTreeMap::new();
@@ -51,7 +59,9 @@ impl Gateway {
             }
             let name = model.spec.name.clone();
             if models.contains_key(&name) {
-                return Err(GatewayError::Internal(format!("model {name:?} is configured twice")));
+                return Err(GatewayError::Internal(format!(
+                    "model {name:?} is configured twice"
+                )));
             }
             let pipeline = ModelPipeline::start(model, &config.pipeline, factory.clone());
             models.insert(name, pipeline);
@@ -76,7 +86,11 @@ impl Gateway {
 
     /// The pipeline for `name` (empty: the default model).
     pub fn model(&self, name: &str) -> Result<&Arc<ModelPipeline>, GatewayError> {
-        let name = if name.is_empty() { &self.default_model } else { name };
+        let name = if name.is_empty() {
+            &self.default_model
+        } else {
+            name
+        };
         self.models
             .get(name)
             .ok_or_else(|| GatewayError::UnknownModel(name.to_string()))

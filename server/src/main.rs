@@ -73,8 +73,11 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -127,7 +130,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         config.log.format = f;
     }
     for m in args.models {
-        config.models.push(ModelConfig { spec: m, name: None });
+        config.models.push(ModelConfig {
+            spec: m,
+            name: None,
+        });
     }
     config.validate()?;
     init_logging(&config);
@@ -150,7 +156,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         DevKey::FromEnv => println!("framegate: using the development key from {DEV_KEY_ENV}"),
         DevKey::None => {}
     }
-    println!("framegate {} listening on http://{addr} (WebSocket ws://{addr}/v1/stream)", env!("CARGO_PKG_VERSION"));
+    println!(
+        "framegate {} listening on http://{addr} (WebSocket ws://{addr}/v1/stream)",
+        env!("CARGO_PKG_VERSION")
+    );
     {
         // Log when the models are ready, without blocking the listener.
         let gw = gw.clone();
@@ -159,7 +168,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             loop {
                 match gw.readiness() {
                     Readiness::Ready => {
-                        println!("framegate: ready ({} ms to load and warm up)", started.elapsed().as_millis());
+                        println!(
+                            "framegate: ready ({} ms to load and warm up)",
+                            started.elapsed().as_millis()
+                        );
                         return;
                     }
                     Readiness::Failed(f) => {
@@ -181,7 +193,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(serve(args))
         }
         Command::CheckConfig { config } => {

@@ -29,7 +29,10 @@ pub fn default_install_dir() -> Option<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("framegate").join(format!("onnxruntime-{ORT_VERSION}")))
+    Some(
+        base.join("framegate")
+            .join(format!("onnxruntime-{ORT_VERSION}")),
+    )
 }
 
 /// Where to look for the library, in order: the configured path,
@@ -57,7 +60,11 @@ fn missing_library_message(tried: &[PathBuf]) -> String {
          `scripts/install-onnxruntime.sh` (fetches the onnxruntime=={ORT_VERSION} wheel from PyPI \
          and unpacks {ORT_LIB_NAME}), or point `onnxruntime.dylib` in framegate.toml or the \
          ORT_DYLIB_PATH environment variable at an existing {ORT_LIB_NAME}",
-        if tried.is_empty() { "nowhere".to_string() } else { tried.join(", ") }
+        if tried.is_empty() {
+            "nowhere".to_string()
+        } else {
+            tried.join(", ")
+        }
     )
 }
 

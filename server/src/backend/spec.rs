@@ -248,7 +248,12 @@ impl LoadedModel {
     /// The model compiled into the binary (NanoDet-g, COCO).
     pub fn bundled() -> Result<Self, ModelError> {
         let spec = ModelSpec::parse(BUNDLED_SPEC, "bundled model.toml")?;
-        Self::assemble(spec, BUNDLED_ONNX.into(), parse_labels(BUNDLED_LABELS), "bundled")
+        Self::assemble(
+            spec,
+            BUNDLED_ONNX.into(),
+            parse_labels(BUNDLED_LABELS),
+            "bundled",
+        )
     }
 
     /// A model described by the `model.toml` at `path`.

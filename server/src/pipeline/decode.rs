@@ -86,9 +86,8 @@ pub fn probe(
     }
     let codec = match codec {
         Some(c) => c,
-        None => sniff(&payload).ok_or_else(|| {
-            GatewayError::UnsupportedMedia("not a JPEG or PNG image".into())
-        })?,
+        None => sniff(&payload)
+            .ok_or_else(|| GatewayError::UnsupportedMedia("not a JPEG or PNG image".into()))?,
     };
     let (w, h) = match codec {
         Codec::Jpeg => jpeg_size(&payload)?,
@@ -221,7 +220,12 @@ pub fn decode_rgb(frame: &ProbedFrame, out: &mut RgbImage) -> Result<(), Gateway
             Ok(())
         }
         Codec::Nv12 => {
-            nv12_to_rgb(&frame.payload, frame.width as usize, frame.height as usize, out);
+            nv12_to_rgb(
+                &frame.payload,
+                frame.width as usize,
+                frame.height as usize,
+                out,
+            );
             Ok(())
         }
     }
@@ -298,13 +302,16 @@ fn decode_png(frame: &ProbedFrame, out: &mut RgbImage) -> Result<(), GatewayErro
         // Room for 16-bit RGBA plus the decoder's own buffers.
         bytes: (frame.pixels() as usize).saturating_mul(8) + (1 << 20),
     };
-    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(&frame.payload[..]), limits);
+    let mut decoder =
+        png::Decoder::new_with_limits(std::io::Cursor::new(&frame.payload[..]), limits);
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(corrupt)?;
     let mut buf = vec![0u8; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).map_err(corrupt)?;
     if (info.width, info.height) != (frame.width, frame.height) {
-        return Err(GatewayError::InvalidImage("corrupt PNG: inconsistent size".into()));
+        return Err(GatewayError::InvalidImage(
+            "corrupt PNG: inconsistent size".into(),
+        ));
     }
     buf.truncate(info.buffer_size());
     out.pixels = buf;
@@ -374,7 +381,10 @@ mod tests {
         let rgb: Vec<u8> = (0..4 * 3 * 3).map(|i| i as u8 * 7).collect();
         let bytes = Bytes::from(png_of(4, 3, &rgb));
         let probed = probe(None, 0, 0, bytes, &LIMITS).unwrap();
-        assert_eq!((probed.codec, probed.width, probed.height), (Codec::Png, 4, 3));
+        assert_eq!(
+            (probed.codec, probed.width, probed.height),
+            (Codec::Png, 4, 3)
+        );
         let mut img = RgbImage::default();
         decode_rgb(&probed, &mut img).unwrap();
         assert_eq!(img.pixels, rgb);
@@ -386,12 +396,22 @@ mod tests {
         bytes[16..20].copy_from_slice(&30000u32.to_be_bytes());
         bytes[20..24].copy_from_slice(&30000u32.to_be_bytes());
         let err = probe(None, 0, 0, Bytes::from(bytes), &LIMITS).unwrap_err();
-        assert!(matches!(err, GatewayError::PixelBudget { width: 30000, .. }), "{err}");
+        assert!(
+            matches!(err, GatewayError::PixelBudget { width: 30000, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn raw_frames_need_exact_lengths() {
-        let ok = probe(Some(Codec::Bgr8), 2, 1, Bytes::from(vec![1, 2, 3, 4, 5, 6]), &LIMITS).unwrap();
+        let ok = probe(
+            Some(Codec::Bgr8),
+            2,
+            1,
+            Bytes::from(vec![1, 2, 3, 4, 5, 6]),
+            &LIMITS,
+        )
+        .unwrap();
         let mut img = RgbImage::default();
         decode_rgb(&ok, &mut img).unwrap();
         assert_eq!(img.pixels, vec![3, 2, 1, 6, 5, 4]);
@@ -407,11 +427,26 @@ mod tests {
         let f = probe(Some(Codec::Nv12), 2, 2, Bytes::from(data), &LIMITS).unwrap();
         let mut img = RgbImage::default();
         decode_rgb(&f, &mut img).unwrap();
-        assert!(img.pixels.iter().all(|&v| (127..=129).contains(&v)), "{:?}", img.pixels);
+        assert!(
+            img.pixels.iter().all(|&v| (127..=129).contains(&v)),
+            "{:?}",
+            img.pixels
+        );
         // Pure red in BT.601 limited range: Y=81, U=90, V=240.
-        let f = probe(Some(Codec::Nv12), 2, 2, Bytes::from(vec![81, 81, 81, 81, 90, 240]), &LIMITS).unwrap();
+        let f = probe(
+            Some(Codec::Nv12),
+            2,
+            2,
+            Bytes::from(vec![81, 81, 81, 81, 90, 240]),
+            &LIMITS,
+        )
+        .unwrap();
         decode_rgb(&f, &mut img).unwrap();
-        assert!(img.pixels[0] > 250 && img.pixels[1] < 5 && img.pixels[2] < 5, "{:?}", &img.pixels[..3]);
+        assert!(
+            img.pixels[0] > 250 && img.pixels[1] < 5 && img.pixels[2] < 5,
+            "{:?}",
+            &img.pixels[..3]
+        );
     }
 
     #[test]

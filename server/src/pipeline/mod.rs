@@ -45,6 +45,8 @@ pub struct FrameResult {
     pub detections: Vec<Detection>,
     /// Time spent in each stage.
     pub timings: StageTimings,
+    /// Frames in the backend batch this frame ran in.
+    pub batch_size: u32,
 }
 
 /// What a submitted frame resolves to.
@@ -337,7 +339,15 @@ fn run_worker(ctx: WorkerContext) {
     let mut rgb = RgbImage::default();
     let mut pre = Preprocessor::default();
     while let Ok(batch) = ctx.batches.recv() {
-        process_batch(&ctx, backend.as_mut(), batch, &mut input, chw, &mut rgb, &mut pre);
+        process_batch(
+            &ctx,
+            backend.as_mut(),
+            batch,
+            &mut input,
+            chw,
+            &mut rgb,
+            &mut pre,
+        );
         ctx.shared.idle_workers.fetch_add(1, Ordering::AcqRel);
         ctx.queue.wake();
     }
@@ -370,8 +380,13 @@ fn process_batch(
         }
         let queue_us = micros(started.saturating_duration_since(item.enqueued_at));
         let t0 = Instant::now();
-        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| decode::decode_rgb(&item.frame, rgb)))
-            .unwrap_or_else(|_| Err(GatewayError::InvalidImage("the decoder failed on this image".into())));
+        let decoded =
+            std::panic::catch_unwind(AssertUnwindSafe(|| decode::decode_rgb(&item.frame, rgb)))
+                .unwrap_or_else(|_| {
+                    Err(GatewayError::InvalidImage(
+                        "the decoder failed on this image".into(),
+                    ))
+                });
         if let Err(e) = decoded {
             let _ = item.reply.send(Err(e));
             continue;
@@ -407,29 +422,32 @@ fn process_batch(
                 &p.place,
             );
             let post_us = micros(t0.elapsed());
-            answers[i] = Some(boxes.map(|boxes| FrameResult {
-                width: p.item.frame.width,
-                height: p.item.frame.height,
-                detections: boxes
-                    .into_iter()
-                    .map(|d| Detection {
-                        class_id: d.class_id,
-                        label: ctx.model.label(d.class_id),
-                        score: d.score,
-                        x1: d.xyxy[0],
-                        y1: d.xyxy[1],
-                        x2: d.xyxy[2],
-                        y2: d.xyxy[3],
-                    })
-                    .collect(),
-                timings: StageTimings {
-                    queue_us: p.queue_us,
-                    decode_us: p.decode_us,
-                    preprocess_us: p.preprocess_us,
-                    infer_us,
-                    postprocess_us: post_us,
-                    total_us: 0,
-                },
+            answers[i] = Some(boxes.map(|boxes| {
+                FrameResult {
+                    width: p.item.frame.width,
+                    height: p.item.frame.height,
+                    detections: boxes
+                        .into_iter()
+                        .map(|d| Detection {
+                            class_id: d.class_id,
+                            label: ctx.model.label(d.class_id),
+                            score: d.score,
+                            x1: d.xyxy[0],
+                            y1: d.xyxy[1],
+                            x2: d.xyxy[2],
+                            y2: d.xyxy[3],
+                        })
+                        .collect(),
+                    timings: StageTimings {
+                        queue_us: p.queue_us,
+                        decode_us: p.decode_us,
+                        preprocess_us: p.preprocess_us,
+                        infer_us,
+                        postprocess_us: post_us,
+                        total_us: 0,
+                    },
+                    batch_size: n as u32,
+                }
             }));
         }
         Ok(())

@@ -105,7 +105,11 @@ pub fn decode(
             max_detections,
         } => {
             let out = find(outputs, output)?;
-            (yolov8(out, index, *score_threshold)?, *nms_iou, *max_detections)
+            (
+                yolov8(out, index, *score_threshold)?,
+                *nms_iou,
+                *max_detections,
+            )
         }
     };
     let mut kept = nms(cands, iou_t, max);
@@ -139,7 +143,11 @@ fn nanodet_level(
     if cls.shape.len() != 3 || cls.shape[1] != cells || cls.shape[0] <= index {
         return Err(shape_err(&cls.name, &cls.shape));
     }
-    if bx.shape.len() != 3 || bx.shape[1] != cells || bx.shape[2] != 4 * bins || bx.shape[0] <= index {
+    if bx.shape.len() != 3
+        || bx.shape[1] != cells
+        || bx.shape[2] != 4 * bins
+        || bx.shape[0] <= index
+    {
         return Err(shape_err(&bx.name, &bx.shape));
     }
     let classes = cls.shape[2];
@@ -189,7 +197,11 @@ fn nanodet_level(
     Ok(())
 }
 
-fn yolov8(out: &TensorView<'_>, index: usize, threshold: f32) -> Result<Vec<RawDetection>, GatewayError> {
+fn yolov8(
+    out: &TensorView<'_>,
+    index: usize,
+    threshold: f32,
+) -> Result<Vec<RawDetection>, GatewayError> {
     if out.shape.len() != 3 || out.shape[1] < 5 || out.shape[0] <= index {
         return Err(GatewayError::Backend(format!(
             "output {} has shape {:?}, expected [batch, 4 + classes, anchors]",
@@ -227,7 +239,11 @@ mod tests {
     use super::*;
 
     fn det(class_id: u32, score: f32, xyxy: [f32; 4]) -> RawDetection {
-        RawDetection { class_id, score, xyxy }
+        RawDetection {
+            class_id,
+            score,
+            xyxy,
+        }
     }
 
     #[test]
@@ -262,8 +278,16 @@ mod tests {
         for side in 0..4 {
             dist[side * bins + if side < 2 { 0 } else { 1 }] = 50.0;
         }
-        let cls = TensorView { name: "c".into(), shape: vec![1, 1, 2], data: &[0.1, 0.8] };
-        let bx = TensorView { name: "b".into(), shape: vec![1, 1, 4 * bins], data: &dist };
+        let cls = TensorView {
+            name: "c".into(),
+            shape: vec![1, 1, 2],
+            data: &[0.1, 0.8],
+        };
+        let bx = TensorView {
+            name: "b".into(),
+            shape: vec![1, 1, 4 * bins],
+            data: &dist,
+        };
         let spec = DecoderSpec::Nanodet {
             strides: vec![32],
             reg_max: 2,

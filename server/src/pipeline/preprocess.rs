@@ -106,14 +106,22 @@ fn axis_coeffs(in_size: u32, out_size: u32) -> AxisCoeffs {
         let k = &mut weights[xx * ksize..xx * ksize + ksize];
         let mut total = 0.0f64;
         let mut raw = [0f64; 64];
-        let raw = if len <= 64 { &mut raw[..len] } else { unreachable!("filter too wide") };
+        let raw = if len <= 64 {
+            &mut raw[..len]
+        } else {
+            unreachable!("filter too wide")
+        };
         for (x, w) in raw.iter_mut().enumerate() {
             let d = ((x + xmin) as f64 - center + 0.5) / filterscale;
             *w = (1.0 - d.abs()).max(0.0);
             total += *w;
         }
         for (x, w) in raw.iter().enumerate() {
-            k[x] = if total > 0.0 { (*w / total) as f32 } else { 0.0 };
+            k[x] = if total > 0.0 {
+                (*w / total) as f32
+            } else {
+                0.0
+            };
         }
         taps.push(Taps {
             start: xmin as u32,
@@ -144,11 +152,7 @@ impl Preprocessor {
         let (place, nw, nh) = placement(spec, img.width, img.height);
         let key = (img.width, img.height, nw, nh);
         if self.cache.as_ref().map(|c| c.0) != Some(key) {
-            self.cache = Some((
-                key,
-                axis_coeffs(img.width, nw),
-                axis_coeffs(img.height, nh),
-            ));
+            self.cache = Some((key, axis_coeffs(img.width, nw), axis_coeffs(img.height, nh)));
         }
         let (_, cx, cy) = self.cache.as_ref().expect("just filled");
 
@@ -212,7 +216,8 @@ impl Preprocessor {
             }
             let oy = top + y;
             for c in 0..3 {
-                let plane = &mut out[c * iw * ih + oy * iw + left..c * iw * ih + oy * iw + left + nw];
+                let plane =
+                    &mut out[c * iw * ih + oy * iw + left..c * iw * ih + oy * iw + left + nw];
                 let sc = src_ch[c];
                 for (x, o) in plane.iter_mut().enumerate() {
                     *o = acc[x * 3 + sc] * mul[c] + add[c];
@@ -244,7 +249,12 @@ mod tests {
         RgbImage {
             width: w,
             height: h,
-            pixels: rgb.iter().copied().cycle().take((w * h * 3) as usize).collect(),
+            pixels: rgb
+                .iter()
+                .copied()
+                .cycle()
+                .take((w * h * 3) as usize)
+                .collect(),
         }
     }
 

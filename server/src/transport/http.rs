@@ -161,12 +161,19 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
     let content_type = header_str(req.headers(), header::CONTENT_TYPE)
         .unwrap_or("")
         .to_ascii_lowercase();
-    if let Some(len) = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) =
+        header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
+    {
         if len > limit {
             return Err(GatewayError::PayloadTooLarge { size: len, limit });
         }
     }
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_string();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     match mime.as_str() {
         "multipart/form-data" => {
             let mut multipart = Multipart::from_request(req, &())
@@ -198,7 +205,10 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
 
 fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> GatewayError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        GatewayError::PayloadTooLarge { size: limit + 1, limit }
+        GatewayError::PayloadTooLarge {
+            size: limit + 1,
+            limit,
+        }
     } else {
         GatewayError::BadRequest(format!("bad multipart body: {}", e.body_text()))
     }
@@ -253,7 +263,10 @@ struct ModelInfo {
 }
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = gw.auth.authenticate_header(header_str(&headers, header::AUTHORIZATION)) {
+    if let Err(e) = gw
+        .auth
+        .authenticate_header(header_str(&headers, header::AUTHORIZATION))
+    {
         return error_response(&e);
     }
     let list: Vec<ModelInfo> = gw

@@ -123,7 +123,10 @@ async fn next_message(
             None | Some(Ok(Message::Close(_))) => return Ok(None),
             Some(Err(e)) => {
                 let text = e.to_string();
-                return if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
+                return if text.contains("too long")
+                    || text.contains("Space limit")
+                    || text.contains("size")
+                {
                     Err(GatewayError::PayloadTooLarge {
                         size: limits.max_message_bytes + 1,
                         limit: limits.max_message_bytes,
@@ -157,12 +160,21 @@ async fn next_message(
     }
 }
 
-async fn run_session(gw: Arc<Gateway>, mut sink: Sink, mut stream: Stream, header_principal: Option<Principal>) {
+async fn run_session(
+    gw: Arc<Gateway>,
+    mut sink: Sink,
+    mut stream: Stream,
+    header_principal: Option<Principal>,
+) {
     let limits = decode_limits(&gw);
     let handshake = Duration::from_secs(gw.config.http.handshake_timeout_secs);
     let hello = match tokio::time::timeout(handshake, next_message(&mut stream, &limits)).await {
         Err(_) => {
-            close_with(&mut sink, &GatewayError::Protocol("no Hello within the handshake timeout".into())).await;
+            close_with(
+                &mut sink,
+                &GatewayError::Protocol("no Hello within the handshake timeout".into()),
+            )
+            .await;
             return;
         }
         Ok(Ok(None)) => return,
@@ -228,7 +240,12 @@ async fn run_session(gw: Arc<Gateway>, mut sink: Sink, mut stream: Stream, heade
 
     let state = Arc::new(Mutex::new(SessionState::new(credits)));
     let (tx, rx) = mpsc::channel::<Outgoing>(credits as usize * 2 + 16);
-    let writer = tokio::spawn(write_answers(sink, rx, state.clone(), pipeline.model().spec.name.clone()));
+    let writer = tokio::spawn(write_answers(
+        sink,
+        rx,
+        state.clone(),
+        pipeline.model().spec.name.clone(),
+    ));
     read_frames(&gw, &pipeline, &mut stream, &limits, &state, &tx).await;
     drop(tx);
     let _ = writer.await;
@@ -258,7 +275,9 @@ async fn read_frames(
             ClientMessage::Bye(_) => return,
             ClientMessage::Hello(_) => {
                 let _ = tx
-                    .send(Outgoing::Close(GatewayError::Protocol("Hello sent twice".into())))
+                    .send(Outgoing::Close(GatewayError::Protocol(
+                        "Hello sent twice".into(),
+                    )))
                     .await;
                 return;
             }
@@ -269,7 +288,13 @@ async fn read_frames(
         let out = match admitted {
             Err(error) => Outgoing::Refused { seq, error },
             Ok(()) => {
-                let probed = probe(Some(frame.codec), frame.width, frame.height, frame.payload, &gw.frame_limits);
+                let probed = probe(
+                    Some(frame.codec),
+                    frame.width,
+                    frame.height,
+                    frame.payload,
+                    &gw.frame_limits,
+                );
                 let (pixels, source) = match probed {
                     Err(e) => (0, AnswerSource::Failed(e)),
                     Ok(p) => {
@@ -308,7 +333,12 @@ async fn write_answers(
     while let Some(out) = rx.recv().await {
         match out {
             Outgoing::Refused { seq, error } => {
-                if !send_msg(&mut sink, &ServerMessage::Error(error.to_message(Some(seq)))).await {
+                if !send_msg(
+                    &mut sink,
+                    &ServerMessage::Error(error.to_message(Some(seq))),
+                )
+                .await
+                {
                     return;
                 }
             }
@@ -318,8 +348,23 @@ async fn write_answers(
                 close_with(&mut sink, &e).await;
                 return;
             }
-            Outgoing::Answer { seq, capture_ts_us, pixels, source } => {
-                if !answer(&mut sink, &state, &model, seq, capture_ts_us, pixels, source).await {
+            Outgoing::Answer {
+                seq,
+                capture_ts_us,
+                pixels,
+                source,
+            } => {
+                if !answer(
+                    &mut sink,
+                    &state,
+                    &model,
+                    seq,
+                    capture_ts_us,
+                    pixels,
+                    source,
+                )
+                .await
+                {
                     return;
                 }
             }
@@ -341,7 +386,13 @@ async fn drain_admitted(
 ) {
     rx.close();
     while let Some(out) = rx.recv().await {
-        if let Outgoing::Answer { seq, capture_ts_us, pixels, source } = out {
+        if let Outgoing::Answer {
+            seq,
+            capture_ts_us,
+            pixels,
+            source,
+        } = out
+        {
             if !answer(sink, state, model, seq, capture_ts_us, pixels, source).await {
                 return;
             }
@@ -360,13 +411,19 @@ async fn answer(
     source: AnswerSource,
 ) -> bool {
     let outcome = match source {
-        AnswerSource::Pending(rx) => rx
-            .await
-            .unwrap_or_else(|_| Err(GatewayError::Internal("the pipeline dropped the frame".into()))),
+        AnswerSource::Pending(rx) => rx.await.unwrap_or_else(|_| {
+            Err(GatewayError::Internal(
+                "the pipeline dropped the frame".into(),
+            ))
+        }),
         AnswerSource::Failed(e) => Err(e),
         AnswerSource::Dropped(reason, message) => {
             state.lock().expect("session lock").on_answered(None);
-            let msg = ServerMessage::Dropped(Dropped { seqs: vec![seq], reason, message });
+            let msg = ServerMessage::Dropped(Dropped {
+                seqs: vec![seq],
+                reason,
+                message,
+            });
             return send_msg(sink, &msg).await;
         }
     };

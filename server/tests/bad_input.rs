@@ -1,0 +1,130 @@
+//! Bad input over HTTP: each case gets a clear 4xx with a JSON error, nothing
+//! reaches image decoding that should not, and the next good request is served.
+
+mod support;
+
+use support::*;
+
+async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(resp.status().as_u16(), status);
+    let v: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert_eq!(v["error"]["retryable"], false, "{v}");
+    v["error"]["message"].as_str().unwrap().to_string()
+}
+
+async fn still_serves(gw: &Gateway) {
+    let resp = gw.detect(data("dog.jpg"), "image/jpeg").await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "the gateway stopped serving good requests"
+    );
+    let got = dets_from_json(&resp.json().await.unwrap());
+    assert!(got.iter().any(|d| d.label == "dog"));
+}
+
+#[tokio::test]
+async fn each_bad_request_is_refused_clearly_and_the_server_keeps_serving() {
+    let gw = Gateway::start(&["--max-batch", "4"]).await;
+
+    let msg = expect_error(gw.detect(vec![], "image/jpeg").await, 400, "bad-request").await;
+    assert!(msg.contains("empty"), "{msg}");
+    still_serves(&gw).await;
+
+    let msg = expect_error(
+        gw.detect(data("truncated.jpg"), "image/jpeg").await,
+        400,
+        "invalid-image",
+    )
+    .await;
+    assert!(msg.contains("truncated"), "{msg}");
+    still_serves(&gw).await;
+
+    for (file, ct) in [
+        ("huge-header.png", "image/png"),
+        ("huge-header.jpg", "image/jpeg"),
+    ] {
+        let msg = expect_error(gw.detect(data(file), ct).await, 413, "payload-too-large").await;
+        assert!(
+            msg.contains("30000x30000") && msg.contains("pixel budget"),
+            "{file}: {msg}"
+        );
+    }
+    still_serves(&gw).await;
+
+    let msg = expect_error(
+        gw.detect(data("random.bin"), "application/octet-stream")
+            .await,
+        415,
+        "unsupported-media-type",
+    )
+    .await;
+    assert!(msg.contains("JPEG or PNG"), "{msg}");
+    // Random bytes that start like a JPEG still fail cleanly.
+    let mut fake = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    fake.extend_from_slice(&data("random.bin"));
+    let resp = gw.detect(fake, "image/jpeg").await;
+    assert_eq!(resp.status(), 400);
+    still_serves(&gw).await;
+
+    expect_error(
+        gw.detect(b"hello".to_vec(), "text/plain").await,
+        415,
+        "unsupported-media-type",
+    )
+    .await;
+
+    // Wrong or missing key: 401 before any image work.
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(gw.url("/v1/detect"))
+        .bearer_auth("not-the-key")
+        .header("content-type", "image/jpeg")
+        .body(data("dog.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    expect_error(resp, 401, "unauthorized").await;
+    let resp = client
+        .post(gw.url("/v1/detect"))
+        .header("content-type", "image/jpeg")
+        .body(data("huge-header.png"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 401, "unauthorized").await;
+    still_serves(&gw).await;
+
+    // Unknown model.
+    let resp = client
+        .post(gw.url("/v1/detect?model=nope"))
+        .bearer_auth(KEY)
+        .header("content-type", "image/jpeg")
+        .body(data("dog.jpg"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 404, "not-found").await;
+    still_serves(&gw).await;
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("framegate.toml");
+    std::fs::write(&cfg, "[http]\nmax_body_bytes = 100000\n").unwrap();
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let big = data("dog.jpg"); // 163 KB > 100 KB
+    let msg = expect_error(gw.detect(big, "image/jpeg").await, 413, "payload-too-large").await;
+    assert!(msg.contains("100000"), "{msg}");
+    // The server still answers the next request (a small one, refused for its own reason).
+    let msg = expect_error(
+        gw.detect(data("huge-header.png"), "image/png").await,
+        413,
+        "payload-too-large",
+    )
+    .await;
+    assert!(msg.contains("pixel budget"), "{msg}");
+}

@@ -1,0 +1,142 @@
+//! A batch of 8 gives the same answers as 8 single runs, at the backend and
+//! through the whole pipeline.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use framegate::backend::onnx::{init_runtime, OnnxBackend};
+use framegate::backend::spec::LoadedModel;
+use framegate::backend::Backend;
+use framegate::config::PipelineConfig;
+use framegate::gateway::onnx_factory;
+use framegate::pipeline::decode::{decode_rgb, probe, FrameLimits, RgbImage};
+use framegate::pipeline::preprocess::Preprocessor;
+use framegate::pipeline::{FrameResult, ModelPipeline, Readiness};
+use support::data;
+
+const LIMITS: FrameLimits = FrameLimits {
+    max_pixels: 40_000_000,
+    max_side: 16_384,
+};
+const PHOTOS: [&str; 8] = [
+    "dog.jpg",
+    "person.jpg",
+    "horses.jpg",
+    "giraffe.jpg",
+    "kite.jpg",
+    "dog.jpg",
+    "kite.jpg",
+    "horses.jpg",
+];
+
+fn frame(name: &str) -> framegate::pipeline::decode::ProbedFrame {
+    probe(None, 0, 0, data(name).into(), &LIMITS).unwrap()
+}
+
+#[test]
+fn backend_batch_of_eight_equals_eight_single_runs() {
+    init_runtime(None).expect("ONNX Runtime (run scripts/install-onnxruntime.sh)");
+    let model = LoadedModel::bundled().unwrap();
+    let spec = model.spec.input.clone();
+    let chw = 3 * spec.width as usize * spec.height as usize;
+    let mut input = vec![0f32; 8 * chw];
+    let (mut pre, mut rgb) = (Preprocessor::default(), RgbImage::default());
+    for (i, p) in PHOTOS.iter().enumerate() {
+        decode_rgb(&frame(p), &mut rgb).unwrap();
+        pre.run(&rgb, &spec, &mut input[i * chw..(i + 1) * chw]);
+    }
+    let mut backend = OnnxBackend::new(&model, 1).unwrap();
+    let mut batched: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    backend
+        .infer(&input, 8, &mut |views| {
+            batched = views
+                .iter()
+                .map(|v| (v.name.clone(), v.shape.clone(), v.data.to_vec()))
+                .collect();
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(batched.len(), 6);
+    let mut max_diff = 0f32;
+    for i in 0..8 {
+        backend
+            .infer(&input[i * chw..(i + 1) * chw], 1, &mut |views| {
+                for v in views {
+                    let (_, shape, data) = batched.iter().find(|b| b.0 == v.name).unwrap();
+                    assert_eq!(shape[0], 8);
+                    assert_eq!(&shape[1..], &v.shape[1..]);
+                    let per = v.data.len();
+                    for (a, b) in v.data.iter().zip(&data[i * per..(i + 1) * per]) {
+                        max_diff = max_diff.max((a - b).abs());
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert!(
+        max_diff < 1e-4,
+        "batched and single outputs differ by {max_diff}"
+    );
+}
+
+fn run_pipeline(max_batch: usize) -> (Vec<FrameResult>, u32) {
+    init_runtime(None).expect("ONNX Runtime");
+    let config = PipelineConfig {
+        max_batch,
+        workers: Some(1),
+        // Long enough that the 8 frames submitted together leave as one batch.
+        max_delay_us: 200_000,
+        ..PipelineConfig::default()
+    };
+    let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));
+    assert_eq!(
+        pipeline.wait_ready(Duration::from_secs(60)),
+        Readiness::Ready
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let receivers: Vec<_> = PHOTOS
+        .iter()
+        .map(|p| pipeline.submit(frame(p), Instant::now()).unwrap())
+        .collect();
+    let results: Vec<FrameResult> = rt.block_on(async {
+        let mut out = Vec::new();
+        for r in receivers {
+            out.push(r.await.unwrap().unwrap());
+        }
+        out
+    });
+    pipeline.shutdown();
+    let largest_batch = results.iter().map(|r| r.batch_size).max().unwrap();
+    (results, largest_batch)
+}
+
+#[test]
+fn pipeline_batch_of_eight_equals_eight_single_runs() {
+    let (single, one) = run_pipeline(1);
+    let (batched, largest) = run_pipeline(8);
+    assert_eq!(one, 1);
+    // The first frame leaves at once (the worker is idle); the rest batch up.
+    assert!(
+        largest >= 4,
+        "frames were not batched: largest batch {largest}"
+    );
+    for (i, (a, b)) in single.iter().zip(&batched).enumerate() {
+        assert_eq!(
+            a.detections.len(),
+            b.detections.len(),
+            "frame {i} ({})",
+            PHOTOS[i]
+        );
+        for (x, y) in a.detections.iter().zip(&b.detections) {
+            assert_eq!(x.class_id, y.class_id);
+            assert!((x.score - y.score).abs() < 1e-4);
+            for (p, q) in [(x.x1, y.x1), (x.y1, y.y1), (x.x2, y.x2), (x.y2, y.y2)] {
+                assert!((p - q).abs() < 0.05, "frame {i}: {x:?} vs {y:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Start-up failures are one clear message and a non-zero exit.
+
+mod support;
+
+use std::process::Command;
+
+fn serve(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_framegate"));
+    cmd.arg("serve")
+        .args(["--http-listen", "127.0.0.1:0"])
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_onnx_runtime_says_how_to_install_it() {
+    let home = tempfile::tempdir().unwrap();
+    let (code, err) = serve(
+        &[],
+        &[
+            ("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"),
+            ("HOME", home.path().to_str().unwrap()),
+            ("XDG_CACHE_HOME", home.path().to_str().unwrap()),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ONNX Runtime 1.31.1 library not found"),
+        "{err}"
+    );
+    assert!(err.contains("scripts/install-onnxruntime.sh"), "{err}");
+    assert!(err.contains("/nonexistent/libonnxruntime.so"), "{err}");
+}
+
+#[test]
+fn corrupt_model_file_is_refused_by_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::repo_root().join("models/nanodet-g");
+    let mut onnx = std::fs::read(root.join("nanodet-g-416.onnx")).unwrap();
+    let n = onnx.len();
+    onnx[n / 2] ^= 0x55;
+    std::fs::write(dir.path().join("nanodet-g-416.onnx"), onnx).unwrap();
+    std::fs::copy(root.join("labels.txt"), dir.path().join("labels.txt")).unwrap();
+    std::fs::copy(root.join("model.toml"), dir.path().join("model.toml")).unwrap();
+    let spec = dir.path().join("model.toml");
+    let (code, err) = serve(&["--model", spec.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("sha256") && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn invalid_config_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("framegate.toml");
+    std::fs::write(
+        &cfg,
+        "[pipeline]\nmax_batch = 0\nworkers = 0\n[session]\ncredits = 0\n",
+    )
+    .unwrap();
+    let (code, err) = serve(&["--config", cfg.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    for field in ["pipeline.max_batch", "pipeline.workers", "session.credits"] {
+        assert!(err.contains(field), "{field} not reported: {err}");
+    }
+}

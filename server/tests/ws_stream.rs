@@ -1,0 +1,220 @@
+//! WebSocket streaming: Hello → Welcome, then one answer per frame, in order,
+//! on a session that stays open; protocol violations get a clear Error.
+
+mod support;
+
+use framegate_protocol::{ClientMessage, ErrorCode, ServerMessage};
+use futures_util::SinkExt;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn dog_over_websocket_matches_http_and_the_reference() {
+    let gw = Gateway::start(&[]).await;
+    let (mut ws, welcome) = open_session(&gw).await;
+    assert_eq!(welcome.model, "nanodet-g");
+    assert!(welcome.credits >= 1);
+    assert!(!welcome.session_id.is_empty() && !welcome.resume_token.is_empty());
+
+    let jpeg = data("dog.jpg");
+    let http = dets_from_json(
+        &gw.detect(jpeg.clone(), "image/jpeg")
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
+    let reference = reference(&["dog.jpg"]);
+    // Many frames on one session: each answered once, in order.
+    for seq in 1..=5u64 {
+        send(&mut ws, &jpeg_frame(seq, &jpeg)).await;
+    }
+    for seq in 1..=5u64 {
+        match recv(&mut ws).await {
+            Some(ServerMessage::Detections(d)) => {
+                assert_eq!(d.seq, seq);
+                assert_eq!(d.capture_ts_us, seq * 1000);
+                assert_eq!((d.width, d.height), (768, 576));
+                assert_eq!(d.usage.frames, seq, "usage so far travels with each answer");
+                assert_eq!(d.usage.pixels, seq * 768 * 576);
+                assert!(d.timings.infer_us > 0 && d.timings.total_us >= d.timings.infer_us);
+                let got = dets_from_proto(&d);
+                assert_matches(&got, &reference[0].1, &["dog", "bicycle", "truck"], 0.9);
+                assert_eq!(got.len(), http.len());
+                for (a, b) in got.iter().zip(&http) {
+                    assert_eq!(a.class_id, b.class_id);
+                    assert!(iou(&a.xyxy, &b.xyxy) > 0.999);
+                }
+            }
+            other => panic!("frame {seq}: expected Detections, got {other:?}"),
+        }
+    }
+    // A corrupt frame gets an Error about that frame; the session goes on.
+    send(&mut ws, &jpeg_frame(6, &data("truncated.jpg"))).await;
+    send(&mut ws, &jpeg_frame(7, &data("huge-header.jpg"))).await;
+    send(&mut ws, &jpeg_frame(8, &jpeg)).await;
+    match recv(&mut ws).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!((e.seq, e.code), (Some(6), ErrorCode::InvalidImage));
+        }
+        other => panic!("expected Error for seq 6, got {other:?}"),
+    }
+    match recv(&mut ws).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!((e.seq, e.code), (Some(7), ErrorCode::PayloadTooLarge));
+            assert!(e.message.contains("pixel budget"));
+        }
+        other => panic!("expected Error for seq 7, got {other:?}"),
+    }
+    match recv(&mut ws).await {
+        Some(ServerMessage::Detections(d)) => {
+            assert_eq!(d.seq, 8);
+            assert_eq!(d.usage.frames, 6, "failed frames are not counted");
+        }
+        other => panic!("expected Detections for seq 8, got {other:?}"),
+    }
+    send(&mut ws, &ClientMessage::Bye(Default::default())).await;
+    assert_eq!(close_code(&mut ws).await, Some(1000));
+}
+
+#[tokio::test]
+async fn key_in_the_upgrade_header_works_and_a_wrong_one_is_401() {
+    let gw = Gateway::start(&[]).await;
+    let mut ws = ws_connect(&gw, Some(KEY)).await;
+    send(&mut ws, &hello("")).await;
+    assert!(matches!(
+        recv(&mut ws).await,
+        Some(ServerMessage::Welcome(_))
+    ));
+
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(gw.ws_url())
+            .unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected a 401 refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+async fn expect_close(ws: &mut Ws, code: ErrorCode, close: u16) -> String {
+    let msg = match recv(ws).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(e.code, code, "{e:?}");
+            assert_eq!(e.seq, None);
+            e.message
+        }
+        other => panic!("expected Error {code:?}, got {other:?}"),
+    };
+    assert_eq!(close_code(ws).await, Some(close));
+    msg
+}
+
+#[tokio::test]
+async fn protocol_violations_get_an_error_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("framegate.toml");
+    std::fs::write(&cfg, "[limits]\nmax_message_bytes = 1048576\n").unwrap();
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+
+    // Wrong key in Hello.
+    let mut ws = ws_connect(&gw, None).await;
+    send(&mut ws, &hello("wrong")).await;
+    expect_close(&mut ws, ErrorCode::Unauthorized, 4001).await;
+
+    // No key at all.
+    let mut ws = ws_connect(&gw, None).await;
+    send(&mut ws, &hello("")).await;
+    expect_close(&mut ws, ErrorCode::Unauthorized, 4001).await;
+
+    // A Frame before Hello.
+    let mut ws = ws_connect(&gw, None).await;
+    send(&mut ws, &jpeg_frame(1, &data("dog.jpg"))).await;
+    let msg = expect_close(&mut ws, ErrorCode::ProtocolViolation, 1002).await;
+    assert!(msg.contains("Hello"), "{msg}");
+
+    // Not FlatBuffers, before and after Hello.
+    let mut ws = ws_connect(&gw, None).await;
+    ws.send(Message::Binary(data("random.bin").into()))
+        .await
+        .unwrap();
+    expect_close(&mut ws, ErrorCode::ProtocolViolation, 1002).await;
+    let (mut ws, _) = open_session(&gw).await;
+    ws.send(Message::Binary(vec![1, 2, 3, 4, 5, 6, 7, 8, 9].into()))
+        .await
+        .unwrap();
+    expect_close(&mut ws, ErrorCode::ProtocolViolation, 1002).await;
+
+    // Text messages are not part of the protocol.
+    let (mut ws, _) = open_session(&gw).await;
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    expect_close(&mut ws, ErrorCode::ProtocolViolation, 1002).await;
+
+    // A message over the size limit.
+    let (mut ws, _) = open_session(&gw).await;
+    let big = vec![0xAB; 1_100_000];
+    send(&mut ws, &jpeg_frame(1, &big)).await;
+    let msg = expect_close(&mut ws, ErrorCode::PayloadTooLarge, 1009).await;
+    assert!(msg.contains("1048576"), "{msg}");
+
+    // Unsupported protocol version and unknown model.
+    let mut ws = ws_connect(&gw, None).await;
+    let mut h = hello(KEY);
+    if let ClientMessage::Hello(h) = &mut h {
+        h.protocol_version = 99;
+    }
+    send(&mut ws, &h).await;
+    expect_close(&mut ws, ErrorCode::ProtocolViolation, 1002).await;
+    let mut ws = ws_connect(&gw, None).await;
+    let mut h = hello(KEY);
+    if let ClientMessage::Hello(h) = &mut h {
+        h.model = "nope".into();
+    }
+    send(&mut ws, &h).await;
+    expect_close(&mut ws, ErrorCode::NotFound, 1008).await;
+
+    // After all that, a good session still works.
+    let (mut ws, _) = open_session(&gw).await;
+    send(&mut ws, &jpeg_frame(1, &data("dog.jpg"))).await;
+    assert!(matches!(recv(&mut ws).await, Some(ServerMessage::Detections(d)) if d.seq == 1));
+}
+
+#[tokio::test]
+async fn frames_beyond_credits_are_refused_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("framegate.toml");
+    std::fs::write(
+        &cfg,
+        "[session]\ncredits = 2\n[pipeline]\nworkers = 1\nmax_batch = 1\n",
+    )
+    .unwrap();
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let (mut ws, welcome) = open_session(&gw).await;
+    assert_eq!(welcome.credits, 2);
+    let jpeg = data("dog.jpg");
+    for seq in 1..=6u64 {
+        send(&mut ws, &jpeg_frame(seq, &jpeg)).await;
+    }
+    let (mut detections, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        match recv(&mut ws).await {
+            Some(ServerMessage::Detections(d)) => detections.push(d.seq),
+            Some(ServerMessage::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::NoCredit);
+                assert!(e.retryable);
+                refused.push(e.seq.unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Exactly one answer per frame; at least the first two were served.
+    let mut all: Vec<u64> = detections.iter().chain(&refused).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, vec![1, 2, 3, 4, 5, 6]);
+    assert!(detections.starts_with(&[1, 2]), "{detections:?}");
+    assert!(
+        !refused.is_empty(),
+        "6 frames at once on 2 credits must refuse some"
+    );
+}

@@ -22,7 +22,8 @@ STAMP="$VENV/.framegate-requirements.sha256"
 REQUIREMENTS="numpy==2.4.6
 onnxruntime==1.31.1
 onnx==1.23.2
-pillow==13.0.0"
+pillow==13.0.0
+nvidia-cuda-nvrtc-cu12==12.8.93"
 
 want_hash() {
     printf '%s\n' "$REQUIREMENTS" | sha256sum | cut -d' ' -f1

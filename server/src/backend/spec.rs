@@ -188,7 +188,7 @@ impl ModelSpec {
         if self.input.width == 0 || self.input.height == 0 {
             return Err(bad("input width and height must be positive".into()));
         }
-        if self.input.std.iter().any(|s| *s == 0.0) {
+        if self.input.std.contains(&0.0) {
             return Err(bad("input.std must not contain 0".into()));
         }
         if let DecoderSpec::Nanodet {

@@ -135,11 +135,14 @@ fn axis_coeffs(in_size: u32, out_size: u32) -> AxisCoeffs {
     }
 }
 
+/// Coefficients cached for one (source w, h, target w, h).
+type CoeffCache = ((u32, u32, u32, u32), AxisCoeffs, AxisCoeffs);
+
 /// Reusable preprocessing state for one worker: coefficient cache and the
 /// intermediate buffer.
 #[derive(Debug, Default)]
 pub struct Preprocessor {
-    cache: Option<((u32, u32, u32, u32), AxisCoeffs, AxisCoeffs)>,
+    cache: Option<CoeffCache>,
     tmp: Vec<f32>,
 }
 

@@ -151,7 +151,7 @@ fn to_json(model: &str, r: FrameResult) -> DetectResponse {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -299,7 +299,7 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
             }
         })
         .collect();
-    Json(serde_json::json!({ "models": list })).into_response()
+    Json(serde_json::json!({ "default": gw.default_model(), "models": list })).into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -189,10 +189,18 @@ async fn run_session(
             return;
         }
     };
-    let principal = if hello.credential.is_empty() {
-        header_principal.ok_or(GatewayError::Unauthorized)
-    } else {
-        gw.auth.authenticate(&hello.credential)
+    // The key comes in the upgrade's Authorization header or in Hello; when
+    // both are given they must name the same tenant's key.
+    let principal = match (header_principal, hello.credential.is_empty()) {
+        (Some(p), true) => Ok(p),
+        (None, true) => Err(GatewayError::Unauthorized),
+        (header, false) => gw
+            .auth
+            .authenticate(&hello.credential)
+            .and_then(|p| match header {
+                Some(h) if h != p => Err(GatewayError::Unauthorized),
+                _ => Ok(p),
+            }),
     };
     let principal = match principal {
         Ok(p) => p,

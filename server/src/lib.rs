@@ -18,6 +18,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod pipeline;
 pub mod session;
 pub mod transport;

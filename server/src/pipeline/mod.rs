@@ -178,6 +178,11 @@ impl ModelPipeline {
         self.queue.len()
     }
 
+    /// Capacity of the ingress queue.
+    pub fn queue_capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
     /// The backend kind, once a worker has loaded it.
     pub fn backend_kind(&self) -> Option<&'static str> {
         *self.shared.backend_kind.lock().expect("lock")
@@ -464,4 +469,5 @@ fn process_batch(
         };
         let _ = p.item.reply.send(outcome);
     }
+    crate::metrics::batch_ran(&spec.name, n, started.elapsed());
 }

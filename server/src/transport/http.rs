@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::metrics::{self, Transport};
 use crate::pipeline::decode::probe;
 use crate::pipeline::{FrameResult, Readiness};
 
@@ -33,6 +34,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/stream", get(super::ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
 }
@@ -220,10 +222,16 @@ async fn detect(
     req: Request<Body>,
 ) -> Response {
     let received_at = Instant::now();
+    metrics::frame_received(Transport::Http);
     match detect_inner(&gw, params, req, received_at).await {
         Ok(resp) => Json(resp).into_response(),
         Err(e) => {
             tracing::debug!(error = %e, "detect refused");
+            match &e {
+                GatewayError::Unauthorized => metrics::auth_failure(Transport::Http),
+                GatewayError::QueueFull => metrics::frame_dropped(Transport::Http, "queue-full"),
+                other => metrics::frame_failed(Transport::Http, other.code().as_str()),
+            }
             error_response(&e)
         }
     }
@@ -244,7 +252,34 @@ async fn detect_inner(
     let result = rx
         .await
         .map_err(|_| GatewayError::Internal("the pipeline dropped the frame".into()))??;
+    metrics::frame_answered(
+        Transport::Http,
+        &pipeline.model().spec.name,
+        &result.timings,
+    );
     Ok(to_json(&pipeline.model().spec.name, result))
+}
+
+/// `GET /metrics`: Prometheus text format. Open like the health endpoints:
+/// bind the listener to a private address, or scrape through a proxy, when
+/// the numbers must not be public.
+async fn metrics_text(State(gw): State<Arc<Gateway>>) -> Response {
+    for (name, p) in gw.models() {
+        metrics::model_state(
+            name,
+            p.queue_depth(),
+            p.queue_capacity(),
+            p.readiness() == Readiness::Ready,
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics::get().encode(),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]

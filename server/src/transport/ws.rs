@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::metrics::{self, Transport};
 use crate::pipeline::decode::probe;
 use crate::pipeline::{FrameOutcome, ModelPipeline};
 use crate::session::SessionState;
@@ -47,7 +48,10 @@ pub async fn upgrade(
     let principal = match headers.get(header::AUTHORIZATION) {
         Some(v) => match gw.auth.authenticate_header(v.to_str().ok()) {
             Ok(p) => Some(p),
-            Err(e) => return error_response(&e),
+            Err(e) => {
+                metrics::auth_failure(Transport::Ws);
+                return error_response(&e);
+            }
         },
         None => None,
     };
@@ -205,6 +209,7 @@ async fn run_session(
     let principal = match principal {
         Ok(p) => p,
         Err(e) => {
+            metrics::auth_failure(Transport::Ws);
             close_with(&mut sink, &e).await;
             return;
         }
@@ -246,6 +251,7 @@ async fn run_session(
     tracing::debug!("session started");
     drop(_enter);
 
+    let _open = metrics::session_opened(Transport::Ws);
     let state = Arc::new(Mutex::new(SessionState::new(credits)));
     let (tx, rx) = mpsc::channel::<Outgoing>(credits as usize * 2 + 16);
     let writer = tokio::spawn(write_answers(
@@ -291,6 +297,7 @@ async fn read_frames(
             }
         };
         let received_at = Instant::now();
+        metrics::frame_received(Transport::Ws);
         let seq = frame.seq;
         let admitted = state.lock().expect("session lock").on_frame(seq);
         let out = match admitted {
@@ -341,6 +348,7 @@ async fn write_answers(
     while let Some(out) = rx.recv().await {
         match out {
             Outgoing::Refused { seq, error } => {
+                metrics::frame_failed(Transport::Ws, error.code().as_str());
                 if !send_msg(
                     &mut sink,
                     &ServerMessage::Error(error.to_message(Some(seq))),
@@ -426,6 +434,7 @@ async fn answer(
         }),
         AnswerSource::Failed(e) => Err(e),
         AnswerSource::Dropped(reason, message) => {
+            metrics::frame_dropped(Transport::Ws, reason.as_str());
             state.lock().expect("session lock").on_answered(None);
             let msg = ServerMessage::Dropped(Dropped {
                 seqs: vec![seq],
@@ -451,7 +460,11 @@ async fn answer(
                 timings: result.timings,
                 usage,
             });
+            let timings = result_timings(&msg);
             let sent = send_msg(sink, &msg).await;
+            if sent {
+                metrics::frame_answered(Transport::Ws, model, &timings);
+            }
             state
                 .lock()
                 .expect("session lock")
@@ -459,8 +472,16 @@ async fn answer(
             sent
         }
         Err(e) => {
+            metrics::frame_failed(Transport::Ws, e.code().as_str());
             state.lock().expect("session lock").on_answered(None);
             send_msg(sink, &ServerMessage::Error(e.to_message(Some(seq)))).await
         }
+    }
+}
+
+fn result_timings(msg: &ServerMessage) -> framegate_protocol::StageTimings {
+    match msg {
+        ServerMessage::Detections(d) => d.timings,
+        _ => Default::default(),
     }
 }

@@ -1,0 +1,505 @@
+//! Every metric the gateway exports, in one place.
+//!
+//! Each metric is defined here once with its help text, and each event that
+//! moves a metric has one function here (`frame_received`, `frame_answered`,
+//! …), so call sites stay one line and no metric name is spelled anywhere
+//! else. Labels are bounded: transport (`http`, `ws`, `quic`), model (from the
+//! configuration), stage, drop reason and error code (closed enums); never a
+//! session, key or frame id. Served at `GET /metrics` in the Prometheus text
+//! format.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use framegate_protocol::{DropReason, ErrorCode, StageTimings};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// The stages timed for every frame.
+pub const STAGES: [&str; 6] = [
+    "queue",
+    "decode",
+    "preprocess",
+    "infer",
+    "postprocess",
+    "total",
+];
+
+/// Transports, as label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// One-shot HTTP.
+    Http,
+    /// WebSocket sessions.
+    Ws,
+    /// QUIC sessions.
+    Quic,
+}
+
+impl Transport {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Ws => "ws",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnsweredLabels {
+    transport: String,
+    model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    transport: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    transport: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn stage_histogram() -> Histogram {
+    // 100 µs … ~3.3 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 16,
+    ))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0])
+}
+
+/// Names of every metric family, as exported (counters carry `_total`).
+/// The dashboard and alert rules may use only these; a test checks it.
+pub const METRIC_NAMES: &[&str] = &[
+    "framegate_build_info",
+    "framegate_sessions_open",
+    "framegate_sessions_total",
+    "framegate_frames_received_total",
+    "framegate_frames_answered_total",
+    "framegate_frames_dropped_total",
+    "framegate_frames_failed_total",
+    "framegate_stage_duration_seconds",
+    "framegate_batch_size",
+    "framegate_ingress_queue_depth",
+    "framegate_ingress_queue_capacity",
+    "framegate_inference_busy_seconds_total",
+    "framegate_model_ready",
+    "framegate_auth_failures_total",
+    "framegate_rate_limited_frames_total",
+    "framegate_usage_flush_lag_seconds",
+    "framegate_usage_flush_failures_total",
+    "framegate_billing_report_lag_seconds",
+    "framegate_billing_report_failures_total",
+];
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    sessions_open: Family<TransportLabel, Gauge>,
+    sessions: Family<TransportLabel, Counter>,
+    frames_received: Family<TransportLabel, Counter>,
+    frames_answered: Family<AnsweredLabels, Counter>,
+    frames_dropped: Family<ReasonLabels, Counter>,
+    frames_failed: Family<CodeLabels, Counter>,
+    stage_seconds: HistogramFamily<StageLabel>,
+    batch_size: HistogramFamily<ModelLabel>,
+    queue_depth: Family<ModelLabel, Gauge>,
+    queue_capacity: Family<ModelLabel, Gauge>,
+    inference_busy: Family<ModelLabel, Counter<f64, AtomicU64>>,
+    model_ready: Family<ModelLabel, Gauge>,
+    auth_failures: Family<TransportLabel, Counter>,
+    rate_limited: Family<TransportLabel, Counter>,
+    /// Seconds since the oldest unflushed usage delta was recorded (0 when
+    /// everything is flushed). Set by the usage flusher.
+    pub usage_flush_lag: Gauge<f64, AtomicU64>,
+    /// Failed usage-store flush attempts.
+    pub usage_flush_failures: Counter,
+    /// Seconds since the oldest closed, unreported billing window closed.
+    pub billing_report_lag: Gauge<f64, AtomicU64>,
+    /// Failed billing report attempts.
+    pub billing_report_failures: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut r = Registry::with_prefix("framegate");
+        let info = Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]);
+        r.register("build", "Build information of the running gateway", info);
+
+        let m = Metrics {
+            registry: Registry::default(),
+            sessions_open: Family::default(),
+            sessions: Family::default(),
+            frames_received: Family::default(),
+            frames_answered: Family::default(),
+            frames_dropped: Family::default(),
+            frames_failed: Family::default(),
+            stage_seconds: Family::new_with_constructor(stage_histogram),
+            batch_size: Family::new_with_constructor(batch_histogram),
+            queue_depth: Family::default(),
+            queue_capacity: Family::default(),
+            inference_busy: Family::default(),
+            model_ready: Family::default(),
+            auth_failures: Family::default(),
+            rate_limited: Family::default(),
+            usage_flush_lag: Gauge::default(),
+            usage_flush_failures: Counter::default(),
+            billing_report_lag: Gauge::default(),
+            billing_report_failures: Counter::default(),
+        };
+        r.register(
+            "sessions_open",
+            "Streaming sessions open now, by transport",
+            m.sessions_open.clone(),
+        );
+        r.register(
+            "sessions",
+            "Streaming sessions opened, by transport",
+            m.sessions.clone(),
+        );
+        r.register(
+            "frames_received",
+            "Frames received (admitted or not), by transport",
+            m.frames_received.clone(),
+        );
+        r.register(
+            "frames_answered",
+            "Frames answered with detections and delivered (the billable count), by transport and model",
+            m.frames_answered.clone(),
+        );
+        r.register(
+            "frames_dropped",
+            "Frames dropped before inference and reported to the client, by transport and reason",
+            m.frames_dropped.clone(),
+        );
+        r.register(
+            "frames_failed",
+            "Frames answered with an error, by transport and error code",
+            m.frames_failed.clone(),
+        );
+        r.register(
+            "stage_duration_seconds",
+            "Per-frame time in each stage: queue, decode, preprocess, infer, postprocess, total",
+            m.stage_seconds.clone(),
+        );
+        r.register(
+            "batch_size",
+            "Frames per backend batch, by model",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "ingress_queue_depth",
+            "Frames waiting in the ingress queue, by model",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "ingress_queue_capacity",
+            "Capacity of the ingress queue, by model",
+            m.queue_capacity.clone(),
+        );
+        r.register(
+            "inference_busy_seconds",
+            "Time inference workers spent on batches (decode, preprocess, infer, postprocess), by model",
+            m.inference_busy.clone(),
+        );
+        r.register(
+            "model_ready",
+            "1 when the model is loaded and warmed up, by model",
+            m.model_ready.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Requests and sessions refused for a missing or bad credential, by transport",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "rate_limited_frames",
+            "Frames refused by a rate limit, by transport",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "usage_flush_lag_seconds",
+            "Age of the oldest usage delta not yet written to the usage store",
+            m.usage_flush_lag.clone(),
+        );
+        r.register(
+            "usage_flush_failures",
+            "Failed writes of usage deltas to the usage store",
+            m.usage_flush_failures.clone(),
+        );
+        r.register(
+            "billing_report_lag_seconds",
+            "Age of the oldest closed billing window not yet reported to Stripe",
+            m.billing_report_lag.clone(),
+        );
+        r.register(
+            "billing_report_failures",
+            "Failed billing report attempts",
+            m.billing_report_failures.clone(),
+        );
+        // Every bounded label set starts at zero, so rates and alerts work
+        // before the first event and dashboards show every series.
+        for tr in [Transport::Http, Transport::Ws, Transport::Quic] {
+            let tl = t(tr);
+            drop(m.frames_received.get_or_create(&tl));
+            drop(m.auth_failures.get_or_create(&tl));
+            drop(m.rate_limited.get_or_create(&tl));
+            if tr != Transport::Http {
+                drop(m.sessions.get_or_create(&tl));
+                drop(m.sessions_open.get_or_create(&tl));
+            }
+            for reason in DropReason::ALL {
+                let _ = m.frames_dropped.get_or_create(&ReasonLabels {
+                    transport: tr.as_str().into(),
+                    reason: reason.as_str().into(),
+                });
+            }
+            for code in ErrorCode::ALL {
+                let _ = m.frames_failed.get_or_create(&CodeLabels {
+                    transport: tr.as_str().into(),
+                    code: code.as_str().into(),
+                });
+            }
+        }
+        for stage in STAGES {
+            let _ = m.stage_seconds.get_or_create(&StageLabel {
+                stage: stage.into(),
+            });
+        }
+        Metrics { registry: r, ..m }
+    }
+
+    /// Creates the per-model series (at zero) for the configured models.
+    pub fn init_models<'a>(&self, models: impl IntoIterator<Item = &'a str>) {
+        for model in models {
+            let label = ModelLabel {
+                model: model.into(),
+            };
+            drop(self.batch_size.get_or_create(&label));
+            drop(self.inference_busy.get_or_create(&label));
+            drop(self.queue_depth.get_or_create(&label));
+            drop(self.queue_capacity.get_or_create(&label));
+            drop(self.model_ready.get_or_create(&label));
+            for tr in [Transport::Http, Transport::Ws, Transport::Quic] {
+                let _ = self.frames_answered.get_or_create(&AnsweredLabels {
+                    transport: tr.as_str().into(),
+                    model: model.into(),
+                });
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+fn t(transport: Transport) -> TransportLabel {
+    TransportLabel {
+        transport: transport.as_str().into(),
+    }
+}
+
+/// A streaming session opened; the guard marks it closed when dropped.
+pub fn session_opened(transport: Transport) -> SessionGuard {
+    let m = get();
+    m.sessions.get_or_create(&t(transport)).inc();
+    m.sessions_open.get_or_create(&t(transport)).inc();
+    SessionGuard { transport }
+}
+
+/// Keeps `framegate_sessions_open` right whatever way a session ends.
+#[derive(Debug)]
+pub struct SessionGuard {
+    transport: Transport,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        get().sessions_open.get_or_create(&t(self.transport)).dec();
+    }
+}
+
+/// A frame (or one-shot image) arrived.
+pub fn frame_received(transport: Transport) {
+    get().frames_received.get_or_create(&t(transport)).inc();
+}
+
+/// A frame's detections were delivered.
+pub fn frame_answered(transport: Transport, model: &str, timings: &StageTimings) {
+    let m = get();
+    m.frames_answered
+        .get_or_create(&AnsweredLabels {
+            transport: transport.as_str().into(),
+            model: model.into(),
+        })
+        .inc();
+    let values = [
+        timings.queue_us,
+        timings.decode_us,
+        timings.preprocess_us,
+        timings.infer_us,
+        timings.postprocess_us,
+        timings.total_us,
+    ];
+    for (stage, us) in STAGES.into_iter().zip(values) {
+        m.stage_seconds
+            .get_or_create(&StageLabel {
+                stage: stage.into(),
+            })
+            .observe(f64::from(us) / 1e6);
+    }
+}
+
+/// A frame was dropped before inference (`reason` is the protocol's
+/// `DropReason` name).
+pub fn frame_dropped(transport: Transport, reason: &str) {
+    get()
+        .frames_dropped
+        .get_or_create(&ReasonLabels {
+            transport: transport.as_str().into(),
+            reason: reason.into(),
+        })
+        .inc();
+}
+
+/// A frame was answered with an error (`code` is the protocol's `ErrorCode` name).
+pub fn frame_failed(transport: Transport, code: &str) {
+    get()
+        .frames_failed
+        .get_or_create(&CodeLabels {
+            transport: transport.as_str().into(),
+            code: code.into(),
+        })
+        .inc();
+}
+
+/// A credential was refused.
+pub fn auth_failure(transport: Transport) {
+    get().auth_failures.get_or_create(&t(transport)).inc();
+}
+
+/// A frame was refused by a rate limit.
+pub fn rate_limited(transport: Transport) {
+    get().rate_limited.get_or_create(&t(transport)).inc();
+}
+
+/// A backend batch ran; `busy` is the worker's time on it.
+pub fn batch_ran(model: &str, size: usize, busy: Duration) {
+    let m = get();
+    let label = ModelLabel {
+        model: model.into(),
+    };
+    m.batch_size.get_or_create(&label).observe(size as f64);
+    m.inference_busy
+        .get_or_create(&label)
+        .inc_by(busy.as_secs_f64());
+}
+
+/// Scrape-time state of a model's pipeline.
+pub fn model_state(model: &str, queue_depth: usize, queue_capacity: usize, ready: bool) {
+    let m = get();
+    let label = ModelLabel {
+        model: model.into(),
+    };
+    m.queue_depth.get_or_create(&label).set(queue_depth as i64);
+    m.queue_capacity
+        .get_or_create(&label)
+        .set(queue_capacity as i64);
+    m.model_ready.get_or_create(&label).set(i64::from(ready));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_declared_name_is_exported_and_nothing_else() {
+        // Touch every labelled family once so it appears in the output.
+        let _g = session_opened(Transport::Ws);
+        frame_received(Transport::Http);
+        frame_answered(Transport::Http, "m", &StageTimings::default());
+        frame_dropped(Transport::Ws, "queue-full");
+        frame_failed(Transport::Ws, "invalid-image");
+        auth_failure(Transport::Http);
+        rate_limited(Transport::Http);
+        batch_ran("m", 4, Duration::from_millis(3));
+        model_state("m", 1, 256, true);
+        let text = get().encode();
+        for name in METRIC_NAMES {
+            let sampled = text.lines().any(|l| {
+                l.strip_prefix(name).is_some_and(|rest| {
+                    rest.starts_with(' ')
+                        || rest.starts_with('{')
+                        || rest.starts_with("_bucket")
+                        || rest.starts_with("_sum")
+                        || rest.starts_with("_count")
+                })
+            });
+            assert!(sampled, "{name} is declared but not exported:\n{text}");
+        }
+        // Every exported family is declared (TYPE lines name counters
+        // without `_total` and info metrics without `_info`).
+        for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let family = family.split_whitespace().next().unwrap();
+            assert!(
+                METRIC_NAMES.iter().any(|n| n.starts_with(family)),
+                "{family} is exported but not declared in METRIC_NAMES"
+            );
+        }
+        for l in text.lines().filter(|l| l.starts_with("# HELP")) {
+            assert!(
+                l.split_whitespace().count() > 3,
+                "metric without help text: {l}"
+            );
+        }
+    }
+}

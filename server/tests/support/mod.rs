@@ -292,12 +292,12 @@ pub async fn send(ws: &mut Ws, msg: &ClientMessage) {
         .expect("ws send");
 }
 
-/// The next protocol message, or `None` once the server closed. Panics after 30 s.
+/// The next protocol message, or `None` once the server closed. Panics after 120 s.
 pub async fn recv(ws: &mut Ws) -> Option<ServerMessage> {
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        let next = tokio::time::timeout(Duration::from_secs(120), ws.next())
             .await
-            .expect("no message from the server within 30 s");
+            .expect("no message from the server within 120 s (a hang guard, not a speed check)");
         match next {
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
             Some(Ok(Message::Binary(b))) => {
@@ -314,9 +314,9 @@ pub async fn recv(ws: &mut Ws) -> Option<ServerMessage> {
 /// Reads until the close frame and returns its code.
 pub async fn close_code(ws: &mut Ws) -> Option<u16> {
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        let next = tokio::time::timeout(Duration::from_secs(120), ws.next())
             .await
-            .expect("no close within 30 s");
+            .expect("no close within 120 s");
         match next {
             Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
             None | Some(Err(_)) | Some(Ok(Message::Close(None))) => return None,

@@ -73,8 +73,16 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    // Wire-level libraries log whole messages at trace level (a Hello with
+    // its key, HTTP headers). Keys must never reach a log, whatever filter
+    // the operator picks, so these targets are capped at info.
+    for target in framegate::config::WIRE_LOG_TARGETS {
+        if let Ok(d) = format!("{target}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -198,7 +198,8 @@ pub struct LogConfig {
     /// `text` or `json`. Default `text`.
     pub format: String,
     /// A `tracing` filter, e.g. `info,framegate=debug`. Default `info,ort=warn`;
-    /// `RUST_LOG` wins when set.
+    /// `RUST_LOG` wins when set. Wire-level libraries (see
+    /// [`WIRE_LOG_TARGETS`]) stay at `info` or above so no key is ever logged.
     pub filter: String,
 }
 
@@ -210,6 +211,23 @@ impl Default for LogConfig {
         }
     }
 }
+
+/// Libraries whose debug/trace logs contain raw protocol bytes or headers
+/// (and so could contain keys); the gateway caps them at `info`.
+pub const WIRE_LOG_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "axum",
+    "quinn",
+    "quinn_proto",
+    "rustls",
+    "reqwest",
+    "tonic",
+    "redis",
+];
 
 /// Every problem found in a configuration, reported together.
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
@@ -254,16 +255,17 @@ async fn run_session(
     let _open = metrics::session_opened(Transport::Ws);
     let state = Arc::new(Mutex::new(SessionState::new(credits)));
     let (tx, rx) = mpsc::channel::<Outgoing>(credits as usize * 2 + 16);
-    let writer = tokio::spawn(write_answers(
-        sink,
-        rx,
-        state.clone(),
-        pipeline.model().spec.name.clone(),
-    ));
-    read_frames(&gw, &pipeline, &mut stream, &limits, &state, &tx).await;
+    let writer = tokio::spawn(
+        write_answers(sink, rx, state.clone(), pipeline.model().spec.name.clone())
+            .instrument(span.clone()),
+    );
+    read_frames(&gw, &pipeline, &mut stream, &limits, &state, &tx)
+        .instrument(span.clone())
+        .await;
     drop(tx);
     let _ = writer.await;
-    tracing::debug!(session = %session_id, "session ended");
+    let usage = state.lock().expect("session lock").usage();
+    span.in_scope(|| tracing::debug!(frames = usage.frames, "session ended"));
 }
 
 async fn read_frames(

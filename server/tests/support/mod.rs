@@ -35,6 +35,7 @@ pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -77,7 +78,9 @@ impl Gateway {
             let errors = errors.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    eprintln!("[framegate] {line}");
+                    if std::env::var_os("FRAMEGATE_TEST_ECHO").is_some() {
+                        eprintln!("[framegate] {line}");
+                    }
                     errors.lock().unwrap().push(line);
                 }
             });
@@ -96,9 +99,17 @@ impl Gateway {
             child,
             addr,
             stdout: lines,
+            stderr: errors,
         };
         gw.wait_ready().await;
         gw
+    }
+
+    /// Everything the process printed so far (stdout and stderr).
+    pub fn logs(&self) -> Vec<String> {
+        let mut out = self.stdout.lock().unwrap().clone();
+        out.extend(self.stderr.lock().unwrap().iter().cloned());
+        out
     }
 
     pub fn url(&self, path: &str) -> String {

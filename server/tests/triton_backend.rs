@@ -3,9 +3,9 @@
 //! endpoint selection and retries when servers die and come back, and clear
 //! start-up errors.
 
-mod support;
 #[path = "support/mlserver.rs"]
 mod mlserver;
+mod support;
 
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
@@ -123,11 +123,7 @@ fn detections_through_triton_equal_the_local_onnx_backend() {
                 b.score
             );
             let (ba, bb) = ([a.x1, a.y1, a.x2, a.y2], [b.x1, b.y1, b.x2, b.y2]);
-            assert!(
-                iou(&ba, &bb) >= 0.99,
-                "{}: {ba:?} vs {bb:?}",
-                PHOTOS[i]
-            );
+            assert!(iou(&ba, &bb) >= 0.99, "{}: {ba:?} vs {bb:?}", PHOTOS[i]);
             compared += 1;
         }
     }
@@ -171,7 +167,10 @@ fn unavailable_calls_are_retried_on_another_endpoint() {
     for _ in 0..4 {
         infer_once(&mut backend).unwrap();
     }
-    assert!(fwd.bytes() > 1 << 20, "calls were not spread over both endpoints");
+    assert!(
+        fwd.bytes() > 1 << 20,
+        "calls were not spread over both endpoints"
+    );
 
     fwd.stop();
     for i in 0..6 {
@@ -199,13 +198,12 @@ fn an_endpoint_failing_readiness_is_skipped_until_it_recovers() {
 
     fwd.stop();
     wait_until("the health check marks the stopped endpoint down", || {
-        pool.ready_endpoints() == [direct.clone()]
+        pool.ready_endpoints() == std::slice::from_ref(&direct)
     });
-
     for _ in 0..4 {
         infer_once(&mut backend).unwrap();
     }
-    assert_eq!(pool.ready_endpoints(), [direct.clone()]);
+    assert_eq!(pool.ready_endpoints(), [direct]);
 
     fwd.resume();
     wait_until("the endpoint is ready again", || {

@@ -31,11 +31,7 @@ fn names(tensors: &[TensorMetadata]) -> String {
 /// line each; empty when it fits. `max_batch` is `pipeline.max_batch`.
 pub fn check(meta: &ModelMetadataResponse, spec: &ModelSpec, max_batch: usize) -> Vec<String> {
     let mut problems = Vec::new();
-    let want = [
-        3,
-        i64::from(spec.input.height),
-        i64::from(spec.input.width),
-    ];
+    let want = [3, i64::from(spec.input.height), i64::from(spec.input.width)];
     match meta.inputs.iter().find(|t| t.name == spec.input.name) {
         None => problems.push(format!(
             "no input named {:?} (model.toml input.name); the server's inputs are {}",
@@ -143,7 +139,10 @@ mod tests {
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("[-1, 3, 640, 640]"), "{problems:?}");
         assert!(problems[1].contains("\"cls_s8\" is FP16"), "{problems:?}");
-        assert!(problems[2].contains("no output named \"box_s16\""), "{problems:?}");
+        assert!(
+            problems[2].contains("no output named \"box_s16\""),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -160,7 +159,10 @@ mod tests {
         let mut meta = nanodet_meta();
         meta.inputs[0].name = "input.1".into();
         let problems = check(&meta, &spec(), 8);
-        assert!(problems[0].contains("no input named \"images\""), "{problems:?}");
+        assert!(
+            problems[0].contains("no input named \"images\""),
+            "{problems:?}"
+        );
         assert!(problems[0].contains("input.1 FP32"), "{problems:?}");
         assert!(problems[1].contains("does not feed"), "{problems:?}");
     }

@@ -100,9 +100,9 @@ pub enum TritonError {
 impl From<TritonError> for GatewayError {
     fn from(e: TritonError) -> Self {
         match e {
-            TritonError::Call { .. } | TritonError::Unavailable { .. } | TritonError::Response(_) => {
-                GatewayError::Backend(e.to_string())
-            }
+            TritonError::Call { .. }
+            | TritonError::Unavailable { .. }
+            | TritonError::Response(_) => GatewayError::Backend(e.to_string()),
             _ => GatewayError::NotReady(e.to_string()),
         }
     }

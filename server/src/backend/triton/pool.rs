@@ -212,7 +212,9 @@ impl TritonPool {
     }
 
     fn runtime(&self) -> &Runtime {
-        self.runtime.as_ref().expect("runtime lives as long as the pool")
+        self.runtime
+            .as_ref()
+            .expect("runtime lives as long as the pool")
     }
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -357,31 +359,36 @@ impl TritonPool {
             };
             tried.push(i);
             let server = &self.servers[i];
-            let mut client = server.clients[(turn / self.servers.len().max(1)) % server.clients.len()].clone();
+            let mut client =
+                server.clients[(turn / self.servers.len().max(1)) % server.clients.len()].clone();
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(timeout);
-            let outcome = self.block_on(async {
-                tokio::time::timeout(timeout, client.model_infer(req))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(tonic::Status::deadline_exceeded(format!(
-                            "no answer within {} ms",
-                            timeout.as_millis()
-                        )))
-                    })
-            });
+            let outcome = self
+                .block_on(async { tokio::time::timeout(timeout, client.model_infer(req)).await });
             match outcome {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == Code::Unavailable => {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if s.code() == Code::Unavailable => {
                     let text = status_text(&s);
                     tracing::warn!(endpoint = %server.url, attempt, error = %text, "inference call unavailable; retrying elsewhere");
-                    self.health.lock().expect("lock").report(i, Err(text.clone()));
+                    self.health
+                        .lock()
+                        .expect("lock")
+                        .report(i, Err(text.clone()));
                     failures.push(format!("{}: {text}", server.url));
                 }
-                Err(s) => {
+                Ok(Err(s)) => {
                     return Err(TritonError::Call {
                         endpoint: server.url.clone(),
                         message: status_text(&s),
+                    })
+                }
+                Err(_) => {
+                    return Err(TritonError::Call {
+                        endpoint: server.url.clone(),
+                        message: format!(
+                            "DeadlineExceeded: no answer within {} ms (backend.triton.timeout_ms)",
+                            timeout.as_millis()
+                        ),
                     })
                 }
             }

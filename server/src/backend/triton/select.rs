@@ -62,7 +62,7 @@ impl EndpointHealth {
 
     /// Whether any endpoint is ready.
     pub fn any_ready(&self) -> bool {
-        self.states.iter().any(|s| *s == EndpointState::Ready)
+        self.states.contains(&EndpointState::Ready)
     }
 
     /// The endpoint for the next attempt of a call: among the ready

@@ -8,7 +8,7 @@ mod mlserver;
 mod support;
 
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use framegate::backend::onnx::init_runtime;
@@ -38,10 +38,20 @@ fn server() -> &'static MlServer {
     })
 }
 
+/// The tests share one single-process MLServer, whose Python codec takes
+/// a while with megabyte tensors: one test at a time keeps their timings
+/// (readiness deadlines, health checks) far from its load.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn triton_config(endpoints: Vec<String>) -> TritonConfig {
     TritonConfig {
         endpoints,
         startup_timeout_ms: 10_000,
+        // A busy test machine must not make a live endpoint look down.
+        connect_timeout_ms: 5_000,
         ..TritonConfig::default()
     }
 }
@@ -94,6 +104,7 @@ fn run_photos(factory: BackendFactory) -> Vec<FrameResult> {
 
 #[test]
 fn detections_through_triton_equal_the_local_onnx_backend() {
+    let _one_at_a_time = serial();
     init_runtime(None).expect("ONNX Runtime (run scripts/install-onnxruntime.sh)");
     let local = run_photos(onnx_factory(1));
     let pool = TritonPool::connect(&triton_config(vec![server().grpc_url()])).unwrap();
@@ -152,6 +163,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn unavailable_calls_are_retried_on_another_endpoint() {
+    let _one_at_a_time = serial();
     let fwd = Forwarder::start(server().grpc);
     let direct = server().grpc_url();
     let config = TritonConfig {
@@ -186,6 +198,7 @@ fn unavailable_calls_are_retried_on_another_endpoint() {
 
 #[test]
 fn an_endpoint_failing_readiness_is_skipped_until_it_recovers() {
+    let _one_at_a_time = serial();
     let fwd = Forwarder::start(server().grpc);
     let direct = server().grpc_url();
     let config = TritonConfig {
@@ -219,13 +232,22 @@ fn an_endpoint_failing_readiness_is_skipped_until_it_recovers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dead_endpoint_of_two_loses_no_request() {
+#[test]
+fn a_dead_endpoint_of_two_loses_no_request() {
+    let _one_at_a_time = serial();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(dead_endpoint_of_two());
+}
+
+async fn dead_endpoint_of_two() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let (_dir, cfg) = config_file(&format!(
         "[pipeline]\nworkers = 2\nmax_batch = 4\n\
          [backend]\nkind = \"triton\"\n\
-         [backend.triton]\nendpoints = [\"{dead}\", \"{}\"]\nhealth_interval_ms = 200\n",
+         [backend.triton]\nendpoints = [\"{dead}\", \"{}\"]\nhealth_interval_ms = 200\nconnect_timeout_ms = 5000\n",
         server().grpc_url()
     ));
     let gw = support::Gateway::start(&["--config", path_str(&cfg)]).await;
@@ -293,6 +315,7 @@ fn no_reachable_endpoint_is_a_clear_startup_error() {
 
 #[test]
 fn a_server_model_that_does_not_fit_model_toml_is_a_clear_startup_error() {
+    let _one_at_a_time = serial();
     let err = serve_fails(&format!(
         "[backend]\nkind = \"triton\"\n[backend.triton]\n\
          endpoints = [\"{}\"]\nmodel_name = \"yolo-test\"\n",

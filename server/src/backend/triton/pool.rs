@@ -278,7 +278,10 @@ impl TritonPool {
                 w.push(key);
             }
         }
-        let deadline = Duration::from_millis(self.config.connect_timeout_ms);
+        // A server busy with other clients' batches may answer metadata late:
+        // allow it as long as an inference call.
+        let deadline =
+            Duration::from_millis(self.config.timeout_ms.max(self.config.connect_timeout_ms));
         let mut out = Vec::new();
         for url in self.ready_endpoints() {
             let server = self

@@ -23,6 +23,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Removes the model repositories of earlier test processes (named
+/// `mlserver-PID-PORT`) that are no longer running.
+fn remove_stale_repositories() {
+    let Ok(dir) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("mlserver-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A running MLServer; killed on drop (and by its own watchdog when the
 /// test process exits, for servers kept in a `static`).
 pub struct MlServer {
@@ -35,6 +55,7 @@ pub struct MlServer {
 impl MlServer {
     /// Serves each `(name, onnx file)` and waits until every model is ready.
     pub fn start(models: &[(&str, PathBuf)]) -> MlServer {
+        remove_stale_repositories();
         let repo = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "mlserver-{}-{}",
             std::process::id(),

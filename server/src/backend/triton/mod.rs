@@ -56,6 +56,14 @@ pub enum TritonError {
         /// Each endpoint with its last error.
         endpoints: String,
     },
+    /// Every endpoint went down between start-up and a model's check.
+    #[error("no Triton endpoint is ready to check model {model:?} against ({endpoints})")]
+    NoEndpointForModel {
+        /// The model name asked for.
+        model: String,
+        /// Each endpoint with its last error.
+        endpoints: String,
+    },
     /// The server is up but does not have the model ready.
     #[error("model {model:?} is not ready on {endpoint}: check backend.triton.model_name / model_version and the server's model repository")]
     ModelNotReady {

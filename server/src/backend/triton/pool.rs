@@ -333,6 +333,13 @@ impl TritonPool {
                 }
             }
         }
+        if out.is_empty() {
+            // Every endpoint went down since start-up: nothing to check against.
+            return Err(TritonError::NoEndpointForModel {
+                model: name.into(),
+                endpoints: self.describe_health(),
+            });
+        }
         Ok(out)
     }
 

@@ -32,6 +32,27 @@ pub fn onnx_factory(threads: usize) -> BackendFactory {
     })
 }
 
+/// The remote Triton / KServe v2 backend factory: every worker shares
+/// `pool`'s connections; each checks the server's model metadata first.
+pub fn triton_factory(
+    pool: Arc<crate::backend::triton::pool::TritonPool>,
+    config: &crate::config::TritonConfig,
+    max_batch: usize,
+) -> BackendFactory {
+    let (name, version) = (config.model_name.clone(), config.model_version.clone());
+    Arc::new(move |model: &LoadedModel| {
+        crate::backend::triton::TritonBackend::new(
+            pool.clone(),
+            model,
+            name.as_deref(),
+            &version,
+            max_batch,
+        )
+        .map(|b| Box::new(b) as Box<dyn crate::backend::Backend>)
+        .map_err(GatewayError::from)
+    })
+}
+
 impl Gateway {
     /// Loads the models and starts their pipelines (they warm up in the
     /// background; see [`Gateway::readiness`]).

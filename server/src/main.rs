@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use framegate::auth::{Authenticator, DevKey, DEV_KEY_ENV};
-use framegate::config::{Config, ModelConfig};
-use framegate::gateway::{onnx_factory, Gateway};
+use framegate::config::{BackendKind, Config, ModelConfig};
+use framegate::gateway::{onnx_factory, triton_factory, Gateway};
 use framegate::pipeline::Readiness;
 
 #[derive(Parser)]
@@ -146,13 +146,42 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.validate()?;
     init_logging(&config);
 
-    framegate::backend::onnx::init_runtime(config.onnxruntime.dylib.as_deref())
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("not ready: ")))?;
+    let factory = match config.backend.kind {
+        BackendKind::Onnx => {
+            framegate::backend::onnx::init_runtime(config.onnxruntime.dylib.as_deref()).map_err(
+                |e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("not ready: ")),
+            )?;
+            onnx_factory(config.pipeline.threads_per_worker)
+        }
+        BackendKind::Triton => {
+            let triton = config.backend.triton.clone();
+            let pool = tokio::task::spawn_blocking(move || {
+                framegate::backend::triton::pool::TritonPool::connect(&triton)
+            })
+            .await??;
+            triton_factory(pool, &config.backend.triton, config.pipeline.max_batch)
+        }
+    };
 
     let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
-    let threads = config.pipeline.threads_per_worker;
     let listen = config.http.listen;
-    let gw = Gateway::start(config, auth, onnx_factory(threads))?;
+    let remote = config.backend.kind == BackendKind::Triton;
+    let gw = Gateway::start(config, auth, factory)?;
+    if remote {
+        // A remote model that does not fit its model.toml is a configuration
+        // error: refuse to start rather than serve with /readyz failing.
+        let gw = gw.clone();
+        let readiness = tokio::task::spawn_blocking(move || loop {
+            match gw.readiness() {
+                Readiness::Loading => std::thread::sleep(Duration::from_millis(20)),
+                other => return other,
+            }
+        })
+        .await?;
+        if let Readiness::Failed(f) = readiness {
+            bail!("{}", f.trim_start_matches("not ready: "));
+        }
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

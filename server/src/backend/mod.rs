@@ -7,6 +7,7 @@
 
 pub mod onnx;
 pub mod spec;
+pub mod triton;
 
 use crate::error::GatewayError;
 

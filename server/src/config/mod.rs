@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod backend;
+pub use backend::{BackendConfig, BackendKind, TritonConfig};
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -27,6 +30,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// ONNX Runtime.
     pub onnxruntime: OnnxRuntimeConfig,
+    /// Which backend runs the models (`onnx`, or a remote `triton` tier).
+    pub backend: BackendConfig,
     /// Models served. Empty means the bundled NanoDet-g model.
     pub models: Vec<ModelConfig>,
     /// Which model answers requests that name none. Default: the first model.
@@ -309,6 +314,7 @@ impl Config {
                 ));
             }
         }
+        self.backend.validate(self.models.len(), &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

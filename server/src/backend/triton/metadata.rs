@@ -1,0 +1,169 @@
+//! Does the server's model fit the `model.toml`? Checked once per model at
+//! start-up against `ModelMetadata`, so a wrong model name, a model exported
+//! at another size or with renamed outputs fails before the first frame
+//! instead of producing garbage boxes.
+
+use super::proto::model_metadata_response::TensorMetadata;
+use super::proto::ModelMetadataResponse;
+use crate::backend::spec::{DecoderSpec, ModelSpec};
+
+/// The output tensors the decoder of `spec` reads, in a fixed order.
+pub fn decoder_outputs(spec: &ModelSpec) -> Vec<String> {
+    match &spec.decoder {
+        DecoderSpec::Nanodet {
+            cls_outputs,
+            box_outputs,
+            ..
+        } => cls_outputs.iter().chain(box_outputs).cloned().collect(),
+        DecoderSpec::Yolov8 { output, .. } => vec![output.clone()],
+    }
+}
+
+fn names(tensors: &[TensorMetadata]) -> String {
+    let n: Vec<String> = tensors
+        .iter()
+        .map(|t| format!("{} {} {:?}", t.name, t.datatype, t.shape))
+        .collect();
+    format!("[{}]", n.join(", "))
+}
+
+/// Every way `meta` differs from what the gateway will send and read, one
+/// line each; empty when it fits. `max_batch` is `pipeline.max_batch`.
+pub fn check(meta: &ModelMetadataResponse, spec: &ModelSpec, max_batch: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    let want = [3, i64::from(spec.input.height), i64::from(spec.input.width)];
+    match meta.inputs.iter().find(|t| t.name == spec.input.name) {
+        None => problems.push(format!(
+            "no input named {:?} (model.toml input.name); the server's inputs are {}",
+            spec.input.name,
+            names(&meta.inputs)
+        )),
+        Some(t) => {
+            if t.datatype != "FP32" {
+                problems.push(format!(
+                    "input {:?} is {}, the gateway sends FP32",
+                    t.name, t.datatype
+                ));
+            }
+            let dims_fit = t.shape.len() == 4
+                && t.shape[1..]
+                    .iter()
+                    .zip(want)
+                    .all(|(&got, want)| got == -1 || got == want);
+            if !dims_fit {
+                problems.push(format!(
+                    "input {:?} has shape {:?}, model.toml says [batch, {}, {}, {}]",
+                    t.name, t.shape, want[0], want[1], want[2]
+                ));
+            } else if t.shape[0] >= 0 && (t.shape[0] as usize) < max_batch {
+                problems.push(format!(
+                    "input {:?} has a fixed batch of {} but pipeline.max_batch is {max_batch}: \
+                     enable dynamic batching on the server (Triton: max_batch_size >= {max_batch}) \
+                     or lower pipeline.max_batch",
+                    t.name, t.shape[0]
+                ));
+            }
+        }
+    }
+    let extra: Vec<&str> = meta
+        .inputs
+        .iter()
+        .filter(|t| t.name != spec.input.name)
+        .map(|t| t.name.as_str())
+        .collect();
+    if !extra.is_empty() {
+        problems.push(format!(
+            "the server's model has inputs the gateway does not feed: {extra:?}"
+        ));
+    }
+    for name in decoder_outputs(spec) {
+        match meta.outputs.iter().find(|t| t.name == name) {
+            None => problems.push(format!(
+                "no output named {name:?} (model.toml decoder); the server's outputs are {}",
+                names(&meta.outputs)
+            )),
+            Some(t) if t.datatype != "FP32" => problems.push(format!(
+                "output {name:?} is {}, the decoder reads FP32",
+                t.datatype
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::spec::{ModelSpec, BUNDLED_SPEC};
+
+    fn tensor(name: &str, shape: &[i64]) -> TensorMetadata {
+        TensorMetadata {
+            name: name.into(),
+            datatype: "FP32".into(),
+            shape: shape.to_vec(),
+            parameters: Default::default(),
+        }
+    }
+
+    fn nanodet_meta() -> ModelMetadataResponse {
+        let mut outputs = Vec::new();
+        for (s, cells) in [(8, 2704), (16, 676), (32, 169)] {
+            outputs.push(tensor(&format!("cls_s{s}"), &[-1, cells, 80]));
+            outputs.push(tensor(&format!("box_s{s}"), &[-1, cells, 44]));
+        }
+        ModelMetadataResponse {
+            name: "nanodet-g".into(),
+            inputs: vec![tensor("images", &[-1, 3, 416, 416])],
+            outputs,
+            ..Default::default()
+        }
+    }
+
+    fn spec() -> ModelSpec {
+        ModelSpec::parse(BUNDLED_SPEC, "bundled").unwrap()
+    }
+
+    #[test]
+    fn the_bundled_model_fits_its_own_metadata() {
+        assert_eq!(check(&nanodet_meta(), &spec(), 8), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_mismatch_is_named() {
+        let mut meta = nanodet_meta();
+        meta.inputs[0].shape = vec![-1, 3, 640, 640];
+        meta.outputs.retain(|t| t.name != "box_s16");
+        meta.outputs[0].datatype = "FP16".into();
+        let problems = check(&meta, &spec(), 8);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("[-1, 3, 640, 640]"), "{problems:?}");
+        assert!(problems[1].contains("\"cls_s8\" is FP16"), "{problems:?}");
+        assert!(
+            problems[2].contains("no output named \"box_s16\""),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_fixed_batch_below_max_batch_is_refused() {
+        let mut meta = nanodet_meta();
+        meta.inputs[0].shape[0] = 1;
+        assert!(check(&meta, &spec(), 1).is_empty());
+        let problems = check(&meta, &spec(), 8);
+        assert!(problems[0].contains("max_batch_size"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_renamed_input_lists_what_the_server_has() {
+        let mut meta = nanodet_meta();
+        meta.inputs[0].name = "input.1".into();
+        let problems = check(&meta, &spec(), 8);
+        assert!(
+            problems[0].contains("no input named \"images\""),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("input.1 FP32"), "{problems:?}");
+        assert!(problems[1].contains("does not feed"), "{problems:?}");
+    }
+}

@@ -1,0 +1,411 @@
+//! The connections to the inference servers, shared by every inference
+//! worker: one gRPC client per connection, a background readiness check per
+//! endpoint, and calls with deadlines and retries on `UNAVAILABLE`.
+//!
+//! Inference workers are plain OS threads with no async runtime, so the pool
+//! owns a small dedicated multi-thread tokio runtime (`runtime_threads`,
+//! default 2, threads named `framegate-triton`). A worker blocks on it for the
+//! length of one call; connections, the health task and protobuf work live
+//! on it, away from the gateway's own HTTP/WebSocket runtime, so a slow
+//! inference tier cannot stall the transports.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use super::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use super::proto::{
+    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
+    ModelReadyRequest, ServerReadyRequest,
+};
+use super::select::{EndpointHealth, EndpointState};
+use super::TritonError;
+use crate::config::TritonConfig;
+
+type Client = GrpcInferenceServiceClient<Channel>;
+
+/// One configured server.
+struct Server {
+    url: String,
+    /// `connections_per_endpoint` clients, each its own HTTP/2 connection.
+    clients: Vec<Client>,
+}
+
+/// Connections to every configured endpoint, with their health.
+pub struct TritonPool {
+    config: TritonConfig,
+    servers: Arc<Vec<Server>>,
+    health: Arc<Mutex<EndpointHealth>>,
+    /// Models whose readiness the health check includes: (name, version).
+    watched: Arc<Mutex<Vec<(String, String)>>>,
+    turn: AtomicUsize,
+    runtime: Option<Runtime>,
+}
+
+impl std::fmt::Debug for TritonPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<&str> = self.servers.iter().map(|s| s.url.as_str()).collect();
+        f.debug_struct("TritonPool")
+            .field("endpoints", &urls)
+            .finish()
+    }
+}
+
+impl Drop for TritonPool {
+    fn drop(&mut self) {
+        // The pool may be dropped on an async thread (the gateway's own
+        // runtime): a blocking shutdown would panic there.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    let msg = s.message();
+    if msg.is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        format!("{:?}: {msg}", s.code())
+    }
+}
+
+/// Readiness of one server: `ServerReady`, then `ModelReady` for each model.
+async fn check_ready(
+    mut client: Client,
+    models: Vec<(String, String)>,
+    deadline: Duration,
+) -> Result<(), String> {
+    let check = async {
+        let ready = client
+            .server_ready(ServerReadyRequest {})
+            .await
+            .map_err(|s| status_text(&s))?
+            .into_inner()
+            .ready;
+        if !ready {
+            return Err("server not ready".to_string());
+        }
+        for (name, version) in models {
+            let ready = client
+                .model_ready(ModelReadyRequest {
+                    name: name.clone(),
+                    version,
+                })
+                .await
+                .map_err(|s| format!("model {name:?}: {}", status_text(&s)))?
+                .into_inner()
+                .ready;
+            if !ready {
+                return Err(format!("model {name:?} not ready"));
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(deadline, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", deadline.as_millis())))
+}
+
+/// One round of readiness checks on every server, concurrently.
+async fn check_all(
+    servers: &[Server],
+    health: &Mutex<EndpointHealth>,
+    watched: &Mutex<Vec<(String, String)>>,
+    deadline: Duration,
+) {
+    let models = watched.lock().expect("lock").clone();
+    let checks = servers
+        .iter()
+        .map(|s| check_ready(s.clients[0].clone(), models.clone(), deadline));
+    let results = futures_util::future::join_all(checks).await;
+    let mut h = health.lock().expect("lock");
+    for (i, r) in results.into_iter().enumerate() {
+        let url = &servers[i].url;
+        let ok = r.is_ok();
+        if h.report(i, r) {
+            if ok {
+                tracing::info!(endpoint = %url, "inference endpoint ready again");
+            } else if let EndpointState::Down { reason } = h.state(i) {
+                tracing::warn!(endpoint = %url, %reason, "inference endpoint not ready; skipped until it recovers");
+            }
+        }
+    }
+}
+
+impl TritonPool {
+    /// Opens the connections, starts the health checks, and waits up to
+    /// `startup_timeout_ms` for at least one endpoint to be ready.
+    pub fn connect(config: &TritonConfig) -> Result<Arc<Self>, TritonError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.runtime_threads)
+            .thread_name("framegate-triton")
+            .enable_all()
+            .build()
+            .map_err(TritonError::Runtime)?;
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let mut servers = Vec::new();
+        {
+            // Lazy channels spawn their connection task on the current runtime.
+            let _enter = runtime.enter();
+            for url in &config.endpoints {
+                let endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(|e| TritonError::Endpoint {
+                        endpoint: url.clone(),
+                        message: e.to_string(),
+                    })?
+                    .connect_timeout(connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    // Batches are megabytes: HTTP/2's default 64 KiB windows
+                    // would cost a round trip per 64 KiB.
+                    .initial_stream_window_size(Some(16 << 20))
+                    .initial_connection_window_size(Some(64 << 20));
+                let clients = (0..config.connections_per_endpoint)
+                    .map(|_| {
+                        GrpcInferenceServiceClient::new(endpoint.connect_lazy())
+                            .max_decoding_message_size(config.max_message_bytes)
+                            .max_encoding_message_size(config.max_message_bytes)
+                    })
+                    .collect();
+                servers.push(Server {
+                    url: url.clone(),
+                    clients,
+                });
+            }
+        }
+        let pool = Arc::new(Self {
+            config: config.clone(),
+            servers: Arc::new(servers),
+            health: Arc::new(Mutex::new(EndpointHealth::new(config.endpoints.len()))),
+            watched: Arc::new(Mutex::new(Vec::new())),
+            turn: AtomicUsize::new(0),
+            runtime: Some(runtime),
+        });
+        let started = Instant::now();
+        let startup = Duration::from_millis(config.startup_timeout_ms);
+        loop {
+            pool.block_on(check_all(
+                &pool.servers,
+                &pool.health,
+                &pool.watched,
+                connect_timeout,
+            ));
+            if pool.health.lock().expect("lock").any_ready() {
+                break;
+            }
+            if started.elapsed() >= startup {
+                return Err(TritonError::NoReadyEndpoint {
+                    waited_ms: config.startup_timeout_ms,
+                    endpoints: pool.describe_health(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200).min(startup));
+        }
+        pool.spawn_health_task();
+        Ok(pool)
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.runtime
+            .as_ref()
+            .expect("runtime lives as long as the pool")
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime().block_on(f)
+    }
+
+    fn spawn_health_task(self: &Arc<Self>) {
+        let (servers, health, watched) = (
+            self.servers.clone(),
+            self.health.clone(),
+            self.watched.clone(),
+        );
+        let interval = Duration::from_millis(self.config.health_interval_ms);
+        let deadline = Duration::from_millis(self.config.connect_timeout_ms);
+        self.runtime().spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                check_all(&servers, &health, &watched, deadline).await;
+            }
+        });
+    }
+
+    /// Every endpoint with its state, one per line, for error messages.
+    pub fn describe_health(&self) -> String {
+        let h = self.health.lock().expect("lock");
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match h.state(i) {
+                EndpointState::Ready => format!("{}: ready", s.url),
+                EndpointState::Down { reason } => format!("{}: {reason}", s.url),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The configured endpoints that are ready now.
+    pub fn ready_endpoints(&self) -> Vec<String> {
+        let h = self.health.lock().expect("lock");
+        self.servers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *h.state(*i) == EndpointState::Ready)
+            .map(|(_, s)| s.url.clone())
+            .collect()
+    }
+
+    /// Adds a model to the readiness checks, and returns its metadata from
+    /// every ready endpoint (URL, metadata), for validation.
+    pub fn watch_model(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Vec<(String, ModelMetadataResponse)>, TritonError> {
+        {
+            let mut w = self.watched.lock().expect("lock");
+            let key = (name.to_string(), version.to_string());
+            if !w.contains(&key) {
+                w.push(key);
+            }
+        }
+        // A server busy with other clients' batches may answer metadata late:
+        // allow it as long as an inference call.
+        let deadline =
+            Duration::from_millis(self.config.timeout_ms.max(self.config.connect_timeout_ms));
+        let mut out = Vec::new();
+        for url in self.ready_endpoints() {
+            let server = self
+                .servers
+                .iter()
+                .find(|s| s.url == url)
+                .expect("ready endpoint is configured");
+            let mut client = server.clients[0].clone();
+            let call = async {
+                let ready = client
+                    .model_ready(ModelReadyRequest {
+                        name: name.into(),
+                        version: version.into(),
+                    })
+                    .await?
+                    .into_inner()
+                    .ready;
+                if !ready {
+                    return Ok(None);
+                }
+                let meta = client
+                    .model_metadata(ModelMetadataRequest {
+                        name: name.into(),
+                        version: version.into(),
+                    })
+                    .await?
+                    .into_inner();
+                Ok::<_, tonic::Status>(Some(meta))
+            };
+            let result = self
+                .block_on(async { tokio::time::timeout(deadline, call).await })
+                .map_err(|_| TritonError::Call {
+                    endpoint: url.clone(),
+                    message: format!("no metadata within {} ms", deadline.as_millis()),
+                })?;
+            match result {
+                Ok(Some(meta)) => out.push((url, meta)),
+                Ok(None) => {
+                    return Err(TritonError::ModelNotReady {
+                        endpoint: url,
+                        model: name.into(),
+                    })
+                }
+                Err(s) => {
+                    return Err(TritonError::Call {
+                        endpoint: url,
+                        message: format!("model {name:?}: {}", status_text(&s)),
+                    })
+                }
+            }
+        }
+        if out.is_empty() {
+            // Every endpoint went down since start-up: nothing to check against.
+            return Err(TritonError::NoEndpointForModel {
+                model: name.into(),
+                endpoints: self.describe_health(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// One inference call: to a ready endpoint, in turn; on `UNAVAILABLE` the
+    /// endpoint is marked down and the call retried on another (up to
+    /// `retries` more attempts).
+    pub fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, TritonError> {
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        let mut backoff = Duration::from_millis(self.config.retry_backoff_ms);
+        for attempt in 0..=self.config.retries {
+            let picked = self.health.lock().expect("lock").pick(turn, &tried);
+            let i = match picked {
+                Some(i) => i,
+                None => {
+                    // Every endpoint failed once: start over, after a pause.
+                    tried.clear();
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                    match self.health.lock().expect("lock").pick(turn, &tried) {
+                        Some(i) => i,
+                        None => break,
+                    }
+                }
+            };
+            tried.push(i);
+            let server = &self.servers[i];
+            let mut client =
+                server.clients[(turn / self.servers.len().max(1)) % server.clients.len()].clone();
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(timeout);
+            let outcome = self
+                .block_on(async { tokio::time::timeout(timeout, client.model_infer(req)).await });
+            match outcome {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if s.code() == Code::Unavailable => {
+                    let text = status_text(&s);
+                    tracing::warn!(endpoint = %server.url, attempt, error = %text, "inference call unavailable; retrying elsewhere");
+                    self.health
+                        .lock()
+                        .expect("lock")
+                        .report(i, Err(text.clone()));
+                    failures.push(format!("{}: {text}", server.url));
+                }
+                Ok(Err(s)) => {
+                    return Err(TritonError::Call {
+                        endpoint: server.url.clone(),
+                        message: status_text(&s),
+                    })
+                }
+                Err(_) => {
+                    return Err(TritonError::Call {
+                        endpoint: server.url.clone(),
+                        message: format!(
+                            "DeadlineExceeded: no answer within {} ms (backend.triton.timeout_ms)",
+                            timeout.as_millis()
+                        ),
+                    })
+                }
+            }
+        }
+        Err(TritonError::Unavailable {
+            attempts: failures.len(),
+            failures: failures.join("; "),
+        })
+    }
+}

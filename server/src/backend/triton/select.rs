@@ -1,0 +1,138 @@
+//! Which endpoint gets the next call: the health-based selection, as a plain
+//! struct driven by reports (no sockets, no clock), so it is tested alone.
+//!
+//! Each endpoint is `Ready` or `Down`. Health checks and failed calls report
+//! into it; a call picks a ready endpoint it has not tried yet, in turn
+//! (round robin over the ready ones, so calls spread evenly over the fleet). When no
+//! ready endpoint is left, a `Down` one is tried rather than failing at
+//! once: its state may be older than its recovery.
+
+/// The state of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointState {
+    /// Passed its last readiness check and has not failed a call since.
+    Ready,
+    /// Failed its last readiness check or a call with `UNAVAILABLE`.
+    Down {
+        /// Why, for logs and start-up errors.
+        reason: String,
+    },
+}
+
+/// Health of every configured endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointHealth {
+    states: Vec<EndpointState>,
+}
+
+impl EndpointHealth {
+    /// `n` endpoints, all down until a check says otherwise.
+    pub fn new(n: usize) -> Self {
+        Self {
+            states: vec![
+                EndpointState::Down {
+                    reason: "not checked yet".into(),
+                };
+                n
+            ],
+        }
+    }
+
+    /// Records a readiness check or call result. Returns true when the
+    /// state changed (worth a log line).
+    pub fn report(&mut self, endpoint: usize, outcome: Result<(), String>) -> bool {
+        let new = match outcome {
+            Ok(()) => EndpointState::Ready,
+            Err(reason) => EndpointState::Down { reason },
+        };
+        let slot = &mut self.states[endpoint];
+        let changed = matches!(
+            (&*slot, &new),
+            (EndpointState::Ready, EndpointState::Down { .. })
+                | (EndpointState::Down { .. }, EndpointState::Ready)
+        );
+        *slot = new;
+        changed
+    }
+
+    /// The state of `endpoint`.
+    pub fn state(&self, endpoint: usize) -> &EndpointState {
+        &self.states[endpoint]
+    }
+
+    /// Whether any endpoint is ready.
+    pub fn any_ready(&self) -> bool {
+        self.states.contains(&EndpointState::Ready)
+    }
+
+    /// The endpoint for the next attempt of a call: among the ready
+    /// endpoints not in `tried`, the one whose turn it is (`turn` modulo
+    /// their count); when none is left, likewise among the others; `None`
+    /// once every endpoint was tried.
+    pub fn pick(&self, turn: usize, tried: &[usize]) -> Option<usize> {
+        let untried = |ready: bool| -> Vec<usize> {
+            (0..self.states.len())
+                .filter(|i| !tried.contains(i))
+                .filter(|i| (self.states[*i] == EndpointState::Ready) == ready)
+                .collect()
+        };
+        [untried(true), untried(false)]
+            .into_iter()
+            .find(|c| !c.is_empty())
+            .map(|c| c[turn % c.len()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down() -> Result<(), String> {
+        Err("connection refused".into())
+    }
+
+    #[test]
+    fn ready_endpoints_take_turns_and_down_ones_are_skipped() {
+        let mut h = EndpointHealth::new(3);
+        h.report(0, Ok(()));
+        h.report(1, down());
+        h.report(2, Ok(()));
+        let picks: Vec<_> = (0..6).map(|t| h.pick(t, &[]).unwrap()).collect();
+        assert_eq!(picks, [0, 2, 0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn a_down_endpoint_is_used_again_once_it_recovers() {
+        let mut h = EndpointHealth::new(2);
+        h.report(0, down());
+        h.report(1, Ok(()));
+        assert_eq!(h.pick(0, &[]), Some(1));
+        assert!(h.report(0, Ok(())), "recovery is a change");
+        assert!(!h.report(0, Ok(())), "staying ready is not");
+        assert_eq!(h.pick(0, &[]), Some(0));
+    }
+
+    #[test]
+    fn a_retry_goes_to_an_endpoint_not_tried_yet_then_gives_up() {
+        let mut h = EndpointHealth::new(3);
+        for i in 0..3 {
+            h.report(i, Ok(()));
+        }
+        assert_eq!(h.pick(1, &[1]), Some(2));
+        assert_eq!(h.pick(1, &[1, 2]), Some(0));
+        assert_eq!(h.pick(1, &[0, 1, 2]), None);
+    }
+
+    #[test]
+    fn with_nothing_ready_a_down_endpoint_is_still_tried() {
+        let mut h = EndpointHealth::new(2);
+        h.report(0, down());
+        h.report(1, down());
+        assert!(!h.any_ready());
+        assert_eq!(h.pick(1, &[]), Some(1));
+        assert_eq!(h.pick(1, &[1]), Some(0));
+        // A ready endpoint always wins over an untried down one.
+        h.report(0, Ok(()));
+        assert_eq!(h.pick(1, &[]), Some(0));
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use framegate::auth::{Authenticator, DevKey, DEV_KEY_ENV};
-use framegate::config::{Config, ModelConfig};
-use framegate::gateway::{onnx_factory, Gateway};
+use framegate::config::{BackendKind, Config, ModelConfig};
+use framegate::gateway::{onnx_factory, synthetic_factory, Gateway};
 use framegate::pipeline::Readiness;
 
 #[derive(Parser)]
@@ -59,6 +59,9 @@ struct ServeArgs {
     /// Serve this model.toml instead of the bundled model (repeatable).
     #[arg(long = "model")]
     models: Vec<PathBuf>,
+    /// Backend: onnx, or synthetic (made-up boxes at the `[synthetic]` cost) [default: onnx].
+    #[arg(long, env = "FRAMEGATE_BACKEND", value_enum)]
+    backend: Option<BackendKind>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "FRAMEGATE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -126,6 +129,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(p) = args.ort_dylib {
         config.onnxruntime.dylib = Some(p);
     }
+    if let Some(b) = args.backend {
+        config.backend = b;
+    }
     if let Some(f) = args.log_format {
         config.log.format = f;
     }
@@ -138,13 +144,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.validate()?;
     init_logging(&config);
 
-    framegate::backend::onnx::init_runtime(config.onnxruntime.dylib.as_deref())
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("not ready: ")))?;
+    let factory = match config.backend {
+        BackendKind::Onnx => {
+            framegate::backend::onnx::init_runtime(config.onnxruntime.dylib.as_deref()).map_err(
+                |e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("not ready: ")),
+            )?;
+            onnx_factory(config.pipeline.threads_per_worker)
+        }
+        BackendKind::Synthetic => {
+            println!("framegate: SYNTHETIC backend: made-up boxes, no model inference");
+            synthetic_factory(config.synthetic.clone())
+        }
+    };
 
     let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
-    let threads = config.pipeline.threads_per_worker;
     let listen = config.http.listen;
-    let gw = Gateway::start(config, auth, onnx_factory(threads))?;
+    let gw = Gateway::start(config, auth, factory)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -25,8 +25,12 @@ pub struct Config {
     pub session: SessionConfig,
     /// The ingress queue, batcher and inference workers.
     pub pipeline: PipelineConfig,
+    /// Which backend runs the models: `onnx` (default) or `synthetic`.
+    pub backend: BackendKind,
     /// ONNX Runtime.
     pub onnxruntime: OnnxRuntimeConfig,
+    /// The synthetic backend (`backend = "synthetic"`).
+    pub synthetic: crate::backend::synthetic::SyntheticConfig,
     /// Models served. Empty means the bundled NanoDet-g model.
     pub models: Vec<ModelConfig>,
     /// Which model answers requests that name none. Default: the first model.
@@ -169,6 +173,18 @@ impl PipelineConfig {
     pub fn max_delay(&self) -> Duration {
         Duration::from_micros(self.max_delay_us)
     }
+}
+
+/// The backend that runs every model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// ONNX Runtime on the CPU, with the real model.
+    #[default]
+    Onnx,
+    /// Made-up boxes at a configured cost (`[synthetic]`), for measuring the
+    /// gateway without the model. Reported as `synthetic` everywhere.
+    Synthetic,
 }
 
 /// ONNX Runtime settings.

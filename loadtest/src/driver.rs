@@ -7,7 +7,8 @@
 //!   is due while the session has no credit left is not sent and counts as
 //!   dropped (`no-credit`): the offered rate stays fixed, and what the
 //!   server could not absorb shows up as drops instead of as a slower
-//!   client. Latency is send→answer.
+//!   client. Latency is send→answer. With `ignore_credits` due frames are
+//!   sent anyway and the server's overload answers are counted instead.
 //! - **Closed loop**: each of N sessions keeps `in_flight` frames
 //!   outstanding and sends the next as soon as one is answered: this finds
 //!   the saturation throughput.
@@ -58,6 +59,9 @@ pub struct RunPlan {
     pub drain: Duration,
     /// Sessions opened at once (handshakes in parallel).
     pub connect_parallelism: usize,
+    /// Open loop: send due frames even without credit (the server then
+    /// answers them per its overload policy) — for overload tests.
+    pub ignore_credits: bool,
 }
 
 /// Runs the plan. `start` is when sending begins (sessions are opened
@@ -111,7 +115,12 @@ pub async fn run(
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().chars().take(120).collect()
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(120)
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -171,7 +180,8 @@ async fn session(
     let mut ticker = match plan.load {
         Load::Open { fps } => {
             let period = Duration::from_secs_f64(1.0 / fps.max(1e-9));
-            let mut t = tokio::time::interval_at(tokio::time::Instant::from_std(start + phase), period);
+            let mut t =
+                tokio::time::interval_at(tokio::time::Instant::from_std(start + phase), period);
             t.set_missed_tick_behavior(MissedTickBehavior::Burst);
             Some(t)
         }
@@ -194,7 +204,8 @@ async fn session(
                     continue;
                 }
                 seq += 1;
-                if in_flight.len() >= credits || !send(seq, &mut in_flight) {
+                let no_credit = !plan.ignore_credits && in_flight.len() >= credits;
+                if no_credit || !send(seq, &mut in_flight) {
                     recorder.no_credit(now);
                 }
             }

@@ -123,7 +123,10 @@ impl FrameSet {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Self::new(images, format!("synthetic {width}x{height} JPEG q{quality}"))
+        Self::new(
+            images,
+            format!("synthetic {width}x{height} JPEG q{quality}"),
+        )
     }
 
     /// The frame for a session's n-th send.

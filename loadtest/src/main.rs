@@ -95,6 +95,10 @@ struct Args {
     /// Model to request (empty: the server's default).
     #[arg(long, default_value = "")]
     model: String,
+    /// Open loop: send due frames even without credit, to overload the
+    /// server (it answers the excess with `Error{no-credit}` / HTTP 429).
+    #[arg(long)]
+    ignore_credits: bool,
     /// Sessions opened in parallel.
     #[arg(long, default_value_t = 64)]
     connect_parallelism: usize,
@@ -169,12 +173,12 @@ async fn main() -> Result<()> {
     if args.sessions == 0 {
         bail!("--sessions must be at least 1");
     }
-    if !(args.duration > 0.0 && args.duration <= 24.0 * 3600.0) {
+    if args.duration.is_nan() || args.duration <= 0.0 || args.duration > 24.0 * 3600.0 {
         bail!("--duration must be in (0, 86400] seconds: every run is bounded");
     }
     let load = match args.mode {
         ModeArg::Open => {
-            if !(args.fps > 0.0) {
+            if args.fps.is_nan() || args.fps <= 0.0 {
                 bail!("--fps must be positive");
             }
             Load::Open { fps: args.fps }
@@ -225,6 +229,7 @@ async fn main() -> Result<()> {
         warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
         drain: Duration::from_secs_f64(args.drain.max(0.0)),
         connect_parallelism: args.connect_parallelism,
+        ignore_credits: args.ignore_credits,
     };
     let started_at = rfc3339(
         SystemTime::now()

@@ -414,7 +414,12 @@ fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     }
     let mut pts: Vec<(f64, f64)> = h
         .iter_quantiles(8)
-        .map(|v| (v.value_iterated_to() as f64 / 1000.0, v.quantile_iterated_to()))
+        .map(|v| {
+            (
+                v.value_iterated_to() as f64 / 1000.0,
+                v.quantile_iterated_to(),
+            )
+        })
         .collect();
     // Keep the highest fraction of each latency value.
     pts.reverse();

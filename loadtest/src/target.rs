@@ -129,7 +129,10 @@ mod tests {
         assert!(err.to_string().contains("--allow-remote"), "{err}");
         remote.check_loopback(true).await.unwrap();
         // A name is judged by every address it resolves to.
-        let mixed: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "10.0.0.1:1".parse().unwrap()];
+        let mixed: Vec<SocketAddr> = vec![
+            "127.0.0.1:1".parse().unwrap(),
+            "10.0.0.1:1".parse().unwrap(),
+        ];
         assert!(check_addrs("mixed", &mixed, false).is_err());
     }
 }

@@ -49,8 +49,8 @@ impl Transport for HttpTransport {
 
     fn open(&self, _id: usize) -> BoxFuture<'_, Result<SessionHandle>> {
         let credits = self.in_flight;
-        let (frames_tx, mut frames_rx) = mpsc::channel::<OutFrame>(credits as usize + 1);
-        let (events_tx, events_rx) = mpsc::channel::<SessionEvent>(credits as usize + 16);
+        let (frames_tx, mut frames_rx) = mpsc::channel::<OutFrame>(credits as usize * 4 + 16);
+        let (events_tx, events_rx) = mpsc::channel::<SessionEvent>(credits as usize * 4 + 16);
         let this = self.clone();
         tokio::spawn(async move {
             while let Some(f) = frames_rx.recv().await {

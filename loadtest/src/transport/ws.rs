@@ -73,8 +73,8 @@ impl WsTransport {
             }
         };
         let (mut sink, mut stream) = ws.split();
-        let (frames_tx, mut frames_rx) = mpsc::channel::<OutFrame>(credits as usize + 1);
-        let (events_tx, events_rx) = mpsc::channel::<SessionEvent>(credits as usize + 16);
+        let (frames_tx, mut frames_rx) = mpsc::channel::<OutFrame>(credits as usize * 4 + 16);
+        let (events_tx, events_rx) = mpsc::channel::<SessionEvent>(credits as usize * 4 + 16);
         tokio::spawn(async move {
             while let Some(f) = frames_rx.recv().await {
                 let msg = ClientMessage::Frame(Frame {

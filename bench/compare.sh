@@ -21,8 +21,8 @@
 #      capacity (p99), and the peer's no-op endpoint.
 #   4. Gateway only: framegate --backend synthetic vs ws-echo (bare
 #      tokio-tungstenite) over WebSocket; framegate synthetic over HTTP.
-#   5. 10,000 idle WebSocket sessions (server RSS), and 10× overload
-#      (RSS over time, p99 of admitted frames).
+#   5. 10,000 idle WebSocket sessions with the model loaded (server RSS),
+#      and 10× overload (RSS over time, p99 of admitted frames).
 # Results (JSON + HTML reports, load averages, versions) go to
 # .cache/bench-results/<UTC timestamp>/; bench/peers/make_table.py turns them
 # into the table.
@@ -125,10 +125,18 @@ fps_of() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["achiev
 # 1. ONNX Runtime alone.
 log "ONNX Runtime alone"
 note_load ort
-"$PY" bench/peers/ort_bench.py --seconds 3 --cores "$CORES" > "$OUT/ort.json"
+"$PY" bench/peers/ort_bench.py --seconds "${ORT_SECONDS:-3}" --cores "$CORES" > "$OUT/ort.json"
 
 # 2. framegate, real model.
 log "framegate (onnx)"
+start_framegate
+# 10,000 idle WebSocket sessions, model loaded: server RSS.
+note_load idle
+"$BIN/framegate-load" --key "$KEY" --quiet --mode idle --transport ws --sessions 10000 --duration 10 --warmup 0 \
+    --connect-parallelism 256 --server-pid "$SERVER_PID" --target "http://127.0.0.1:$PORT_FG" \
+    --json "$OUT/idle-10k.json" --html "$OUT/idle-10k.html" > "$OUT/idle-10k.txt" || true
+log "idle: $(tail -n 2 "$OUT/idle-10k.txt" | tr '\n' ' ')"
+stop_server
 start_framegate
 for c in 1 2 4 8 16; do
     load "fg-http-c$c" --transport http --mode closed --sessions "$c" --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
@@ -179,11 +187,11 @@ log "open loop at half the peer's capacity: $HALF_SESSIONS x $HALF_FPS fps"
 start_peer "$PEER_W" "$PEER_T"
 load peer-half --transport http --http-path /detect --http-multipart --mode open \
     --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" --frames "$DOG" --target "http://127.0.0.1:$PORT_PEER" --label fastapi-peer
-"$BIN/framegate-load" --synthetic 640x480 --synthetic-quality 90 --duration 0.5 --warmup 0 --quiet \
+"$BIN/framegate-load" --synthetic 640x480 --synthetic-quality 65 --duration 0.5 --warmup 0 --quiet \
     --mode closed --transport http --http-path /noop --http-multipart --key "$KEY" \
     --target "http://127.0.0.1:$PORT_PEER" --json "$OUT/frames50k.json" > /dev/null || true
 load peer-noop --transport http --http-path /noop --http-multipart --mode closed --sessions 16 \
-    --synthetic 640x480 --synthetic-quality 90 --target "http://127.0.0.1:$PORT_PEER" --label fastapi-peer
+    --synthetic 640x480 --synthetic-quality 65 --target "http://127.0.0.1:$PORT_PEER" --label fastapi-peer
 stop_server
 start_framegate
 load fg-half-http --transport http --http-multipart --mode open --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" \
@@ -195,22 +203,16 @@ stop_server
 # 4. Gateway only (~50 KB synthetic JPEGs).
 log "gateway only"
 start_framegate --backend synthetic
-load syn-ws --transport ws --mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 90 \
+load syn-ws --transport ws --mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 65 \
     --target "http://127.0.0.1:$PORT_FG"
-load syn-http --transport http --mode closed --sessions 32 --synthetic 640x480 --synthetic-quality 90 \
+load syn-http --transport http --mode closed --sessions 32 --synthetic 640x480 --synthetic-quality 65 \
     --target "http://127.0.0.1:$PORT_FG"
 load syn-http-multipart --transport http --http-multipart --mode closed --sessions 32 --synthetic 640x480 \
-    --synthetic-quality 90 --target "http://127.0.0.1:$PORT_FG"
-# 5a. 10,000 idle sessions.
-note_load idle
-"$BIN/framegate-load" --key "$KEY" --quiet --mode idle --transport ws --sessions 10000 --duration 10 --warmup 0 \
-    --connect-parallelism 256 --server-pid "$SERVER_PID" --target "http://127.0.0.1:$PORT_FG" \
-    --json "$OUT/idle-10k.json" --html "$OUT/idle-10k.html" > "$OUT/idle-10k.txt" || true
-log "idle: $(tail -n 2 "$OUT/idle-10k.txt" | tr '\n' ' ')"
+    --synthetic-quality 65 --target "http://127.0.0.1:$PORT_FG"
 stop_server
 "$BIN/ws-echo" "127.0.0.1:$PORT_ECHO" > "$OUT/ws-echo.log" 2>&1 &
 SERVER_PID=$!; PIDS+=("$SERVER_PID"); sleep 0.5
-load echo-ws --transport ws --mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 90 \
+load echo-ws --transport ws --mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 65 \
     --target "http://127.0.0.1:$PORT_ECHO" --label ws-echo
 stop_server
 note_load end

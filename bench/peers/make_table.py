@@ -50,6 +50,7 @@ def main():
     ort = load(d, "ort")
     loads = [l.split("\t") for l in open(os.path.join(d, "loadavg.tsv")).read().splitlines() if l]
     one_min = [float(v.split()[0]) for _, v in loads]
+    load_at = {name: float(v.split()[0]) for name, v in loads}
     pip = {l.split("==")[0].lower(): l.split("==")[1] for l in open(os.path.join(d, "pip-freeze.txt")) if "==" in l}
     pip = {k: v.strip() for k, v in pip.items()}
     ort_best = ort["best"]["images_per_s"]
@@ -68,6 +69,12 @@ def main():
     w(f"- **Load average (1 min) during the run:** {min(one_min):.2f} to {max(one_min):.2f} "
       "(other builds were running on this shared machine when it exceeds ~1; "
       "every ratio below compares numbers from this same run).")
+    if max(one_min) > 1.5:
+        w(f"- **Caveat:** this run shared the 2 cores with other builds (1-minute load "
+          f"average up to {max(one_min):.1f}). Every point is slowed, and not equally: the load "
+          "changed between points, so ratios between points measured minutes apart (the ONNX "
+          "Runtime limit first, the gateway later) can be off by tens of percent either way, "
+          "and verdicts near a threshold are not reliable. Rerun on a quiet machine to judge them.")
     w(f"- **Versions:** framegate {m.get('framegate_commit', '?')} ({m.get('rustc', '?')}, release), "
       f"ONNX Runtime {ort['onnxruntime']} (the gateway loads the same 1.31.1 library), "
       f"{m.get('python', '?')}, fastapi {pip.get('fastapi', '?')}, uvicorn {pip.get('uvicorn', '?')} "
@@ -85,7 +92,8 @@ def main():
     w("### The limit: ONNX Runtime alone, in one process")
     w("")
     w("`bench/peers/ort_bench.py`: a fixed preprocessed tensor, no decode, no network, "
-      "every layout and batch size; the best row is the limit used below.")
+      "every layout and batch size; the best row is the limit used below "
+      f"(load average {load_at.get('ort', float('nan')):.2f} when it started).")
     w("")
     w("| layout (sessions × threads) | batch | images/s |")
     w("| --- | --- | --- |")
@@ -105,8 +113,8 @@ def main():
     w("")
     w("Each session keeps one frame in flight; concurrency = sessions.")
     w("")
-    w("| transport | concurrency | frames/s | p50 ms | p99 ms | × ORT inference-only | server mean ms: queue / decode / preprocess / infer / post |")
-    w("| --- | --- | --- | --- | --- | --- | --- |")
+    w("| transport | concurrency | frames/s | p50 ms | p99 ms | × ORT inference-only | server mean ms: queue / decode / preprocess / infer / post | load avg at start |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- |")
     sat = {}
     for tr in ("http", "ws"):
         files = sorted(glob.glob(os.path.join(d, f"fg-{tr}-c*.json")),
@@ -119,7 +127,8 @@ def main():
                                 ("queue", "decode", "preprocess", "infer", "postprocess"))
             w(f"| {tr.upper() if tr == 'http' else 'WebSocket'} | {c} | {r['achieved_fps']:.1f} | "
               f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | "
-              f"{r['achieved_fps'] / ort_best:.2f} | {stages} |")
+              f"{r['achieved_fps'] / ort_best:.2f} | {stages} | "
+              f"{load_at.get(os.path.basename(p)[:-5], float('nan')):.2f} |")
             sat[tr] = max(sat.get(tr, 0.0), r["achieved_fps"])
     alt = glob.glob(os.path.join(d, "fg-1x*-http-c8.json"))
     if alt:

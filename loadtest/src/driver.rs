@@ -261,9 +261,9 @@ mod tests {
 
     /// An in-memory server: answers every frame at once. Also shows that a
     /// transport is all a new wire protocol (QUIC) needs.
-    struct Instant0;
+    struct AnswerAtOnce;
 
-    impl Transport for Instant0 {
+    impl Transport for AnswerAtOnce {
         fn name(&self) -> &'static str {
             "mock"
         }
@@ -314,7 +314,7 @@ mod tests {
         let frames = Arc::new(FrameSet::synthetic(8, 8, 50, 2).unwrap());
         let start = Instant::now() + Duration::from_millis(20);
         let rec = Arc::new(Recorder::new(start));
-        run(&plan, Arc::new(Instant0), frames, rec.clone(), start).await;
+        run(&plan, Arc::new(AnswerAtOnce), frames, rec.clone(), start).await;
         rec.finish()
     }
 

@@ -175,8 +175,10 @@ def main():
         rows.append((f"saturation over {name} vs ONNX Runtime inference only",
                      f"{v:.1f} fps", f"{ort_best:.1f} images/s", v / ort_best, "≥ 0.90", v / ort_best >= 0.90))
     fg_sat = max(sat.values())
-    rows.append(("saturation vs the FastAPI peer", f"{fg_sat:.1f} fps", f"{peer_best:.1f} fps",
-                 fg_sat / peer_best, "> 1", fg_sat > peer_best))
+    for tr, name in (("http", "HTTP"), ("ws", "WebSocket")):
+        v = sat.get(tr, 0.0)
+        rows.append((f"saturation over {name} vs the FastAPI peer (HTTP)", f"{v:.1f} fps",
+                     f"{peer_best:.1f} fps", v / peer_best, "> 1", v > peer_best))
     if ph:
         for r, name in ((fh_http, "HTTP"), (fh_ws, "WebSocket")):
             if r:

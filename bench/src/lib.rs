@@ -1,2 +1,11 @@
-//! framegate's benchmarks: criterion micro-benchmarks of the data path stages
-//! and the scripts that compare the gateway with its peers side by side.
+//! framegate's benchmarks.
+//!
+//! - `benches/data_path.rs`: criterion micro-benchmarks of each stage of the
+//!   data path (protocol encode/decode, ingress queue under contention, the
+//!   batcher's decision, JPEG decode, resize + normalise, NMS), each with a
+//!   note of what it shows. Run with `cargo bench -p framegate-bench`.
+//! - `peers/`: what framegate is compared with — a FastAPI + uvicorn +
+//!   OpenCV + ONNX Runtime server, ONNX Runtime alone (the limits), and
+//!   `ws-echo`, a bare tokio-tungstenite server.
+//! - `compare.sh`: runs the whole comparison in one go and writes a dated
+//!   table into `docs/benchmarks.md`.

@@ -1,2 +1,25 @@
-//! framegate's load harness: sessions at a target rate over WebSocket/HTTP
-//! (QUIC later), latency histograms and a report.
+//! framegate's load harness: sessions at a target rate over WebSocket or
+//! HTTP, per-frame latency histograms, and a JSON + HTML report.
+//!
+//! The parts, in the order a run uses them:
+//!
+//! - [`target`]: where to send, and the loopback-only guard;
+//! - [`frames`]: the frames to send (a folder of JPEG/PNG files, or
+//!   synthetic JPEGs of a given size);
+//! - [`transport`]: one [`transport::Transport`] per wire protocol
+//!   (WebSocket, HTTP). A transport only opens sessions; a session is a pair
+//!   of channels (frames out, answers in), so QUIC (being built on another
+//!   branch with the client SDK) plugs in as one more implementation without
+//!   touching the drivers;
+//! - [`driver`]: open-loop (N sessions × F frames/s, fixed duration),
+//!   closed-loop (fixed frames in flight, as fast as answered) and idle
+//!   (sessions held open) load;
+//! - [`recorder`]: hdrhistogram latencies, counts and per-second windows;
+//! - [`report`]: the JSON report and the self-contained HTML report.
+
+pub mod driver;
+pub mod frames;
+pub mod recorder;
+pub mod report;
+pub mod target;
+pub mod transport;

@@ -53,6 +53,16 @@ pub fn triton_factory(
     })
 }
 
+/// The synthetic backend factory (`backend = "synthetic"`).
+pub fn synthetic_factory(config: crate::backend::synthetic::SyntheticConfig) -> BackendFactory {
+    Arc::new(move |model: &LoadedModel| {
+        Ok(Box::new(crate::backend::synthetic::SyntheticBackend::new(
+            config.clone(),
+            model.labels.len(),
+        )) as Box<dyn crate::backend::Backend>)
+    })
+}
+
 impl Gateway {
     /// Loads the models and starts their pipelines (they warm up in the
     /// background; see [`Gateway::readiness`]).

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use framegate::auth::{Authenticator, DevKey, DEV_KEY_ENV};
 use framegate::config::{BackendKind, Config, ModelConfig};
-use framegate::gateway::{onnx_factory, triton_factory, Gateway};
+use framegate::gateway::{onnx_factory, synthetic_factory, triton_factory, Gateway};
 use framegate::pipeline::Readiness;
 
 #[derive(Parser)]
@@ -59,6 +59,9 @@ struct ServeArgs {
     /// Serve this model.toml instead of the bundled model (repeatable).
     #[arg(long = "model")]
     models: Vec<PathBuf>,
+    /// Backend: onnx, triton (remote KServe v2 servers, `[backend.triton]`), or synthetic (made-up boxes at the `[synthetic]` cost) [default: onnx].
+    #[arg(long, env = "FRAMEGATE_BACKEND", value_enum)]
+    backend: Option<BackendKind>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "FRAMEGATE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -134,6 +137,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(p) = args.ort_dylib {
         config.onnxruntime.dylib = Some(p);
     }
+    if let Some(b) = args.backend {
+        config.backend.kind = b;
+    }
     if let Some(f) = args.log_format {
         config.log.format = f;
     }
@@ -160,6 +166,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             })
             .await??;
             triton_factory(pool, &config.backend.triton, config.pipeline.max_batch)
+        }
+        BackendKind::Synthetic => {
+            println!("framegate: SYNTHETIC backend: made-up boxes, no model inference");
+            synthetic_factory(config.synthetic.clone())
         }
     };
 

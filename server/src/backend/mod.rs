@@ -7,9 +7,35 @@
 
 pub mod onnx;
 pub mod spec;
+pub mod synthetic;
 pub mod triton;
 
 use crate::error::GatewayError;
+use crate::pipeline::postprocess::RawDetection;
+
+/// What a backend needs from the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendInput {
+    /// The preprocessed `[batch, 3, H, W]` tensor ([`Backend::infer`]).
+    Tensor,
+    /// The encoded frames ([`Backend::detect_encoded`]); `decode`: still
+    /// decode and preprocess them first (timed, then discarded).
+    Encoded {
+        /// Run decode + preprocess anyway.
+        decode: bool,
+    },
+}
+
+/// A frame as it arrived, for [`BackendInput::Encoded`] backends.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedFrame<'a> {
+    /// The encoded bytes.
+    pub payload: &'a [u8],
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
 
 /// One output tensor, borrowed from the backend.
 #[derive(Debug, Clone)]
@@ -35,4 +61,23 @@ pub trait Backend: Send {
         batch: usize,
         sink: &mut dyn FnMut(&[TensorView<'_>]) -> Result<(), GatewayError>,
     ) -> Result<(), GatewayError>;
+
+    /// What the worker must hand this backend. Default: the tensor.
+    fn input(&self) -> BackendInput {
+        BackendInput::Tensor
+    }
+
+    /// For [`BackendInput::Encoded`] backends: boxes in frame pixels for each
+    /// frame, in order, written to `out`.
+    fn detect_encoded(
+        &mut self,
+        frames: &[EncodedFrame<'_>],
+        out: &mut Vec<Vec<RawDetection>>,
+    ) -> Result<(), GatewayError> {
+        let _ = (frames, out);
+        Err(GatewayError::Internal(format!(
+            "the {} backend takes tensors, not encoded frames",
+            self.kind()
+        )))
+    }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which backend the inference workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// ONNX Runtime on this machine's CPU (the default).
@@ -12,13 +12,16 @@ pub enum BackendKind {
     Onnx,
     /// A remote Triton / KServe v2 inference server over gRPC.
     Triton,
+    /// Made-up boxes at a configured cost (`[synthetic]`), for measuring the
+    /// gateway without the model. Reported as `synthetic` everywhere.
+    Synthetic,
 }
 
 /// `[backend]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
-    /// `onnx` or `triton`. Default `onnx`.
+    /// `onnx`, `triton` or `synthetic`. Default `onnx`.
     pub kind: BackendKind,
     /// Settings for `kind = "triton"`; ignored otherwise.
     pub triton: TritonConfig,

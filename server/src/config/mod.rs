@@ -30,8 +30,10 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// ONNX Runtime.
     pub onnxruntime: OnnxRuntimeConfig,
-    /// Which backend runs the models (`onnx`, or a remote `triton` tier).
+    /// Which backend runs the models (`onnx`, a remote `triton` tier, or `synthetic`).
     pub backend: BackendConfig,
+    /// The synthetic backend (`[backend] kind = "synthetic"`).
+    pub synthetic: crate::backend::synthetic::SyntheticConfig,
     /// Models served. Empty means the bundled NanoDet-g model.
     pub models: Vec<ModelConfig>,
     /// Which model answers requests that name none. Default: the first model.

@@ -25,7 +25,7 @@ use framegate_protocol::{Detection, StageTimings};
 use tokio::sync::oneshot;
 
 use crate::backend::spec::LoadedModel;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendInput, EncodedFrame};
 use crate::config::PipelineConfig;
 use crate::error::GatewayError;
 
@@ -262,6 +262,9 @@ impl Drop for ModelPipeline {
     }
 }
 
+/// Yields the batcher tries before parking when it could dispatch at once.
+const IDLE_YIELDS: usize = 32;
+
 fn run_batcher(
     queue: &IngressQueue<WorkItem>,
     shared: &Shared,
@@ -292,7 +295,24 @@ fn run_batcher(
                 }
             }
             Decision::WaitUntil(t) => std::thread::park_timeout(t.saturating_duration_since(now)),
-            Decision::Idle => std::thread::park_timeout(Duration::from_millis(100)),
+            Decision::Idle => {
+                // Under load the next frame follows within microseconds, and
+                // parking costs two context switches per frame (the largest
+                // item in a gateway-only profile). While a worker is free to
+                // take it, yield a few times before parking.
+                if idle > 0 && pending.is_empty() {
+                    for _ in 0..IDLE_YIELDS {
+                        if !queue.is_empty() || queue.is_closed() {
+                            break;
+                        }
+                        std::thread::yield_now();
+                    }
+                    if !queue.is_empty() {
+                        continue;
+                    }
+                }
+                std::thread::park_timeout(Duration::from_millis(100))
+            }
         }
     }
     // Workers see the channel close and stop after their current batch.
@@ -377,6 +397,11 @@ fn process_batch(
 ) {
     let spec = &ctx.model.spec;
     let started = Instant::now();
+    let mode = backend.input();
+    let pixels = matches!(
+        mode,
+        BackendInput::Tensor | BackendInput::Encoded { decode: true }
+    );
     let mut ready: Vec<Prepared> = Vec::with_capacity(batch.len());
     for item in batch {
         if item.reply.is_closed() {
@@ -384,6 +409,18 @@ fn process_batch(
             continue;
         }
         let queue_us = micros(started.saturating_duration_since(item.enqueued_at));
+        if !pixels {
+            let (place, _, _) =
+                preprocess::placement(&spec.input, item.frame.width, item.frame.height);
+            ready.push(Prepared {
+                item,
+                place,
+                queue_us,
+                decode_us: 0,
+                preprocess_us: 0,
+            });
+            continue;
+        }
         let t0 = Instant::now();
         let decoded =
             std::panic::catch_unwind(AssertUnwindSafe(|| decode::decode_rgb(&item.frame, rgb)))
@@ -415,48 +452,43 @@ fn process_batch(
     let t_infer = Instant::now();
     let mut infer_us = 0;
     let mut answers: Vec<Option<FrameOutcome>> = (0..n).map(|_| None).collect();
-    let run = backend.infer(&input[..n * chw], n, &mut |views| {
+    let run = if mode == BackendInput::Tensor {
+        backend.infer(&input[..n * chw], n, &mut |views| {
+            infer_us = micros(t_infer.elapsed());
+            for (i, p) in ready.iter().enumerate() {
+                let t0 = Instant::now();
+                let boxes = postprocess::decode(
+                    &spec.decoder,
+                    (spec.input.width, spec.input.height),
+                    views,
+                    i,
+                    &p.place,
+                );
+                let post_us = micros(t0.elapsed());
+                answers[i] =
+                    Some(boxes.map(|boxes| frame_result(ctx, p, boxes, infer_us, post_us, n)));
+            }
+            Ok(())
+        })
+    } else {
+        let frames: Vec<EncodedFrame<'_>> = ready
+            .iter()
+            .map(|p| EncodedFrame {
+                payload: &p.item.frame.payload,
+                width: p.item.frame.width,
+                height: p.item.frame.height,
+            })
+            .collect();
+        let mut boxes = Vec::with_capacity(n);
+        let run = backend.detect_encoded(&frames, &mut boxes);
         infer_us = micros(t_infer.elapsed());
-        for (i, p) in ready.iter().enumerate() {
-            let t0 = Instant::now();
-            let boxes = postprocess::decode(
-                &spec.decoder,
-                (spec.input.width, spec.input.height),
-                views,
-                i,
-                &p.place,
-            );
-            let post_us = micros(t0.elapsed());
-            answers[i] = Some(boxes.map(|boxes| {
-                FrameResult {
-                    width: p.item.frame.width,
-                    height: p.item.frame.height,
-                    detections: boxes
-                        .into_iter()
-                        .map(|d| Detection {
-                            class_id: d.class_id,
-                            label: ctx.model.label(d.class_id),
-                            score: d.score,
-                            x1: d.xyxy[0],
-                            y1: d.xyxy[1],
-                            x2: d.xyxy[2],
-                            y2: d.xyxy[3],
-                        })
-                        .collect(),
-                    timings: StageTimings {
-                        queue_us: p.queue_us,
-                        decode_us: p.decode_us,
-                        preprocess_us: p.preprocess_us,
-                        infer_us,
-                        postprocess_us: post_us,
-                        total_us: 0,
-                    },
-                    batch_size: n as u32,
-                }
-            }));
+        if run.is_ok() {
+            for ((answer, p), b) in answers.iter_mut().zip(&ready).zip(boxes) {
+                *answer = Some(Ok(frame_result(ctx, p, b, infer_us, 0, n)));
+            }
         }
-        Ok(())
-    });
+        run
+    };
     for (p, answer) in ready.into_iter().zip(answers) {
         let outcome = match (&run, answer) {
             (Err(e), _) => Err(e.clone()),
@@ -470,4 +502,39 @@ fn process_batch(
         let _ = p.item.reply.send(outcome);
     }
     crate::metrics::batch_ran(&spec.name, n, started.elapsed());
+}
+
+fn frame_result(
+    ctx: &WorkerContext,
+    p: &Prepared,
+    boxes: Vec<postprocess::RawDetection>,
+    infer_us: u32,
+    postprocess_us: u32,
+    batch: usize,
+) -> FrameResult {
+    FrameResult {
+        width: p.item.frame.width,
+        height: p.item.frame.height,
+        detections: boxes
+            .into_iter()
+            .map(|d| Detection {
+                class_id: d.class_id,
+                label: ctx.model.label(d.class_id),
+                score: d.score,
+                x1: d.xyxy[0],
+                y1: d.xyxy[1],
+                x2: d.xyxy[2],
+                y2: d.xyxy[3],
+            })
+            .collect(),
+        timings: StageTimings {
+            queue_us: p.queue_us,
+            decode_us: p.decode_us,
+            preprocess_us: p.preprocess_us,
+            infer_us,
+            postprocess_us,
+            total_us: 0,
+        },
+        batch_size: batch as u32,
+    }
 }

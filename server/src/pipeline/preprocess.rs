@@ -144,6 +144,121 @@ type CoeffCache = ((u32, u32, u32, u32), AxisCoeffs, AxisCoeffs);
 pub struct Preprocessor {
     cache: Option<CoeffCache>,
     tmp: Vec<f32>,
+    row: Vec<f32>,
+}
+
+/// Horizontal taps padded to a fixed `ksize` (zero weights outside the
+/// filter, start moved left at the right edge), so the inner loop has a
+/// constant length the compiler unrolls and vectorises. Padding adds exact
+/// zeros, so results are bit-identical to the variable-length loop.
+struct FixedTaps<'a> {
+    starts: Vec<u32>,
+    weights: std::borrow::Cow<'a, [f32]>,
+    ksize: usize,
+}
+
+impl<'a> FixedTaps<'a> {
+    fn new(c: &'a AxisCoeffs, in_size: u32) -> Option<Self> {
+        let k = c.ksize;
+        if (in_size as usize) < k {
+            return None;
+        }
+        let mut moved = false;
+        let starts: Vec<u32> = c
+            .taps
+            .iter()
+            .map(|t| {
+                let s = t.start.min(in_size - k as u32);
+                moved |= s != t.start;
+                s
+            })
+            .collect();
+        let weights = if moved {
+            let mut w = vec![0f32; c.weights.len()];
+            for (x, t) in c.taps.iter().enumerate() {
+                let shift = (t.start - starts[x]) as usize;
+                let len = t.len as usize;
+                w[x * k + shift..x * k + shift + len]
+                    .copy_from_slice(&c.weights[x * k..x * k + len]);
+            }
+            std::borrow::Cow::Owned(w)
+        } else {
+            std::borrow::Cow::Borrowed(&c.weights[..])
+        };
+        Some(Self {
+            starts,
+            weights,
+            ksize: k,
+        })
+    }
+
+    fn run(&self, row: &[f32], dst: &mut [f32]) {
+        match self.ksize {
+            3 => horizontal_fixed::<3>(&self.starts, &self.weights, row, dst),
+            5 => horizontal_fixed::<5>(&self.starts, &self.weights, row, dst),
+            7 => horizontal_fixed::<7>(&self.starts, &self.weights, row, dst),
+            9 => horizontal_fixed::<9>(&self.starts, &self.weights, row, dst),
+            11 => horizontal_fixed::<11>(&self.starts, &self.weights, row, dst),
+            13 => horizontal_fixed::<13>(&self.starts, &self.weights, row, dst),
+            k => horizontal_dyn(k, &self.starts, &self.weights, row, dst),
+        }
+    }
+}
+
+#[inline(always)]
+fn horizontal_fixed<const K: usize>(starts: &[u32], weights: &[f32], row: &[f32], dst: &mut [f32]) {
+    for ((s, k), d) in starts
+        .iter()
+        .zip(weights.chunks_exact(K))
+        .zip(dst.chunks_exact_mut(3))
+    {
+        let px = &row[*s as usize * 3..][..K * 3];
+        let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
+        for j in 0..K {
+            r += px[j * 3] * k[j];
+            g += px[j * 3 + 1] * k[j];
+            b += px[j * 3 + 2] * k[j];
+        }
+        d[0] = r;
+        d[1] = g;
+        d[2] = b;
+    }
+}
+
+fn horizontal_dyn(k: usize, starts: &[u32], weights: &[f32], row: &[f32], dst: &mut [f32]) {
+    for ((s, w), d) in starts
+        .iter()
+        .zip(weights.chunks_exact(k))
+        .zip(dst.chunks_exact_mut(3))
+    {
+        let px = &row[*s as usize * 3..][..k * 3];
+        let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
+        for (p, w) in px.chunks_exact(3).zip(w) {
+            r += p[0] * w;
+            g += p[1] * w;
+            b += p[2] * w;
+        }
+        d[0] = r;
+        d[1] = g;
+        d[2] = b;
+    }
+}
+
+/// The unpadded loop, for frames narrower than the filter.
+fn horizontal_generic(cx: &AxisCoeffs, row: &[f32], dst: &mut [f32]) {
+    for (x, t) in cx.taps.iter().enumerate() {
+        let k = &cx.weights[x * cx.ksize..x * cx.ksize + t.len as usize];
+        let s = &row[t.start as usize * 3..(t.start + t.len) as usize * 3];
+        let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
+        for (px, w) in s.chunks_exact(3).zip(k) {
+            r += px[0] * w;
+            g += px[1] * w;
+            b += px[2] * w;
+        }
+        dst[x * 3] = r;
+        dst[x * 3 + 1] = g;
+        dst[x * 3 + 2] = b;
+    }
 }
 
 impl Preprocessor {
@@ -187,21 +302,18 @@ impl Preprocessor {
             .unwrap_or(0);
         let sw = img.width as usize;
         self.tmp.resize((row_hi - row_lo) * nw * 3, 0.0);
+        self.row.resize(sw * 3, 0.0);
+        let fixed = FixedTaps::new(cx, img.width);
         for y in row_lo..row_hi {
             let src = &img.pixels[y * sw * 3..(y + 1) * sw * 3];
             let dst = &mut self.tmp[(y - row_lo) * nw * 3..(y - row_lo + 1) * nw * 3];
-            for (x, t) in cx.taps.iter().enumerate() {
-                let k = &cx.weights[x * cx.ksize..x * cx.ksize + t.len as usize];
-                let s = &src[t.start as usize * 3..(t.start + t.len) as usize * 3];
-                let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
-                for (px, w) in s.chunks_exact(3).zip(k) {
-                    r += f32::from(px[0]) * w;
-                    g += f32::from(px[1]) * w;
-                    b += f32::from(px[2]) * w;
-                }
-                dst[x * 3] = r;
-                dst[x * 3 + 1] = g;
-                dst[x * 3 + 2] = b;
+            // Each source pixel feeds about two outputs: convert it once.
+            for (f, b) in self.row.iter_mut().zip(src) {
+                *f = f32::from(*b);
+            }
+            match &fixed {
+                Some(f) => f.run(&self.row, dst),
+                None => horizontal_generic(cx, &self.row, dst),
             }
         }
 
@@ -314,6 +426,35 @@ mod tests {
         assert_eq!(out[60 * 64], 114.0); // bottom padding
         let (x, y) = p.to_frame(32.0, 32.0);
         assert!((x - 100.0).abs() < 1e-3 && (y - 50.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn padded_taps_match_the_variable_length_loop_exactly() {
+        let mut seed = 7u32;
+        for (w, out_w) in [
+            (768u32, 416u32),
+            (1920, 416),
+            (417, 416),
+            (100, 416),
+            (5, 2),
+            (13, 3),
+        ] {
+            let row: Vec<f32> = (0..w * 3)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 24) as f32
+                })
+                .collect();
+            let c = axis_coeffs(w, out_w);
+            let mut want = vec![0f32; out_w as usize * 3];
+            horizontal_generic(&c, &row, &mut want);
+            let mut got = vec![f32::NAN; out_w as usize * 3];
+            match FixedTaps::new(&c, w) {
+                Some(f) => f.run(&row, &mut got),
+                None => horizontal_generic(&c, &row, &mut got),
+            }
+            assert_eq!(got, want, "{w} -> {out_w}");
+        }
     }
 
     #[test]

@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# One command for the whole comparison (issues 2 and 4): framegate against
+# its peers on this machine, in one run, then a dated table in
+# docs/benchmarks.md.
+#
+#   bench/compare.sh            # full run (about 8 minutes on 2 cores)
+#   DUR=4 bench/compare.sh      # shorter runs per point (noisier)
+#   NO_DOCS=1 bench/compare.sh  # results only, docs untouched
+#
+# What it runs, every piece with the same client (framegate-load) and the
+# same frames (server/tests/data/dog.jpg, or ~50 KB synthetic JPEGs for the
+# gateway-only points):
+#   1. ONNX Runtime alone (bench/peers/ort_bench.py): inference only at batch
+#      1/2/4/8 × (1 session × N threads | N sessions × 1 thread), and the
+#      full in-process pipeline (cv2 decode, resize, normalise, inference,
+#      decode + NMS).
+#   2. framegate (ONNX backend): closed loop over HTTP and WebSocket at
+#      several concurrencies (saturation, p50/p99).
+#   3. The FastAPI + uvicorn peer (bench/peers/fastapi_peer.py): saturation,
+#      then framegate and the peer at an open-loop rate of half the peer's
+#      capacity (p99), and the peer's no-op endpoint.
+#   4. Gateway only: framegate --backend synthetic vs ws-echo (bare
+#      tokio-tungstenite) over WebSocket; framegate synthetic over HTTP.
+#   5. 10,000 idle WebSocket sessions with the model loaded (server RSS),
+#      and 10× overload (RSS over time, p99 of admitted frames).
+# Results (JSON + HTML reports, load averages, versions) go to
+# .cache/bench-results/<UTC timestamp>/; bench/peers/make_table.py turns them
+# into the table.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+
+DUR="${DUR:-8}"
+WARM="${WARM:-2}"
+KEY="bench-key-0123456789abcdef"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+BIN="$CARGO_TARGET_DIR/release"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="$REPO/.cache/bench-results/$STAMP"
+mkdir -p "$OUT"
+DOG="$REPO/server/tests/data/dog.jpg"
+PORT_FG=18080
+PORT_PEER=18090
+PORT_ECHO=18095
+CORES="$(nproc)"
+
+log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+note_load() { printf '%s\t%s\n' "$1" "$(loadavg)" >> "$OUT/loadavg.tsv"; }
+
+log "building (release)"
+cargo build --release -q -p framegate -p framegate-loadtest -p framegate-bench --bins
+ORT_LIB="$(scripts/install-onnxruntime.sh | tail -n 1)"
+export ORT_DYLIB_PATH="$ORT_LIB"
+PY="$(bench/peers/setup-venv.sh | tail -n 1)"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]:-}"; do
+        [[ -n "$p" ]] && kill "$p" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+wait_http() { # url
+    for _ in $(seq 1 600); do
+        if curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "$1"; then return 0; fi
+        sleep 0.1
+    done
+    echo "not ready: $1" >&2; return 1
+}
+
+SERVER_PID=""
+start_framegate() { # extra args...
+    FRAMEGATE_DEV_KEY="$KEY" RUST_LOG=warn "$BIN/framegate" serve \
+        --http-listen "127.0.0.1:$PORT_FG" "$@" > "$OUT/framegate.log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_http "http://127.0.0.1:$PORT_FG/readyz"
+}
+start_peer() { # workers ort_threads
+    (cd bench/peers && PEER_KEY="$KEY" PEER_ORT_THREADS="$2" exec "$PY" fastapi_peer.py \
+        --port "$PORT_PEER" --workers "$1" > "$OUT/peer.log" 2>&1) &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    # A no-op request answers once uvicorn and every worker are up.
+    for _ in $(seq 1 600); do
+        if curl -sf -o /dev/null -H "Authorization: Bearer $KEY" -F "image=@$DOG" \
+            "http://127.0.0.1:$PORT_PEER/noop"; then break; fi
+        sleep 0.2
+    done
+    sleep 2 # the other workers finish loading the model
+}
+stop_server() {
+    if [[ -n "$SERVER_PID" ]]; then
+        pkill -TERM -P "$SERVER_PID" 2>/dev/null || true
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+    sleep 1
+}
+load() { # name args...
+    local name="$1"; shift
+    note_load "$name"
+    "$BIN/framegate-load" --key "$KEY" --quiet --warmup "$WARM" --duration "$DUR" \
+        --json "$OUT/$name.json" --html "$OUT/$name.html" "$@" > "$OUT/$name.txt"
+    log "$name: $(sed -n 's/.*achieved \([0-9.]*\) fps.*/\1 fps/p' "$OUT/$name.txt") $(grep -o 'p50 [0-9.]* p90 [0-9.]* p99 [0-9.]*' "$OUT/$name.txt")"
+}
+fps_of() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_fps"])' "$OUT/$1.json"; }
+
+{
+    echo "date_utc=$STAMP"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+    echo "cores=$CORES"
+    echo "mem=$(free -g | awk '/Mem:/{print $2" GiB"}')"
+    echo "kernel=$(uname -r)"
+    echo "rustc=$(rustc --version)"
+    echo "framegate_commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '-dirty')"
+    echo "python=$("$PY" --version 2>&1)"
+} > "$OUT/machine.txt"
+"$PY" -m pip freeze > "$OUT/pip-freeze.txt"
+
+# 1. ONNX Runtime alone.
+log "ONNX Runtime alone"
+note_load ort
+"$PY" bench/peers/ort_bench.py --seconds "${ORT_SECONDS:-3}" --cores "$CORES" > "$OUT/ort.json"
+
+# 2. framegate, real model.
+log "framegate (onnx)"
+start_framegate
+# 10,000 idle WebSocket sessions, model loaded: server RSS.
+note_load idle
+"$BIN/framegate-load" --key "$KEY" --quiet --mode idle --transport ws --sessions 10000 --duration 10 --warmup 0 \
+    --connect-parallelism 256 --server-pid "$SERVER_PID" --target "http://127.0.0.1:$PORT_FG" \
+    --json "$OUT/idle-10k.json" --html "$OUT/idle-10k.html" > "$OUT/idle-10k.txt" || true
+log "idle: $(tail -n 2 "$OUT/idle-10k.txt" | tr '\n' ' ')"
+stop_server
+start_framegate
+for c in 1 2 4 8 16; do
+    load "fg-http-c$c" --transport http --mode closed --sessions "$c" --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
+done
+for c in 1 4 8 16; do
+    load "fg-ws-c$c" --transport ws --mode closed --sessions "$c" --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
+done
+FG_CAP="$("$PY" - "$OUT" <<'EOF'
+import glob, json, sys
+print(max(json.load(open(p))["achieved_fps"] for p in glob.glob(sys.argv[1] + "/fg-*-c*.json")))
+EOF
+)"
+stop_server
+# ONNX Runtime layout inside the gateway: 1 worker x N threads (default is N x 1).
+start_framegate --workers 1 --threads-per-worker "$CORES"
+load "fg-1x$CORES-http-c8" --transport http --mode closed --sessions 8 --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
+stop_server
+start_framegate
+# 10x overload: RSS over time, p99 of what is admitted.
+OVER_SESSIONS=20
+OVER_FPS="$("$PY" -c "print(round(10 * $FG_CAP / $OVER_SESSIONS, 2))")"
+load fg-overload-10x --transport ws --mode open --sessions "$OVER_SESSIONS" --fps "$OVER_FPS" --ignore-credits \
+    --frames "$DOG" --server-pid "$SERVER_PID" --target "http://127.0.0.1:$PORT_FG"
+stop_server
+
+# 3. The FastAPI peer: best of two layouts.
+PEER_BEST=0; PEER_LAYOUT=""
+for layout in "$CORES 1" "1 $CORES"; do
+    set -- $layout
+    log "FastAPI peer: $1 worker(s) x $2 ORT thread(s)"
+    start_peer "$1" "$2"
+    for c in 2 4 8; do
+        load "peer-w$1t$2-c$c" --transport http --http-path /detect --http-multipart --mode closed \
+            --sessions "$c" --frames "$DOG" --target "http://127.0.0.1:$PORT_PEER" --label fastapi-peer
+    done
+    stop_server
+done
+read -r PEER_BEST PEER_W PEER_T <<<"$("$PY" - "$OUT" <<'EOF'
+import glob, json, re, sys
+best = max(glob.glob(sys.argv[1] + "/peer-w*-c*.json"), key=lambda p: json.load(open(p))["achieved_fps"])
+w, t = re.search(r"peer-w(\d+)t(\d+)-", best).groups()
+print(json.load(open(best))["achieved_fps"], w, t)
+EOF
+)"
+HALF_SESSIONS=4
+HALF_FPS="$("$PY" -c "print(round($PEER_BEST / 2 / $HALF_SESSIONS, 3))")"
+log "open loop at half the peer's capacity: $HALF_SESSIONS x $HALF_FPS fps"
+start_peer "$PEER_W" "$PEER_T"
+load peer-half --transport http --http-path /detect --http-multipart --mode open \
+    --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" --frames "$DOG" --target "http://127.0.0.1:$PORT_PEER" --label fastapi-peer
+"$BIN/framegate-load" --synthetic 640x480 --synthetic-quality 65 --duration 0.5 --warmup 0 --quiet \
+    --mode closed --transport http --http-path /noop --http-multipart --key "$KEY" \
+    --target "http://127.0.0.1:$PORT_PEER" --json "$OUT/frames50k.json" > /dev/null || true
+load peer-noop --transport http --http-path /noop --http-multipart --mode closed --sessions 16 \
+    --synthetic 640x480 --synthetic-quality 65 --target "http://127.0.0.1:$PORT_PEER" --label fastapi-peer
+stop_server
+start_framegate
+load fg-half-http --transport http --http-multipart --mode open --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" \
+    --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
+load fg-half-ws --transport ws --mode open --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" \
+    --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
+stop_server
+
+# 4. Gateway only (~50 KB synthetic JPEGs).
+log "gateway only"
+start_framegate --backend synthetic
+load syn-ws --transport ws --mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 65 \
+    --target "http://127.0.0.1:$PORT_FG"
+load syn-http --transport http --mode closed --sessions 32 --synthetic 640x480 --synthetic-quality 65 \
+    --target "http://127.0.0.1:$PORT_FG"
+load syn-http-multipart --transport http --http-multipart --mode closed --sessions 32 --synthetic 640x480 \
+    --synthetic-quality 65 --target "http://127.0.0.1:$PORT_FG"
+stop_server
+"$BIN/ws-echo" "127.0.0.1:$PORT_ECHO" > "$OUT/ws-echo.log" 2>&1 &
+SERVER_PID=$!; PIDS+=("$SERVER_PID"); sleep 0.5
+load echo-ws --transport ws --mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 65 \
+    --target "http://127.0.0.1:$PORT_ECHO" --label ws-echo
+stop_server
+note_load end
+
+log "results in $OUT"
+if [[ -z "${NO_DOCS:-}" ]]; then
+    "$PY" bench/peers/make_table.py "$OUT" docs/benchmarks.md
+    log "docs/benchmarks.md updated"
+fi

@@ -1,0 +1,349 @@
+//! The load drivers. Every run is bounded: sending stops at the end of the
+//! duration, then the run waits at most `drain` for outstanding answers and
+//! counts the rest as lost.
+//!
+//! - **Open loop**: each of N sessions has a frame due every 1/F s (phases
+//!   spread evenly across sessions), whatever the server does. A frame that
+//!   is due while the session has no credit left is not sent and counts as
+//!   dropped (`no-credit`): the offered rate stays fixed, and what the
+//!   server could not absorb shows up as drops instead of as a slower
+//!   client. Latency is send→answer. With `ignore_credits` due frames are
+//!   sent anyway and the server's overload answers are counted instead.
+//! - **Closed loop**: each of N sessions keeps `in_flight` frames
+//!   outstanding and sends the next as soon as one is answered: this finds
+//!   the saturation throughput.
+//! - **Idle**: N sessions are opened (handshake done) and held for the
+//!   duration without sending, to measure what idle sessions cost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::time::MissedTickBehavior;
+
+use crate::frames::FrameSet;
+use crate::recorder::Recorder;
+use crate::transport::{OutFrame, SessionEvent, SharedTransport};
+
+/// What load to apply.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// `fps` frames per second per session, on a fixed schedule.
+    Open {
+        /// Frames per second per session.
+        fps: f64,
+    },
+    /// `in_flight` outstanding frames per session.
+    Closed {
+        /// Outstanding frames per session.
+        in_flight: u32,
+    },
+    /// Sessions held open, nothing sent.
+    Idle,
+}
+
+/// A run's shape.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// Sessions.
+    pub sessions: usize,
+    /// The load per session.
+    pub load: Load,
+    /// Measured duration (after warm-up).
+    pub duration: Duration,
+    /// Warm-up before measuring (same load, not recorded).
+    pub warmup: Duration,
+    /// Longest wait for outstanding answers after sending stops.
+    pub drain: Duration,
+    /// Sessions opened at once (handshakes in parallel).
+    pub connect_parallelism: usize,
+    /// Open loop: send due frames even without credit (the server then
+    /// answers them per its overload policy) — for overload tests.
+    pub ignore_credits: bool,
+}
+
+/// Runs the plan. `start` is when sending begins (sessions are opened
+/// before it); the recorder must measure from `start + warmup`.
+pub async fn run(
+    plan: &RunPlan,
+    transport: SharedTransport,
+    frames: Arc<FrameSet>,
+    recorder: Arc<Recorder>,
+    start: Instant,
+) {
+    let end = start + plan.warmup + plan.duration;
+    let gate = Arc::new(Semaphore::new(plan.connect_parallelism.max(1)));
+    let mut tasks = Vec::with_capacity(plan.sessions);
+    for id in 0..plan.sessions {
+        let transport = transport.clone();
+        let frames = frames.clone();
+        let recorder = recorder.clone();
+        let gate = gate.clone();
+        let plan = plan.clone();
+        tasks.push(tokio::spawn(async move {
+            let opened = {
+                let _permit = gate.acquire().await;
+                transport.open(id).await
+            };
+            let handle = match opened {
+                Ok(h) => h,
+                Err(e) => {
+                    recorder.connect_error(&first_line(&e.to_string()));
+                    return;
+                }
+            };
+            recorder.session_opened();
+            let phase = match plan.load {
+                Load::Open { fps } => {
+                    Duration::from_secs_f64(id as f64 / plan.sessions as f64 / fps.max(1e-9))
+                }
+                _ => Duration::ZERO,
+            };
+            session(id, handle, &plan, &frames, &recorder, start, phase, end).await;
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(120)
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    id: usize,
+    mut h: crate::transport::SessionHandle,
+    plan: &RunPlan,
+    frames: &FrameSet,
+    recorder: &Recorder,
+    start: Instant,
+    phase: Duration,
+    end: Instant,
+) {
+    let mut credits = h.credits as usize;
+    let mut in_flight: HashMap<u64, Instant> = HashMap::new();
+    let mut seq: u64 = 0;
+    let drain_end = end + plan.drain;
+    let end_tok = tokio::time::Instant::from_std(end);
+    let drain_tok = tokio::time::Instant::from_std(drain_end);
+
+    let send = |seq: u64, in_flight: &mut HashMap<u64, Instant>| {
+        let now = Instant::now();
+        let frame = OutFrame {
+            seq,
+            image: frames.pick(id, seq).clone(),
+        };
+        match h.frames.try_send(frame) {
+            Ok(()) => {
+                in_flight.insert(seq, now);
+                recorder.sent(now);
+                true
+            }
+            Err(_) => false,
+        }
+    };
+
+    match plan.load {
+        Load::Idle => {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end_tok) => {}
+                ev = wait_closed(&mut h.events) => recorder.closed_early(&first_line(&ev)),
+            }
+            return;
+        }
+        Load::Closed { in_flight: n } => {
+            let first = tokio::time::Instant::from_std(start);
+            tokio::time::sleep_until(first).await;
+            for _ in 0..(n as usize).min(credits) {
+                seq += 1;
+                send(seq, &mut in_flight);
+            }
+        }
+        Load::Open { .. } => {}
+    }
+
+    let mut ticker = match plan.load {
+        Load::Open { fps } => {
+            let period = Duration::from_secs_f64(1.0 / fps.max(1e-9));
+            let mut t =
+                tokio::time::interval_at(tokio::time::Instant::from_std(start + phase), period);
+            t.set_missed_tick_behavior(MissedTickBehavior::Burst);
+            Some(t)
+        }
+        _ => None,
+    };
+    let closed_n = match plan.load {
+        Load::Closed { in_flight } => in_flight as usize,
+        _ => 0,
+    };
+    let mut sending = true;
+    loop {
+        if !sending && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = async { ticker.as_mut().expect("open loop").tick().await }, if sending && ticker.is_some() => {
+                let now = Instant::now();
+                if now >= end {
+                    sending = false;
+                    continue;
+                }
+                seq += 1;
+                let no_credit = !plan.ignore_credits && in_flight.len() >= credits;
+                if no_credit || !send(seq, &mut in_flight) {
+                    recorder.no_credit(now);
+                }
+            }
+            _ = tokio::time::sleep_until(end_tok), if sending => {
+                sending = false;
+            }
+            _ = tokio::time::sleep_until(drain_tok) => break,
+            ev = h.events.recv() => match ev {
+                Some(SessionEvent::Answer { seq: s, kind, at }) => {
+                    if let Some(sent_at) = in_flight.remove(&s) {
+                        recorder.answer(sent_at, at, &kind);
+                    }
+                    if closed_n > 0 && sending {
+                        if Instant::now() >= end {
+                            sending = false;
+                        } else {
+                            while in_flight.len() < closed_n.min(credits) {
+                                seq += 1;
+                                if !send(seq, &mut in_flight) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(SessionEvent::Credit(c)) => credits += c as usize,
+                Some(SessionEvent::Closed(reason)) => {
+                    if sending || !in_flight.is_empty() {
+                        recorder.closed_early(&first_line(&reason));
+                    }
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    let lost: Vec<Instant> = in_flight.values().copied().collect();
+    recorder.lost(&lost);
+    drop(h.frames);
+}
+
+async fn wait_closed(events: &mut tokio::sync::mpsc::Receiver<SessionEvent>) -> String {
+    loop {
+        match events.recv().await {
+            Some(SessionEvent::Closed(r)) => return r,
+            Some(_) => continue,
+            None => return "session ended".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::transport::{AnswerKind, BoxFuture, SessionHandle, Transport};
+
+    /// An in-memory server: answers every frame at once. Also shows that a
+    /// transport is all a new wire protocol (QUIC) needs.
+    struct AnswerAtOnce;
+
+    impl Transport for AnswerAtOnce {
+        fn name(&self) -> &'static str {
+            "mock"
+        }
+
+        fn open(&self, _id: usize) -> BoxFuture<'_, anyhow::Result<SessionHandle>> {
+            let (ftx, mut frx) = mpsc::channel::<crate::transport::OutFrame>(64);
+            let (etx, erx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                while let Some(f) = frx.recv().await {
+                    let kind = if f.seq % 10 == 0 {
+                        AnswerKind::Dropped("queue-full".into())
+                    } else {
+                        AnswerKind::Detections {
+                            boxes: 1,
+                            timings: None,
+                        }
+                    };
+                    let ev = SessionEvent::Answer {
+                        seq: f.seq,
+                        kind,
+                        at: Instant::now(),
+                    };
+                    if etx.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Box::pin(async move {
+                Ok(SessionHandle {
+                    frames: ftx,
+                    events: erx,
+                    credits: 4,
+                })
+            })
+        }
+    }
+
+    async fn run_mock(load: Load, sessions: usize) -> crate::recorder::Totals {
+        let plan = RunPlan {
+            sessions,
+            load,
+            duration: Duration::from_millis(500),
+            warmup: Duration::ZERO,
+            drain: Duration::from_secs(5),
+            connect_parallelism: 4,
+            ignore_credits: false,
+        };
+        let frames = Arc::new(FrameSet::synthetic(8, 8, 50, 2).unwrap());
+        let start = Instant::now() + Duration::from_millis(20);
+        let rec = Arc::new(Recorder::new(start));
+        run(&plan, Arc::new(AnswerAtOnce), frames, rec.clone(), start).await;
+        rec.finish()
+    }
+
+    #[tokio::test]
+    async fn open_loop_is_bounded_and_every_sent_frame_is_accounted_for() {
+        let t = run_mock(Load::Open { fps: 50.0 }, 2).await;
+        assert_eq!(t.sessions_opened, 2);
+        assert!(t.sent > 0);
+        // Never more than the schedule: 2 sessions × 50 fps × 0.5 s (+ the
+        // first tick of each session).
+        assert!(t.sent <= 52, "sent {}", t.sent);
+        let dropped: u64 = t.dropped.values().sum();
+        assert_eq!(t.answered + dropped + t.lost, t.sent);
+        assert_eq!(t.lost, 0);
+    }
+
+    #[tokio::test]
+    async fn closed_loop_keeps_frames_in_flight_until_the_end() {
+        let t = run_mock(Load::Closed { in_flight: 3 }, 2).await;
+        assert!(t.sent >= 6, "sent {}", t.sent);
+        let dropped: u64 = t.dropped.values().sum();
+        assert_eq!(t.answered + dropped, t.sent);
+        assert!(t.dropped["queue-full"] > 0);
+        assert_eq!(t.lost, 0);
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_send_nothing() {
+        let t = run_mock(Load::Idle, 3).await;
+        assert_eq!((t.sessions_opened, t.sent), (3, 0));
+    }
+}

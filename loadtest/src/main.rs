@@ -1,0 +1,327 @@
+//! `framegate-load`: the load harness's command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use framegate_loadtest::driver::{self, Load, RunPlan};
+use framegate_loadtest::frames::FrameSet;
+use framegate_loadtest::recorder::Recorder;
+use framegate_loadtest::report::{rfc3339, Report, RunInfo, ServerInfo};
+use framegate_loadtest::target::Target;
+use framegate_loadtest::transport::http::HttpTransport;
+use framegate_loadtest::transport::ws::WsTransport;
+use framegate_loadtest::transport::SharedTransport;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum TransportArg {
+    /// WebSocket sessions (`/v1/stream`).
+    Ws,
+    /// One-shot HTTP POSTs (`/v1/detect`).
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum ModeArg {
+    /// N sessions × F frames/s on a fixed schedule.
+    Open,
+    /// Fixed frames in flight, as fast as answered.
+    Closed,
+    /// Sessions opened and held, nothing sent.
+    Idle,
+}
+
+/// Load a framegate (or a peer) and report latency and throughput.
+#[derive(Parser, Debug)]
+#[command(name = "framegate-load", version)]
+struct Args {
+    /// Server base URL (loopback only unless --allow-remote).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// Allow a target that is not a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// API key (Bearer / Hello credential).
+    #[arg(long, env = "FRAMEGATE_KEY", default_value = "")]
+    key: String,
+    /// Wire protocol. (QUIC will join when the client SDK lands.)
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: TransportArg,
+    /// Load mode.
+    #[arg(long, value_enum, default_value = "open")]
+    mode: ModeArg,
+    /// Sessions (WebSocket connections or concurrent HTTP callers).
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Open loop: frames per second per session.
+    #[arg(long, default_value_t = 10.0)]
+    fps: f64,
+    /// Closed loop: frames in flight per session.
+    #[arg(long, default_value_t = 1)]
+    in_flight: u32,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds before measuring (same load, not recorded).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Longest wait for outstanding answers after sending stops, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    /// A JPEG/PNG file or a folder of them.
+    #[arg(long, conflicts_with = "synthetic")]
+    frames: Option<PathBuf>,
+    /// Synthetic JPEG frames of this size, e.g. 640x480.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// JPEG quality of synthetic frames.
+    #[arg(long, default_value_t = 85)]
+    synthetic_quality: u8,
+    /// Distinct synthetic frames.
+    #[arg(long, default_value_t = 8)]
+    synthetic_count: usize,
+    /// HTTP path for frames.
+    #[arg(long, default_value = "/v1/detect")]
+    http_path: String,
+    /// Send HTTP frames as a multipart field `image`.
+    #[arg(long)]
+    http_multipart: bool,
+    /// WebSocket path.
+    #[arg(long, default_value = "/v1/stream")]
+    ws_path: String,
+    /// Model to request (empty: the server's default).
+    #[arg(long, default_value = "")]
+    model: String,
+    /// Open loop: send due frames even without credit, to overload the
+    /// server (it answers the excess with `Error{no-credit}` / HTTP 429).
+    #[arg(long)]
+    ignore_credits: bool,
+    /// Sessions opened in parallel.
+    #[arg(long, default_value_t = 64)]
+    connect_parallelism: usize,
+    /// Sample this process's RSS every second (the server, on this machine).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A label for the server in the report (e.g. fastapi-peer).
+    #[arg(long)]
+    label: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the HTML report here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32)> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .context("size must look like 640x480")?;
+    Ok((w.trim().parse()?, h.trim().parse()?))
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+async fn server_info(target: &Target, key: &str, label: Option<String>) -> ServerInfo {
+    let mut info = ServerInfo {
+        label,
+        ..Default::default()
+    };
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(target.http_url("/v1/models"))
+        .bearer_auth(key)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    if let Ok(r) = resp {
+        if r.status().is_success() {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                let models = v.get("models").and_then(|m| m.as_array());
+                let backends: Vec<String> = models
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.get("backend").and_then(|b| b.as_str()))
+                    .map(str::to_string)
+                    .collect();
+                info.synthetic = backends.iter().any(|b| b == "synthetic");
+                info.backend = backends.first().cloned();
+                info.models = Some(v);
+            }
+        }
+    }
+    info
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let target = Target::parse(&args.target)?;
+    target.check_loopback(args.allow_remote).await?;
+    if args.sessions == 0 {
+        bail!("--sessions must be at least 1");
+    }
+    if args.duration.is_nan() || args.duration <= 0.0 || args.duration > 24.0 * 3600.0 {
+        bail!("--duration must be in (0, 86400] seconds: every run is bounded");
+    }
+    let load = match args.mode {
+        ModeArg::Open => {
+            if args.fps.is_nan() || args.fps <= 0.0 {
+                bail!("--fps must be positive");
+            }
+            Load::Open { fps: args.fps }
+        }
+        ModeArg::Closed => Load::Closed {
+            in_flight: args.in_flight.max(1),
+        },
+        ModeArg::Idle => Load::Idle,
+    };
+    let frames = match (&args.frames, &args.synthetic) {
+        (Some(p), _) => FrameSet::from_path(p)?,
+        (None, Some(size)) => {
+            let (w, h) = parse_size(size)?;
+            FrameSet::synthetic(w, h, args.synthetic_quality, args.synthetic_count)?
+        }
+        (None, None) if load == Load::Idle => FrameSet::synthetic(16, 16, 50, 1)?,
+        (None, None) => bail!("give --frames PATH or --synthetic WxH"),
+    };
+    let frames = Arc::new(frames);
+    let transport: SharedTransport = match args.transport {
+        TransportArg::Ws => Arc::new(WsTransport {
+            url: target.ws_url(&args.ws_path),
+            key: args.key.clone(),
+            model: args.model.clone(),
+        }),
+        TransportArg::Http => {
+            let path = if args.model.is_empty() {
+                args.http_path.clone()
+            } else {
+                format!("{}?model={}", args.http_path, args.model)
+            };
+            Arc::new(HttpTransport::new(
+                target.http_url(&path),
+                args.key.clone(),
+                args.http_multipart,
+                args.in_flight,
+            )?)
+        }
+    };
+    let server = server_info(&target, &args.key, args.label.clone()).await;
+    if server.synthetic {
+        eprintln!("framegate-load: the server runs the SYNTHETIC backend (no model inference)");
+    }
+    let plan = RunPlan {
+        sessions: args.sessions,
+        load,
+        duration: Duration::from_secs_f64(args.duration),
+        warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
+        drain: Duration::from_secs_f64(args.drain.max(0.0)),
+        connect_parallelism: args.connect_parallelism,
+        ignore_credits: args.ignore_credits,
+    };
+    let started_at = rfc3339(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    // Sending starts after a short grace for opening sessions; idle runs
+    // measure from the start.
+    let open_grace = Duration::from_millis(200 + (args.sessions as u64).min(10_000) / 2);
+    let start = Instant::now() + open_grace;
+    let recorder = Arc::new(Recorder::new(start + plan.warmup));
+
+    let progress = {
+        let recorder = recorder.clone();
+        let quiet = args.quiet;
+        let total = plan.warmup + plan.duration;
+        let pid = args.server_pid;
+        let tty = std::io::stderr().is_terminal();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut last_answered = 0;
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                n += 1;
+                if let Some(pid) = pid {
+                    if let Some(b) = rss_bytes(pid) {
+                        recorder.rss(Instant::now(), b);
+                    }
+                }
+                if quiet {
+                    continue;
+                }
+                let (sent, answered, dropped, errors, lat) = recorder.snapshot();
+                let el = Instant::now().saturating_duration_since(start);
+                let line = format!(
+                    "[{:>5.1}/{:.0} s] sent {sent} answered {answered} ({}/s) dropped {dropped} errors {errors} p50 {:.1} ms p99 {:.1} ms",
+                    el.as_secs_f64(),
+                    total.as_secs_f64(),
+                    answered - last_answered,
+                    lat.value_at_quantile(0.5) as f64 / 1000.0,
+                    lat.value_at_quantile(0.99) as f64 / 1000.0,
+                );
+                last_answered = answered;
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else if n % 5 == 0 {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    };
+    driver::run(&plan, transport, frames.clone(), recorder.clone(), start).await;
+    progress.abort();
+    if !args.quiet && std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let totals = recorder.finish();
+    let offered = match load {
+        Load::Open { fps } => Some(fps * args.sessions as f64),
+        _ => None,
+    };
+    let run = RunInfo {
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        target: args.target.clone(),
+        transport: match args.transport {
+            TransportArg::Ws => "ws",
+            TransportArg::Http => "http",
+        }
+        .into(),
+        mode: match args.mode {
+            ModeArg::Open => "open",
+            ModeArg::Closed => "closed",
+            ModeArg::Idle => "idle",
+        }
+        .into(),
+        sessions: args.sessions,
+        fps_per_session: (args.mode == ModeArg::Open).then_some(args.fps),
+        in_flight_per_session: (args.mode == ModeArg::Closed).then_some(args.in_flight),
+        duration_s: args.duration,
+        warmup_s: args.warmup,
+        frames: frames.info.clone(),
+        command,
+    };
+    let report = Report::build(run, server, offered, &totals);
+    println!("{}", report.summary());
+    if let Some(p) = &args.json {
+        std::fs::write(p, report.to_json()).with_context(|| format!("write {}", p.display()))?;
+    }
+    if let Some(p) = &args.html {
+        std::fs::write(p, report.to_html()).with_context(|| format!("write {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! WebSocket sessions: `Hello` → `Welcome`, then one binary message per
+//! `Frame`, answers read by a task of their own (`docs/protocol.md`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use framegate_protocol::{
+    ClientMessage, DecodeLimits, Frame, Hello, ServerMessage, PROTOCOL_VERSION,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{AnswerKind, BoxFuture, OutFrame, SessionEvent, SessionHandle, Transport};
+
+/// WebSocket transport.
+#[derive(Debug, Clone)]
+pub struct WsTransport {
+    /// `ws://host:port/v1/stream`.
+    pub url: String,
+    /// The API key (sent in the upgrade's `Authorization` and in `Hello`).
+    pub key: String,
+    /// Model to request (empty: the default).
+    pub model: String,
+}
+
+impl Transport for WsTransport {
+    fn name(&self) -> &'static str {
+        "ws"
+    }
+
+    fn open(&self, _id: usize) -> BoxFuture<'_, Result<SessionHandle>> {
+        Box::pin(self.open_session())
+    }
+}
+
+impl WsTransport {
+    async fn open_session(&self) -> Result<SessionHandle> {
+        let mut req = self.url.as_str().into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {}", self.key).parse()?);
+        let (mut ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        .context("WebSocket connect timed out")?
+        .context("WebSocket connect")?;
+        let hello = ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            credential: self.key.clone(),
+            model: self.model.clone(),
+            client_name: "framegate-load".into(),
+            ..Default::default()
+        });
+        ws.send(Message::Binary(hello.encode())).await?;
+        let limits = DecodeLimits::default();
+        let credits = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .context("no Welcome within 10 s")?;
+            match msg {
+                Some(Ok(Message::Binary(b))) => match ServerMessage::decode(&b, &limits)? {
+                    ServerMessage::Welcome(w) => break w.credits.max(1),
+                    ServerMessage::Error(e) => bail!("refused: {:?} {}", e.code, e.message),
+                    other => bail!("expected Welcome, got {}", other.kind()),
+                },
+                Some(Ok(Message::Close(f))) => bail!("closed before Welcome: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("closed before Welcome"),
+            }
+        };
+        let (mut sink, mut stream) = ws.split();
+        let (frames_tx, mut frames_rx) = mpsc::channel::<OutFrame>(credits as usize * 4 + 16);
+        let (events_tx, events_rx) = mpsc::channel::<SessionEvent>(credits as usize * 4 + 16);
+        tokio::spawn(async move {
+            while let Some(f) = frames_rx.recv().await {
+                let msg = ClientMessage::Frame(Frame {
+                    seq: f.seq,
+                    capture_ts_us: 0,
+                    codec: f.image.codec,
+                    width: 0,
+                    height: 0,
+                    deadline_us: 0,
+                    payload: f.image.bytes.clone(),
+                });
+                if sink.send(Message::Binary(msg.encode())).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        tokio::spawn(async move {
+            let reason = loop {
+                let b = match stream.next().await {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Close(f))) => break format!("closed by server: {f:?}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break format!("WebSocket error: {e}"),
+                    None => break "connection closed".to_string(),
+                };
+                let at = Instant::now();
+                let msg = match ServerMessage::decode(&b, &limits) {
+                    Ok(m) => m,
+                    Err(e) => break format!("undecodable server message: {e}"),
+                };
+                let events: Vec<SessionEvent> = match msg {
+                    ServerMessage::Detections(d) => vec![SessionEvent::Answer {
+                        seq: d.seq,
+                        kind: AnswerKind::Detections {
+                            boxes: d.detections.len() as u32,
+                            timings: Some(d.timings),
+                        },
+                        at,
+                    }],
+                    ServerMessage::Dropped(d) => d
+                        .seqs
+                        .iter()
+                        .map(|&seq| SessionEvent::Answer {
+                            seq,
+                            kind: AnswerKind::Dropped(d.reason.as_str().to_string()),
+                            at,
+                        })
+                        .collect(),
+                    ServerMessage::Error(e) => match e.seq {
+                        Some(seq) => vec![SessionEvent::Answer {
+                            seq,
+                            kind: AnswerKind::Error(e.code.as_str().to_string()),
+                            at,
+                        }],
+                        None => vec![SessionEvent::Closed(format!(
+                            "session error {}: {}",
+                            e.code.as_str(),
+                            e.message
+                        ))],
+                    },
+                    ServerMessage::Credit(c) => vec![SessionEvent::Credit(c.credits)],
+                    ServerMessage::Welcome(_) => continue,
+                };
+                for ev in events {
+                    if events_tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let _ = events_tx.send(SessionEvent::Closed(reason)).await;
+        });
+        Ok(SessionHandle {
+            frames: frames_tx,
+            events: events_rx,
+            credits,
+        })
+    }
+}

@@ -114,6 +114,9 @@ pub struct Welcome {
     pub model: String,
     /// The gateway's version, e.g. `framegate/0.1.0`.
     pub server_version: String,
+    /// The highest Frame seq the gateway has received in this session (0 if
+    /// none). After a resume the client re-sends its frames above it.
+    pub received_seq: u64,
 }
 
 /// One detected object, in the frame's own pixel coordinates.

@@ -62,6 +62,20 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "FRAMEGATE_LOG_FORMAT")]
     log_format: Option<String>,
+    /// QUIC listen address (UDP), or `off` [default: 127.0.0.1:8443].
+    #[arg(long, env = "FRAMEGATE_QUIC_LISTEN")]
+    quic_listen: Option<String>,
+    /// PEM certificate chain for QUIC (with --tls-key) instead of the
+    /// generated development certificate.
+    #[arg(long, env = "FRAMEGATE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "FRAMEGATE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Folder for the gateway's state (the development certificate)
+    /// [default: $XDG_DATA_HOME/framegate or ~/.local/share/framegate].
+    #[arg(long, env = "FRAMEGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -129,6 +143,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(f) = args.log_format {
         config.log.format = f;
     }
+    match args.quic_listen.as_deref() {
+        None => {}
+        Some("off") => config.quic.enabled = false,
+        Some(a) => {
+            config.quic.listen = a
+                .parse()
+                .with_context(|| format!("--quic-listen {a:?}: not an address"))?
+        }
+    }
+    if args.tls_cert.is_some() {
+        config.tls.cert = args.tls_cert;
+    }
+    if args.tls_key.is_some() {
+        config.tls.key = args.tls_key;
+    }
+    if args.data_dir.is_some() {
+        config.data_dir = args.data_dir;
+    }
     for m in args.models {
         config.models.push(ModelConfig {
             spec: m,
@@ -144,6 +176,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
     let threads = config.pipeline.threads_per_worker;
     let listen = config.http.listen;
+    let quic = if config.quic.enabled {
+        let data_dir = config
+            .data_dir
+            .clone()
+            .unwrap_or_else(framegate::transport::tls::default_data_dir);
+        let material = framegate::transport::tls::load_or_generate(&config.tls, &data_dir)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let listener = framegate::transport::quic::QuicListener::bind(&config.quic, &material)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Some((listener, material))
+    } else {
+        None
+    };
     let gw = Gateway::start(config, auth, onnx_factory(threads))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -160,6 +205,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         "framegate {} listening on http://{addr} (WebSocket ws://{addr}/v1/stream)",
         env!("CARGO_PKG_VERSION")
     );
+    let (stop_quic, quic_stopped) = tokio::sync::watch::channel(false);
+    let quic_task = match quic {
+        Some((listener, material)) => {
+            let addr = listener.local_addr()?;
+            println!(
+                "framegate: QUIC listening on quic://{addr} (ALPN framegate/1), certificate sha256 {} ({})",
+                material.fingerprint, material.origin
+            );
+            let mut stopped = quic_stopped;
+            Some(tokio::spawn(listener.serve(gw.clone(), async move {
+                let _ = stopped.changed().await;
+            })))
+        }
+        None => None,
+    };
     {
         // Log when the models are ready, without blocking the listener.
         let gw = gw.clone();
@@ -184,6 +244,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         });
     }
     framegate::transport::serve_http(gw.clone(), listener, shutdown_signal()).await?;
+    let _ = stop_quic.send(true);
+    if let Some(t) = quic_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     tracing::info!("shutting down: answering queued frames");
     tokio::task::spawn_blocking(move || gw.shutdown()).await?;
     Ok(())

@@ -35,6 +35,9 @@ pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The QUIC address and the certificate's SHA-256, unless QUIC is off.
+    pub quic: Option<(SocketAddr, String)>,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Gateway {
@@ -45,9 +48,19 @@ impl Gateway {
 
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_framegate"));
-        cmd.arg("serve")
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(args)
+        cmd.arg("serve").args(["--http-listen", "127.0.0.1:0"]);
+        // QUIC on a free port, its development certificate in a fresh folder.
+        if !args.contains(&"--quic-listen") {
+            cmd.args(["--quic-listen", "127.0.0.1:0"]);
+        }
+        let data_dir = if args.contains(&"--data-dir") {
+            None
+        } else {
+            let d = tempfile::tempdir().expect("temp data dir");
+            cmd.arg("--data-dir").arg(d.path());
+            Some(d)
+        };
+        cmd.args(args)
             .env("FRAMEGATE_DEV_KEY", KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -92,13 +105,61 @@ impl Gateway {
                 );
             }
         };
-        let gw = Gateway {
+        let mut gw = Gateway {
             child,
             addr,
             stdout: lines,
+            quic: None,
+            _data_dir: data_dir,
         };
         gw.wait_ready().await;
+        gw.quic = gw.stdout.lock().unwrap().iter().find_map(|l| parse_quic_line(l));
         gw
+    }
+
+    /// `quic://ADDR` of the gateway.
+    pub fn quic_url(&self) -> String {
+        format!("quic://{}", self.quic.as_ref().expect("QUIC is on").0)
+    }
+
+    /// The SHA-256 fingerprint of the gateway's certificate.
+    pub fn fingerprint(&self) -> String {
+        self.quic.as_ref().expect("QUIC is on").1.clone()
+    }
+
+    /// The gateway's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line");
+        kb * 1024
+    }
+
+    /// `GET /v1/models` as JSON.
+    pub async fn models(&self) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(self.url("/v1/models"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("models")
+            .json()
+            .await
+            .expect("models json")
+    }
+
+    /// (frames inferred, session frames billed) of the default model.
+    pub async fn counters(&self) -> (u64, u64) {
+        let m = self.models().await;
+        let m = &m["models"][0];
+        (
+            m["frames_inferred"].as_u64().unwrap(),
+            m["session_frames_billed"].as_u64().unwrap(),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -134,6 +195,14 @@ impl Gateway {
             .await
             .expect("request")
     }
+}
+
+/// "framegate: QUIC listening on quic://ADDR (…), certificate sha256 HEX (…)"
+fn parse_quic_line(line: &str) -> Option<(SocketAddr, String)> {
+    let rest = line.split("QUIC listening on quic://").nth(1)?;
+    let addr = rest.split_whitespace().next()?.parse().ok()?;
+    let fp = rest.split("sha256 ").nth(1)?.split_whitespace().next()?;
+    Some((addr, fp.to_string()))
 }
 
 impl Drop for Gateway {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (once) the Python environment used by framegate's reference tools and
-# tests: $REPO/.cache/venv with pinned numpy, onnxruntime, onnx and Pillow.
+# tests: $REPO/.cache/venv with pinned numpy, onnxruntime, onnx and Pillow,
+# and flatbuffers, websockets and aioquic for the third-party protocol clients.
 #
 # Usage:
 #   scripts/python-env.sh            # set up if needed; last line = venv python
@@ -23,7 +24,10 @@ REQUIREMENTS="numpy==2.4.6
 onnxruntime==1.31.1
 onnx==1.23.2
 pillow==13.0.0
-nvidia-cuda-nvrtc-cu12==12.8.93"
+nvidia-cuda-nvrtc-cu12==12.8.93
+flatbuffers==25.12.19
+websockets==17.4
+aioquic==1.7.2"
 
 want_hash() {
     printf '%s\n' "$REQUIREMENTS" | sha256sum | cut -d' ' -f1
@@ -58,6 +62,6 @@ REQ_FILE="$VENV/requirements.txt"
 printf '%s\n' "$REQUIREMENTS" > "$REQ_FILE"
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQ_FILE" >&2
-"$VENV/bin/python" -c 'import numpy, onnxruntime, onnx, PIL' >&2
+"$VENV/bin/python" -c 'import numpy, onnxruntime, onnx, PIL, flatbuffers, websockets, aioquic' >&2
 want_hash > "$STAMP"
 echo "$VENV/bin/python"

@@ -49,8 +49,8 @@ use futures_util::StreamExt;
 
 pub use crate::error::ClientError;
 pub use crate::image::Image;
-pub use crate::session::{Answer, FrameOptions, FrameSender, Session, SessionOptions};
 use crate::link::StreamTarget;
+pub use crate::session::{Answer, FrameOptions, FrameSender, Session, SessionOptions};
 
 /// Options for [`Client::connect_with`].
 ///
@@ -120,7 +120,8 @@ impl Client {
         key: &str,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        let parsed = url::Url::parse(url).map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
         let pin = match parsed
             .query_pairs()
             .find(|(k, _)| k == "pin")

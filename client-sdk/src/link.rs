@@ -17,9 +17,8 @@ use crate::ClientError;
 /// The ALPN id of protocol version 1.
 pub(crate) const ALPN: &[u8] = b"framegate/1";
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Where streaming sessions go.
 #[derive(Debug, Clone)]
@@ -77,9 +76,7 @@ impl LinkTx {
                         }
                     }
                 }
-                send.write_all(&framing::encode(&bytes))
-                    .await
-                    .map_err(lost)
+                send.write_all(&framing::encode(&bytes)).await.map_err(lost)
             }
             LinkTx::Ws(sink) => sink.send(Message::Binary(bytes)).await.map_err(lost),
             LinkTx::Dead => Err(lost("the connection was broken")),

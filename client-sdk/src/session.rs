@@ -159,7 +159,6 @@ impl Answer {
 enum Cmd {
     Frame(Frame),
     Bye,
-    Kill,
 }
 
 /// Counters of a session, for monitoring.
@@ -167,6 +166,7 @@ enum Cmd {
 struct Shared {
     credits: AtomicU64,
     resumes: AtomicU64,
+    kill: tokio::sync::Notify,
 }
 
 /// Sends frames into a session. Cheap to clone; all clones share the
@@ -361,7 +361,7 @@ impl Session {
     /// session then reconnects and resumes. For tests of resume.
     #[doc(hidden)]
     pub async fn break_connection_for_test(&self) {
-        let _ = self.sender.tx.send(Cmd::Kill).await;
+        self.shared.kill.notify_one();
     }
 }
 
@@ -433,11 +433,11 @@ impl Driver {
                             Err(e) => Step::Reconnect(e),
                         }
                     }
-                    Some(Cmd::Kill) => {
-                        tx.kill();
-                        Step::Reconnect(ClientError::ConnectionLost("broken on purpose".into()))
-                    }
                 },
+                () = self.shared.kill.notified() => {
+                    tx.kill();
+                    Step::Reconnect(ClientError::ConnectionLost("broken on purpose".into()))
+                }
             };
             match step {
                 Step::Continue => {}
@@ -450,6 +450,13 @@ impl Driver {
                 Step::Reconnect(e) => {
                     if self.closing && self.unanswered.is_empty() {
                         return; // the gateway closed after the last answer
+                    }
+                    if self.closing && self.hello.datagrams {
+                        // Bye overtook datagram frames: they are lost.
+                        while let Some(f) = self.unanswered.pop_front() {
+                            let _ = self.answers.send(Ok(Answer::Lost { seq: f.seq })).await;
+                        }
+                        return;
                     }
                     match self.resume(e).await {
                         Ok((t, r)) => {
@@ -523,7 +530,12 @@ impl Driver {
                 }
                 let lost = self.unanswered.pop_front().expect("front").seq;
                 self.credits += 1;
-                if self.answers.send(Ok(Answer::Lost { seq: lost })).await.is_err() {
+                if self
+                    .answers
+                    .send(Ok(Answer::Lost { seq: lost }))
+                    .await
+                    .is_err()
+                {
                     return Step::Done(None);
                 }
             }

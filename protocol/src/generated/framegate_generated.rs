@@ -886,7 +886,7 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Hello::VT_LAST_RECEIVED_SEQ, Some(0)).unwrap()}
   }
-  /// QUIC only (planned): the client will send frames as datagrams.
+  /// QUIC only: the client may send frames as datagrams.
   #[inline]
   pub fn datagrams(&self) -> bool {
     // Safety:

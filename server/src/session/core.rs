@@ -140,7 +140,9 @@ pub struct Attached {
 pub enum ResumeRefused {
     /// Some answer above `last_received_seq` was already evicted from the
     /// resume buffer (the client did not acknowledge in time).
-    #[error("answers above seq {last_received} are no longer available (kept from seq {kept_from})")]
+    #[error(
+        "answers above seq {last_received} are no longer available (kept from seq {kept_from})"
+    )]
     Evicted {
         /// The client's last received seq.
         last_received: u64,
@@ -183,8 +185,9 @@ pub struct SessionCore<F> {
 }
 
 impl<F> SessionCore<F> {
-    /// A new, detached session.
-    pub fn new(cfg: CoreConfig) -> Self {
+    /// A new session, detached (waiting for its first connection) since
+    /// `now_us`.
+    pub fn new(cfg: CoreConfig, now_us: u64) -> Self {
         Self {
             cfg,
             entries: VecDeque::new(),
@@ -199,7 +202,7 @@ impl<F> SessionCore<F> {
             usage: Usage::default(),
             attached: false,
             ever_attached: false,
-            detached_at_us: 0,
+            detached_at_us: now_us,
             service_us: 0,
         }
     }

@@ -10,8 +10,8 @@
 //! goes on computing for `session.resume_grace_secs`, waiting for a Hello
 //! with its resume token on any transport.
 //!
-//! Bounded everywhere: a session's inbound channel holds `2 × credits + 16`
-//! messages and the task stops taking from it while the core is full (the
+//! Bounded everywhere: a session's inbound channel holds
+//! [`INBOUND_CAPACITY`] messages and the task stops taking from it while the core is full (the
 //! transport's flow control then pushes back on the client); the outbound
 //! channel per connection holds [`OUTBOUND_CAPACITY`] messages; the number
 //! of sessions is capped by `session.max_sessions`.
@@ -23,9 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use framegate_protocol::{
-    ClientMessage, DropReason, Hello, ServerMessage, SessionLimits, Welcome,
-};
+use framegate_protocol::{ClientMessage, DropReason, Hello, ServerMessage, SessionLimits, Welcome};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use rand::RngCore;
@@ -38,6 +36,11 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::pipeline::decode::{probe, ProbedFrame};
 use crate::pipeline::{FrameOutcome, ModelPipeline};
+
+/// Client messages buffered between a connection's reader and its session.
+/// Small on purpose: frames wait in the session core (where the overload
+/// policy can drop them), not here.
+pub const INBOUND_CAPACITY: usize = 4;
 
 /// Messages buffered per connection between a session and its writer.
 pub const OUTBOUND_CAPACITY: usize = 64;
@@ -241,7 +244,7 @@ impl SessionRegistry {
         let pipeline = gw.model(&hello.model)?.clone();
         let cfg = &gw.config.session;
         let window = cfg.credits;
-        let (inbound_tx, inbound_rx) = mpsc::channel(window as usize * 2 + 16);
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let (control_tx, control_rx) = mpsc::channel(4);
         let token = random_hex(16);
         let handle = Arc::new(SessionHandle {
@@ -259,15 +262,19 @@ impl SessionRegistry {
             }
             sessions.insert(token.clone(), handle.clone());
         }
-        let core = SessionCore::new(CoreConfig {
-            window,
-            policy: hello.overload_policy,
-            max_in_pipeline: cfg.max_in_pipeline,
-            resume_buffer: cfg.resume_buffer,
-            grace_us: cfg.resume_grace_secs.saturating_mul(1_000_000),
-        });
+        let core = SessionCore::new(
+            CoreConfig {
+                window,
+                policy: hello.overload_policy,
+                max_in_pipeline: cfg.max_in_pipeline,
+                resume_buffer: cfg.resume_buffer,
+                grace_us: cfg.resume_grace_secs.saturating_mul(1_000_000),
+            },
+            self.clock.now_us(),
+        );
         let session_id = random_hex(8);
-        let span = tracing::info_span!("session", id = %session_id, tenant = %principal.tenant, transport);
+        let span =
+            tracing::info_span!("session", id = %session_id, tenant = %principal.tenant, transport);
         let task = SessionTask {
             registry: self.clone(),
             gw: gw.clone(),
@@ -392,7 +399,9 @@ impl SessionTask {
         let attached = match self.core.attach(a.last_received) {
             Ok(x) => x,
             Err(r) => {
-                let _ = a.reply.send(Err(GatewayError::ResumeRefused(r.to_string())));
+                let _ = a
+                    .reply
+                    .send(Err(GatewayError::ResumeRefused(r.to_string())));
                 return;
             }
         };
@@ -416,9 +425,9 @@ impl SessionTask {
         if a.out.send(Outbound::Message(welcome)).await.is_err() {
             let now = self.now_us();
             self.core.detach(now);
-            let _ = a.reply.send(Err(GatewayError::ResumeRefused(
-                "connection closed".into(),
-            )));
+            let _ = a
+                .reply
+                .send(Err(GatewayError::ResumeRefused("connection closed".into())));
             return;
         }
         if attached.resent > 0 {
@@ -460,7 +469,9 @@ impl SessionTask {
                 }
                 ClientMessage::Ack(a) => self.core.on_ack(a.seq),
                 ClientMessage::Bye(_) => self.closing = Some(None),
-                ClientMessage::Hello(_) => self.end(GatewayError::Protocol("Hello sent twice".into())),
+                ClientMessage::Hello(_) => {
+                    self.end(GatewayError::Protocol("Hello sent twice".into()))
+                }
             },
         }
     }

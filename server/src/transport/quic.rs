@@ -145,8 +145,12 @@ impl QuicListener {
                 run_connection(gw, incoming).await;
             });
         }
-        self.endpoint
-            .close(GatewayError::NotReady("shutting down".into()).quic_error_code().into(), b"shutting down");
+        self.endpoint.close(
+            GatewayError::NotReady("shutting down".into())
+                .quic_error_code()
+                .into(),
+            b"shutting down",
+        );
         self.endpoint.wait_idle().await;
     }
 }
@@ -271,10 +275,10 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
         Ok(Err(ReadEnd::Violation(e))) => return refuse(&out_tx, e).await,
         Ok(Ok(ClientMessage::Hello(h))) => h,
         Ok(Ok(other)) => {
-            return refuse(&out_tx, GatewayError::Protocol(format!(
-                "expected Hello first, got {}",
-                other.kind()
-            )))
+            return refuse(
+                &out_tx,
+                GatewayError::Protocol(format!("expected Hello first, got {}", other.kind())),
+            )
             .await
         }
     };
@@ -283,10 +287,13 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
         Err(e) => return refuse(&out_tx, e).await,
     };
     if hello.protocol_version != PROTOCOL_VERSION {
-        return refuse(&out_tx, GatewayError::Protocol(format!(
-            "protocol version {} is not supported; this gateway speaks {PROTOCOL_VERSION}",
-            hello.protocol_version
-        )))
+        return refuse(
+            &out_tx,
+            GatewayError::Protocol(format!(
+                "protocol version {} is not supported; this gateway speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            )),
+        )
         .await;
     }
     let datagrams = hello.datagrams && conn.max_datagram_size().is_some();

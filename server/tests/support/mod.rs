@@ -113,7 +113,12 @@ impl Gateway {
             _data_dir: data_dir,
         };
         gw.wait_ready().await;
-        gw.quic = gw.stdout.lock().unwrap().iter().find_map(|l| parse_quic_line(l));
+        gw.quic = gw
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| parse_quic_line(l));
         gw
     }
 
@@ -401,5 +406,121 @@ pub async fn open_session(gw: &Gateway) -> (Ws, framegate_protocol::Welcome) {
     match recv(&mut ws).await {
         Some(ServerMessage::Welcome(w)) => (ws, w),
         other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+/// A raw QUIC connection to the gateway (for protocol-level and hostile
+/// tests), pinned to its development certificate.
+pub mod quic {
+    use std::sync::Arc;
+
+    use framegate_protocol::framing;
+    use framegate_protocol::{ClientMessage, DecodeLimits, ServerMessage};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    use sha2::{Digest, Sha256};
+
+    #[derive(Debug)]
+    struct Pinned(String, Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Pinned {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            if hex::encode(Sha256::digest(end_entity.as_ref())) == self.0 {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General("pin mismatch".into()))
+            }
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.1.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.1.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.1.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// A client endpoint that trusts exactly the gateway's certificate.
+    pub fn endpoint(gw: &super::Gateway) -> quinn::Endpoint {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned(gw.fingerprint(), provider)))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"framegate/1".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        ep
+    }
+
+    pub async fn connect(
+        ep: &quinn::Endpoint,
+        gw: &super::Gateway,
+    ) -> Result<quinn::Connection, String> {
+        let addr = gw.quic.as_ref().unwrap().0;
+        ep.connect(addr, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn send(s: &mut quinn::SendStream, msg: &ClientMessage) {
+        s.write_all(&framing::encode(&msg.encode()))
+            .await
+            .expect("quic write");
+    }
+
+    /// The next message, or `None` when the stream/connection ended.
+    pub async fn recv(r: &mut quinn::RecvStream) -> Option<ServerMessage> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        r.read_exact(&mut body).await.ok()?;
+        Some(ServerMessage::decode(&body.into(), &DecodeLimits::default()).expect("decodable"))
+    }
+
+    /// The application error code the connection was closed with.
+    pub async fn close_code(conn: &quinn::Connection) -> Option<u64> {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), conn.closed())
+            .await
+            .expect("connection not closed within 30 s")
+        {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
     }
 }

@@ -38,7 +38,7 @@ fn answered(msgs: &[ServerMessage]) -> Vec<u64> {
 
 #[test]
 fn block_refuses_frames_beyond_the_window_in_order() {
-    let mut c = SessionCore::new(cfg(2, OverloadPolicy::Block));
+    let mut c = SessionCore::new(cfg(2, OverloadPolicy::Block), 0);
     c.attach(0).unwrap();
     for seq in 1..=3 {
         c.on_frame(0, seq, 0, Ok(seq), false).unwrap();
@@ -62,10 +62,13 @@ fn block_refuses_frames_beyond_the_window_in_order() {
 
 #[test]
 fn drop_oldest_supersedes_the_oldest_waiting_frame() {
-    let mut c = SessionCore::new(CoreConfig {
-        max_in_pipeline: 1,
-        ..cfg(3, OverloadPolicy::DropOldest)
-    });
+    let mut c = SessionCore::new(
+        CoreConfig {
+            max_in_pipeline: 1,
+            ..cfg(3, OverloadPolicy::DropOldest)
+        },
+        0,
+    );
     c.attach(0).unwrap();
     c.on_frame(0, 1, 0, Ok(1), false).unwrap();
     let d1 = c.poll_dispatch(0).unwrap();
@@ -86,10 +89,13 @@ fn drop_oldest_supersedes_the_oldest_waiting_frame() {
 
 #[test]
 fn latest_only_keeps_only_the_newest_waiting_frame() {
-    let mut c = SessionCore::new(CoreConfig {
-        max_in_pipeline: 1,
-        ..cfg(8, OverloadPolicy::LatestOnly)
-    });
+    let mut c = SessionCore::new(
+        CoreConfig {
+            max_in_pipeline: 1,
+            ..cfg(8, OverloadPolicy::LatestOnly)
+        },
+        0,
+    );
     c.attach(0).unwrap();
     for seq in 1..=5 {
         c.on_frame(0, seq, 0, Ok(seq), false).unwrap();
@@ -105,10 +111,13 @@ fn latest_only_keeps_only_the_newest_waiting_frame() {
 
 #[test]
 fn a_frame_with_nothing_to_replace_is_dropped_for_no_credit() {
-    let mut c = SessionCore::new(CoreConfig {
-        max_in_pipeline: 1,
-        ..cfg(1, OverloadPolicy::DropOldest)
-    });
+    let mut c = SessionCore::new(
+        CoreConfig {
+            max_in_pipeline: 1,
+            ..cfg(1, OverloadPolicy::DropOldest)
+        },
+        0,
+    );
     c.attach(0).unwrap();
     c.on_frame(0, 1, 0, Ok(1), false).unwrap();
     c.poll_dispatch(0).unwrap();
@@ -122,10 +131,13 @@ fn a_frame_with_nothing_to_replace_is_dropped_for_no_credit() {
 
 #[test]
 fn deadlines_that_cannot_be_met_are_dropped_before_dispatch() {
-    let mut c = SessionCore::new(CoreConfig {
-        max_in_pipeline: 1,
-        ..cfg(8, OverloadPolicy::Block)
-    });
+    let mut c = SessionCore::new(
+        CoreConfig {
+            max_in_pipeline: 1,
+            ..cfg(8, OverloadPolicy::Block)
+        },
+        0,
+    );
     c.attach(0).unwrap();
     c.on_frame(0, 1, 0, Ok(1), false).unwrap();
     c.poll_dispatch(0).unwrap();
@@ -142,7 +154,7 @@ fn deadlines_that_cannot_be_met_are_dropped_before_dispatch() {
 
 #[test]
 fn sequence_numbers_must_increase_except_late_datagrams() {
-    let mut c = SessionCore::new(cfg(8, OverloadPolicy::DropOldest));
+    let mut c = SessionCore::new(cfg(8, OverloadPolicy::DropOldest), 0);
     c.attach(0).unwrap();
     c.on_frame(0, 5, 0, Ok(5), true).unwrap();
     assert!(matches!(c.on_frame(0, 4, 0, Ok(4), true), Ok(false)));
@@ -151,7 +163,7 @@ fn sequence_numbers_must_increase_except_late_datagrams() {
 
 #[test]
 fn resume_resends_unacked_answers_and_bills_once() {
-    let mut c = SessionCore::new(cfg(4, OverloadPolicy::Block));
+    let mut c = SessionCore::new(cfg(4, OverloadPolicy::Block), 0);
     let a = c.attach(0).unwrap();
     assert_eq!(a.credits, 4);
     for seq in 1..=3 {
@@ -188,14 +200,23 @@ fn resume_resends_unacked_answers_and_bills_once() {
 
 #[test]
 fn resume_is_refused_when_answers_were_evicted_or_never_sent() {
-    let mut c = SessionCore::new(CoreConfig {
-        resume_buffer: 2,
-        ..cfg(8, OverloadPolicy::Block)
-    });
+    let mut c = SessionCore::new(
+        CoreConfig {
+            resume_buffer: 2,
+            ..cfg(8, OverloadPolicy::Block)
+        },
+        0,
+    );
     c.attach(0).unwrap();
     for seq in 1..=4 {
-        c.on_frame(0, seq, 0, Err(GatewayError::InvalidImage("x".into())), false)
-            .unwrap();
+        c.on_frame(
+            0,
+            seq,
+            0,
+            Err(GatewayError::InvalidImage("x".into())),
+            false,
+        )
+        .unwrap();
     }
     assert_eq!(answered(&drain(&mut c)), vec![1, 2, 3, 4]);
     c.detach(0);
@@ -204,7 +225,13 @@ fn resume_is_refused_when_answers_were_evicted_or_never_sent() {
         Err(ResumeRefused::Evicted { kept_from: 3, .. })
     ));
     assert!(matches!(c.attach(9), Err(ResumeRefused::Ahead { .. })));
-    assert_eq!(answered(&{ c.attach(2).unwrap(); drain(&mut c) }), vec![3, 4]);
+    assert_eq!(
+        answered(&{
+            c.attach(2).unwrap();
+            drain(&mut c)
+        }),
+        vec![3, 4]
+    );
 }
 
 /// xorshift64*, so the model tests are reproducible.
@@ -245,10 +272,13 @@ struct Sim {
 
 impl Sim {
     fn new(policy: OverloadPolicy, window: u32, resume_buffer: usize) -> Self {
-        let mut core = SessionCore::new(CoreConfig {
-            resume_buffer,
-            ..cfg(window, policy)
-        });
+        let mut core = SessionCore::new(
+            CoreConfig {
+                resume_buffer,
+                ..cfg(window, policy)
+            },
+            0,
+        );
         let a = core.attach(0).unwrap();
         Sim {
             core,

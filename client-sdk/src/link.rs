@@ -181,7 +181,7 @@ pub(crate) async fn open(
                         recv,
                         buf: BytesMut::new(),
                         decoder: FrameDecoder::new(limits.max_message_bytes),
-                        limits: limits.clone(),
+                        limits,
                     },
                 )
             }
@@ -201,7 +201,7 @@ pub(crate) async fn open(
                     reason: e.to_string(),
                 })?;
                 let (sink, stream) = ws.split();
-                (LinkTx::Ws(sink), LinkRx::Ws(stream, limits.clone()))
+                (LinkTx::Ws(sink), LinkRx::Ws(stream, limits))
             }
         };
         tx.send(&ClientMessage::Hello(hello.clone())).await?;

@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; size does not matter
 enum Command {
     /// Run the gateway.
     Serve(ServeArgs),

@@ -537,14 +537,14 @@ impl SessionTask {
     /// stuck on the old one (the message is re-sent after the attach).
     async fn transmit(&mut self) {
         loop {
-            let Some((_, out)) = &self.current else {
+            let Some((conn, out)) = &self.current else {
                 return;
             };
             if out.is_closed() {
                 self.detach();
                 return;
             }
-            let out = out.clone();
+            let (conn, out) = (*conn, out.clone());
             let Some(t) = self.core.poll_transmit() else {
                 return;
             };
@@ -553,18 +553,26 @@ impl SessionTask {
                     .record_delivered(&self.tenant, &self.model, pixels);
             }
             let permit = tokio::select! {
-                p = out.reserve() => p,
+                p = out.reserve() => Some(p),
                 Some(a) = self.control.recv() => {
                     self.attach(a).await;
-                    continue;
+                    None
                 }
             };
-            match permit {
-                Ok(p) => p.send(Outbound::Message(t.message)),
-                Err(_) => {
-                    self.detach();
-                    return;
+            let sent = match permit {
+                Some(Ok(p)) => {
+                    p.send(Outbound::Message(t.message));
+                    true
                 }
+                Some(Err(_)) => false,
+                // A new connection took over: it gets the message re-sent.
+                None if self.current.as_ref().map(|c| c.0) != Some(conn) => continue,
+                // The attach was refused: this connection still needs it.
+                None => out.send(Outbound::Message(t.message)).await.is_ok(),
+            };
+            if !sent {
+                self.detach();
+                return;
             }
         }
     }

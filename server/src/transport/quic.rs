@@ -266,7 +266,7 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let mut reader = StreamReader::new(recv, limits.clone());
+    let mut reader = StreamReader::new(recv, limits);
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let mut writer = tokio::spawn(write_outbound(conn.clone(), send, out_rx));
     let hello = match tokio::time::timeout_at(deadline, reader.next()).await {

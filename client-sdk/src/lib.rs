@@ -73,7 +73,16 @@ impl ClientOptions {
     }
 }
 
-/// A gateway to talk to: where it is, and the API key.
+/// A gateway to talk to: where it is, and the API key. Cheap to clone;
+/// sessions opened from one client share its QUIC endpoint.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), framegate_client::ClientError> {
+/// use framegate_client::{Client, Image};
+/// let client = Client::connect("http://127.0.0.1:8080", "fg_dev_key").await?;
+/// let d = client.detect(Image::from_file("dog.jpg")?).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     url: String,
@@ -115,6 +124,18 @@ impl Client {
     }
 
     /// [`Client::connect`] with options (a certificate pin).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), framegate_client::ClientError> {
+    /// use framegate_client::{Client, ClientOptions};
+    /// let fingerprint = "3b5c…"; // printed by `framegate serve`
+    /// let client = Client::connect_with(
+    ///     "quic://127.0.0.1:8443",
+    ///     "fg_dev_key",
+    ///     ClientOptions::default().pin_sha256(fingerprint),
+    /// ).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_with(
         url: &str,
         key: &str,

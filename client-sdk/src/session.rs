@@ -117,6 +117,12 @@ impl FrameOptions {
 }
 
 /// The answer to one frame. Every frame sent gets exactly one.
+///
+/// ```
+/// use framegate_client::{Answer, DropReason};
+/// let a = Answer::Dropped { seq: 7, reason: DropReason::Superseded, message: String::new() };
+/// assert_eq!(a.seq(), 7);
+/// ```
 #[derive(Debug, Clone)]
 pub enum Answer {
     /// The frame was computed (and billed).
@@ -171,6 +177,17 @@ struct Shared {
 
 /// Sends frames into a session. Cheap to clone; all clones share the
 /// session's sequence numbers.
+///
+/// ```no_run
+/// # async fn demo(session: framegate_client::Session) -> Result<(), framegate_client::ClientError> {
+/// let sender = session.sender();
+/// let camera = tokio::spawn(async move {
+///     let img = framegate_client::Image::from_file("frame.jpg")?;
+///     sender.send(img).await // waits for credit under `block`
+/// });
+/// let seq = camera.await.unwrap()?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct FrameSender {
     tx: mpsc::Sender<Cmd>,
@@ -192,6 +209,15 @@ impl FrameSender {
     }
 
     /// [`Self::send`] with a deadline or capture timestamp.
+    ///
+    /// ```no_run
+    /// # async fn demo(sender: framegate_client::FrameSender, img: framegate_client::Image) -> Result<(), framegate_client::ClientError> {
+    /// use std::time::{Duration, SystemTime};
+    /// use framegate_client::FrameOptions;
+    /// let deadline = SystemTime::now() + Duration::from_millis(100);
+    /// sender.send_with(img, FrameOptions::default().deadline(deadline)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn send_with(&self, image: Image, opts: FrameOptions) -> Result<u64, ClientError> {
         let mut next = self.next_seq.lock().await;
         let seq = *next;

@@ -73,6 +73,9 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "FRAMEGATE_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Also serve HTTPS + WSS here with the TLS certificate [default: off].
+    #[arg(long, env = "FRAMEGATE_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
     /// Folder for the gateway's state (the development certificate)
     /// [default: $XDG_DATA_HOME/framegate or ~/.local/share/framegate].
     #[arg(long, env = "FRAMEGATE_DATA_DIR")]
@@ -162,6 +165,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.data_dir.is_some() {
         config.data_dir = args.data_dir;
     }
+    if args.https_listen.is_some() {
+        config.http.tls_listen = args.https_listen;
+    }
     for m in args.models {
         config.models.push(ModelConfig {
             spec: m,
@@ -177,18 +183,45 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
     let threads = config.pipeline.threads_per_worker;
     let listen = config.http.listen;
-    let quic = if config.quic.enabled {
+    let material = if config.quic.enabled || config.http.tls_listen.is_some() {
         let data_dir = config
             .data_dir
             .clone()
             .unwrap_or_else(framegate::transport::tls::default_data_dir);
-        let material = framegate::transport::tls::load_or_generate(&config.tls, &data_dir)
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let listener = framegate::transport::quic::QuicListener::bind(&config.quic, &material)
-            .map_err(|e| anyhow::anyhow!(e))?;
-        Some((listener, material))
+        Some(
+            framegate::transport::tls::load_or_generate(&config.tls, &data_dir)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        )
     } else {
         None
+    };
+    let https = match (config.http.tls_listen, &material) {
+        (Some(addr), Some(m)) => Some(
+            framegate::transport::https::TlsListener::bind(
+                addr,
+                m,
+                Duration::from_secs(config.http.handshake_timeout_secs),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        _ => None,
+    };
+    let quic = match (config.quic.enabled, material) {
+        (true, Some(material)) => {
+            let listener = framegate::transport::quic::QuicListener::bind(&config.quic, &material)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Some((listener, material))
+        }
+        (_, material) => {
+            if let Some(m) = material {
+                println!(
+                    "framegate: TLS certificate sha256 {} ({})",
+                    m.fingerprint, m.origin
+                );
+            }
+            None
+        }
     };
     let gw = Gateway::start(config, auth, onnx_factory(threads))?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -207,6 +240,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     let (stop_quic, quic_stopped) = tokio::sync::watch::channel(false);
+    if let Some(tls) = https {
+        use axum::serve::Listener;
+        let addr = tls.local_addr()?;
+        println!("framegate: HTTPS listening on https://{addr} (WebSocket wss://{addr}/v1/stream)");
+        let app = framegate::transport::http::router(gw.clone());
+        let mut stopped = quic_stopped.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(tls, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await;
+        });
+    }
     let quic_task = match quic {
         Some((listener, material)) => {
             let addr = listener.local_addr()?;

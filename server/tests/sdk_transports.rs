@@ -51,8 +51,8 @@ async fn stream_three(
 }
 
 #[tokio::test]
-async fn sdk_over_quic_ws_and_http_gives_the_http_detections() {
-    let gw = Gateway::start(&[]).await;
+async fn sdk_over_quic_ws_wss_and_http_gives_the_http_detections() {
+    let gw = Gateway::start(&["--https-listen", "127.0.0.1:0"]).await;
     let jpeg = data("dog.jpg");
     let http = Client::connect(&gw.url(""), KEY).await.unwrap();
     let reference = http
@@ -124,6 +124,31 @@ async fn sdk_over_quic_ws_and_http_gives_the_http_detections() {
     for d in stream_three(&ws, SessionOptions::default(), &jpeg).await {
         same(&d, &reference, "websocket stream");
     }
+    // WSS with the same (development) certificate, pinned.
+    let https = gw
+        .stdout
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("HTTPS listening on https://")
+                .nth(1)
+                .map(|r| r.split_whitespace().next().unwrap().to_string())
+        })
+        .expect("HTTPS line");
+    let wss = Client::connect(&format!("wss://{https}?pin={}", gw.fingerprint()), KEY)
+        .await
+        .unwrap();
+    for d in stream_three(&wss, SessionOptions::default(), &jpeg).await {
+        same(&d, &reference, "wss stream");
+    }
+    same(
+        &wss.detect(Image::encoded(jpeg.clone()).unwrap())
+            .await
+            .unwrap(),
+        &reference,
+        "wss one-shot",
+    );
     // The pin is taken from the options too.
     let pinned = Client::connect_with(
         &gw.quic_url(),

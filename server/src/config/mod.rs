@@ -54,6 +54,9 @@ pub struct HttpConfig {
     /// Seconds a client gets to send its request headers / WebSocket `Hello`.
     /// Default 10.
     pub handshake_timeout_secs: u64,
+    /// Also serve HTTP and WebSocket over TLS (HTTPS/WSS) here, with the
+    /// `[tls]` certificate (or the development certificate). Default: off.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +65,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: 16 << 20,
             handshake_timeout_secs: 10,
+            tls_listen: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! with its certificates from `tls`.
 
 pub mod http;
+pub mod https;
 pub mod quic;
 pub mod tls;
 pub mod ws;

@@ -3,7 +3,8 @@
 # tests: $REPO/.cache/venv with pinned numpy, onnxruntime, onnx and Pillow,
 # and MLServer (a real KServe v2 inference server for the Triton backend's
 # tests; its own dependencies are left to pip, which checks them against the
-# pins here).
+# pins here),
+# flatbuffers, websockets and aioquic for the third-party protocol clients.
 #
 # Usage:
 #   scripts/python-env.sh            # set up if needed; last line = venv python
@@ -27,7 +28,10 @@ onnxruntime==1.31.1
 onnx==1.23.2
 pillow==13.0.0
 nvidia-cuda-nvrtc-cu12==12.8.93
-mlserver==1.7.1"
+mlserver==1.7.1
+flatbuffers==25.12.19
+websockets==17.4
+aioquic==1.7.2"
 
 want_hash() {
     printf '%s\n' "$REQUIREMENTS" | sha256sum | cut -d' ' -f1
@@ -62,6 +66,6 @@ REQ_FILE="$VENV/requirements.txt"
 printf '%s\n' "$REQUIREMENTS" > "$REQ_FILE"
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQ_FILE" >&2
-"$VENV/bin/python" -c 'import numpy, onnxruntime, onnx, PIL, mlserver' >&2
+"$VENV/bin/python" -c 'import numpy, onnxruntime, onnx, PIL, mlserver, flatbuffers, websockets, aioquic' >&2
 want_hash > "$STAMP"
 echo "$VENV/bin/python"

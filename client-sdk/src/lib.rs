@@ -1,5 +1,368 @@
 //! The framegate Rust client SDK.
 //!
-//! It will hold QUIC and WebSocket sessions with credits, reconnect and resume,
-//! and one-shot HTTP detection (issue: QUIC transport and client SDK). For now
-//! it is an empty crate so the workspace layout is in place.
+//! Streams camera or video frames to a framegate gateway over QUIC or
+//! WebSocket and yields the detections as they arrive, or sends one image
+//! over HTTP. The SDK speaks the protocol of `docs/protocol.md` for you:
+//! Hello/Welcome, credits (sending waits for credit under the `block`
+//! policy), in-order answers (exactly one per frame), acknowledgements, and
+//! automatic reconnect with resume when the connection breaks — answers
+//! computed meanwhile are delivered, frames the gateway never got are sent
+//! again, nothing is billed twice.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use framegate_client::{Answer, Client, Image, SessionOptions};
+//!
+//! # async fn demo() -> Result<(), framegate_client::ClientError> {
+//! // The fingerprint is the one `framegate serve` prints at start.
+//! let client = Client::connect(
+//!     "quic://127.0.0.1:8443?pin=3b5c…",
+//!     "fg_dev_key",
+//! ).await?;
+//! // One-shot:
+//! let d = client.detect(Image::from_file("dog.jpg")?).await?;
+//! println!("{} objects", d.detections.len());
+//! // Streaming:
+//! let mut session = client.session(SessionOptions::default()).await?;
+//! session.send(Image::from_file("dog.jpg")?).await?;
+//! session.finish().await?;
+//! while let Some(answer) = session.next().await {
+//!     println!("{:?}", answer?);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod image;
+mod link;
+mod session;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use framegate_protocol::{
+    Codec, Detection, Detections, DropReason, ErrorCode, OverloadPolicy, StageTimings, Usage,
+};
+use futures_util::StreamExt;
+
+pub use crate::error::ClientError;
+pub use crate::image::Image;
+use crate::link::StreamTarget;
+pub use crate::session::{Answer, FrameOptions, FrameSender, Session, SessionOptions};
+
+/// Options for [`Client::connect_with`].
+///
+/// ```
+/// let opts = framegate_client::ClientOptions::default()
+///     .pin_sha256("ab".repeat(32));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    pin: Option<String>,
+}
+
+impl ClientOptions {
+    /// Accept only the certificate with this SHA-256 fingerprint (64 hex
+    /// digits, colons allowed) — for the gateway's self-signed development
+    /// certificate. Same as `?pin=` in the URL.
+    pub fn pin_sha256(mut self, fingerprint: impl Into<String>) -> Self {
+        self.pin = Some(fingerprint.into());
+        self
+    }
+}
+
+/// A gateway to talk to: where it is, and the API key. Cheap to clone;
+/// sessions opened from one client share its QUIC endpoint.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), framegate_client::ClientError> {
+/// use framegate_client::{Client, Image};
+/// let client = Client::connect("http://127.0.0.1:8080", "fg_dev_key").await?;
+/// let d = client.detect(Image::from_file("dog.jpg")?).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    url: String,
+    key: String,
+    stream: StreamTarget,
+    /// Base URL for one-shot HTTP (`None` for QUIC: one-shot goes over a
+    /// short session).
+    http: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Prepares a client for `url`:
+    ///
+    /// * `quic://HOST:PORT` — QUIC (ALPN `framegate/1`);
+    /// * `ws://HOST:PORT` / `wss://HOST:PORT` — WebSocket at `/v1/stream`
+    ///   (a path in the URL replaces it);
+    /// * `http://HOST:PORT` — one-shot [`Client::detect`] at `/v1/detect`;
+    ///   sessions use `ws://` on the same address.
+    ///
+    /// `?pin=SHA256` pins the server certificate (QUIC, WSS). QUIC binds its
+    /// UDP socket here; other connections are opened by [`Client::session`]
+    /// and [`Client::detect`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), framegate_client::ClientError> {
+    /// let client = framegate_client::Client::connect("ws://127.0.0.1:8080", "fg_dev_key").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str, key: &str) -> Result<Client, ClientError> {
+        Self::connect_with(url, key, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect`] with options (a certificate pin).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), framegate_client::ClientError> {
+    /// use framegate_client::{Client, ClientOptions};
+    /// let fingerprint = "3b5c…"; // printed by `framegate serve`
+    /// let client = Client::connect_with(
+    ///     "quic://127.0.0.1:8443",
+    ///     "fg_dev_key",
+    ///     ClientOptions::default().pin_sha256(fingerprint),
+    /// ).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with(
+        url: &str,
+        key: &str,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
+        let pin = match parsed
+            .query_pairs()
+            .find(|(k, _)| k == "pin")
+            .map(|(_, v)| v.into_owned())
+            .or(options.pin)
+        {
+            Some(p) => Some(tls::parse_pin(&p)?),
+            None => None,
+        };
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        let port = parsed.port_or_known_default();
+        let hostport = |default: u16| match parsed.host() {
+            Some(url::Host::Ipv6(a)) => format!("[{a}]:{}", port.unwrap_or(default)),
+            _ => format!("{host}:{}", port.unwrap_or(default)),
+        };
+        let path = |p: &str| {
+            if parsed.path().is_empty() || parsed.path() == "/" {
+                p.to_string()
+            } else {
+                parsed.path().to_string()
+            }
+        };
+        let (stream, http) = match parsed.scheme() {
+            "quic" => {
+                let addr: SocketAddr = tokio::net::lookup_host(hostport(8443))
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| ClientError::Connect {
+                        url: url.into(),
+                        reason: "cannot resolve the host".into(),
+                    })?;
+                let tls = tls::client_config(pin, &[link::ALPN])?;
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+                    .map_err(|e| ClientError::Protocol(format!("TLS for QUIC: {e}")))?;
+                let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+                let mut transport = quinn::TransportConfig::default();
+                transport.keep_alive_interval(Some(Duration::from_secs(5)));
+                config.transport_config(Arc::new(transport));
+                let bind: SocketAddr = if addr.is_ipv6() {
+                    "[::]:0".parse().expect("addr")
+                } else {
+                    "0.0.0.0:0".parse().expect("addr")
+                };
+                let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+                    url: url.into(),
+                    reason: format!("cannot bind a UDP socket: {e}"),
+                })?;
+                (
+                    StreamTarget::Quic {
+                        endpoint,
+                        addr,
+                        server_name: host.clone(),
+                        config,
+                    },
+                    None,
+                )
+            }
+            "ws" | "http" => (
+                StreamTarget::Ws {
+                    url: format!("ws://{}{}", hostport(80), path("/v1/stream")),
+                    tls: None,
+                },
+                Some(format!("http://{}", hostport(80))),
+            ),
+            "wss" => (
+                StreamTarget::Ws {
+                    url: format!("wss://{}{}", hostport(443), path("/v1/stream")),
+                    tls: Some(Arc::new(tls::client_config(pin, &[])?)),
+                },
+                None,
+            ),
+            other => {
+                return Err(ClientError::InvalidUrl(format!(
+                    "{url}: scheme {other:?} is not quic, ws, wss or http"
+                )))
+            }
+        };
+        Ok(Client {
+            url: url.to_string(),
+            key: key.to_string(),
+            stream,
+            http,
+        })
+    }
+
+    /// Opens a streaming session (QUIC, or WebSocket for `ws`/`wss`/`http`
+    /// URLs).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: framegate_client::Client) -> Result<(), framegate_client::ClientError> {
+    /// use framegate_client::{OverloadPolicy, SessionOptions};
+    /// let session = client
+    ///     .session(SessionOptions::default().policy(OverloadPolicy::DropOldest))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn session(&self, options: SessionOptions) -> Result<Session, ClientError> {
+        Session::open(self.stream.clone(), &self.key, options).await
+    }
+
+    /// Detects objects in one image: `POST /v1/detect` for `http://` and
+    /// `ws://` clients, a one-frame session over QUIC or WSS.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: framegate_client::Client) -> Result<(), framegate_client::ClientError> {
+    /// let d = client.detect(framegate_client::Image::from_file("dog.jpg")?).await?;
+    /// for obj in &d.detections {
+    ///     println!("{} {:.2} [{}, {}, {}, {}]", obj.label, obj.score, obj.x1, obj.y1, obj.x2, obj.y2);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn detect(&self, image: Image) -> Result<Detections, ClientError> {
+        match &self.http {
+            Some(base) => self.detect_http(base, image).await,
+            None => {
+                let mut s = self.session(SessionOptions::default()).await?;
+                s.send(image).await?;
+                s.finish().await?;
+                match s.next().await {
+                    Some(Ok(Answer::Detections(d))) => Ok(d),
+                    Some(Ok(Answer::Error { code, message, .. })) => Err(ClientError::Gateway {
+                        code,
+                        message,
+                        retryable: code.default_retryable(),
+                    }),
+                    Some(Ok(other)) => Err(ClientError::Gateway {
+                        code: ErrorCode::Overloaded,
+                        message: format!("the frame was not computed: {other:?}"),
+                        retryable: true,
+                    }),
+                    Some(Err(e)) => Err(e),
+                    None => Err(ClientError::SessionClosed),
+                }
+            }
+        }
+    }
+
+    async fn detect_http(&self, base: &str, image: Image) -> Result<Detections, ClientError> {
+        let content_type = match image.codec {
+            Codec::Jpeg => "image/jpeg",
+            Codec::Png => "image/png",
+            other => {
+                return Err(ClientError::InvalidImage(format!(
+                    "HTTP takes JPEG or PNG, not {}",
+                    other.as_str()
+                )))
+            }
+        };
+        let url = format!("{base}/v1/detect");
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&self.key)
+            .header("content-type", content_type)
+            .body(image.payload)
+            .send()
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("bad JSON from {url}: {e}")))?;
+        if status != 200 {
+            return Err(ClientError::Http {
+                status,
+                message: body["error"]["message"]
+                    .as_str()
+                    .or_else(|| body["error"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            });
+        }
+        Ok(detections_from_json(&body))
+    }
+}
+
+fn detections_from_json(v: &serde_json::Value) -> Detections {
+    let u32_of = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as u32;
+    let t = &v["timings_us"];
+    Detections {
+        seq: 0,
+        capture_ts_us: 0,
+        width: u32_of(&v["width"]),
+        height: u32_of(&v["height"]),
+        model: v["model"].as_str().unwrap_or("").to_string(),
+        detections: v["detections"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|d| {
+                        let b = |i: usize| d["box"][i].as_f64().unwrap_or(0.0) as f32;
+                        Detection {
+                            class_id: u32_of(&d["class_id"]),
+                            label: d["label"].as_str().unwrap_or("").to_string(),
+                            score: d["score"].as_f64().unwrap_or(0.0) as f32,
+                            x1: b(0),
+                            y1: b(1),
+                            x2: b(2),
+                            y2: b(3),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        timings: StageTimings {
+            queue_us: u32_of(&t["queue"]),
+            decode_us: u32_of(&t["decode"]),
+            preprocess_us: u32_of(&t["preprocess"]),
+            infer_us: u32_of(&t["infer"]),
+            postprocess_us: u32_of(&t["postprocess"]),
+            total_us: u32_of(&t["total"]),
+        },
+        usage: Usage::default(),
+    }
+}

@@ -26,7 +26,7 @@ pub struct Hello {
     /// When resuming: the highest seq whose answer the client has received
     /// (0 if none).
     pub last_received_seq: u64,
-    /// QUIC only (planned): frames will be sent as datagrams.
+    /// QUIC only: frames may be sent as datagrams.
     pub datagrams: bool,
     /// Free-form client identification, e.g. `framegate-client-rs/0.1.0`.
     pub client_name: String,
@@ -114,6 +114,9 @@ pub struct Welcome {
     pub model: String,
     /// The gateway's version, e.g. `framegate/0.1.0`.
     pub server_version: String,
+    /// The highest Frame seq the gateway has received in this session (0 if
+    /// none). After a resume the client re-sends its frames above it.
+    pub received_seq: u64,
 }
 
 /// One detected object, in the frame's own pixel coordinates.

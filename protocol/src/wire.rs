@@ -332,6 +332,7 @@ impl ServerMessage {
                     limits,
                     model: string(w.model()),
                     server_version: string(w.server_version()),
+                    received_seq: w.received_seq(),
                 })
             }
             fb::Message::Detections => {
@@ -441,6 +442,7 @@ impl ServerMessage {
                         limits: Some(limits),
                         model,
                         server_version,
+                        received_seq: w.received_seq,
                     },
                 );
                 (fb::Message::Welcome, o.as_union_value())

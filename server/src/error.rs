@@ -80,6 +80,17 @@ pub enum GatewayError {
     /// An unexpected failure inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The frame could no longer be answered by its deadline (answered with
+    /// `Dropped{deadline-exceeded}` on a session, never as an Error there).
+    #[error("deadline exceeded before the frame was computed")]
+    DeadlineExceeded,
+    /// A resume was refused: unknown or expired token, or answers no longer
+    /// kept.
+    #[error("cannot resume: {0}")]
+    ResumeRefused(String),
+    /// Too many sessions or connections right now.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 impl GatewayError {
@@ -95,8 +106,9 @@ impl GatewayError {
             | InvalidImage(_)
             | Protocol(_)
             | UnknownModel(_)
-            | NoCredit { .. } => Side::Client,
-            QueueFull | NotReady(_) => Side::Capacity,
+            | NoCredit { .. }
+            | ResumeRefused(_) => Side::Client,
+            QueueFull | NotReady(_) | DeadlineExceeded | Overloaded(_) => Side::Capacity,
             Backend(_) => Side::Backend,
             Internal(_) => Side::Internal,
         }
@@ -110,6 +122,8 @@ impl GatewayError {
                 | GatewayError::NotReady(_)
                 | GatewayError::Backend(_)
                 | GatewayError::NoCredit { .. }
+                | GatewayError::DeadlineExceeded
+                | GatewayError::Overloaded(_)
         )
     }
 
@@ -123,9 +137,9 @@ impl GatewayError {
             UnsupportedMedia(_) => ErrorCode::UnsupportedMediaType,
             InvalidImage(_) => ErrorCode::InvalidImage,
             Protocol(_) => ErrorCode::ProtocolViolation,
-            UnknownModel(_) => ErrorCode::NotFound,
+            UnknownModel(_) | ResumeRefused(_) => ErrorCode::NotFound,
             NoCredit { .. } => ErrorCode::NoCredit,
-            QueueFull => ErrorCode::Overloaded,
+            QueueFull | DeadlineExceeded | Overloaded(_) => ErrorCode::Overloaded,
             NotReady(_) => ErrorCode::Unavailable,
             Backend(_) => ErrorCode::BackendFailure,
             Internal(_) => ErrorCode::Internal,
@@ -140,9 +154,9 @@ impl GatewayError {
             BadRequest(_) | InvalidImage(_) | Protocol(_) => 400,
             PayloadTooLarge { .. } | PixelBudget { .. } => 413,
             UnsupportedMedia(_) => 415,
-            UnknownModel(_) => 404,
-            NoCredit { .. } | QueueFull => 429,
-            NotReady(_) => 503,
+            UnknownModel(_) | ResumeRefused(_) => 404,
+            NoCredit { .. } | QueueFull | Overloaded(_) => 429,
+            NotReady(_) | DeadlineExceeded => 503,
             Backend(_) => 502,
             Internal(_) => 500,
         }
@@ -164,10 +178,16 @@ impl GatewayError {
             Unauthorized => 4001,
             Protocol(_) | BadRequest(_) => 1002,
             PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
-            UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) => 1008,
-            QueueFull | NoCredit { .. } | NotReady(_) => 1013,
+            UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_) => 1008,
+            QueueFull | NoCredit { .. } | NotReady(_) | DeadlineExceeded | Overloaded(_) => 1013,
             Backend(_) | Internal(_) => 1011,
         }
+    }
+
+    /// The QUIC application error code when this error closes a connection:
+    /// the same number as the WebSocket close code (docs/protocol.md).
+    pub fn quic_error_code(&self) -> u32 {
+        u32::from(self.ws_close_code())
     }
 
     /// The protocol `Error` message, about frame `seq` if given.

@@ -23,6 +23,8 @@ pub struct Gateway {
     default_model: String,
     /// Limits applied before decoding.
     pub frame_limits: FrameLimits,
+    /// Streaming sessions, by resume token.
+    pub sessions: Arc<crate::session::SessionRegistry>,
 }
 
 /// The ONNX Runtime CPU backend factory.
@@ -113,6 +115,7 @@ impl Gateway {
             models,
             default_model,
             frame_limits,
+            sessions: Arc::default(),
         }))
     }
 

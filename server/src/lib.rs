@@ -1,11 +1,12 @@
 //! framegate, the gateway.
 //!
-//! Camera and video clients stream frames over WebSocket (QUIC to come);
-//! one-shot callers POST an image over HTTP. Every frame follows one path,
-//! and each stage lives in the module named after it:
+//! Camera and video clients stream frames over QUIC or WebSocket; one-shot
+//! callers POST an image over HTTP. Every frame follows one path, and each
+//! stage lives in the module named after it:
 //!
 //! ```text
-//! transport (http, ws) → auth → session (credits) → pipeline::decode::probe
+//! transport (http, ws, quic) → auth → session (credits, policy, deadline, resume)
+//!   → pipeline::decode::probe
 //!   → pipeline::queue (bounded, lock-free) → pipeline::batcher
 //!   → inference worker: pipeline::decode → pipeline::preprocess → backend → pipeline::postprocess
 //!   → answer on the same session / request

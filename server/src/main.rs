@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; size does not matter
 enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
@@ -65,6 +66,23 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "FRAMEGATE_LOG_FORMAT")]
     log_format: Option<String>,
+    /// QUIC listen address (UDP), or `off` [default: 127.0.0.1:8443].
+    #[arg(long, env = "FRAMEGATE_QUIC_LISTEN")]
+    quic_listen: Option<String>,
+    /// PEM certificate chain for QUIC (with --tls-key) instead of the
+    /// generated development certificate.
+    #[arg(long, env = "FRAMEGATE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "FRAMEGATE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Also serve HTTPS + WSS here with the TLS certificate [default: off].
+    #[arg(long, env = "FRAMEGATE_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
+    /// Folder for the gateway's state (the development certificate)
+    /// [default: $XDG_DATA_HOME/framegate or ~/.local/share/framegate].
+    #[arg(long, env = "FRAMEGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -143,6 +161,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(f) = args.log_format {
         config.log.format = f;
     }
+    match args.quic_listen.as_deref() {
+        None => {}
+        Some("off") => config.quic.enabled = false,
+        Some(a) => {
+            config.quic.listen = a
+                .parse()
+                .with_context(|| format!("--quic-listen {a:?}: not an address"))?
+        }
+    }
+    if args.tls_cert.is_some() {
+        config.tls.cert = args.tls_cert;
+    }
+    if args.tls_key.is_some() {
+        config.tls.key = args.tls_key;
+    }
+    if args.data_dir.is_some() {
+        config.data_dir = args.data_dir;
+    }
+    if args.https_listen.is_some() {
+        config.http.tls_listen = args.https_listen;
+    }
     for m in args.models {
         config.models.push(ModelConfig {
             spec: m,
@@ -175,6 +214,46 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
     let listen = config.http.listen;
+    let material = if config.quic.enabled || config.http.tls_listen.is_some() {
+        let data_dir = config
+            .data_dir
+            .clone()
+            .unwrap_or_else(framegate::transport::tls::default_data_dir);
+        Some(
+            framegate::transport::tls::load_or_generate(&config.tls, &data_dir)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        )
+    } else {
+        None
+    };
+    let https = match (config.http.tls_listen, &material) {
+        (Some(addr), Some(m)) => Some(
+            framegate::transport::https::TlsListener::bind(
+                addr,
+                m,
+                Duration::from_secs(config.http.handshake_timeout_secs),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        _ => None,
+    };
+    let quic = match (config.quic.enabled, material) {
+        (true, Some(material)) => {
+            let listener = framegate::transport::quic::QuicListener::bind(&config.quic, &material)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Some((listener, material))
+        }
+        (_, material) => {
+            if let Some(m) = material {
+                println!(
+                    "framegate: TLS certificate sha256 {} ({})",
+                    m.fingerprint, m.origin
+                );
+            }
+            None
+        }
+    };
     let remote = config.backend.kind == BackendKind::Triton;
     let gw = Gateway::start(config, auth, factory)?;
     if remote {
@@ -207,6 +286,35 @@ async fn serve(args: ServeArgs) -> Result<()> {
         "framegate {} listening on http://{addr} (WebSocket ws://{addr}/v1/stream)",
         env!("CARGO_PKG_VERSION")
     );
+    let (stop_quic, quic_stopped) = tokio::sync::watch::channel(false);
+    if let Some(tls) = https {
+        use axum::serve::Listener;
+        let addr = tls.local_addr()?;
+        println!("framegate: HTTPS listening on https://{addr} (WebSocket wss://{addr}/v1/stream)");
+        let app = framegate::transport::http::router(gw.clone());
+        let mut stopped = quic_stopped.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(tls, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await;
+        });
+    }
+    let quic_task = match quic {
+        Some((listener, material)) => {
+            let addr = listener.local_addr()?;
+            println!(
+                "framegate: QUIC listening on quic://{addr} (ALPN framegate/1), certificate sha256 {} ({})",
+                material.fingerprint, material.origin
+            );
+            let mut stopped = quic_stopped;
+            Some(tokio::spawn(listener.serve(gw.clone(), async move {
+                let _ = stopped.changed().await;
+            })))
+        }
+        None => None,
+    };
     {
         // Log when the models are ready, without blocking the listener.
         let gw = gw.clone();
@@ -231,6 +339,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         });
     }
     framegate::transport::serve_http(gw.clone(), listener, shutdown_signal()).await?;
+    let _ = stop_quic.send(true);
+    if let Some(t) = quic_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     tracing::info!("shutting down: answering queued frames");
     tokio::task::spawn_blocking(move || gw.shutdown()).await?;
     Ok(())

@@ -886,7 +886,7 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Hello::VT_LAST_RECEIVED_SEQ, Some(0)).unwrap()}
   }
-  /// QUIC only (planned): the client will send frames as datagrams.
+  /// QUIC only: the client may send frames as datagrams.
   #[inline]
   pub fn datagrams(&self) -> bool {
     // Safety:
@@ -1571,6 +1571,7 @@ impl<'a> Welcome<'a> {
   pub const VT_LIMITS: ::flatbuffers::VOffsetT = 10;
   pub const VT_MODEL: ::flatbuffers::VOffsetT = 12;
   pub const VT_SERVER_VERSION: ::flatbuffers::VOffsetT = 14;
+  pub const VT_RECEIVED_SEQ: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1582,6 +1583,7 @@ impl<'a> Welcome<'a> {
     args: &'args WelcomeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Welcome<'bldr>> {
     let mut builder = WelcomeBuilder::new(_fbb);
+    builder.add_received_seq(args.received_seq);
     if let Some(x) = args.server_version { builder.add_server_version(x); }
     if let Some(x) = args.model { builder.add_model(x); }
     if let Some(x) = args.limits { builder.add_limits(x); }
@@ -1639,6 +1641,15 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Welcome::VT_SERVER_VERSION, None)}
   }
+  /// The highest Frame seq the gateway has received in this session (0 if
+  /// none). On resume the client re-sends its frames above it.
+  #[inline]
+  pub fn received_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Welcome::VT_RECEIVED_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1653,6 +1664,7 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<SessionLimits>>("limits", Self::VT_LIMITS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("model", Self::VT_MODEL, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("server_version", Self::VT_SERVER_VERSION, false)?
+     .visit_field::<u64>("received_seq", Self::VT_RECEIVED_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -1664,6 +1676,7 @@ pub struct WelcomeArgs<'a> {
     pub limits: Option<::flatbuffers::WIPOffset<SessionLimits<'a>>>,
     pub model: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub server_version: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub received_seq: u64,
 }
 impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
@@ -1675,6 +1688,7 @@ impl<'a> Default for WelcomeArgs<'a> {
       limits: None,
       model: None,
       server_version: None,
+      received_seq: 0,
     }
   }
 }
@@ -1709,6 +1723,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Welcome::VT_SERVER_VERSION, server_version);
   }
   #[inline]
+  pub fn add_received_seq(&mut self, received_seq: u64) {
+    self.fbb_.push_slot::<u64>(Welcome::VT_RECEIVED_SEQ, received_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -1732,6 +1750,7 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("limits", &self.limits());
       ds.field("model", &self.model());
       ds.field("server_version", &self.server_version());
+      ds.field("received_seq", &self.received_seq());
       ds.finish()
   }
 }

@@ -129,6 +129,7 @@ pub fn welcome(r: &mut Rng) -> Welcome {
         },
         model: r.string(),
         server_version: r.string(),
+        received_seq: r.edgy_u64(),
     }
 }
 

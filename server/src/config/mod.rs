@@ -40,6 +40,13 @@ pub struct Config {
     pub default_model: Option<String>,
     /// Logging.
     pub log: LogConfig,
+    /// QUIC listener.
+    pub quic: QuicConfig,
+    /// Certificates for QUIC (and TLS in general).
+    pub tls: TlsConfig,
+    /// Folder for state the gateway keeps (the development certificate).
+    /// Default `$XDG_DATA_HOME/framegate`, else `~/.local/share/framegate`.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// HTTP and WebSocket listener.
@@ -54,6 +61,9 @@ pub struct HttpConfig {
     /// Seconds a client gets to send its request headers / WebSocket `Hello`.
     /// Default 10.
     pub handshake_timeout_secs: u64,
+    /// Also serve HTTP and WebSocket over TLS (HTTPS/WSS) here, with the
+    /// `[tls]` certificate (or the development certificate). Default: off.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +72,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: 16 << 20,
             handshake_timeout_secs: 10,
+            tls_listen: None,
         }
     }
 }
@@ -118,11 +129,31 @@ pub struct SessionConfig {
     /// flight. Default 8. Size it to the client's frame rate times the
     /// expected latency; more only adds queueing.
     pub credits: u32,
+    /// Frames of one session in the shared pipeline at once; the rest wait
+    /// in the session, where `drop-oldest` / `latest-only` can still drop
+    /// them. Default 2 (enough to keep two workers busy for one session).
+    pub max_in_pipeline: u32,
+    /// Seconds a session whose connection broke keeps computing and waits
+    /// for a resume (Hello with its token). Default 30.
+    pub resume_grace_secs: u64,
+    /// Answers kept per session until the client acknowledges them, so a
+    /// resume can re-send them. When full the oldest is forgotten and a
+    /// resume that needs it is refused. Default 64.
+    pub resume_buffer: usize,
+    /// Sessions alive at once (attached or waiting for a resume); more are
+    /// refused with `overloaded`. Default 10000.
+    pub max_sessions: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { credits: 8 }
+        Self {
+            credits: 8,
+            max_in_pipeline: 2,
+            resume_grace_secs: 30,
+            resume_buffer: 64,
+            max_sessions: 10_000,
+        }
     }
 }
 
@@ -196,6 +227,62 @@ pub struct ModelConfig {
     pub spec: PathBuf,
     /// Name to serve it under; default: the `name` in its `model.toml`.
     pub name: Option<String>,
+}
+
+/// QUIC listener settings (see docs/protocol.md, "QUIC").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// Serve QUIC at all. Default true.
+    pub enabled: bool,
+    /// UDP address. Default `127.0.0.1:8443`.
+    pub listen: SocketAddr,
+    /// Connections at once; new ones beyond are refused during the
+    /// handshake (CONNECTION_REFUSED). Default 1024.
+    pub max_connections: usize,
+    /// Seconds for the TLS handshake plus the client's Hello; slower
+    /// connections are closed. Default 10.
+    pub handshake_timeout_secs: u64,
+    /// Seconds without any packet (not even a keep-alive) before a
+    /// connection is closed. Default 30. Clients should send keep-alives
+    /// more often (the Rust SDK: every 5 s).
+    pub idle_timeout_secs: u64,
+    /// Bytes a stream may have in flight unread; bounds the memory one
+    /// stream costs. Size it to latency × bandwidth. Default 4 MiB.
+    pub stream_receive_window: u32,
+    /// Accept frames as QUIC datagrams from sessions that ask in Hello.
+    /// Default true.
+    pub datagrams: bool,
+    /// Bytes of received datagrams buffered per connection before new ones
+    /// are dropped (a dropped datagram is a lost frame). Default 1 MiB.
+    pub datagram_receive_buffer: usize,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8443".parse().expect("valid default address"),
+            max_connections: 1024,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 30,
+            stream_receive_window: 4 << 20,
+            datagrams: true,
+            datagram_receive_buffer: 1 << 20,
+        }
+    }
+}
+
+/// TLS certificates. Without `cert`/`key` the gateway generates a
+/// self-signed development certificate in `data_dir` (printed with its
+/// SHA-256 fingerprint at start so clients can pin it).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
 }
 
 /// Log settings.
@@ -282,6 +369,13 @@ impl Config {
         if self.session.credits == 0 || self.session.credits > 1024 {
             problems.push("session.credits must be in 1..=1024".into());
         }
+        if self.session.max_in_pipeline == 0 {
+            problems.push("session.max_in_pipeline must be at least 1".into());
+        }
+        if self.session.resume_buffer == 0 {
+            problems.push("session.resume_buffer must be at least 1".into());
+        }
+        crate::transport::quic::validate(&self.quic, &self.tls, &mut problems);
         let l = &self.limits;
         if l.max_message_bytes < 1024 {
             problems.push("limits.max_message_bytes must be at least 1024".into());

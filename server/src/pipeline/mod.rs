@@ -59,6 +59,8 @@ pub struct WorkItem {
     received_at: Instant,
     enqueued_at: Instant,
     reply: oneshot::Sender<FrameOutcome>,
+    /// Answered `Err(DeadlineExceeded)` instead of computed once past.
+    deadline: Option<Instant>,
 }
 
 /// Makes one backend instance per worker.
@@ -72,6 +74,8 @@ struct Shared {
     ready: AtomicBool,
     failure: Mutex<Option<String>>,
     backend_kind: Mutex<Option<&'static str>>,
+    /// Frames run through the backend (warm-up excluded).
+    frames_inferred: std::sync::atomic::AtomicU64,
 }
 
 /// The running pipeline of one model.
@@ -212,12 +216,29 @@ impl ModelPipeline {
         }
     }
 
+    /// Frames run through the backend so far (each frame once, whatever
+    /// its batch; warm-up excluded).
+    pub fn frames_inferred(&self) -> u64 {
+        self.shared.frames_inferred.load(Ordering::Relaxed)
+    }
+
     /// Queues a frame. Fails at once (never waits) when the pipeline is not
     /// ready or the queue is full.
     pub fn submit(
         &self,
         frame: ProbedFrame,
         received_at: Instant,
+    ) -> Result<oneshot::Receiver<FrameOutcome>, GatewayError> {
+        self.submit_with_deadline(frame, received_at, None)
+    }
+
+    /// [`Self::submit`] with a deadline: a frame still queued when it passes
+    /// is answered `Err(DeadlineExceeded)` without being decoded or computed.
+    pub fn submit_with_deadline(
+        &self,
+        frame: ProbedFrame,
+        received_at: Instant,
+        deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<FrameOutcome>, GatewayError> {
         match self.readiness() {
             Readiness::Ready => {}
@@ -235,6 +256,7 @@ impl ModelPipeline {
             received_at,
             enqueued_at: Instant::now(),
             reply: tx,
+            deadline,
         };
         match self.queue.push(item) {
             Ok(()) => Ok(rx),
@@ -408,6 +430,10 @@ fn process_batch(
             // The caller went away; nobody would read the answer.
             continue;
         }
+        if item.deadline.is_some_and(|d| started >= d) {
+            let _ = item.reply.send(Err(GatewayError::DeadlineExceeded));
+            continue;
+        }
         let queue_us = micros(started.saturating_duration_since(item.enqueued_at));
         if !pixels {
             let (place, _, _) =
@@ -449,6 +475,9 @@ fn process_batch(
         return;
     }
     let n = ready.len();
+    ctx.shared
+        .frames_inferred
+        .fetch_add(n as u64, Ordering::Relaxed);
     let t_infer = Instant::now();
     let mut infer_us = 0;
     let mut answers: Vec<Option<FrameOutcome>> = (0..n).map(|_| None).collect();

@@ -295,6 +295,10 @@ struct ModelInfo {
     classes: usize,
     workers: usize,
     max_batch: usize,
+    /// Frames run through the backend since start.
+    frames_inferred: u64,
+    /// Frames billed on streaming sessions (Detections delivered) since start.
+    session_frames_billed: u64,
 }
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
@@ -331,6 +335,8 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
                 classes: p.model().labels.len(),
                 workers: p.workers(),
                 max_batch: p.max_batch(),
+                frames_inferred: p.frames_inferred(),
+                session_frames_billed: gw.sessions.frames_billed(name),
             }
         })
         .collect();

@@ -1,9 +1,13 @@
 //! Transports: thin adapters from sockets to the gateway.
 //!
 //! `http` carries one-shot detection and health endpoints and hosts the
-//! router; `ws` is the WebSocket streaming session.
+//! router; `ws` is the WebSocket streaming session; `quic` the QUIC one,
+//! with its certificates from `tls`.
 
 pub mod http;
+pub mod https;
+pub mod quic;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;

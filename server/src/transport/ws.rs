@@ -1,37 +1,31 @@
 //! WebSocket streaming at `GET /v1/stream`: one FlatBuffers message per
 //! binary WebSocket message.
 //!
-//! A thin adapter around [`SessionState`]: the reader task decodes messages,
-//! admits frames against the session's credits and queues them; the writer
-//! task answers every admitted frame exactly once (Detections, Dropped or
-//! Error), in the order the frames arrived, then closes. The queue between
-//! the two holds at most `credits × 2 + 16` entries, so a client that
-//! floods the socket is slowed down by TCP, not buffered.
+//! A thin adapter around the session runner ([`crate::session::runner`]):
+//! this module reads Hello, authenticates, and then only moves messages —
+//! decoded client messages into the session, the session's [`Outbound`]
+//! messages out as binary WebSocket messages. Credits, policies, answers and
+//! resume are the session's business. The session's inbound channel is
+//! bounded, so a client that floods the socket is slowed down by TCP, not
+//! buffered.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use framegate_protocol::{
-    ClientMessage, DecodeLimits, DropReason, Dropped, ServerMessage, SessionLimits, Welcome,
-    PROTOCOL_VERSION,
-};
+use framegate_protocol::{ClientMessage, DecodeLimits, ServerMessage, PROTOCOL_VERSION};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use rand::RngCore;
-use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
+use tokio::sync::mpsc;
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::metrics::{self, Transport};
-use crate::pipeline::decode::probe;
-use crate::pipeline::{FrameOutcome, ModelPipeline};
-use crate::session::SessionState;
+use crate::session::runner::OUTBOUND_CAPACITY;
+use crate::session::Outbound;
 
 use super::http::error_response;
 
@@ -50,57 +44,26 @@ pub async fn upgrade(
         Some(v) => match gw.auth.authenticate_header(v.to_str().ok()) {
             Ok(p) => Some(p),
             Err(e) => {
-                metrics::auth_failure(Transport::Ws);
+                crate::metrics::auth_failure(crate::metrics::Transport::Ws);
                 return error_response(&e);
             }
         },
         None => None,
     };
     let limit = gw.config.limits.max_message_bytes + WS_SLACK_BYTES;
-    // tungstenite reserves its whole read buffer per connection up front
-    // (128 KiB by default): 1.3 GiB for 10,000 idle sessions. 16 KiB keeps
-    // idle sessions cheap; larger frames grow the buffer as they arrive.
-    ws.max_message_size(limit)
+    // tungstenite reserves its read buffer up front (128 KiB by default):
+    // 16 KiB keeps 10,000 idle sessions well under a gigabyte.
+    ws.read_buffer_size(16 << 10)
+        .max_message_size(limit)
         .max_frame_size(limit)
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
             run_session(gw, sink, stream, principal).await;
         })
 }
 
-/// Initial read buffer per WebSocket connection.
-const WS_READ_BUFFER_BYTES: usize = 16 << 10;
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::thread_rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
-
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
-
-/// What the writer task sends next, in order.
-enum Outgoing {
-    /// The answer to an admitted frame.
-    Answer {
-        seq: u64,
-        capture_ts_us: u64,
-        pixels: u64,
-        source: AnswerSource,
-    },
-    /// An error about a frame that was not admitted (no credit taken).
-    Refused { seq: u64, error: GatewayError },
-    /// End the session with this error.
-    Close(GatewayError),
-}
-
-enum AnswerSource {
-    Pending(oneshot::Receiver<FrameOutcome>),
-    Failed(GatewayError),
-    Dropped(DropReason, String),
-}
 
 async fn send_msg(sink: &mut Sink, msg: &ServerMessage) -> bool {
     sink.send(Message::Binary(msg.encode())).await.is_ok()
@@ -217,7 +180,7 @@ async fn run_session(
     let principal = match principal {
         Ok(p) => p,
         Err(e) => {
-            metrics::auth_failure(Transport::Ws);
+            crate::metrics::auth_failure(crate::metrics::Transport::Ws);
             close_with(&mut sink, &e).await;
             return;
         }
@@ -230,267 +193,90 @@ async fn run_session(
         close_with(&mut sink, &e).await;
         return;
     }
-    let pipeline = match gw.model(&hello.model) {
-        Ok(p) => p.clone(),
+    if hello.datagrams {
+        let e = GatewayError::BadRequest("datagrams are a QUIC feature; not on WebSocket".into());
+        close_with(&mut sink, &e).await;
+        return;
+    }
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let mut writer = tokio::spawn(write_outbound(sink, out_rx));
+    let conn = match gw
+        .sessions
+        .open(&gw, &principal, &hello, "ws", out_tx.clone())
+        .await
+    {
+        Ok(c) => c,
         Err(e) => {
-            close_with(&mut sink, &e).await;
+            let _ = out_tx.send(Outbound::Close(e)).await;
+            drop(out_tx);
+            let _ = writer.await;
             return;
         }
     };
-    let credits = gw.config.session.credits;
-    let session_id = random_hex(8);
-    let welcome = ServerMessage::Welcome(Welcome {
-        session_id: session_id.clone(),
-        resume_token: random_hex(16),
-        credits,
-        limits: SessionLimits {
-            max_message_bytes: gw.config.limits.max_message_bytes.min(u32::MAX as usize) as u32,
-            max_frame_pixels: gw.config.limits.max_frame_pixels,
-            max_in_flight: credits,
-        },
-        model: pipeline.model().spec.name.clone(),
-        server_version: env!("CARGO_PKG_VERSION").to_string(),
-    });
-    if !send_msg(&mut sink, &welcome).await {
-        return;
+    drop(out_tx);
+    // Read until Bye, a violation, or the socket ends; the writer ends when
+    // the session says so or the socket dies.
+    let ended_cleanly = tokio::select! {
+        clean = read_messages(&conn, &mut stream, &limits) => clean,
+        _ = &mut writer => return,
+    };
+    if ended_cleanly {
+        let _ = writer.await;
+    } else {
+        // The socket is gone: drop the writer so the session detaches and
+        // waits for a resume.
+        writer.abort();
     }
-    let span = tracing::info_span!("session", id = %session_id, tenant = %principal.tenant, transport = "ws");
-    let _enter = span.enter();
-    tracing::debug!("session started");
-    drop(_enter);
-
-    let _open = metrics::session_opened(Transport::Ws);
-    let state = Arc::new(Mutex::new(SessionState::new(credits)));
-    let (tx, rx) = mpsc::channel::<Outgoing>(credits as usize * 2 + 16);
-    let writer = tokio::spawn(
-        write_answers(sink, rx, state.clone(), pipeline.model().spec.name.clone())
-            .instrument(span.clone()),
-    );
-    read_frames(&gw, &pipeline, &mut stream, &limits, &state, &tx)
-        .instrument(span.clone())
-        .await;
-    drop(tx);
-    let _ = writer.await;
-    let usage = state.lock().expect("session lock").usage();
-    span.in_scope(|| tracing::debug!(frames = usage.frames, "session ended"));
 }
 
-async fn read_frames(
-    gw: &Gateway,
-    pipeline: &Arc<ModelPipeline>,
+/// Forwards client messages; true when the session was ended by the
+/// client (Bye) or by a violation, so answers are still written.
+async fn read_messages(
+    conn: &crate::session::Connection,
     stream: &mut Stream,
     limits: &DecodeLimits,
-    state: &Mutex<SessionState>,
-    tx: &mpsc::Sender<Outgoing>,
-) {
+) -> bool {
     loop {
-        let msg = match next_message(stream, limits).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Outgoing::Close(e)).await;
-                return;
-            }
-        };
-        let frame = match msg {
-            ClientMessage::Frame(f) => f,
-            ClientMessage::Ack(_) => continue,
-            ClientMessage::Bye(_) => return,
-            ClientMessage::Hello(_) => {
-                let _ = tx
-                    .send(Outgoing::Close(GatewayError::Protocol(
-                        "Hello sent twice".into(),
-                    )))
-                    .await;
-                return;
-            }
-        };
-        let received_at = Instant::now();
-        metrics::frame_received(Transport::Ws);
-        let seq = frame.seq;
-        let admitted = state.lock().expect("session lock").on_frame(seq);
-        let out = match admitted {
-            Err(error) => Outgoing::Refused { seq, error },
-            Ok(()) => {
-                let probed = probe(
-                    Some(frame.codec),
-                    frame.width,
-                    frame.height,
-                    frame.payload,
-                    &gw.frame_limits,
-                );
-                let (pixels, source) = match probed {
-                    Err(e) => (0, AnswerSource::Failed(e)),
-                    Ok(p) => {
-                        let pixels = p.pixels();
-                        let source = match pipeline.submit(p, received_at) {
-                            Ok(rx) => AnswerSource::Pending(rx),
-                            Err(GatewayError::QueueFull) => AnswerSource::Dropped(
-                                DropReason::QueueFull,
-                                "the ingress queue is full".into(),
-                            ),
-                            Err(e) => AnswerSource::Failed(e),
-                        };
-                        (pixels, source)
-                    }
-                };
-                Outgoing::Answer {
-                    seq,
-                    capture_ts_us: frame.capture_ts_us,
-                    pixels,
-                    source,
+        match next_message(stream, limits).await {
+            Ok(Some(msg)) => {
+                let bye = matches!(msg, ClientMessage::Bye(_) | ClientMessage::Hello(_));
+                if !conn.deliver(msg, false).await {
+                    return true;
+                }
+                if bye {
+                    return true;
                 }
             }
-        };
-        if tx.send(out).await.is_err() {
-            return; // writer gone: the client's socket is dead
+            Ok(None) => return false,
+            Err(e) => {
+                conn.fatal(e).await;
+                return true;
+            }
         }
     }
 }
 
-async fn write_answers(
-    mut sink: Sink,
-    mut rx: mpsc::Receiver<Outgoing>,
-    state: Arc<Mutex<SessionState>>,
-    model: String,
-) {
+async fn write_outbound(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>) {
     while let Some(out) = rx.recv().await {
         match out {
-            Outgoing::Refused { seq, error } => {
-                metrics::frame_failed(Transport::Ws, error.code().as_str());
-                if !send_msg(
-                    &mut sink,
-                    &ServerMessage::Error(error.to_message(Some(seq))),
-                )
-                .await
-                {
+            Outbound::Message(m) => {
+                if !send_msg(&mut sink, &m).await {
                     return;
                 }
             }
-            Outgoing::Close(e) => {
-                // Answer what was admitted before closing.
-                drain_admitted(&mut sink, &mut rx, &state, &model).await;
+            Outbound::Close(e) => {
                 close_with(&mut sink, &e).await;
                 return;
             }
-            Outgoing::Answer {
-                seq,
-                capture_ts_us,
-                pixels,
-                source,
-            } => {
-                if !answer(
-                    &mut sink,
-                    &state,
-                    &model,
-                    seq,
-                    capture_ts_us,
-                    pixels,
-                    source,
-                )
-                .await
-                {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: Utf8Bytes::from_static("bye"),
-        })))
-        .await;
-}
-
-async fn drain_admitted(
-    sink: &mut Sink,
-    rx: &mut mpsc::Receiver<Outgoing>,
-    state: &Mutex<SessionState>,
-    model: &str,
-) {
-    rx.close();
-    while let Some(out) = rx.recv().await {
-        if let Outgoing::Answer {
-            seq,
-            capture_ts_us,
-            pixels,
-            source,
-        } = out
-        {
-            if !answer(sink, state, model, seq, capture_ts_us, pixels, source).await {
+            Outbound::Finish => {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: Utf8Bytes::from_static("bye"),
+                    })))
+                    .await;
                 return;
             }
         }
-    }
-}
-
-/// Sends the one answer of an admitted frame; false when the socket is dead.
-async fn answer(
-    sink: &mut Sink,
-    state: &Mutex<SessionState>,
-    model: &str,
-    seq: u64,
-    capture_ts_us: u64,
-    pixels: u64,
-    source: AnswerSource,
-) -> bool {
-    let outcome = match source {
-        AnswerSource::Pending(rx) => rx.await.unwrap_or_else(|_| {
-            Err(GatewayError::Internal(
-                "the pipeline dropped the frame".into(),
-            ))
-        }),
-        AnswerSource::Failed(e) => Err(e),
-        AnswerSource::Dropped(reason, message) => {
-            metrics::frame_dropped(Transport::Ws, reason.as_str());
-            state.lock().expect("session lock").on_answered(None);
-            let msg = ServerMessage::Dropped(Dropped {
-                seqs: vec![seq],
-                reason,
-                message,
-            });
-            return send_msg(sink, &msg).await;
-        }
-    };
-    match outcome {
-        Ok(result) => {
-            // Usage counts only once the answer is handed to the socket.
-            let mut usage = state.lock().expect("session lock").usage();
-            usage.frames += 1;
-            usage.pixels += pixels;
-            let msg = ServerMessage::Detections(framegate_protocol::Detections {
-                seq,
-                capture_ts_us,
-                width: result.width,
-                height: result.height,
-                model: model.to_string(),
-                detections: result.detections,
-                timings: result.timings,
-                usage,
-            });
-            let timings = result_timings(&msg);
-            let sent = send_msg(sink, &msg).await;
-            if sent {
-                metrics::frame_answered(Transport::Ws, model, &timings);
-            }
-            state
-                .lock()
-                .expect("session lock")
-                .on_answered(sent.then_some(pixels));
-            sent
-        }
-        Err(e) => {
-            metrics::frame_failed(Transport::Ws, e.code().as_str());
-            state.lock().expect("session lock").on_answered(None);
-            send_msg(sink, &ServerMessage::Error(e.to_message(Some(seq)))).await
-        }
-    }
-}
-
-fn result_timings(msg: &ServerMessage) -> framegate_protocol::StageTimings {
-    match msg {
-        ServerMessage::Detections(d) => d.timings,
-        _ => Default::default(),
     }
 }

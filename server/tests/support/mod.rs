@@ -36,6 +36,9 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The QUIC address and the certificate's SHA-256, unless QUIC is off.
+    pub quic: Option<(SocketAddr, String)>,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Gateway {
@@ -46,9 +49,19 @@ impl Gateway {
 
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_framegate"));
-        cmd.arg("serve")
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(args)
+        cmd.arg("serve").args(["--http-listen", "127.0.0.1:0"]);
+        // QUIC on a free port, its development certificate in a fresh folder.
+        if !args.contains(&"--quic-listen") {
+            cmd.args(["--quic-listen", "127.0.0.1:0"]);
+        }
+        let data_dir = if args.contains(&"--data-dir") {
+            None
+        } else {
+            let d = tempfile::tempdir().expect("temp data dir");
+            cmd.arg("--data-dir").arg(d.path());
+            Some(d)
+        };
+        cmd.args(args)
             .env("FRAMEGATE_DEV_KEY", KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -95,13 +108,21 @@ impl Gateway {
                 );
             }
         };
-        let gw = Gateway {
+        let mut gw = Gateway {
             child,
             addr,
             stdout: lines,
             stderr: errors,
+            quic: None,
+            _data_dir: data_dir,
         };
         gw.wait_ready().await;
+        gw.quic = gw
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| parse_quic_line(l));
         gw
     }
 
@@ -110,6 +131,51 @@ impl Gateway {
         let mut out = self.stdout.lock().unwrap().clone();
         out.extend(self.stderr.lock().unwrap().iter().cloned());
         out
+    }
+
+    /// `quic://ADDR` of the gateway.
+    pub fn quic_url(&self) -> String {
+        format!("quic://{}", self.quic.as_ref().expect("QUIC is on").0)
+    }
+
+    /// The SHA-256 fingerprint of the gateway's certificate.
+    pub fn fingerprint(&self) -> String {
+        self.quic.as_ref().expect("QUIC is on").1.clone()
+    }
+
+    /// The gateway's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line");
+        kb * 1024
+    }
+
+    /// `GET /v1/models` as JSON.
+    pub async fn models(&self) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(self.url("/v1/models"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("models")
+            .json()
+            .await
+            .expect("models json")
+    }
+
+    /// (frames inferred, session frames billed) of the default model.
+    pub async fn counters(&self) -> (u64, u64) {
+        let m = self.models().await;
+        let m = &m["models"][0];
+        (
+            m["frames_inferred"].as_u64().unwrap(),
+            m["session_frames_billed"].as_u64().unwrap(),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -145,6 +211,14 @@ impl Gateway {
             .await
             .expect("request")
     }
+}
+
+/// "framegate: QUIC listening on quic://ADDR (…), certificate sha256 HEX (…)"
+fn parse_quic_line(line: &str) -> Option<(SocketAddr, String)> {
+    let rest = line.split("QUIC listening on quic://").nth(1)?;
+    let addr = rest.split_whitespace().next()?.parse().ok()?;
+    let fp = rest.split("sha256 ").nth(1)?.split_whitespace().next()?;
+    Some((addr, fp.to_string()))
 }
 
 impl Drop for Gateway {
@@ -343,5 +417,121 @@ pub async fn open_session(gw: &Gateway) -> (Ws, framegate_protocol::Welcome) {
     match recv(&mut ws).await {
         Some(ServerMessage::Welcome(w)) => (ws, w),
         other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+/// A raw QUIC connection to the gateway (for protocol-level and hostile
+/// tests), pinned to its development certificate.
+pub mod quic {
+    use std::sync::Arc;
+
+    use framegate_protocol::framing;
+    use framegate_protocol::{ClientMessage, DecodeLimits, ServerMessage};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    use sha2::{Digest, Sha256};
+
+    #[derive(Debug)]
+    struct Pinned(String, Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Pinned {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            if hex::encode(Sha256::digest(end_entity.as_ref())) == self.0 {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General("pin mismatch".into()))
+            }
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.1.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.1.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.1.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// A client endpoint that trusts exactly the gateway's certificate.
+    pub fn endpoint(gw: &super::Gateway) -> quinn::Endpoint {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned(gw.fingerprint(), provider)))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"framegate/1".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        ep
+    }
+
+    pub async fn connect(
+        ep: &quinn::Endpoint,
+        gw: &super::Gateway,
+    ) -> Result<quinn::Connection, String> {
+        let addr = gw.quic.as_ref().unwrap().0;
+        ep.connect(addr, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn send(s: &mut quinn::SendStream, msg: &ClientMessage) {
+        s.write_all(&framing::encode(&msg.encode()))
+            .await
+            .expect("quic write");
+    }
+
+    /// The next message, or `None` when the stream/connection ended.
+    pub async fn recv(r: &mut quinn::RecvStream) -> Option<ServerMessage> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        r.read_exact(&mut body).await.ok()?;
+        Some(ServerMessage::decode(&body.into(), &DecodeLimits::default()).expect("decodable"))
+    }
+
+    /// The application error code the connection was closed with.
+    pub async fn close_code(conn: &quinn::Connection) -> Option<u64> {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), conn.closed())
+            .await
+            .expect("connection not closed within 30 s")
+        {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
     }
 }

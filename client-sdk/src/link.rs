@@ -1,0 +1,224 @@
+//! One connection to the gateway, QUIC or WebSocket, split into a sending
+//! and a receiving half that both speak protocol messages.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use framegate_protocol::framing::{self, FrameDecoder, LENGTH_PREFIX_BYTES};
+use framegate_protocol::{ClientMessage, DecodeLimits, Hello, ServerMessage, Welcome};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::ClientError;
+
+/// The ALPN id of protocol version 1.
+pub(crate) const ALPN: &[u8] = b"framegate/1";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Where streaming sessions go.
+#[derive(Debug, Clone)]
+pub(crate) enum StreamTarget {
+    Quic {
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        server_name: String,
+        config: quinn::ClientConfig,
+    },
+    Ws {
+        url: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    },
+}
+
+pub(crate) enum LinkTx {
+    Quic {
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        datagrams: bool,
+    },
+    Ws(SplitSink<Ws, Message>),
+    /// After [`LinkTx::kill`].
+    Dead,
+}
+
+pub(crate) enum LinkRx {
+    Quic {
+        recv: quinn::RecvStream,
+        buf: BytesMut,
+        decoder: FrameDecoder,
+        limits: DecodeLimits,
+    },
+    Ws(SplitStream<Ws>, DecodeLimits),
+}
+
+fn lost(e: impl std::fmt::Display) -> ClientError {
+    ClientError::ConnectionLost(e.to_string())
+}
+
+impl LinkTx {
+    pub(crate) async fn send(&mut self, msg: &ClientMessage) -> Result<(), ClientError> {
+        let bytes = msg.encode();
+        match self {
+            LinkTx::Quic {
+                conn,
+                send,
+                datagrams,
+            } => {
+                if *datagrams && matches!(msg, ClientMessage::Frame(_)) {
+                    if let Some(max) = conn.max_datagram_size() {
+                        if bytes.len() <= max {
+                            return conn.send_datagram(bytes).map_err(lost);
+                        }
+                    }
+                }
+                send.write_all(&framing::encode(&bytes)).await.map_err(lost)
+            }
+            LinkTx::Ws(sink) => sink.send(Message::Binary(bytes)).await.map_err(lost),
+            LinkTx::Dead => Err(lost("the connection was broken")),
+        }
+    }
+
+    /// Ends the connection at once, without Bye (tests use it to simulate a
+    /// broken network).
+    /// The socket closes once the receiving half is dropped too.
+    pub(crate) fn kill(&mut self) {
+        if let LinkTx::Quic { conn, .. } = std::mem::replace(self, LinkTx::Dead) {
+            conn.close(0u32.into(), b"killed");
+        }
+    }
+}
+
+impl LinkRx {
+    /// The next message. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
+        match self {
+            LinkRx::Quic {
+                recv,
+                buf,
+                decoder,
+                limits,
+            } => loop {
+                if buf.len() >= LENGTH_PREFIX_BYTES {
+                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if len > limits.max_message_bytes {
+                        return Err(ClientError::Protocol(format!(
+                            "message of {len} bytes announced"
+                        )));
+                    }
+                    if buf.len() >= LENGTH_PREFIX_BYTES + len {
+                        let body = decoder
+                            .decode(buf)
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?
+                            .expect("whole message buffered");
+                        return ServerMessage::decode(&body, limits)
+                            .map_err(|e| ClientError::Protocol(e.to_string()));
+                    }
+                }
+                match recv.read_chunk(64 << 10, true).await {
+                    Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+                    Ok(None) => return Err(lost("the gateway finished the stream")),
+                    Err(e) => return Err(lost(e)),
+                }
+            },
+            LinkRx::Ws(stream, limits) => loop {
+                match stream.next().await {
+                    Some(Ok(Message::Binary(b))) => {
+                        return ServerMessage::decode(&b, limits)
+                            .map_err(|e| ClientError::Protocol(e.to_string()))
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        return Err(lost(format!(
+                            "closed by the gateway ({})",
+                            f.map_or_else(|| "no code".into(), |f| f.code.to_string())
+                        )))
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(lost(e)),
+                    None => return Err(lost("the gateway closed the connection")),
+                }
+            },
+        }
+    }
+}
+
+/// Connects, sends `hello`, and waits for Welcome.
+pub(crate) async fn open(
+    target: &StreamTarget,
+    hello: &Hello,
+    timeout: Duration,
+) -> Result<(LinkTx, LinkRx, Welcome), ClientError> {
+    let limits = DecodeLimits::default();
+    let fut = async {
+        let (mut tx, mut rx) = match target {
+            StreamTarget::Quic {
+                endpoint,
+                addr,
+                server_name,
+                config,
+            } => {
+                let connect_err = |e: &dyn std::fmt::Display| ClientError::Connect {
+                    url: format!("quic://{addr}"),
+                    reason: e.to_string(),
+                };
+                let conn = endpoint
+                    .connect_with(config.clone(), *addr, server_name)
+                    .map_err(|e| connect_err(&e))?
+                    .await
+                    .map_err(|e| connect_err(&e))?;
+                let (send, recv) = conn.open_bi().await.map_err(|e| connect_err(&e))?;
+                (
+                    LinkTx::Quic {
+                        conn,
+                        send,
+                        datagrams: hello.datagrams,
+                    },
+                    LinkRx::Quic {
+                        recv,
+                        buf: BytesMut::new(),
+                        decoder: FrameDecoder::new(limits.max_message_bytes),
+                        limits,
+                    },
+                )
+            }
+            StreamTarget::Ws { url, tls } => {
+                let connector = tls
+                    .as_ref()
+                    .map(|c| tokio_tungstenite::Connector::Rustls(c.clone()));
+                let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+                    url.as_str(),
+                    None,
+                    true,
+                    connector,
+                )
+                .await
+                .map_err(|e| ClientError::Connect {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+                let (sink, stream) = ws.split();
+                (LinkTx::Ws(sink), LinkRx::Ws(stream, limits))
+            }
+        };
+        tx.send(&ClientMessage::Hello(hello.clone())).await?;
+        match rx.recv().await? {
+            ServerMessage::Welcome(w) => Ok((tx, rx, w)),
+            ServerMessage::Error(e) => Err(ClientError::Gateway {
+                code: e.code,
+                message: e.message,
+                retryable: e.retryable,
+            }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Welcome, got {}",
+                other.kind()
+            ))),
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ClientError::ConnectionLost("no Welcome within the timeout".into()))?
+}

@@ -1,0 +1,638 @@
+//! Streaming sessions: send frames, receive one answer per frame as a
+//! `Stream`, with credits, the overload policy, acknowledgements and
+//! automatic reconnect + resume handled by a background task.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use framegate_protocol::{
+    Ack, Bye, ClientMessage, Detections, DropReason, ErrorCode, Frame, Hello, OverloadPolicy,
+    ServerMessage, PROTOCOL_VERSION,
+};
+use futures_util::Stream;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::link::{self, LinkRx, LinkTx, StreamTarget};
+use crate::{ClientError, Image};
+
+/// How a session behaves. Build with the setters:
+///
+/// ```
+/// use framegate_client::{OverloadPolicy, SessionOptions};
+/// let opts = SessionOptions::default()
+///     .policy(OverloadPolicy::LatestOnly)
+///     .model("nanodet-g");
+/// ```
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub(crate) policy: OverloadPolicy,
+    pub(crate) model: String,
+    pub(crate) datagrams: bool,
+    pub(crate) reconnect_attempts: u32,
+    pub(crate) reconnect_backoff: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            policy: OverloadPolicy::Block,
+            model: String::new(),
+            datagrams: false,
+            reconnect_attempts: 5,
+            reconnect_backoff: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SessionOptions {
+    /// What happens when frames come faster than the gateway serves them
+    /// (default `Block`: [`FrameSender::send`] waits for credit).
+    pub fn policy(mut self, policy: OverloadPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The model to run (default: the gateway's default model).
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    /// QUIC only: send frames as datagrams (lost frames are reported as
+    /// [`Answer::Lost`], never retransmitted). Use with `DropOldest` or
+    /// `LatestOnly`.
+    pub fn datagrams(mut self, on: bool) -> Self {
+        self.datagrams = on;
+        self
+    }
+
+    /// Reconnect attempts after a broken connection before giving up
+    /// (default 5; 0 disables resume).
+    pub fn reconnect_attempts(mut self, n: u32) -> Self {
+        self.reconnect_attempts = n;
+        self
+    }
+
+    /// Wait before the first reconnect attempt, doubled after each failure
+    /// (default 200 ms).
+    pub fn reconnect_backoff(mut self, d: Duration) -> Self {
+        self.reconnect_backoff = d;
+        self
+    }
+}
+
+/// Per-frame options.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// let opts = framegate_client::FrameOptions::default()
+///     .deadline(SystemTime::now() + Duration::from_millis(200));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct FrameOptions {
+    deadline: Option<SystemTime>,
+    capture_ts_us: Option<u64>,
+}
+
+impl FrameOptions {
+    /// Drop the frame (answered [`Answer::Dropped`]) if it cannot be
+    /// answered by then.
+    pub fn deadline(mut self, at: SystemTime) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
+    /// Capture timestamp echoed in the Detections (default: now, µs since
+    /// the Unix epoch).
+    pub fn capture_ts_us(mut self, ts: u64) -> Self {
+        self.capture_ts_us = Some(ts);
+        self
+    }
+}
+
+/// The answer to one frame. Every frame sent gets exactly one.
+///
+/// ```
+/// use framegate_client::{Answer, DropReason};
+/// let a = Answer::Dropped { seq: 7, reason: DropReason::Superseded, message: String::new() };
+/// assert_eq!(a.seq(), 7);
+/// ```
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The frame was computed (and billed).
+    Detections(Detections),
+    /// The frame was not computed (not billed).
+    Dropped {
+        /// The frame.
+        seq: u64,
+        /// Why.
+        reason: DropReason,
+        /// The gateway's explanation.
+        message: String,
+    },
+    /// The frame was refused or failed (not billed); the session goes on.
+    Error {
+        /// The frame.
+        seq: u64,
+        /// What went wrong.
+        code: ErrorCode,
+        /// The gateway's explanation.
+        message: String,
+    },
+    /// A datagram frame that never arrived (a later frame was answered).
+    Lost {
+        /// The frame.
+        seq: u64,
+    },
+}
+
+impl Answer {
+    /// The frame this answers.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Answer::Detections(d) => d.seq,
+            Answer::Dropped { seq, .. } | Answer::Error { seq, .. } | Answer::Lost { seq } => *seq,
+        }
+    }
+}
+
+enum Cmd {
+    Frame(Frame),
+    Bye,
+}
+
+/// Counters of a session, for monitoring.
+#[derive(Debug, Default)]
+struct Shared {
+    credits: AtomicU64,
+    resumes: AtomicU64,
+    kill: tokio::sync::Notify,
+}
+
+/// Sends frames into a session. Cheap to clone; all clones share the
+/// session's sequence numbers.
+///
+/// ```no_run
+/// # async fn demo(session: framegate_client::Session) -> Result<(), framegate_client::ClientError> {
+/// let sender = session.sender();
+/// let camera = tokio::spawn(async move {
+///     let img = framegate_client::Image::from_file("frame.jpg")?;
+///     sender.send(img).await // waits for credit under `block`
+/// });
+/// let seq = camera.await.unwrap()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FrameSender {
+    tx: mpsc::Sender<Cmd>,
+    next_seq: Arc<Mutex<u64>>,
+}
+
+impl std::fmt::Debug for FrameSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameSender").finish_non_exhaustive()
+    }
+}
+
+impl FrameSender {
+    /// Sends a frame and returns its seq. Under `Block` this waits until
+    /// the session has credit; under the dropping policies it returns at
+    /// once (the gateway drops stale frames and says so).
+    pub async fn send(&self, image: Image) -> Result<u64, ClientError> {
+        self.send_with(image, FrameOptions::default()).await
+    }
+
+    /// [`Self::send`] with a deadline or capture timestamp.
+    ///
+    /// ```no_run
+    /// # async fn demo(sender: framegate_client::FrameSender, img: framegate_client::Image) -> Result<(), framegate_client::ClientError> {
+    /// use std::time::{Duration, SystemTime};
+    /// use framegate_client::FrameOptions;
+    /// let deadline = SystemTime::now() + Duration::from_millis(100);
+    /// sender.send_with(img, FrameOptions::default().deadline(deadline)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_with(&self, image: Image, opts: FrameOptions) -> Result<u64, ClientError> {
+        let mut next = self.next_seq.lock().await;
+        let seq = *next;
+        let frame = Frame {
+            seq,
+            capture_ts_us: opts.capture_ts_us.unwrap_or_else(now_us),
+            codec: image.codec,
+            width: image.width,
+            height: image.height,
+            deadline_us: opts.deadline.map_or(0, |d| {
+                d.duration_since(UNIX_EPOCH)
+                    .map_or(1, |d| d.as_micros() as u64)
+            }),
+            payload: image.payload,
+        };
+        self.tx
+            .send(Cmd::Frame(frame))
+            .await
+            .map_err(|_| ClientError::SessionClosed)?;
+        *next += 1;
+        Ok(seq)
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A streaming session. Send with [`Session::send`] (or a
+/// [`Session::sender`] from another task); read answers as a `Stream`.
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// use framegate_client::{Answer, Client, Image, SessionOptions};
+///
+/// # async fn demo() -> Result<(), framegate_client::ClientError> {
+/// let client = Client::connect("ws://127.0.0.1:8080", "fg_dev_key").await?;
+/// let mut session = client.session(SessionOptions::default()).await?;
+/// session.send(Image::from_file("dog.jpg")?).await?;
+/// session.finish().await?;
+/// while let Some(answer) = session.next().await {
+///     if let Answer::Detections(d) = answer? {
+///         println!("frame {}: {} objects", d.seq, d.detections.len());
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Session {
+    sender: FrameSender,
+    answers: mpsc::Receiver<Result<Answer, ClientError>>,
+    shared: Arc<Shared>,
+    session_id: String,
+    model: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("session_id", &self.session_id)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) async fn open(
+        target: StreamTarget,
+        key: &str,
+        opts: SessionOptions,
+    ) -> Result<Session, ClientError> {
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            credential: key.to_string(),
+            model: opts.model.clone(),
+            overload_policy: opts.policy,
+            datagrams: opts.datagrams,
+            client_name: concat!("framegate-client-rs/", env!("CARGO_PKG_VERSION")).into(),
+            ..Hello::default()
+        };
+        let (tx, rx, welcome) = link::open(&target, &hello, opts.connect_timeout).await?;
+        let window = welcome.limits.max_in_flight.max(welcome.credits).max(1);
+        let (cmd_tx, cmd_rx) = mpsc::channel(1);
+        let (ans_tx, ans_rx) = mpsc::channel(window as usize * 2 + 16);
+        let shared = Arc::new(Shared::default());
+        shared
+            .credits
+            .store(u64::from(welcome.credits), Ordering::Relaxed);
+        let driver = Driver {
+            target,
+            hello: Hello {
+                resume_token: welcome.resume_token.clone(),
+                ..hello
+            },
+            opts,
+            cmds: cmd_rx,
+            answers: ans_tx,
+            shared: shared.clone(),
+            unanswered: VecDeque::new(),
+            credits: i64::from(welcome.credits),
+            window,
+            last_received: 0,
+            since_ack: 0,
+            closing: false,
+        };
+        tokio::spawn(driver.run(tx, rx));
+        Ok(Session {
+            sender: FrameSender {
+                tx: cmd_tx,
+                next_seq: Arc::new(Mutex::new(1)),
+            },
+            answers: ans_rx,
+            shared,
+            session_id: welcome.session_id,
+            model: welcome.model,
+        })
+    }
+
+    /// A sender for this session, e.g. for a capture task.
+    pub fn sender(&self) -> FrameSender {
+        self.sender.clone()
+    }
+
+    /// Sends a frame; see [`FrameSender::send`].
+    pub async fn send(&self, image: Image) -> Result<u64, ClientError> {
+        self.sender.send(image).await
+    }
+
+    /// Sends a frame with options; see [`FrameSender::send_with`].
+    pub async fn send_with(&self, image: Image, opts: FrameOptions) -> Result<u64, ClientError> {
+        self.sender.send_with(image, opts).await
+    }
+
+    /// Says Bye: no more frames. The stream still yields the answers of
+    /// every frame sent, then ends.
+    pub async fn finish(&self) -> Result<(), ClientError> {
+        self.sender
+            .tx
+            .send(Cmd::Bye)
+            .await
+            .map_err(|_| ClientError::SessionClosed)
+    }
+
+    /// The gateway's session id (for logs and support).
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The model serving this session.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Credits the session holds now (may be negative under the dropping
+    /// policies, shown as 0).
+    pub fn credits(&self) -> u64 {
+        self.shared.credits.load(Ordering::Relaxed)
+    }
+
+    /// How many times the session was resumed after a broken connection.
+    pub fn resumes(&self) -> u64 {
+        self.shared.resumes.load(Ordering::Relaxed)
+    }
+
+    /// Breaks the connection abruptly, as a network failure would; the
+    /// session then reconnects and resumes. For tests of resume.
+    #[doc(hidden)]
+    pub async fn break_connection_for_test(&self) {
+        self.shared.kill.notify_one();
+    }
+}
+
+impl Stream for Session {
+    type Item = Result<Answer, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.answers.poll_recv(cx)
+    }
+}
+
+/// The background task owning the connection.
+struct Driver {
+    target: StreamTarget,
+    hello: Hello,
+    opts: SessionOptions,
+    cmds: mpsc::Receiver<Cmd>,
+    answers: mpsc::Sender<Result<Answer, ClientError>>,
+    shared: Arc<Shared>,
+    /// Frames sent and not answered, in seq order (kept for re-sending).
+    unanswered: VecDeque<Frame>,
+    credits: i64,
+    window: u32,
+    last_received: u64,
+    since_ack: u32,
+    closing: bool,
+}
+
+enum Step {
+    Continue,
+    Reconnect(ClientError),
+    Done(Option<ClientError>),
+}
+
+impl Driver {
+    fn can_send(&self) -> bool {
+        if self.closing {
+            return false;
+        }
+        match self.opts.policy {
+            OverloadPolicy::Block => self.credits > 0,
+            // The gateway drops stale frames; keep the local copy bounded.
+            _ => self.unanswered.len() < self.window as usize * 4,
+        }
+    }
+
+    async fn run(mut self, mut tx: LinkTx, mut rx: LinkRx) {
+        loop {
+            let step = tokio::select! {
+                m = rx.recv() => match m {
+                    Ok(m) => self.on_message(m, &mut tx).await,
+                    Err(e) => Step::Reconnect(e),
+                },
+                c = self.cmds.recv(), if self.can_send() => match c {
+                    Some(Cmd::Frame(f)) => {
+                        let msg = ClientMessage::Frame(f.clone());
+                        self.unanswered.push_back(f);
+                        self.credits -= 1;
+                        self.publish_credits();
+                        match tx.send(&msg).await {
+                            Ok(()) => Step::Continue,
+                            Err(e) => Step::Reconnect(e),
+                        }
+                    }
+                    Some(Cmd::Bye) | None => {
+                        self.closing = true;
+                        match tx.send(&ClientMessage::Bye(Bye { reason: "done".into() })).await {
+                            Ok(()) => Step::Continue,
+                            Err(e) => Step::Reconnect(e),
+                        }
+                    }
+                },
+                () = self.shared.kill.notified() => {
+                    tx.kill();
+                    Step::Reconnect(ClientError::ConnectionLost("broken on purpose".into()))
+                }
+            };
+            match step {
+                Step::Continue => {}
+                Step::Done(err) => {
+                    if let Some(e) = err {
+                        let _ = self.answers.send(Err(e)).await;
+                    }
+                    return;
+                }
+                Step::Reconnect(e) => {
+                    if self.closing && self.unanswered.is_empty() {
+                        return; // the gateway closed after the last answer
+                    }
+                    if self.closing && self.hello.datagrams {
+                        // Bye overtook datagram frames: they are lost.
+                        while let Some(f) = self.unanswered.pop_front() {
+                            let _ = self.answers.send(Ok(Answer::Lost { seq: f.seq })).await;
+                        }
+                        return;
+                    }
+                    match self.resume(e).await {
+                        Ok((t, r)) => {
+                            tx = t;
+                            rx = r;
+                        }
+                        Err(e) => {
+                            let _ = self.answers.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_credits(&self) {
+        self.shared
+            .credits
+            .store(self.credits.max(0) as u64, Ordering::Relaxed);
+    }
+
+    async fn on_message(&mut self, m: ServerMessage, tx: &mut LinkTx) -> Step {
+        let answers: Vec<Answer> = match m {
+            ServerMessage::Credit(c) => {
+                self.credits += i64::from(c.credits);
+                self.window += c.credits;
+                self.publish_credits();
+                return Step::Continue;
+            }
+            ServerMessage::Welcome(_) => {
+                return Step::Done(Some(ClientError::Protocol("a second Welcome".into())))
+            }
+            ServerMessage::Error(e) if e.seq.is_none() => {
+                let err = ClientError::Gateway {
+                    code: e.code,
+                    message: e.message,
+                    retryable: e.retryable,
+                };
+                return if e.retryable && !self.closing {
+                    Step::Reconnect(err)
+                } else {
+                    Step::Done(Some(err))
+                };
+            }
+            ServerMessage::Error(e) => vec![Answer::Error {
+                seq: e.seq.unwrap_or_default(),
+                code: e.code,
+                message: e.message,
+            }],
+            ServerMessage::Dropped(d) => d
+                .seqs
+                .iter()
+                .map(|&seq| Answer::Dropped {
+                    seq,
+                    reason: d.reason,
+                    message: d.message.clone(),
+                })
+                .collect(),
+            ServerMessage::Detections(d) => vec![Answer::Detections(d)],
+        };
+        for a in answers {
+            let seq = a.seq();
+            if seq <= self.last_received {
+                continue; // already delivered (cannot happen with a correct gateway)
+            }
+            // Earlier frames without an answer were lost datagrams.
+            while let Some(f) = self.unanswered.front() {
+                if f.seq >= seq {
+                    break;
+                }
+                let lost = self.unanswered.pop_front().expect("front").seq;
+                self.credits += 1;
+                if self
+                    .answers
+                    .send(Ok(Answer::Lost { seq: lost }))
+                    .await
+                    .is_err()
+                {
+                    return Step::Done(None);
+                }
+            }
+            if self.unanswered.front().is_some_and(|f| f.seq == seq) {
+                self.unanswered.pop_front();
+                self.credits += 1;
+            }
+            self.last_received = seq;
+            self.since_ack += 1;
+            if self.answers.send(Ok(a)).await.is_err() {
+                return Step::Done(None);
+            }
+        }
+        self.publish_credits();
+        if self.since_ack * 2 >= self.window {
+            self.since_ack = 0;
+            let ack = ClientMessage::Ack(Ack {
+                seq: self.last_received,
+            });
+            if let Err(e) = tx.send(&ack).await {
+                return Step::Reconnect(e);
+            }
+        }
+        if self.closing && self.unanswered.is_empty() {
+            return Step::Done(None);
+        }
+        Step::Continue
+    }
+
+    /// Reconnects with the resume token and re-sends what never arrived.
+    async fn resume(&mut self, cause: ClientError) -> Result<(LinkTx, LinkRx), ClientError> {
+        let mut backoff = self.opts.reconnect_backoff;
+        let mut last = cause;
+        for _ in 0..self.opts.reconnect_attempts {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let hello = Hello {
+                last_received_seq: self.last_received,
+                ..self.hello.clone()
+            };
+            match link::open(&self.target, &hello, self.opts.connect_timeout).await {
+                Ok((mut tx, rx, welcome)) => {
+                    self.hello.resume_token = welcome.resume_token;
+                    self.credits = i64::from(welcome.credits);
+                    let resend: Vec<Frame> = self
+                        .unanswered
+                        .iter()
+                        .filter(|f| f.seq > welcome.received_seq)
+                        .cloned()
+                        .collect();
+                    for f in resend {
+                        self.credits -= 1;
+                        tx.send(&ClientMessage::Frame(f)).await?;
+                    }
+                    if self.closing {
+                        tx.send(&ClientMessage::Bye(Bye {
+                            reason: "done".into(),
+                        }))
+                        .await?;
+                    }
+                    self.publish_credits();
+                    self.shared.resumes.fetch_add(1, Ordering::Relaxed);
+                    return Ok((tx, rx));
+                }
+                Err(e @ ClientError::Gateway { .. }) if !e.is_retryable() => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(ClientError::ConnectionLost(format!(
+            "gave up after {} reconnect attempts: {last}",
+            self.opts.reconnect_attempts
+        )))
+    }
+}

@@ -1,0 +1,624 @@
+//! Runs sessions for real: one task per session drives its [`SessionCore`]
+//! with the pipeline, the clock and whichever connection is attached, and
+//! the [`SessionRegistry`] finds a session again by its resume token.
+//!
+//! A transport (WebSocket, QUIC) only reads Hello, authenticates, and then
+//! calls [`SessionRegistry::open`] with a bounded channel of [`Outbound`]
+//! messages that its writer turns into bytes; every later client message
+//! goes through [`Connection::deliver`]. The session task outlives the
+//! connection: when the writer's channel closes the session is detached and
+//! goes on computing for `session.resume_grace_secs`, waiting for a Hello
+//! with its resume token on any transport.
+//!
+//! Bounded everywhere: a session's inbound channel holds
+//! [`INBOUND_CAPACITY`] messages and the task stops taking from it while the core is full (the
+//! transport's flow control then pushes back on the client); the outbound
+//! channel per connection holds [`OUTBOUND_CAPACITY`] messages; the number
+//! of sessions is capped by `session.max_sessions`.
+
+use crate::metrics::{self, Transport};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use framegate_protocol::{ClientMessage, DropReason, Hello, ServerMessage, SessionLimits, Welcome};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+
+use super::core::{CoreConfig, Outcome, SessionCore};
+use super::{Clock, SystemClock};
+use crate::auth::Principal;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::pipeline::decode::{probe, ProbedFrame};
+use crate::pipeline::{FrameOutcome, ModelPipeline};
+
+/// Client messages buffered between a connection's reader and its session.
+/// Small on purpose: frames wait in the session core (where the overload
+/// policy can drop them), not here.
+pub const INBOUND_CAPACITY: usize = 4;
+
+/// Messages buffered per connection between a session and its writer.
+pub const OUTBOUND_CAPACITY: usize = 64;
+
+/// What a connection's writer sends, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A protocol message.
+    Message(ServerMessage),
+    /// Send this error (without seq) and close with its code.
+    Close(GatewayError),
+    /// The session ended normally (after Bye): close normally.
+    Finish,
+}
+
+type ConnId = u64;
+
+#[derive(Debug)]
+enum Inbound {
+    Message {
+        conn: ConnId,
+        msg: ClientMessage,
+        datagram: bool,
+    },
+    Fatal {
+        conn: ConnId,
+        error: GatewayError,
+    },
+}
+
+#[derive(Debug)]
+struct Attach {
+    conn: ConnId,
+    out: mpsc::Sender<Outbound>,
+    last_received: u64,
+    reply: oneshot::Sender<Result<(), GatewayError>>,
+}
+
+/// A session as the registry knows it.
+#[derive(Debug)]
+struct SessionHandle {
+    tenant: String,
+    inbound: mpsc::Sender<Inbound>,
+    control: mpsc::Sender<Attach>,
+}
+
+/// Live sessions by resume token, and the usage counters they feed.
+#[derive(Debug)]
+pub struct SessionRegistry {
+    sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
+    billed: Mutex<HashMap<String, u64>>,
+    next_conn: AtomicU64,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for SessionRegistry {
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+/// One connection's link to its session.
+#[derive(Debug)]
+pub struct Connection {
+    handle: Arc<SessionHandle>,
+    conn: ConnId,
+}
+
+impl Connection {
+    /// Hands a client message (after Hello) to the session, waiting while
+    /// the session is full. False once the session has ended.
+    pub async fn deliver(&self, msg: ClientMessage, datagram: bool) -> bool {
+        self.handle
+            .inbound
+            .send(Inbound::Message {
+                conn: self.conn,
+                msg,
+                datagram,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// The connection broke a protocol rule: the session answers what it
+    /// has admitted, then closes with `error`.
+    pub async fn fatal(&self, error: GatewayError) {
+        let _ = self
+            .handle
+            .inbound
+            .send(Inbound::Fatal {
+                conn: self.conn,
+                error,
+            })
+            .await;
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl SessionRegistry {
+    /// A registry reading time from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            billed: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            clock,
+        }
+    }
+
+    /// Sessions alive (attached or waiting for a resume).
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("registry lock").len()
+    }
+
+    /// Whether no session is alive.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Frames of `model` billed on sessions since start.
+    pub fn frames_billed(&self, model: &str) -> u64 {
+        self.billed
+            .lock()
+            .expect("billed lock")
+            .get(model)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// **The metering hook**: called exactly once per Detections delivered
+    /// on a session (when first handed to a connection; never again when
+    /// re-sent after a resume). Usage metering (per tenant, model, window)
+    /// plugs in here.
+    fn record_delivered(&self, tenant: &str, model: &str, pixels: u64) {
+        let _ = (tenant, pixels);
+        *self
+            .billed
+            .lock()
+            .expect("billed lock")
+            .entry(model.to_string())
+            .or_insert(0) += 1;
+    }
+
+    /// Opens a new session, or resumes one when `hello.resume_token` is
+    /// set, and attaches a connection to it. The session sends `Welcome`
+    /// (and re-sent answers) on `out` before this returns `Ok`; on `Err` the
+    /// caller closes the connection with the error.
+    pub async fn open(
+        self: &Arc<Self>,
+        gw: &Arc<Gateway>,
+        principal: &Principal,
+        hello: &Hello,
+        transport: &'static str,
+        out: mpsc::Sender<Outbound>,
+    ) -> Result<Connection, GatewayError> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let handle = if hello.resume_token.is_empty() {
+            self.start(gw, principal, hello, transport)?
+        } else {
+            let found = self
+                .sessions
+                .lock()
+                .expect("registry lock")
+                .get(&hello.resume_token)
+                .cloned();
+            match found {
+                // Another tenant's token is as unknown as a wrong one.
+                Some(h) if h.tenant == principal.tenant => h,
+                _ => {
+                    return Err(GatewayError::ResumeRefused(
+                        "unknown or expired resume token".into(),
+                    ))
+                }
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let attach = Attach {
+            conn,
+            out,
+            last_received: hello.last_received_seq,
+            reply,
+        };
+        let gone = || GatewayError::ResumeRefused("the session has ended".into());
+        handle.control.send(attach).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())??;
+        Ok(Connection { handle, conn })
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        gw: &Arc<Gateway>,
+        principal: &Principal,
+        hello: &Hello,
+        transport: &'static str,
+    ) -> Result<Arc<SessionHandle>, GatewayError> {
+        let pipeline = gw.model(&hello.model)?.clone();
+        let cfg = &gw.config.session;
+        let window = cfg.credits;
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let token = random_hex(16);
+        let handle = Arc::new(SessionHandle {
+            tenant: principal.tenant.clone(),
+            inbound: inbound_tx,
+            control: control_tx,
+        });
+        {
+            let mut sessions = self.sessions.lock().expect("registry lock");
+            if sessions.len() >= cfg.max_sessions {
+                return Err(GatewayError::Overloaded(format!(
+                    "the gateway holds its maximum of {} sessions",
+                    cfg.max_sessions
+                )));
+            }
+            sessions.insert(token.clone(), handle.clone());
+        }
+        let core = SessionCore::new(
+            CoreConfig {
+                window,
+                policy: hello.overload_policy,
+                max_in_pipeline: cfg.max_in_pipeline,
+                resume_buffer: cfg.resume_buffer,
+                grace_us: cfg.resume_grace_secs.saturating_mul(1_000_000),
+            },
+            self.clock.now_us(),
+        );
+        let session_id = random_hex(8);
+        let span =
+            tracing::info_span!("session", id = %session_id, tenant = %principal.tenant, transport);
+        let task = SessionTask {
+            registry: self.clone(),
+            gw: gw.clone(),
+            model: pipeline.model().spec.name.clone(),
+            pipeline,
+            core,
+            token,
+            session_id,
+            tenant: principal.tenant.clone(),
+            current: None,
+            closing: None,
+            inbound: inbound_rx,
+            control: control_rx,
+            completions: FuturesUnordered::new(),
+            transport: if transport == "quic" {
+                Transport::Quic
+            } else {
+                Transport::Ws
+            },
+            _open: metrics::session_opened(if transport == "quic" {
+                Transport::Quic
+            } else {
+                Transport::Ws
+            }),
+        };
+        tokio::spawn(tracing::Instrument::instrument(task.run(), span));
+        Ok(handle)
+    }
+}
+
+/// A waiting frame.
+#[derive(Debug)]
+struct Pending {
+    frame: ProbedFrame,
+    received_at: Instant,
+    capture_ts_us: u64,
+}
+
+type Completion = Pin<Box<dyn Future<Output = (u64, u64, Option<FrameOutcome>)> + Send>>;
+
+struct SessionTask {
+    registry: Arc<SessionRegistry>,
+    gw: Arc<Gateway>,
+    pipeline: Arc<ModelPipeline>,
+    model: String,
+    core: SessionCore<Pending>,
+    token: String,
+    session_id: String,
+    tenant: String,
+    current: Option<(ConnId, mpsc::Sender<Outbound>)>,
+    /// `Some(None)`: Bye received; `Some(Some(e))`: ending with `e`.
+    closing: Option<Option<GatewayError>>,
+    inbound: mpsc::Receiver<Inbound>,
+    control: mpsc::Receiver<Attach>,
+    completions: FuturesUnordered<Completion>,
+    /// The transport the session was opened on (metrics label).
+    transport: Transport,
+    /// Keeps `framegate_sessions_open` right for the session's lifetime.
+    _open: metrics::SessionGuard,
+}
+
+impl SessionTask {
+    fn now_us(&self) -> u64 {
+        self.registry.clock.now_us()
+    }
+
+    async fn run(mut self) {
+        tracing::debug!("session started");
+        loop {
+            self.dispatch();
+            self.transmit().await;
+            if let Some(reason) = &self.closing {
+                if self.current.is_none() {
+                    break; // said Bye (or broke a rule) and left: no resume
+                }
+                if self.core.is_drained() {
+                    let last = match reason {
+                        None => Outbound::Finish,
+                        Some(e) => Outbound::Close(e.clone()),
+                    };
+                    if let Some((_, out)) = self.current.take() {
+                        let _ = out.send(last).await;
+                    }
+                    break;
+                }
+            }
+            let now = self.now_us();
+            let expiry = match self.core.expires_at() {
+                Some(at) if self.current.is_none() => {
+                    if now >= at {
+                        tracing::debug!("resume window passed");
+                        break;
+                    }
+                    Some(Duration::from_micros(at - now))
+                }
+                _ => None,
+            };
+            let out = self.current.as_ref().map(|c| c.1.clone());
+            let reading = self.closing.is_none() && self.core.can_accept();
+            tokio::select! {
+                Some(attach) = self.control.recv() => self.attach(attach).await,
+                Some((seq, cts, outcome)) = self.completions.next(), if !self.completions.is_empty() => {
+                    self.on_outcome(seq, cts, outcome);
+                }
+                ev = self.inbound.recv(), if reading => match ev {
+                    Some(ev) => self.on_inbound(ev),
+                    None => break,
+                },
+                () = closed(out.as_ref()), if out.is_some() => self.detach(),
+                () = tokio::time::sleep(expiry.unwrap_or_default()), if expiry.is_some() => {}
+            }
+        }
+        self.registry
+            .sessions
+            .lock()
+            .expect("registry lock")
+            .remove(&self.token);
+        tracing::debug!(usage_frames = self.core.usage().frames, "session ended");
+    }
+
+    fn detach(&mut self) {
+        if self.current.take().is_some() {
+            let now = self.now_us();
+            self.core.detach(now);
+            tracing::debug!("connection lost; waiting for a resume");
+        }
+    }
+
+    async fn attach(&mut self, a: Attach) {
+        if self.closing.is_some() {
+            let _ = a.reply.send(Err(GatewayError::ResumeRefused(
+                "the session is ending".into(),
+            )));
+            return;
+        }
+        let attached = match self.core.attach(a.last_received) {
+            Ok(x) => x,
+            Err(r) => {
+                let _ = a
+                    .reply
+                    .send(Err(GatewayError::ResumeRefused(r.to_string())));
+                return;
+            }
+        };
+        // A newer connection replaces an older one that has not noticed it
+        // is dead yet; dropping its sender ends its writer.
+        self.current = None;
+        let limits = &self.gw.config.limits;
+        let welcome = ServerMessage::Welcome(Welcome {
+            session_id: self.session_id.clone(),
+            resume_token: self.token.clone(),
+            credits: attached.credits,
+            limits: SessionLimits {
+                max_message_bytes: limits.max_message_bytes.min(u32::MAX as usize) as u32,
+                max_frame_pixels: limits.max_frame_pixels,
+                max_in_flight: self.core.config().window,
+            },
+            model: self.model.clone(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            received_seq: attached.received_seq,
+        });
+        if a.out.send(Outbound::Message(welcome)).await.is_err() {
+            let now = self.now_us();
+            self.core.detach(now);
+            let _ = a
+                .reply
+                .send(Err(GatewayError::ResumeRefused("connection closed".into())));
+            return;
+        }
+        if attached.resent > 0 {
+            tracing::debug!(resent = attached.resent, "resumed");
+        }
+        self.current = Some((a.conn, a.out));
+        let _ = a.reply.send(Ok(()));
+    }
+
+    fn on_inbound(&mut self, ev: Inbound) {
+        let current = self.current.as_ref().map(|c| c.0);
+        match ev {
+            // Leftovers of a replaced connection: the client re-sends what
+            // the new Welcome's received_seq says is missing.
+            Inbound::Message { conn, .. } | Inbound::Fatal { conn, .. }
+                if Some(conn) != current => {}
+            Inbound::Fatal { error, .. } => self.end(error),
+            Inbound::Message { msg, datagram, .. } => match msg {
+                ClientMessage::Frame(f) => {
+                    metrics::frame_received(self.transport);
+                    let probed = probe(
+                        Some(f.codec),
+                        f.width,
+                        f.height,
+                        f.payload,
+                        &self.gw.frame_limits,
+                    )
+                    .map(|frame| Pending {
+                        frame,
+                        received_at: Instant::now(),
+                        capture_ts_us: f.capture_ts_us,
+                    });
+                    let now = self.now_us();
+                    if let Err(e) = self
+                        .core
+                        .on_frame(now, f.seq, f.deadline_us, probed, datagram)
+                    {
+                        self.end(e);
+                    }
+                }
+                ClientMessage::Ack(a) => self.core.on_ack(a.seq),
+                ClientMessage::Bye(_) => self.closing = Some(None),
+                ClientMessage::Hello(_) => {
+                    self.end(GatewayError::Protocol("Hello sent twice".into()))
+                }
+            },
+        }
+    }
+
+    fn end(&mut self, e: GatewayError) {
+        if self.closing.is_none() {
+            self.closing = Some(Some(e));
+        }
+    }
+
+    fn dispatch(&mut self) {
+        loop {
+            let now = self.now_us();
+            let Some(d) = self.core.poll_dispatch(now) else {
+                return;
+            };
+            let deadline = (d.deadline_us != 0)
+                .then(|| Instant::now() + Duration::from_micros(d.deadline_us.saturating_sub(now)));
+            let (seq, cts) = (d.seq, d.frame.capture_ts_us);
+            match self
+                .pipeline
+                .submit_with_deadline(d.frame.frame, d.frame.received_at, deadline)
+            {
+                Ok(rx) => self
+                    .completions
+                    .push(Box::pin(async move { (seq, cts, rx.await.ok()) })),
+                Err(GatewayError::QueueFull) => self.core.on_outcome(
+                    now,
+                    seq,
+                    Outcome::Dropped(DropReason::QueueFull, "the ingress queue is full".into()),
+                ),
+                Err(e) => self.core.on_outcome(now, seq, Outcome::Failed(e)),
+            }
+        }
+    }
+
+    fn on_outcome(&mut self, seq: u64, capture_ts_us: u64, outcome: Option<FrameOutcome>) {
+        let outcome = match outcome {
+            Some(Ok(r)) => Outcome::Detections(framegate_protocol::Detections {
+                seq,
+                capture_ts_us,
+                width: r.width,
+                height: r.height,
+                model: self.model.clone(),
+                detections: r.detections,
+                timings: r.timings,
+                usage: Default::default(),
+            }),
+            Some(Err(GatewayError::DeadlineExceeded)) => Outcome::Dropped(
+                DropReason::DeadlineExceeded,
+                "its deadline passed while it was queued".into(),
+            ),
+            Some(Err(e)) => Outcome::Failed(e),
+            None => Outcome::Failed(GatewayError::Internal(
+                "the pipeline dropped the frame".into(),
+            )),
+        };
+        let now = self.now_us();
+        self.core.on_outcome(now, seq, outcome);
+    }
+
+    /// Writes what is ready. A new connection attaching preempts a write
+    /// stuck on the old one (the message is re-sent after the attach).
+    async fn transmit(&mut self) {
+        loop {
+            let Some((conn, out)) = &self.current else {
+                return;
+            };
+            if out.is_closed() {
+                self.detach();
+                return;
+            }
+            let (conn, out) = (*conn, out.clone());
+            let Some(t) = self.core.poll_transmit() else {
+                return;
+            };
+            if let Some(pixels) = t.billed {
+                self.registry
+                    .record_delivered(&self.tenant, &self.model, pixels);
+            }
+            self.count(&t);
+            let permit = tokio::select! {
+                p = out.reserve() => Some(p),
+                Some(a) = self.control.recv() => {
+                    self.attach(a).await;
+                    None
+                }
+            };
+            let sent = match permit {
+                Some(Ok(p)) => {
+                    p.send(Outbound::Message(t.message));
+                    true
+                }
+                Some(Err(_)) => false,
+                // A new connection took over: it gets the message re-sent.
+                None if self.current.as_ref().map(|c| c.0) != Some(conn) => continue,
+                // The attach was refused: this connection still needs it.
+                None => out.send(Outbound::Message(t.message)).await.is_ok(),
+            };
+            if !sent {
+                self.detach();
+                return;
+            }
+        }
+    }
+}
+
+impl SessionTask {
+    /// Metrics for one outgoing answer. Detections count once (when
+    /// billed); drops and errors as they are sent.
+    fn count(&self, t: &crate::session::core::Transmit) {
+        match &t.message {
+            ServerMessage::Detections(d) if t.billed.is_some() => {
+                metrics::frame_answered(self.transport, &self.model, &d.timings)
+            }
+            ServerMessage::Dropped(d) => {
+                for _ in &d.seqs {
+                    metrics::frame_dropped(self.transport, d.reason.as_str());
+                }
+            }
+            ServerMessage::Error(e) if e.seq.is_some() => {
+                metrics::frame_failed(self.transport, e.code.as_str())
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn closed(out: Option<&mpsc::Sender<Outbound>>) {
+    match out {
+        Some(o) => o.closed().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,407 @@
+//! QUIC streaming sessions (quinn + rustls), ALPN `framegate/1`.
+//!
+//! One connection carries one session. The client opens one bidirectional
+//! stream, the control stream, and sends u32-big-endian-length-prefixed
+//! protocol messages on it (`framegate_protocol::framing`); the gateway
+//! answers on the same stream. Sessions that set `Hello.datagrams` may send
+//! each Frame as one QUIC datagram instead (no prefix). Like the WebSocket
+//! adapter this module only reads Hello, authenticates and moves messages;
+//! the session runner does everything else.
+//!
+//! Hostile input is bounded before it costs anything:
+//!
+//! * more than `quic.max_connections` connections: refused in the handshake;
+//! * no TLS handshake plus Hello within `quic.handshake_timeout_secs`: closed;
+//! * a length prefix above `limits.max_message_bytes`: closed with 1009 as
+//!   soon as the 4 bytes arrive — nothing is allocated for the body;
+//! * a stream holds at most `quic.stream_receive_window` unread bytes, and
+//!   the reassembly buffer grows only with bytes actually received;
+//! * only one bidirectional stream and no unidirectional stream per
+//!   connection; undecodable messages or datagrams close that connection
+//!   with 1002 — other connections never notice.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use framegate_protocol::framing::{self, FrameDecoder, LENGTH_PREFIX_BYTES};
+use framegate_protocol::{ClientMessage, DecodeLimits, ServerMessage, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::{QuicConfig, TlsConfig};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::session::runner::OUTBOUND_CAPACITY;
+use crate::session::{Connection, Outbound};
+
+use super::tls::TlsMaterial;
+
+/// The ALPN protocol id of framegate protocol version 1.
+pub const ALPN: &[u8] = b"framegate/1";
+
+/// QUIC application error code of a normal close.
+pub const CLOSE_NORMAL: u32 = 1000;
+
+/// How long a closing connection waits for the peer to read its last
+/// messages before closing anyway.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Adds the problems of the `[quic]` and `[tls]` sections to `problems`.
+pub fn validate(quic: &QuicConfig, tls: &TlsConfig, problems: &mut Vec<String>) {
+    if quic.max_connections == 0 {
+        problems.push("quic.max_connections must be at least 1".into());
+    }
+    if quic.handshake_timeout_secs == 0 {
+        problems.push("quic.handshake_timeout_secs must be at least 1".into());
+    }
+    if quic.idle_timeout_secs == 0 || quic.idle_timeout_secs > 600 {
+        problems.push("quic.idle_timeout_secs must be in 1..=600".into());
+    }
+    if quic.stream_receive_window < 65_536 {
+        problems.push("quic.stream_receive_window must be at least 65536".into());
+    }
+    if tls.cert.is_some() != tls.key.is_some() {
+        problems.push("tls.cert and tls.key must be given together".into());
+    }
+    for p in [&tls.cert, &tls.key].into_iter().flatten() {
+        if !p.exists() {
+            problems.push(format!("tls: {} does not exist", p.display()));
+        }
+    }
+}
+
+/// A bound QUIC endpoint, not yet serving.
+#[derive(Debug)]
+pub struct QuicListener {
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicListener {
+    /// Binds the UDP socket and sets up TLS from `material`.
+    pub fn bind(config: &QuicConfig, material: &TlsMaterial) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(material.certs.clone(), material.key.clone_key())
+            .map_err(|e| format!("TLS certificate: {e}"))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| format!("TLS for QUIC: {e}"))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(1u32.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .max_idle_timeout(Some(
+                Duration::from_secs(config.idle_timeout_secs)
+                    .try_into()
+                    .map_err(|e| format!("quic.idle_timeout_secs: {e}"))?,
+            ))
+            .stream_receive_window(config.stream_receive_window.into())
+            .receive_window(config.stream_receive_window.saturating_mul(2).into())
+            .datagram_receive_buffer_size(
+                config.datagrams.then_some(config.datagram_receive_buffer),
+            );
+        server.transport_config(Arc::new(transport));
+        // Handshakes waiting to be accepted; the rest are refused by quinn.
+        server.max_incoming(config.max_connections.min(65_536));
+        let endpoint = quinn::Endpoint::server(server, config.listen)
+            .map_err(|e| format!("cannot listen on udp {}: {e}", config.listen))?;
+        Ok(Self { endpoint })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` resolves, then closes them all.
+    pub async fn serve(self, gw: Arc<Gateway>, shutdown: impl std::future::Future<Output = ()>) {
+        let active = Arc::new(AtomicUsize::new(0));
+        let max = gw.config.quic.max_connections;
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+                () = &mut shutdown => break,
+            };
+            if active.load(Ordering::Acquire) >= max {
+                tracing::debug!(peer = %incoming.remote_address(), "QUIC connection refused: at max_connections");
+                incoming.refuse();
+                continue;
+            }
+            let guard = ActiveGuard::new(active.clone());
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                run_connection(gw, incoming).await;
+            });
+        }
+        self.endpoint.close(
+            GatewayError::NotReady("shutting down".into())
+                .quic_error_code()
+                .into(),
+            b"shutting down",
+        );
+        self.endpoint.wait_idle().await;
+    }
+}
+
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads length-prefixed messages off the control stream. Cancel-safe: a
+/// call dropped while waiting loses nothing.
+struct StreamReader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    limits: DecodeLimits,
+}
+
+/// Why reading stopped.
+enum ReadEnd {
+    /// The client finished the stream or the connection went away.
+    Closed,
+    /// A protocol rule was broken; close with this error.
+    Violation(GatewayError),
+}
+
+impl StreamReader {
+    fn new(recv: quinn::RecvStream, limits: DecodeLimits) -> Self {
+        Self {
+            recv,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(limits.max_message_bytes),
+            limits,
+        }
+    }
+
+    async fn next(&mut self) -> Result<ClientMessage, ReadEnd> {
+        loop {
+            if self.buf.len() >= LENGTH_PREFIX_BYTES {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                if len > self.limits.max_message_bytes {
+                    return Err(ReadEnd::Violation(GatewayError::PayloadTooLarge {
+                        size: len,
+                        limit: self.limits.max_message_bytes,
+                    }));
+                }
+                // Decode only whole messages, so the decoder never reserves
+                // room for bytes that have not arrived.
+                if self.buf.len() >= LENGTH_PREFIX_BYTES + len {
+                    let body = match self.decoder.decode(&mut self.buf) {
+                        Ok(Some(b)) => b,
+                        Ok(None) => unreachable!("a whole message is buffered"),
+                        Err(e) => {
+                            return Err(ReadEnd::Violation(GatewayError::Protocol(e.to_string())))
+                        }
+                    };
+                    return decode(&body, &self.limits).map_err(ReadEnd::Violation);
+                }
+            }
+            match self.recv.read_chunk(64 << 10, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Err(ReadEnd::Closed),
+                Ok(None) => {
+                    return Err(ReadEnd::Violation(GatewayError::Protocol(
+                        "the control stream ended inside a message".into(),
+                    )))
+                }
+                Err(_) => return Err(ReadEnd::Closed),
+            }
+        }
+    }
+}
+
+fn decode(body: &Bytes, limits: &DecodeLimits) -> Result<ClientMessage, GatewayError> {
+    ClientMessage::decode(body, limits)
+        .map_err(|e| GatewayError::Protocol(format!("undecodable message: {e}")))
+}
+
+async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
+    let deadline = Instant::now() + Duration::from_secs(gw.config.quic.handshake_timeout_secs);
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("QUIC handshake timed out");
+            return;
+        }
+    };
+    let limits = DecodeLimits {
+        max_message_bytes: gw.config.limits.max_message_bytes,
+        ..DecodeLimits::default()
+    };
+    let timeout = || GatewayError::Protocol("no Hello within the handshake timeout".into());
+    let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            close_connection(&conn, &timeout());
+            return;
+        }
+    };
+    let mut reader = StreamReader::new(recv, limits);
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let mut writer = tokio::spawn(write_outbound(conn.clone(), send, out_rx));
+    let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
+        Err(_) => return refuse(&out_tx, timeout()).await,
+        Ok(Err(ReadEnd::Closed)) => return,
+        Ok(Err(ReadEnd::Violation(e))) => return refuse(&out_tx, e).await,
+        Ok(Ok(ClientMessage::Hello(h))) => h,
+        Ok(Ok(other)) => {
+            return refuse(
+                &out_tx,
+                GatewayError::Protocol(format!("expected Hello first, got {}", other.kind())),
+            )
+            .await
+        }
+    };
+    let principal = match gw.auth.authenticate(&hello.credential) {
+        Ok(p) => p,
+        Err(e) => return refuse(&out_tx, e).await,
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return refuse(
+            &out_tx,
+            GatewayError::Protocol(format!(
+                "protocol version {} is not supported; this gateway speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            )),
+        )
+        .await;
+    }
+    let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
+    let session = match gw
+        .sessions
+        .open(&gw, &principal, &hello, "quic", out_tx.clone())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return refuse(&out_tx, e).await,
+    };
+    drop(out_tx);
+    let clean = tokio::select! {
+        clean = read_messages(&session, &conn, &mut reader, &limits, datagrams) => clean,
+        _ = &mut writer => return,
+    };
+    if clean {
+        let _ = writer.await;
+    } else {
+        writer.abort();
+    }
+}
+
+async fn refuse(out: &mpsc::Sender<Outbound>, e: GatewayError) {
+    let _ = out.send(Outbound::Close(e)).await;
+}
+
+/// Forwards client messages (stream and datagrams); true when the session
+/// ends by Bye or a violation (answers still go out), false when the
+/// connection is gone (the session waits for a resume).
+async fn read_messages(
+    session: &Connection,
+    conn: &quinn::Connection,
+    reader: &mut StreamReader,
+    limits: &DecodeLimits,
+    datagrams: bool,
+) -> bool {
+    loop {
+        let (msg, datagram) = tokio::select! {
+            m = reader.next() => match m {
+                Ok(m) => (m, false),
+                Err(ReadEnd::Closed) => return false,
+                Err(ReadEnd::Violation(e)) => {
+                    session.fatal(e).await;
+                    return true;
+                }
+            },
+            d = conn.read_datagram() => match d {
+                Err(_) => return false,
+                Ok(_) if !datagrams => {
+                    session.fatal(GatewayError::Protocol("datagram on a session that did not ask for datagrams in Hello".into())).await;
+                    return true;
+                }
+                Ok(bytes) => match decode(&bytes, limits) {
+                    Ok(m @ ClientMessage::Frame(_)) => (m, true),
+                    Ok(other) => {
+                        session.fatal(GatewayError::Protocol(format!("only Frames may travel as datagrams, got {}", other.kind()))).await;
+                        return true;
+                    }
+                    Err(e) => {
+                        session.fatal(e).await;
+                        return true;
+                    }
+                },
+            },
+        };
+        let ends = matches!(msg, ClientMessage::Bye(_) | ClientMessage::Hello(_));
+        if !session.deliver(msg, datagram).await || ends {
+            return true;
+        }
+    }
+}
+
+fn close_connection(conn: &quinn::Connection, e: &GatewayError) {
+    let mut reason = e.to_string();
+    reason.truncate(120);
+    conn.close(e.quic_error_code().into(), reason.as_bytes());
+}
+
+async fn write_outbound(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Outbound>,
+) {
+    while let Some(out) = rx.recv().await {
+        let (last, error) = match out {
+            Outbound::Message(m) => {
+                if send.write_all(&framing::encode(&m.encode())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Outbound::Close(e) => (ServerMessage::Error(e.to_message(None)), Some(e)),
+            Outbound::Finish => {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+                conn.close(CLOSE_NORMAL.into(), b"bye");
+                return;
+            }
+        };
+        let _ = send.write_all(&framing::encode(&last.encode())).await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+        if let Some(e) = error {
+            close_connection(&conn, &e);
+        }
+        return;
+    }
+    // The session moved to a newer connection (or ended): this one is done.
+    conn.close(CLOSE_NORMAL.into(), b"session moved to another connection");
+}

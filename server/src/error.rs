@@ -77,6 +77,16 @@ pub enum GatewayError {
     /// The backend failed on this batch.
     #[error("inference failed: {0}")]
     Backend(String),
+    /// The tenant's frame budget for the billing period is spent.
+    #[error("budget exhausted: tenant {tenant:?} has used {used} of its {cap} frames this billing period")]
+    BudgetExhausted {
+        /// Tenant.
+        tenant: String,
+        /// The cap, frames per period.
+        cap: u64,
+        /// Frames counted against it.
+        used: u64,
+    },
     /// An unexpected failure inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),
@@ -95,7 +105,8 @@ impl GatewayError {
             | InvalidImage(_)
             | Protocol(_)
             | UnknownModel(_)
-            | NoCredit { .. } => Side::Client,
+            | NoCredit { .. }
+            | BudgetExhausted { .. } => Side::Client,
             QueueFull | NotReady(_) => Side::Capacity,
             Backend(_) => Side::Backend,
             Internal(_) => Side::Internal,
@@ -125,6 +136,7 @@ impl GatewayError {
             Protocol(_) => ErrorCode::ProtocolViolation,
             UnknownModel(_) => ErrorCode::NotFound,
             NoCredit { .. } => ErrorCode::NoCredit,
+            BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
             QueueFull => ErrorCode::Overloaded,
             NotReady(_) => ErrorCode::Unavailable,
             Backend(_) => ErrorCode::BackendFailure,
@@ -142,6 +154,7 @@ impl GatewayError {
             UnsupportedMedia(_) => 415,
             UnknownModel(_) => 404,
             NoCredit { .. } | QueueFull => 429,
+            BudgetExhausted { .. } => 402,
             NotReady(_) => 503,
             Backend(_) => 502,
             Internal(_) => 500,
@@ -166,6 +179,7 @@ impl GatewayError {
             PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
             UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) => 1008,
             QueueFull | NoCredit { .. } | NotReady(_) => 1013,
+            BudgetExhausted { .. } => 4002,
             Backend(_) | Internal(_) => 1011,
         }
     }

@@ -23,6 +23,8 @@ pub struct Gateway {
     default_model: String,
     /// Limits applied before decoding.
     pub frame_limits: FrameLimits,
+    /// Usage metering and budgets (set with [`Gateway::with_metering`]).
+    pub metering: Option<Arc<crate::metering::Metering>>,
 }
 
 /// The ONNX Runtime CPU backend factory.
@@ -81,7 +83,16 @@ impl Gateway {
             models,
             default_model,
             frame_limits,
+            metering: None,
         }))
+    }
+
+    /// Attaches metering; call before sharing the gateway.
+    pub fn with_metering(mut self: Arc<Self>, metering: Arc<crate::metering::Metering>) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("with_metering before the gateway is shared")
+            .metering = Some(metering);
+        self
     }
 
     /// The pipeline for `name` (empty: the default model).

@@ -11,6 +11,8 @@ use framegate::config::{Config, ModelConfig};
 use framegate::gateway::{onnx_factory, Gateway};
 use framegate::pipeline::Readiness;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(name = "framegate", version, about = "A streaming inference gateway")]
 struct Cli {
@@ -28,6 +30,10 @@ enum Command {
         #[arg(long, short, env = "FRAMEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Stripe billing by hand: one reporting pass, or a preview.
+    Billing(cli::BillingArgs),
+    /// Usage of any tenant, read from the usage store (an admin's view).
+    Usage(cli::UsageArgs),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +68,9 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "FRAMEGATE_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Folder for local state (usage store, write-ahead file) [default: framegate-data].
+    #[arg(long, env = "FRAMEGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -129,6 +138,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(f) = args.log_format {
         config.log.format = f;
     }
+    if let Some(d) = args.data_dir {
+        config.storage.data_dir = d;
+    }
     for m in args.models {
         config.models.push(ModelConfig {
             spec: m,
@@ -144,7 +156,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
     let threads = config.pipeline.threads_per_worker;
     let listen = config.http.listen;
-    let gw = Gateway::start(config, auth, onnx_factory(threads))?;
+    let metering = std::sync::Arc::new(framegate::metering::Metering::open(&config)?);
+    let reporter = cli::start_reporter(&config, &metering).await?;
+    let gw = Gateway::start(config, auth, onnx_factory(threads))?.with_metering(metering.clone());
+    metering.start().await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -185,7 +200,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     framegate::transport::serve_http(gw.clone(), listener, shutdown_signal()).await?;
     tracing::info!("shutting down: answering queued frames");
+    let flush_deadline = Duration::from_secs(gw.config.metering.shutdown_flush_secs);
     tokio::task::spawn_blocking(move || gw.shutdown()).await?;
+    cli::stop_reporter(reporter).await;
+    metering.shutdown(flush_deadline).await;
     Ok(())
 }
 
@@ -206,5 +224,7 @@ fn main() -> Result<()> {
             println!("{}", toml::to_string_pretty(&c)?);
             Ok(())
         }
+        Command::Billing(args) => cli::run_async(cli::billing(args)),
+        Command::Usage(args) => cli::run_async(cli::usage(args)),
     }
 }

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::metering::SessionMeter;
 use crate::pipeline::decode::probe;
 use crate::pipeline::{FrameResult, Readiness};
 
@@ -33,6 +34,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/stream", get(super::ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/usage", get(crate::usage::http::usage))
+        .route("/v1/admin/usage", get(crate::usage::http::admin_usage))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
 }
@@ -235,15 +238,21 @@ async fn detect_inner(
     req: Request,
     received_at: Instant,
 ) -> Result<DetectResponse, GatewayError> {
-    gw.auth
+    let principal = gw
+        .auth
         .authenticate_header(header_str(req.headers(), header::AUTHORIZATION))?;
     let pipeline = gw.model(params.get("model").map_or("", String::as_str))?;
+    let meter = SessionMeter::new(gw, &principal, &pipeline.model().spec.name);
+    let reservation = meter.reserve()?;
     let body = read_image(req, gw.config.http.max_body_bytes).await?;
     let frame = probe(None, 0, 0, body, &gw.frame_limits)?;
+    let pixels = frame.pixels();
     let rx = pipeline.submit(frame, received_at)?;
     let result = rx
         .await
         .map_err(|_| GatewayError::Internal("the pipeline dropped the frame".into()))??;
+    // The one metering point of HTTP: the 200 answer is ready to go.
+    meter.delivered(reservation, pixels);
     Ok(to_json(&pipeline.model().spec.name, result))
 }
 

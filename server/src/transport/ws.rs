@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::metering::{Reservation, SessionMeter};
 use crate::pipeline::decode::probe;
 use crate::pipeline::{FrameOutcome, ModelPipeline};
 use crate::session::SessionState;
@@ -77,6 +78,7 @@ enum Outgoing {
         capture_ts_us: u64,
         pixels: u64,
         source: AnswerSource,
+        reservation: Reservation,
     },
     /// An error about a frame that was not admitted (no credit taken).
     Refused { seq: u64, error: GatewayError },
@@ -224,6 +226,15 @@ async fn run_session(
             return;
         }
     };
+    let meter = Arc::new(SessionMeter::new(
+        &gw,
+        &principal,
+        &pipeline.model().spec.name,
+    ));
+    if let Err(e) = meter.admit_session() {
+        close_with(&mut sink, &e).await;
+        return;
+    }
     let credits = gw.config.session.credits;
     let session_id = random_hex(8);
     let welcome = ServerMessage::Welcome(Welcome {
@@ -253,8 +264,9 @@ async fn run_session(
         rx,
         state.clone(),
         pipeline.model().spec.name.clone(),
+        meter.clone(),
     ));
-    read_frames(&gw, &pipeline, &mut stream, &limits, &state, &tx).await;
+    read_frames(&gw, &pipeline, &mut stream, &limits, &state, &tx, &meter).await;
     drop(tx);
     let _ = writer.await;
     tracing::debug!(session = %session_id, "session ended");
@@ -267,6 +279,7 @@ async fn read_frames(
     limits: &DecodeLimits,
     state: &Mutex<SessionState>,
     tx: &mpsc::Sender<Outgoing>,
+    meter: &SessionMeter,
 ) {
     loop {
         let msg = match next_message(stream, limits).await {
@@ -292,10 +305,17 @@ async fn read_frames(
         };
         let received_at = Instant::now();
         let seq = frame.seq;
-        let admitted = state.lock().expect("session lock").on_frame(seq);
+        // Budget first (reserved before inference), then credit.
+        let admitted = meter.reserve().and_then(|r| {
+            state
+                .lock()
+                .expect("session lock")
+                .on_frame(seq)
+                .map(|()| r)
+        });
         let out = match admitted {
             Err(error) => Outgoing::Refused { seq, error },
-            Ok(()) => {
+            Ok(reservation) => {
                 let probed = probe(
                     Some(frame.codec),
                     frame.width,
@@ -323,6 +343,7 @@ async fn read_frames(
                     capture_ts_us: frame.capture_ts_us,
                     pixels,
                     source,
+                    reservation,
                 }
             }
         };
@@ -337,6 +358,7 @@ async fn write_answers(
     mut rx: mpsc::Receiver<Outgoing>,
     state: Arc<Mutex<SessionState>>,
     model: String,
+    meter: Arc<SessionMeter>,
 ) {
     while let Some(out) = rx.recv().await {
         match out {
@@ -352,7 +374,7 @@ async fn write_answers(
             }
             Outgoing::Close(e) => {
                 // Answer what was admitted before closing.
-                drain_admitted(&mut sink, &mut rx, &state, &model).await;
+                drain_admitted(&mut sink, &mut rx, &state, &model, &meter).await;
                 close_with(&mut sink, &e).await;
                 return;
             }
@@ -361,6 +383,7 @@ async fn write_answers(
                 capture_ts_us,
                 pixels,
                 source,
+                reservation,
             } => {
                 if !answer(
                     &mut sink,
@@ -370,6 +393,7 @@ async fn write_answers(
                     capture_ts_us,
                     pixels,
                     source,
+                    (&meter, reservation),
                 )
                 .await
                 {
@@ -391,6 +415,7 @@ async fn drain_admitted(
     rx: &mut mpsc::Receiver<Outgoing>,
     state: &Mutex<SessionState>,
     model: &str,
+    meter: &SessionMeter,
 ) {
     rx.close();
     while let Some(out) = rx.recv().await {
@@ -399,9 +424,21 @@ async fn drain_admitted(
             capture_ts_us,
             pixels,
             source,
+            reservation,
         } = out
         {
-            if !answer(sink, state, model, seq, capture_ts_us, pixels, source).await {
+            if !answer(
+                sink,
+                state,
+                model,
+                seq,
+                capture_ts_us,
+                pixels,
+                source,
+                (meter, reservation),
+            )
+            .await
+            {
                 return;
             }
         }
@@ -409,6 +446,7 @@ async fn drain_admitted(
 }
 
 /// Sends the one answer of an admitted frame; false when the socket is dead.
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     sink: &mut Sink,
     state: &Mutex<SessionState>,
@@ -417,6 +455,7 @@ async fn answer(
     capture_ts_us: u64,
     pixels: u64,
     source: AnswerSource,
+    (meter, reservation): (&SessionMeter, Reservation),
 ) -> bool {
     let outcome = match source {
         AnswerSource::Pending(rx) => rx.await.unwrap_or_else(|_| {
@@ -456,6 +495,10 @@ async fn answer(
                 .lock()
                 .expect("session lock")
                 .on_answered(sent.then_some(pixels));
+            if sent {
+                // The one metering point of the WebSocket transport.
+                meter.delivered(reservation, pixels);
+            }
             sent
         }
         Err(e) => {

@@ -33,7 +33,11 @@ fn threads(acc: &Arc<UsageAccumulator>, n: usize, same_series: bool) -> Duration
         .map(|t| {
             let acc = acc.clone();
             std::thread::spawn(move || {
-                let tenant = if same_series { "acme".to_string() } else { format!("t{t}") };
+                let tenant = if same_series {
+                    "acme".to_string()
+                } else {
+                    format!("t{t}")
+                };
                 let h = acc.handle(&tenant, "k", "m");
                 for i in 0..EVENTS / n as u64 {
                     h.record(black_box(i & 1023));
@@ -65,7 +69,8 @@ fn main() {
     let d = best_of(5, || {
         let start = Instant::now();
         for i in 0..EVENTS / 10 {
-            acc.handle(black_box("acme"), "k", "nanodet-g").record(i & 1023);
+            acc.handle(black_box("acme"), "k", "nanodet-g")
+                .record(i & 1023);
         }
         start.elapsed()
     });
@@ -88,7 +93,10 @@ fn main() {
         black_box(big.drain(1_000));
         start.elapsed()
     });
-    println!("drain of 10,000 series                           {:>8.2} ms", d.as_secs_f64() * 1e3);
+    println!(
+        "drain of 10,000 series                           {:>8.2} ms",
+        d.as_secs_f64() * 1e3
+    );
     let total = acc.drain(0).iter().map(|d| d.frames).sum::<u64>();
     assert!(total > 0);
 }

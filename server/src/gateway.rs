@@ -88,7 +88,10 @@ impl Gateway {
     }
 
     /// Attaches metering; call before sharing the gateway.
-    pub fn with_metering(mut self: Arc<Self>, metering: Arc<crate::metering::Metering>) -> Arc<Self> {
+    pub fn with_metering(
+        mut self: Arc<Self>,
+        metering: Arc<crate::metering::Metering>,
+    ) -> Arc<Self> {
         Arc::get_mut(&mut self)
             .expect("with_metering before the gateway is shared")
             .metering = Some(metering);

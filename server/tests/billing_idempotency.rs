@@ -49,8 +49,8 @@ fn reporter_with_timeout(
     timeout: Duration,
 ) -> MeterReporter {
     let sender = StripeSender::new(&stripe.base_url(), SECRET, timeout, name)
-    .unwrap()
-    .with_retries(3, Duration::from_millis(5), Duration::from_millis(20));
+        .unwrap()
+        .with_retries(3, Duration::from_millis(5), Duration::from_millis(20));
     MeterReporter::new(
         store.clone(),
         sender,
@@ -99,7 +99,10 @@ async fn random_stripe_faults_and_lost_successes_bill_every_frame_exactly_once()
         apply(
             &store,
             &format!("b{w}"),
-            vec![delta("acme", window, w + 1), delta("globex", window, 2 * w + 3)],
+            vec![
+                delta("acme", window, w + 1),
+                delta("globex", window, 2 * w + 3),
+            ],
         )
         .await;
         *expected.entry("cus_acme".into()).or_default() += w + 1;
@@ -149,13 +152,26 @@ async fn random_stripe_faults_and_lost_successes_bill_every_frame_exactly_once()
         statuses.get(&400).copied().unwrap_or(0) >= 1,
         "the lost success must come back as a duplicate: {statuses:?}"
     );
-    assert!(statuses.get(&429).copied().unwrap_or(0) >= 1, "{statuses:?}");
-    assert!(statuses.get(&500).copied().unwrap_or(0) >= 1, "{statuses:?}");
-    assert!(r.stats.events_duplicate.load(std::sync::atomic::Ordering::Relaxed) >= 1);
-    assert!(preview(&store, &billing_config(&stripe), WINDOW, "acme", unix_now())
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get(&500).copied().unwrap_or(0) >= 1,
+        "{statuses:?}"
+    );
+    assert!(
+        r.stats
+            .events_duplicate
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert!(
+        preview(&store, &billing_config(&stripe), WINDOW, "acme", unix_now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     eprintln!(
         "{} requests for {} events; statuses {statuses:?}",
         stripe.requests(),
@@ -178,7 +194,11 @@ async fn a_reporter_killed_mid_send_resumes_without_loss_or_duplicates() {
     drop(r1);
     assert_eq!(stripe.totals().get("cus_acme"), Some(&10));
     let state = store.billing_state("acme", "frames", window).await.unwrap();
-    assert_eq!(state.pending_to, Some(10), "the send was recorded before it left");
+    assert_eq!(
+        state.pending_to,
+        Some(10),
+        "the send was recorded before it left"
+    );
     // More usage for the same window arrives before the next reporter runs.
     apply(&store, "b2", vec![delta("acme", window, 5)]).await;
     let r2 = reporter(&store, &stripe, "r2");
@@ -188,7 +208,11 @@ async fn a_reporter_killed_mid_send_resumes_without_loss_or_duplicates() {
     assert_eq!((s.events, s.frames), (1, 5), "then the late usage: {s:?}");
     assert_eq!(stripe.totals().get("cus_acme"), Some(&15));
     assert_eq!(stripe.events().len(), 2);
-    assert_eq!(stripe.statuses().get(&400), Some(&1), "one duplicate answer");
+    assert_eq!(
+        stripe.statuses().get(&400),
+        Some(&1),
+        "one duplicate answer"
+    );
     assert_eq!(r2.run_once(unix_now()).await.unwrap().events, 0);
 }
 
@@ -205,7 +229,11 @@ async fn windows_too_old_for_stripe_are_reported_loudly_and_kept() {
         r.stats.too_old.load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-    assert_eq!(stripe.requests(), 0, "nothing sent that Stripe would refuse");
+    assert_eq!(
+        stripe.requests(),
+        0,
+        "nothing sent that Stripe would refuse"
+    );
     let p = preview(&store, &billing_config(&stripe), WINDOW, "globex", now)
         .await
         .unwrap();

@@ -69,7 +69,10 @@ async fn the_frame_after_the_cap_is_refused_and_usage_stops_at_the_cap() {
     assert_eq!(body["error"]["code"], "budget-exhausted");
     // Other tenants are not affected.
     let client = reqwest::Client::new();
-    assert_eq!(detect_as(&client, gw.addr, "globex", dog.clone()).await, 200);
+    assert_eq!(
+        detect_as(&client, gw.addr, "globex", dog.clone()).await,
+        200
+    );
     // The store holds exactly the cap.
     assert!(
         eventually(Duration::from_secs(10), || async {

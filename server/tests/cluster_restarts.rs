@@ -34,7 +34,13 @@ async fn three_gateways_each_restarted_once_bill_exactly() {
     );
     let cfg = cfg.to_str().unwrap().to_string();
     let data_dirs: Vec<String> = (0..3)
-        .map(|i| dir.path().join(format!("gw{i}")).to_str().unwrap().to_string())
+        .map(|i| {
+            dir.path()
+                .join(format!("gw{i}"))
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let start = |i: usize| {
         let (cfg, data) = (cfg.clone(), data_dirs[i].clone());
@@ -75,7 +81,10 @@ async fn three_gateways_each_restarted_once_bill_exactly() {
     for (i, how) in [(0, "TERM"), (1, "TERM"), (2, "KILL")] {
         tokio::time::sleep(Duration::from_secs(3)).await;
         if how == "TERM" {
-            assert!(gws[i].terminate().success(), "gateway {i} exits cleanly on SIGTERM");
+            assert!(
+                gws[i].terminate().success(),
+                "gateway {i} exits cleanly on SIGTERM"
+            );
         } else {
             gws[i].kill();
             killed_at = Some(Instant::now());
@@ -119,8 +128,15 @@ async fn three_gateways_each_restarted_once_bill_exactly() {
         let d = delivered[tenant];
         let b = bound.get(tenant).copied().unwrap_or(0);
         eprintln!("{tenant}: delivered {d}, stored {stored}, SIGKILL bound {b}");
-        assert!(stored <= d + 1, "{tenant}: stored {stored} > delivered {d} (+1 in flight at the kill)");
-        assert!(d - stored.min(d) <= b, "{tenant}: lost {} > bound {b}", d - stored.min(d));
+        assert!(
+            stored <= d + 1,
+            "{tenant}: stored {stored} > delivered {d} (+1 in flight at the kill)"
+        );
+        assert!(
+            d - stored.min(d) <= b,
+            "{tenant}: lost {} > bound {b}",
+            d - stored.min(d)
+        );
     }
     // One reporter at a time: the reporter named in each request's
     // User-Agent changes only at hand-overs (a stop or a kill of the
@@ -133,7 +149,11 @@ async fn three_gateways_each_restarted_once_bill_exactly() {
         .collect();
     let switches = holders.windows(2).filter(|w| w[0] != w[1]).count();
     let distinct: std::collections::HashSet<_> = holders.iter().collect();
-    eprintln!("{} events from {} reporters, {switches} hand-overs", events.len(), distinct.len());
+    eprintln!(
+        "{} events from {} reporters, {switches} hand-overs",
+        events.len(),
+        distinct.len()
+    );
     assert!(switches <= 3, "reporters alternated: {holders:?}");
     let mut ids: Vec<_> = events.iter().map(|e| &e.identifier).collect();
     ids.sort();

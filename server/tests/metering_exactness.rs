@@ -82,10 +82,8 @@ async fn ws_and_http_usage_is_exact_in_the_store_and_at_stripe() {
             for _ in 0..HTTP_FRAMES {
                 assert_eq!(detect_as(&client, addr, "globex", dog.clone()).await, 200);
             }
-            assert_eq!(
-                detect_as(&client, addr, "globex", b"\xff\xd8 broken".to_vec()).await,
-                400
-            );
+            let refused = detect_as(&client, addr, "globex", b"\xff\xd8 broken".to_vec()).await;
+            assert!((400..500).contains(&refused), "bad image: {refused}");
         }));
     }
     for t in tasks {
@@ -144,7 +142,10 @@ async fn ws_and_http_usage_is_exact_in_the_store_and_at_stripe() {
     assert!(buckets.iter().all(|b| b["model"] == "nanodet-g"));
     let frames: u64 = buckets.iter().map(|b| b["frames"].as_u64().unwrap()).sum();
     let pixels: u64 = buckets.iter().map(|b| b["pixels"].as_u64().unwrap()).sum();
-    assert_eq!((frames, pixels), (expected["acme"], expected["acme"] * DOG_PIXELS));
+    assert_eq!(
+        (frames, pixels),
+        (expected["acme"], expected["acme"] * DOG_PIXELS)
+    );
     // Bad queries are refused.
     let bad = reqwest::Client::new()
         .get(gw.url("/v1/usage?from=10&to=5"))

@@ -68,7 +68,10 @@ async fn flushes_apply_once_per_id_and_keys_are_tagged_per_tenant() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(ttl > 6 * 86_400, "applied ids expire after 7 days, ttl {ttl}");
+    assert!(
+        ttl > 6 * 86_400,
+        "applied ids expire after 7 days, ttl {ttl}"
+    );
     // Billing progress is compare-and-set.
     let s0 = BillingState::default();
     let s1 = BillingState {

@@ -377,6 +377,9 @@ mod tests {
         assert_ne!(a, identifier("acme", "frames", 60, 5));
         assert_ne!(a, identifier("acme", "frames", 120, 0));
         assert_ne!(identifier("ab", "c", 1, 0), identifier("a", "bc", 1, 0));
-        assert!(a.len() <= 100, "Stripe limits identifiers to 100 characters");
+        assert!(
+            a.len() <= 100,
+            "Stripe limits identifiers to 100 characters"
+        );
     }
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use ::stripe::{Client, ClientBuilder, RequestStrategy, StripeError};
+use rand::Rng;
 use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
 
 /// Stripe accepts meter events whose timestamp is within the past 35

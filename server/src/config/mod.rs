@@ -433,9 +433,15 @@ impl Config {
         if m.window_secs == 0 || 3600 % m.window_secs != 0 {
             problems.push("metering.window_secs must divide 3600".into());
         }
-        for t in m.budgets.keys().chain(self.auth.keys.iter().map(|k| &k.tenant)) {
+        for t in m
+            .budgets
+            .keys()
+            .chain(self.auth.keys.iter().map(|k| &k.tenant))
+        {
             if t.contains(['{', '}', '\t', ':']) {
-                problems.push(format!("tenant {t:?} must not contain braces, tabs or colons"));
+                problems.push(format!(
+                    "tenant {t:?} must not contain braces, tabs or colons"
+                ));
             }
         }
         let b = &self.billing;
@@ -447,7 +453,9 @@ impl Config {
         }
         for (i, c) in b.customers.iter().enumerate() {
             if c.tenant.is_empty() || c.customer.is_empty() || c.meter_event_name.is_empty() {
-                problems.push(format!("billing.customers[{i}] needs tenant, customer and meter_event_name"));
+                problems.push(format!(
+                    "billing.customers[{i}] needs tenant, customer and meter_event_name"
+                ));
             }
         }
         if problems.is_empty() {

@@ -158,9 +158,7 @@ impl UsageAccumulator {
                 })
             })
             .collect();
-        out.sort_by(|a, b| {
-            (&a.tenant, &a.key_id, &a.model).cmp(&(&b.tenant, &b.key_id, &b.model))
-        });
+        out.sort_by(|a, b| (&a.tenant, &a.key_id, &a.model).cmp(&(&b.tenant, &b.key_id, &b.model)));
         out
     }
 

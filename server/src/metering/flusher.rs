@@ -188,14 +188,19 @@ impl Flusher {
                 .map_or(0, |d| d.as_millis() as u64);
             self.stats.last_caught_up_ms.store(ms, Ordering::Relaxed);
         } else if self.wal.bytes() > self.wal_max_bytes {
-            let pending: Vec<FlushBatch> =
-                self.sealed.iter().chain(self.open.iter()).cloned().collect();
+            let pending: Vec<FlushBatch> = self
+                .sealed
+                .iter()
+                .chain(self.open.iter())
+                .cloned()
+                .collect();
             self.wal.rewrite(&pending)?;
         }
         self.refresh_budgets(now).await;
-        self.stats
-            .pending_batches
-            .store(self.sealed.len() as u64 + u64::from(self.open.is_some()), Ordering::Relaxed);
+        self.stats.pending_batches.store(
+            self.sealed.len() as u64 + u64::from(self.open.is_some()),
+            Ordering::Relaxed,
+        );
         self.stats
             .pending_frames
             .store(self.pending_frames(), Ordering::Relaxed);

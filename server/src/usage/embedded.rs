@@ -50,9 +50,8 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let db = Database::create(path).map_err(|e| {
-            StoreError::Failed(format!("cannot open {}: {e}", path.display()))
-        })?;
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(err)?;
         {
             txn.open_table(USAGE).map_err(err)?;
@@ -247,7 +246,10 @@ impl EmbeddedStore {
                     let usage = txn.open_table(USAGE).map_err(err)?;
                     let mut total = 0;
                     for item in usage
-                        .range((tenant.as_str(), window, "", "")..(tenant.as_str(), window + 1, "", ""))
+                        .range(
+                            (tenant.as_str(), window, "", "")
+                                ..(tenant.as_str(), window + 1, "", ""),
+                        )
                         .map_err(err)?
                     {
                         total += item.map_err(err)?.1.value().0;

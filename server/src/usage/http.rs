@@ -159,7 +159,10 @@ pub async fn admin_usage(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(token) = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()) else {
+    let Some(token) = std::env::var(ADMIN_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+    else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let given = bearer(&headers)
@@ -211,6 +214,9 @@ mod tests {
         assert!(parse_range(&q("from=10&to=5")).is_err());
         assert!(parse_range(&q("from=0&to=100&granularity=week")).is_err());
         assert!(parse_range(&q("to=100")).is_err());
-        assert_eq!(parse_range(&q("from=0&to=100&granularity=day")).unwrap().2, 86_400);
+        assert_eq!(
+            parse_range(&q("from=0&to=100&granularity=day")).unwrap().2,
+            86_400
+        );
     }
 }

@@ -129,7 +129,12 @@ impl UsageStore {
     }
 
     /// Rows of `tenant` with `from <= window_start < to`.
-    pub async fn rows(&self, tenant: &str, from: u64, to: u64) -> Result<Vec<UsageRow>, StoreError> {
+    pub async fn rows(
+        &self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
         dispatch!(self.rows(tenant, from, to))
     }
 

@@ -109,7 +109,12 @@ impl FakeStripe {
         let app = Router::new()
             .route("/v1/billing/meter_events", post(meter_event))
             .fallback(|| async {
-                stripe_error(404, "invalid_request_error", "Unrecognized request URL", None)
+                stripe_error(
+                    404,
+                    "invalid_request_error",
+                    "Unrecognized request URL",
+                    None,
+                )
             })
             .with_state(inner.clone());
         tokio::spawn(async move {
@@ -241,11 +246,13 @@ async fn handle(
     }
     let form: HashMap<String, String> = match serde_urlencoded_parse(body) {
         Some(f) => f,
-        None => {
-            return stripe_error(400, "invalid_request_error", "Invalid form body", None)
-        }
+        None => return stripe_error(400, "invalid_request_error", "Invalid form body", None),
     };
-    for required in ["event_name", "payload[stripe_customer_id]", "payload[value]"] {
+    for required in [
+        "event_name",
+        "payload[stripe_customer_id]",
+        "payload[value]",
+    ] {
         if !form.contains_key(required) {
             return stripe_error(
                 400,
@@ -279,9 +286,10 @@ async fn handle(
             Some("timestamp"),
         );
     }
-    let identifier = form.get("identifier").cloned().unwrap_or_else(|| {
-        format!("auto_{}", inner.lock().unwrap().events.len())
-    });
+    let identifier = form
+        .get("identifier")
+        .cloned()
+        .unwrap_or_else(|| format!("auto_{}", inner.lock().unwrap().events.len()));
     let event = Event {
         identifier: identifier.clone(),
         event_name: form["event_name"].clone(),

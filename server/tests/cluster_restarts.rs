@@ -18,6 +18,9 @@ use support::*;
 
 const FLUSH_MS: u64 = 100;
 
+/// An answered request: (gateway, tenant, when).
+type Answer = (usize, &'static str, Instant);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_gateways_each_restarted_once_bill_exactly() {
     let redis = RedisServer::start();
@@ -52,11 +55,11 @@ async fn three_gateways_each_restarted_once_bill_exactly() {
             .await
         }
     };
-    let mut gws = vec![start(0).await, start(1).await, start(2).await];
+    let mut gws = [start(0).await, start(1).await, start(2).await];
     let addrs: Arc<Vec<Mutex<std::net::SocketAddr>>> =
         Arc::new(gws.iter().map(|g| Mutex::new(g.addr)).collect());
     // Every answered request: (gateway, tenant, when).
-    let answered: Arc<Mutex<Vec<(usize, &'static str, Instant)>>> = Default::default();
+    let answered: Arc<Mutex<Vec<Answer>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let dog = data("dog.jpg");
     let mut load = Vec::new();

@@ -53,6 +53,14 @@ enum Line {
     },
 }
 
+/// Takes the exclusive advisory lock of the file (released when it closes).
+// `File::try_lock` is Rust 1.89; the workspace still says 1.85, but redb 4,
+// redis 1 and async-stripe 1.0 already need 1.88–1.90 to build at all.
+#[allow(clippy::incompatible_msrv)]
+fn lock(file: &File) -> Result<(), std::fs::TryLockError> {
+    file.try_lock()
+}
+
 /// The open write-ahead file (locked for this process).
 #[derive(Debug)]
 pub struct Wal {
@@ -78,7 +86,7 @@ impl Wal {
             .append(true)
             .open(path)
             .map_err(io)?;
-        if file.try_lock().is_err() {
+        if lock(&file).is_err() {
             return Err(WalError::Locked(path.to_path_buf()));
         }
         let mut order: Vec<String> = Vec::new();
@@ -187,7 +195,7 @@ impl Wal {
             .append(true)
             .open(&self.path)
             .map_err(|e| self.io(e))?;
-        if file.try_lock().is_err() {
+        if lock(&file).is_err() {
             return Err(WalError::Locked(self.path.clone()));
         }
         self.file = file;

@@ -156,9 +156,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
     let threads = config.pipeline.threads_per_worker;
     let listen = config.http.listen;
-    let metering = std::sync::Arc::new(framegate::metering::Metering::open(&config)?);
-    let reporter = cli::start_reporter(&config, &metering).await?;
-    let gw = Gateway::start(config, auth, onnx_factory(threads))?.with_metering(metering.clone());
+    let gw = Gateway::start(config, auth, onnx_factory(threads))?;
+    let metering = std::sync::Arc::new(framegate::metering::Metering::open(&gw.config)?);
+    let reporter = cli::start_reporter(&gw.config, &metering).await?;
+    let gw = gw.with_metering(metering.clone());
     metering.start().await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

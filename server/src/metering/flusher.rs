@@ -132,6 +132,9 @@ impl Flusher {
     /// what waits, refresh budgets. Only a write-ahead failure is an error;
     /// store failures are counted and retried next tick.
     pub async fn tick(&mut self, now: u64) -> Result<(), FlushError> {
+        // A write-ahead failure is reported at the end; the store still gets
+        // the usage.
+        let mut wal_error = None;
         let deltas = self.acc.drain(now);
         if !deltas.is_empty() {
             let open = self.open.get_or_insert_with(|| {
@@ -141,8 +144,13 @@ impl Flusher {
                     deltas: Vec::new(),
                 }
             });
-            self.wal.append(&open.id, &deltas)?;
-            merge_deltas(&mut open.deltas, deltas);
+            // Into memory first: if the write-ahead file fails the usage
+            // still reaches the store; only crash safety is lost (logged).
+            let id = open.id.clone();
+            merge_deltas(&mut open.deltas, deltas.iter().cloned());
+            if let Err(e) = self.wal.append(&id, &deltas) {
+                wal_error.get_or_insert(e);
+            }
         }
         loop {
             if self.sealed.is_empty() {
@@ -156,7 +164,9 @@ impl Flusher {
             match result {
                 Ok(Ok(())) => {
                     let batch = self.sealed.pop_front().expect("non-empty");
-                    self.wal.ack(&batch.id)?;
+                    if let Err(e) = self.wal.ack(&batch.id) {
+                        wal_error.get_or_insert(e);
+                    }
                     let frames: u64 = batch.deltas.iter().map(|d| d.frames).sum();
                     for d in &batch.deltas {
                         *self
@@ -181,7 +191,9 @@ impl Flusher {
         }
         if self.is_idle() {
             if self.wal.bytes() > 0 {
-                self.wal.rewrite(&[])?;
+                if let Err(e) = self.wal.rewrite(&[]) {
+                    wal_error.get_or_insert(e);
+                }
             }
             let ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -194,7 +206,9 @@ impl Flusher {
                 .chain(self.open.iter())
                 .cloned()
                 .collect();
-            self.wal.rewrite(&pending)?;
+            if let Err(e) = self.wal.rewrite(&pending) {
+                wal_error.get_or_insert(e);
+            }
         }
         self.refresh_budgets(now).await;
         self.stats.pending_batches.store(
@@ -207,7 +221,7 @@ impl Flusher {
         self.stats
             .wal_bytes
             .store(self.wal.bytes(), Ordering::Relaxed);
-        Ok(())
+        wal_error.map_or(Ok(()), Err)
     }
 
     fn on_failure(&self, why: &str) {
@@ -240,8 +254,7 @@ impl Flusher {
         let end = tokio::time::Instant::now() + deadline;
         loop {
             if let Err(e) = self.tick(now()).await {
-                tracing::error!(error = %e, "final usage flush failed");
-                break;
+                tracing::error!(error = %e, "metering write-ahead file failed during the final flush");
             }
             if self.is_idle() || tokio::time::Instant::now() >= end {
                 break;

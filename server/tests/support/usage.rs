@@ -40,7 +40,7 @@ api_base = "{stripe_base}"
 report_interval_ms = 300
 grace_secs = 1
 request_timeout_ms = 1000
-lease_ttl_ms = 1500
+lease_ttl_ms = 3000
 
 [[billing.customers]]
 tenant = "acme"

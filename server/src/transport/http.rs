@@ -227,7 +227,20 @@ async fn detect(
         Ok(resp) => Json(resp).into_response(),
         Err(e) => {
             tracing::debug!(error = %e, "detect refused");
-            error_response(&e)
+            let mut resp = error_response(&e);
+            if matches!(
+                e,
+                GatewayError::Unauthorized
+                    | GatewayError::UnknownModel(_)
+                    | GatewayError::BudgetExhausted { .. }
+                    | GatewayError::PayloadTooLarge { .. }
+            ) {
+                // Refused before the body was read: the connection cannot be
+                // reused, so say so rather than let the client race its close.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     }
 }

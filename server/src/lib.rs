@@ -9,20 +9,24 @@
 //!   → pipeline::decode::probe
 //!   → pipeline::queue (bounded, lock-free) → pipeline::batcher
 //!   → inference worker: pipeline::decode → pipeline::preprocess → backend → pipeline::postprocess
-//!   → answer on the same session / request
+//!   → answer on the same session / request → metering (accumulator → flusher → usage store)
+//!   → billing (meter reporter → Stripe)
 //! ```
 //!
 //! [`gateway::Gateway`] assembles the parts; `main.rs` is the `framegate` binary.
 
 pub mod auth;
 pub mod backend;
+pub mod billing;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod metering;
 pub mod metrics;
 pub mod pipeline;
 pub mod session;
 pub mod transport;
+pub mod usage;
 
 pub use error::GatewayError;
 pub use gateway::Gateway;

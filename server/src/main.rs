@@ -11,6 +11,8 @@ use framegate::config::{BackendKind, Config, ModelConfig};
 use framegate::gateway::{onnx_factory, synthetic_factory, triton_factory, Gateway};
 use framegate::pipeline::Readiness;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(name = "framegate", version, about = "A streaming inference gateway")]
 struct Cli {
@@ -29,6 +31,10 @@ enum Command {
         #[arg(long, short, env = "FRAMEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Stripe billing by hand: one reporting pass, or a preview.
+    Billing(cli::BillingArgs),
+    /// Usage of any tenant, read from the usage store (an admin's view).
+    Usage(cli::UsageArgs),
 }
 
 #[derive(clap::Args)]
@@ -79,8 +85,9 @@ struct ServeArgs {
     /// Also serve HTTPS + WSS here with the TLS certificate [default: off].
     #[arg(long, env = "FRAMEGATE_HTTPS_LISTEN")]
     https_listen: Option<SocketAddr>,
-    /// Folder for the gateway's state (the development certificate)
-    /// [default: $XDG_DATA_HOME/framegate or ~/.local/share/framegate].
+    /// Folder for the gateway's state: the development certificate, the
+    /// embedded usage store and the metering write-ahead file (sets both
+    /// `data_dir` and `storage.data_dir`).
     #[arg(long, env = "FRAMEGATE_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
@@ -176,8 +183,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.tls_key.is_some() {
         config.tls.key = args.tls_key;
     }
-    if args.data_dir.is_some() {
-        config.data_dir = args.data_dir;
+    if let Some(d) = args.data_dir {
+        config.storage.data_dir = d.clone();
+        config.data_dir = Some(d);
     }
     if args.https_listen.is_some() {
         config.http.tls_listen = args.https_listen;
@@ -271,6 +279,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             bail!("{}", f.trim_start_matches("not ready: "));
         }
     }
+    let metering = std::sync::Arc::new(framegate::metering::Metering::open(&gw.config)?);
+    let reporter = cli::start_reporter(&gw.config, &metering).await?;
+    let gw = gw.with_metering(metering.clone());
+    metering.start().await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -344,7 +356,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     tracing::info!("shutting down: answering queued frames");
+    let flush_deadline = Duration::from_secs(gw.config.metering.shutdown_flush_secs);
     tokio::task::spawn_blocking(move || gw.shutdown()).await?;
+    cli::stop_reporter(reporter).await;
+    metering.shutdown(flush_deadline).await;
     Ok(())
 }
 
@@ -365,5 +380,7 @@ fn main() -> Result<()> {
             println!("{}", toml::to_string_pretty(&c)?);
             Ok(())
         }
+        Command::Billing(args) => cli::run_async(cli::billing(args)),
+        Command::Usage(args) => cli::run_async(cli::usage(args)),
     }
 }

@@ -23,6 +23,8 @@ pub const DEV_TENANT: &str = "dev";
 pub struct Principal {
     /// The tenant.
     pub tenant: String,
+    /// The key's id for usage records: the first 12 hex digits of its SHA-256.
+    pub key_id: String,
 }
 
 struct KeyEntry {
@@ -125,6 +127,7 @@ impl Authenticator {
         found
             .map(|e| Principal {
                 tenant: e.tenant.clone(),
+                key_id: hex::encode(&e.hash[..6]),
             })
             .ok_or(GatewayError::Unauthorized)
     }

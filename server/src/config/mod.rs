@@ -47,6 +47,12 @@ pub struct Config {
     /// Folder for state the gateway keeps (the development certificate).
     /// Default `$XDG_DATA_HOME/framegate`, else `~/.local/share/framegate`.
     pub data_dir: Option<PathBuf>,
+    /// Where the gateway keeps local state.
+    pub storage: StorageConfig,
+    /// Usage metering and budgets.
+    pub metering: MeteringConfig,
+    /// Stripe billing.
+    pub billing: BillingConfig,
 }
 
 /// HTTP and WebSocket listener.
@@ -322,6 +328,128 @@ pub const WIRE_LOG_TARGETS: &[&str] = &[
     "tonic",
     "redis",
 ];
+/// Local state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Folder for local state: the embedded usage store (`usage.redb`) and
+    /// the metering write-ahead file (`usage.wal`). One folder per gateway
+    /// process. Default `framegate-data` (relative to the working directory).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("framegate-data"),
+        }
+    }
+}
+
+/// Usage metering (see `docs/billing.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    /// `embedded` (a file in `storage.data_dir`, one gateway) or `redis`
+    /// (shared by several gateways). Default `embedded`.
+    pub store: String,
+    /// Redis URL when `store = "redis"`. Default `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// How often usage is flushed to the store, in milliseconds. It is also
+    /// the most usage a SIGKILL can lose. Default 1000.
+    pub flush_interval_ms: u64,
+    /// Usage window, in seconds; it must divide 3600. Billing events are per
+    /// tenant and window. Default 60.
+    pub window_secs: u64,
+    /// Limit on one store operation, in milliseconds. Default 2000.
+    pub store_timeout_ms: u64,
+    /// Size past which the write-ahead file is rewritten compactly during a
+    /// store outage, in bytes. Default 64 MiB.
+    pub wal_max_bytes: u64,
+    /// Longest wait for the store at shutdown, in seconds; what is left stays
+    /// in the write-ahead file. Default 10.
+    pub shutdown_flush_secs: u64,
+    /// Name of this gateway in flush ids and logs. Default `gw<pid>`.
+    pub gateway_id: Option<String>,
+    /// Frames per calendar month (UTC) per tenant; tenants not listed are
+    /// uncapped. Example: `budgets = { acme = 1000000 }`.
+    pub budgets: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self {
+            store: "embedded".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            flush_interval_ms: 1000,
+            window_secs: 60,
+            store_timeout_ms: 2000,
+            wal_max_bytes: 64 << 20,
+            shutdown_flush_secs: 10,
+            gateway_id: None,
+            budgets: Default::default(),
+        }
+    }
+}
+
+/// Stripe billing (see `docs/billing.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// Run the reporter in `serve`. Default false.
+    pub enabled: bool,
+    /// Stripe API base URL. Default `https://api.stripe.com/`.
+    pub api_base: String,
+    /// Environment variable holding the secret key. Default `STRIPE_API_KEY`.
+    pub api_key_env: String,
+    /// File holding the secret key (wins over the environment variable).
+    pub api_key_file: Option<PathBuf>,
+    /// How often the reporter runs, in milliseconds. Default 10000.
+    pub report_interval_ms: u64,
+    /// Seconds after a window ends before it is reported, so every gateway
+    /// has flushed it. Later usage is still reported (as a further event).
+    /// Default 10.
+    pub grace_secs: u64,
+    /// Limit on one Stripe request, in milliseconds. Default 10000.
+    pub request_timeout_ms: u64,
+    /// Reporter lease in Redis, in milliseconds. Default 10000.
+    pub lease_ttl_ms: u64,
+    /// Tenant → Stripe customer and meter.
+    pub customers: Vec<BillingCustomer>,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            api_base: "https://api.stripe.com/".into(),
+            api_key_env: "STRIPE_API_KEY".into(),
+            api_key_file: None,
+            report_interval_ms: 10_000,
+            grace_secs: 10,
+            request_timeout_ms: 10_000,
+            lease_ttl_ms: 10_000,
+            customers: Vec::new(),
+        }
+    }
+}
+
+/// A tenant billed through Stripe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingCustomer {
+    /// Tenant.
+    pub tenant: String,
+    /// Stripe customer id (`cus_…`).
+    pub customer: String,
+    /// The meter's `event_name` in Stripe. Default `framegate_frames`.
+    #[serde(default = "default_meter")]
+    pub meter_event_name: String,
+}
+
+fn default_meter() -> String {
+    "framegate_frames".into()
+}
 
 /// Every problem found in a configuration, reported together.
 #[derive(Debug, thiserror::Error)]
@@ -411,6 +539,44 @@ impl Config {
             }
         }
         self.backend.validate(self.models.len(), &mut problems);
+        let m = &self.metering;
+        if !matches!(m.store.as_str(), "embedded" | "redis") {
+            problems.push(format!(
+                "metering.store must be \"embedded\" or \"redis\", got {:?}",
+                m.store
+            ));
+        }
+        if m.flush_interval_ms == 0 || m.flush_interval_ms > 60_000 {
+            problems.push("metering.flush_interval_ms must be in 1..=60000".into());
+        }
+        if m.window_secs == 0 || 3600 % m.window_secs != 0 {
+            problems.push("metering.window_secs must divide 3600".into());
+        }
+        for t in m
+            .budgets
+            .keys()
+            .chain(self.auth.keys.iter().map(|k| &k.tenant))
+        {
+            if t.contains(['{', '}', '\t', ':']) {
+                problems.push(format!(
+                    "tenant {t:?} must not contain braces, tabs or colons"
+                ));
+            }
+        }
+        let b = &self.billing;
+        if b.enabled && b.customers.is_empty() {
+            problems.push("billing.enabled needs at least one [[billing.customers]]".into());
+        }
+        if !(b.api_base.starts_with("http://") || b.api_base.starts_with("https://")) {
+            problems.push("billing.api_base must be an http(s) URL".into());
+        }
+        for (i, c) in b.customers.iter().enumerate() {
+            if c.tenant.is_empty() || c.customer.is_empty() || c.meter_event_name.is_empty() {
+                problems.push(format!(
+                    "billing.customers[{i}] needs tenant, customer and meter_event_name"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -16,6 +16,7 @@
 //! channel per connection holds [`OUTBOUND_CAPACITY`] messages; the number
 //! of sessions is capped by `session.max_sessions`.
 
+use crate::metering::{Reservation, SessionMeter};
 use crate::metrics::{self, Transport};
 use std::collections::HashMap;
 use std::future::Future;
@@ -243,6 +244,8 @@ impl SessionRegistry {
         transport: &'static str,
     ) -> Result<Arc<SessionHandle>, GatewayError> {
         let pipeline = gw.model(&hello.model)?.clone();
+        let meter = SessionMeter::new(gw, principal, &pipeline.model().spec.name);
+        meter.admit_session()?;
         let cfg = &gw.config.session;
         let window = cfg.credits;
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -290,6 +293,8 @@ impl SessionRegistry {
             inbound: inbound_rx,
             control: control_rx,
             completions: FuturesUnordered::new(),
+            meter,
+            reservations: HashMap::new(),
             transport: if transport == "quic" {
                 Transport::Quic
             } else {
@@ -331,6 +336,11 @@ struct SessionTask {
     inbound: mpsc::Receiver<Inbound>,
     control: mpsc::Receiver<Attach>,
     completions: FuturesUnordered<Completion>,
+    /// Usage metering and the tenant's budget.
+    meter: SessionMeter,
+    /// Budget held by each frame sent to the pipeline, until its answer is
+    /// delivered (then it counts) or it fails (then it goes back).
+    reservations: HashMap<u64, Reservation>,
     /// The transport the session was opened on (metrics label).
     transport: Transport,
     /// Keeps `framegate_sessions_open` right for the session's lifetime.
@@ -507,6 +517,17 @@ impl SessionTask {
             let deadline = (d.deadline_us != 0)
                 .then(|| Instant::now() + Duration::from_micros(d.deadline_us.saturating_sub(now)));
             let (seq, cts) = (d.seq, d.frame.capture_ts_us);
+            // Budget is reserved before inference, so usage can never pass
+            // a tenant's cap even with many frames in flight.
+            match self.meter.reserve() {
+                Ok(r) => {
+                    self.reservations.insert(seq, r);
+                }
+                Err(e) => {
+                    self.core.on_outcome(now, seq, Outcome::Failed(e));
+                    continue;
+                }
+            }
             match self
                 .pipeline
                 .submit_with_deadline(d.frame.frame, d.frame.received_at, deadline)
@@ -514,12 +535,19 @@ impl SessionTask {
                 Ok(rx) => self
                     .completions
                     .push(Box::pin(async move { (seq, cts, rx.await.ok()) })),
-                Err(GatewayError::QueueFull) => self.core.on_outcome(
-                    now,
-                    seq,
-                    Outcome::Dropped(DropReason::QueueFull, "the ingress queue is full".into()),
-                ),
-                Err(e) => self.core.on_outcome(now, seq, Outcome::Failed(e)),
+                Err(e) => {
+                    if let Some(r) = self.reservations.remove(&seq) {
+                        r.release();
+                    }
+                    let outcome = match e {
+                        GatewayError::QueueFull => Outcome::Dropped(
+                            DropReason::QueueFull,
+                            "the ingress queue is full".into(),
+                        ),
+                        e => Outcome::Failed(e),
+                    };
+                    self.core.on_outcome(now, seq, outcome);
+                }
             }
         }
     }
@@ -545,6 +573,11 @@ impl SessionTask {
                 "the pipeline dropped the frame".into(),
             )),
         };
+        if !matches!(outcome, Outcome::Detections(_)) {
+            if let Some(r) = self.reservations.remove(&seq) {
+                r.release();
+            }
+        }
         let now = self.now_us();
         self.core.on_outcome(now, seq, outcome);
     }
@@ -567,6 +600,13 @@ impl SessionTask {
             if let Some(pixels) = t.billed {
                 self.registry
                     .record_delivered(&self.tenant, &self.model, pixels);
+                if let ServerMessage::Detections(d) = &t.message {
+                    let r = self
+                        .reservations
+                        .remove(&d.seq)
+                        .unwrap_or_else(Reservation::unlimited);
+                    self.meter.delivered(r, pixels);
+                }
             }
             self.count(&t);
             let permit = tokio::select! {

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::metering::SessionMeter;
 use crate::metrics::{self, Transport};
 use crate::pipeline::decode::probe;
 use crate::pipeline::{FrameResult, Readiness};
@@ -35,6 +36,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/usage", get(crate::usage::http::usage))
+        .route("/v1/admin/usage", get(crate::usage::http::admin_usage))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
 }
@@ -232,7 +235,20 @@ async fn detect(
                 GatewayError::QueueFull => metrics::frame_dropped(Transport::Http, "queue-full"),
                 other => metrics::frame_failed(Transport::Http, other.code().as_str()),
             }
-            error_response(&e)
+            let mut resp = error_response(&e);
+            if matches!(
+                e,
+                GatewayError::Unauthorized
+                    | GatewayError::UnknownModel(_)
+                    | GatewayError::BudgetExhausted { .. }
+                    | GatewayError::PayloadTooLarge { .. }
+            ) {
+                // Refused before the body was read: the connection cannot be
+                // reused, so say so rather than let the client race its close.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     }
 }
@@ -243,11 +259,15 @@ async fn detect_inner(
     req: Request,
     received_at: Instant,
 ) -> Result<DetectResponse, GatewayError> {
-    gw.auth
+    let principal = gw
+        .auth
         .authenticate_header(header_str(req.headers(), header::AUTHORIZATION))?;
     let pipeline = gw.model(params.get("model").map_or("", String::as_str))?;
+    let meter = SessionMeter::new(gw, &principal, &pipeline.model().spec.name);
+    let reservation = meter.reserve()?;
     let body = read_image(req, gw.config.http.max_body_bytes).await?;
     let frame = probe(None, 0, 0, body, &gw.frame_limits)?;
+    let pixels = frame.pixels();
     let rx = pipeline.submit(frame, received_at)?;
     let result = rx
         .await
@@ -257,6 +277,8 @@ async fn detect_inner(
         &pipeline.model().spec.name,
         &result.timings,
     );
+    // The one metering point of HTTP: the 200 answer is ready to go.
+    meter.delivered(reservation, pixels);
     Ok(to_json(&pipeline.model().spec.name, result))
 }
 

@@ -3,6 +3,10 @@
 //! reference detector.
 #![allow(dead_code, missing_docs)]
 
+pub mod fake_stripe;
+pub mod redis;
+pub mod usage;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +37,8 @@ pub fn data(name: &str) -> Vec<u8> {
 /// A running gateway; killed on drop.
 pub struct Gateway {
     child: Child,
+    /// A private data folder, unless the test gave `FRAMEGATE_DATA_DIR`.
+    _data: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -69,6 +75,14 @@ impl Gateway {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Each gateway gets its own data folder (usage store, write-ahead file).
+        let data = if env.iter().any(|(k, _)| *k == "FRAMEGATE_DATA_DIR") {
+            None
+        } else {
+            let d = tempfile::tempdir().expect("temp dir");
+            cmd.env("FRAMEGATE_DATA_DIR", d.path());
+            Some(d)
+        };
         let mut child = cmd.spawn().expect("spawn framegate");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -110,6 +124,7 @@ impl Gateway {
         };
         let mut gw = Gateway {
             child,
+            _data: data,
             addr,
             stdout: lines,
             stderr: errors,
@@ -219,6 +234,29 @@ fn parse_quic_line(line: &str) -> Option<(SocketAddr, String)> {
     let addr = rest.split_whitespace().next()?.parse().ok()?;
     let fp = rest.split("sha256 ").nth(1)?.split_whitespace().next()?;
     Some((addr, fp.to_string()))
+}
+
+impl Gateway {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the exit (graceful shutdown); the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for the gateway")
+    }
+
+    /// SIGKILL, then reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Gateway {

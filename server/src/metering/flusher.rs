@@ -1,0 +1,266 @@
+//! The flusher: moves drained usage from the accumulator to the store,
+//! through the write-ahead file, exactly once.
+//!
+//! State, per tick (every `flush_interval`):
+//!
+//! ```text
+//! accumulator ──drain──► open batch (merged, new id, never sent) ──append+fsync──► usage.wal
+//!                            │ seal when nothing older is waiting
+//!                            ▼
+//!                      sealed queue (ids fixed, contents frozen) ──apply(id)──► store ──► ack in wal
+//! ```
+//!
+//! A sealed batch is never changed once it may have been sent, so a retry
+//! carries the same id and content, and the store's applied-id check makes
+//! it count once. While the store is unreachable the open batch keeps
+//! merging (memory bounded by distinct (series, window) pairs) and the
+//! write-ahead file keeps every delta, so a restart replays them.
+//!
+//! SIGKILL bound: what was recorded in the accumulator but not yet drained
+//! into the write-ahead file is lost — at most one `flush_interval` of
+//! delivered frames (plus a drain whose `fsync` had not returned).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::wal::{Wal, WalError};
+use super::{merge_deltas, period_of, Budgets, UsageAccumulator};
+use crate::usage::{FlushBatch, UsageStore};
+
+/// Counters for the metrics issue; every field is monotonic or a gauge.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// Batches applied to the store.
+    pub batches_applied: AtomicU64,
+    /// Frames applied to the store.
+    pub frames_applied: AtomicU64,
+    /// Failed apply attempts (store unreachable or erroring).
+    pub failures: AtomicU64,
+    /// Batches waiting for the store (gauge).
+    pub pending_batches: AtomicU64,
+    /// Frames waiting for the store (gauge).
+    pub pending_frames: AtomicU64,
+    /// Unix milliseconds of the last tick that left nothing pending.
+    pub last_caught_up_ms: AtomicU64,
+    /// Bytes in the write-ahead file (gauge).
+    pub wal_bytes: AtomicU64,
+}
+
+/// The flusher's state; driven by [`Flusher::tick`].
+#[derive(Debug)]
+pub struct Flusher {
+    acc: Arc<UsageAccumulator>,
+    store: UsageStore,
+    budgets: Arc<Budgets>,
+    wal: Wal,
+    wal_max_bytes: u64,
+    id_prefix: String,
+    seq: u64,
+    open: Option<FlushBatch>,
+    sealed: VecDeque<FlushBatch>,
+    applied_since_refresh: BTreeMap<String, u64>,
+    timeout: Duration,
+    stats: Arc<FlushStats>,
+}
+
+/// A flusher failure that stops the gateway (the write-ahead file failed).
+pub type FlushError = WalError;
+
+impl Flusher {
+    /// A flusher over `wal`, first replaying `replayed` (the file's
+    /// unacknowledged batches).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        acc: Arc<UsageAccumulator>,
+        store: UsageStore,
+        budgets: Arc<Budgets>,
+        wal: Wal,
+        replayed: Vec<FlushBatch>,
+        gateway_id: &str,
+        wal_max_bytes: u64,
+        timeout: Duration,
+        stats: Arc<FlushStats>,
+    ) -> Self {
+        let mut nonce = [0u8; 4];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce);
+        if !replayed.is_empty() {
+            let frames: u64 = replayed
+                .iter()
+                .flat_map(|b| &b.deltas)
+                .map(|d| d.frames)
+                .sum();
+            tracing::info!(
+                batches = replayed.len(),
+                frames,
+                "replaying usage from the write-ahead file"
+            );
+        }
+        Self {
+            acc,
+            store,
+            budgets,
+            wal,
+            wal_max_bytes,
+            id_prefix: format!("{gateway_id}-{}", hex::encode(nonce)),
+            seq: 0,
+            open: None,
+            sealed: replayed.into(),
+            applied_since_refresh: BTreeMap::new(),
+            timeout,
+            stats,
+        }
+    }
+
+    /// Frames waiting for the store (sealed and open).
+    pub fn pending_frames(&self) -> u64 {
+        self.sealed
+            .iter()
+            .chain(self.open.iter())
+            .flat_map(|b| &b.deltas)
+            .map(|d| d.frames)
+            .sum()
+    }
+
+    /// Whether anything waits for the store.
+    pub fn is_idle(&self) -> bool {
+        self.open.is_none() && self.sealed.is_empty()
+    }
+
+    /// One flush at unix time `now` (seconds): drain, write ahead, apply
+    /// what waits, refresh budgets. Only a write-ahead failure is an error;
+    /// store failures are counted and retried next tick.
+    pub async fn tick(&mut self, now: u64) -> Result<(), FlushError> {
+        // A write-ahead failure is reported at the end; the store still gets
+        // the usage.
+        let mut wal_error = None;
+        let deltas = self.acc.drain(now);
+        if !deltas.is_empty() {
+            let open = self.open.get_or_insert_with(|| {
+                self.seq += 1;
+                FlushBatch {
+                    id: format!("{}-{}", self.id_prefix, self.seq),
+                    deltas: Vec::new(),
+                }
+            });
+            // Into memory first: if the write-ahead file fails the usage
+            // still reaches the store; only crash safety is lost (logged).
+            let id = open.id.clone();
+            merge_deltas(&mut open.deltas, deltas.iter().cloned());
+            if let Err(e) = self.wal.append(&id, &deltas) {
+                wal_error.get_or_insert(e);
+            }
+        }
+        loop {
+            if self.sealed.is_empty() {
+                match self.open.take() {
+                    Some(b) => self.sealed.push_back(b),
+                    None => break,
+                }
+            }
+            let batch = self.sealed.front().expect("non-empty");
+            let result = tokio::time::timeout(self.timeout, self.store.apply(batch)).await;
+            match result {
+                Ok(Ok(())) => {
+                    let batch = self.sealed.pop_front().expect("non-empty");
+                    if let Err(e) = self.wal.ack(&batch.id) {
+                        wal_error.get_or_insert(e);
+                    }
+                    let frames: u64 = batch.deltas.iter().map(|d| d.frames).sum();
+                    for d in &batch.deltas {
+                        *self
+                            .applied_since_refresh
+                            .entry(d.tenant.clone())
+                            .or_default() += d.frames;
+                    }
+                    self.stats.batches_applied.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .frames_applied
+                        .fetch_add(frames, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    self.on_failure(&e.to_string());
+                    break;
+                }
+                Err(_) => {
+                    self.on_failure("timed out");
+                    break;
+                }
+            }
+        }
+        if self.is_idle() {
+            if self.wal.bytes() > 0 {
+                if let Err(e) = self.wal.rewrite(&[]) {
+                    wal_error.get_or_insert(e);
+                }
+            }
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.stats.last_caught_up_ms.store(ms, Ordering::Relaxed);
+        } else if self.wal.bytes() > self.wal_max_bytes {
+            let pending: Vec<FlushBatch> = self
+                .sealed
+                .iter()
+                .chain(self.open.iter())
+                .cloned()
+                .collect();
+            if let Err(e) = self.wal.rewrite(&pending) {
+                wal_error.get_or_insert(e);
+            }
+        }
+        self.refresh_budgets(now).await;
+        self.stats.pending_batches.store(
+            self.sealed.len() as u64 + u64::from(self.open.is_some()),
+            Ordering::Relaxed,
+        );
+        self.stats
+            .pending_frames
+            .store(self.pending_frames(), Ordering::Relaxed);
+        self.stats
+            .wal_bytes
+            .store(self.wal.bytes(), Ordering::Relaxed);
+        wal_error.map_or(Ok(()), Err)
+    }
+
+    fn on_failure(&self, why: &str) {
+        let n = self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        // Loud on the first failure, then every 30th (about every 30 s).
+        if n % 30 == 0 {
+            tracing::warn!(
+                error = why,
+                pending_frames = self.pending_frames(),
+                "usage store unavailable; usage waits in memory and in the write-ahead file"
+            );
+        }
+    }
+
+    async fn refresh_budgets(&mut self, now: u64) {
+        let period = period_of(now);
+        let tenants: Vec<String> = self.budgets.tenants().map(str::to_string).collect();
+        for tenant in tenants {
+            let fut = self.store.period_total(&tenant, period);
+            if let Ok(Ok(total)) = tokio::time::timeout(self.timeout, fut).await {
+                let applied = self.applied_since_refresh.remove(&tenant).unwrap_or(0);
+                self.budgets.on_store_total(&tenant, period, total, applied);
+            }
+        }
+    }
+
+    /// Ticks until nothing is pending or `deadline` passes; returns the
+    /// frames still waiting (kept in the write-ahead file for the next start).
+    pub async fn flush_all(&mut self, now: impl Fn() -> u64, deadline: Duration) -> u64 {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            if let Err(e) = self.tick(now()).await {
+                tracing::error!(error = %e, "metering write-ahead file failed during the final flush");
+            }
+            if self.is_idle() || tokio::time::Instant::now() >= end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.pending_frames() + self.acc.undrained_frames()
+    }
+}

@@ -1,0 +1,213 @@
+//! The usage store: where flushed usage lives, and the billing reporter's
+//! progress next to it.
+//!
+//! Two implementations with one contract:
+//!
+//! * [`embedded::EmbeddedStore`] — the default, a single `redb` file in the
+//!   data folder; one gateway.
+//! * [`redis::RedisStore`] — Redis, for several gateways sharing usage. Keys
+//!   carry the tenant as a hash tag (`fg:{tenant}:…`), so everything one
+//!   tenant's script touches sits in one cluster slot.
+//!
+//! The contract:
+//!
+//! * [`UsageStore::apply`] is idempotent per flush id and tenant: a batch
+//!   applied twice (a retry after a timeout that hid a success) counts once.
+//!   Applied ids are remembered for [`APPLIED_ID_TTL_SECS`].
+//! * Billing progress per (tenant, meter, window) is a pair `reported` /
+//!   `pending_to`, changed only by compare-and-set, so a reporter killed
+//!   mid-run resumes exactly where it stopped (see `billing`).
+
+pub mod embedded;
+pub mod http;
+pub mod redis;
+
+use serde::Serialize;
+
+use crate::metering::UsageDelta;
+
+/// How long a store remembers an applied flush id (7 days). A write-ahead
+/// file replayed later than that could count twice; the flusher replays at
+/// start-up, so this only matters for a gateway left down for a week.
+pub const APPLIED_ID_TTL_SECS: u64 = 7 * 86_400;
+
+/// A flush: deltas with an id that makes applying it idempotent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushBatch {
+    /// Unique per flush (gateway id and sequence number).
+    pub id: String,
+    /// The deltas, at most one per (series, window).
+    pub deltas: Vec<UsageDelta>,
+}
+
+/// One stored (window, model, key) row of a tenant's usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRow {
+    /// Window start, unix seconds.
+    pub window_start: u64,
+    /// Model.
+    pub model: String,
+    /// API key id.
+    pub key_id: String,
+    /// Frames.
+    pub frames: u64,
+    /// Pixels.
+    pub pixels: u64,
+}
+
+/// Billing progress of one (tenant, meter, window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BillingState {
+    /// Frames already delivered to the billing provider.
+    pub reported: u64,
+    /// A send in progress: the window's total it reports up to. The event
+    /// covers `reported..pending_to`; it is sent again, unchanged, until
+    /// delivered.
+    pub pending_to: Option<u64>,
+}
+
+impl BillingState {
+    fn encode(&self) -> String {
+        format!("{}:{}", self.reported, self.pending_to.unwrap_or(0))
+    }
+
+    fn decode(s: &str) -> Self {
+        let mut it = s.split(':').map(|p| p.parse::<u64>().unwrap_or(0));
+        let reported = it.next().unwrap_or(0);
+        let to = it.next().unwrap_or(0);
+        Self {
+            reported,
+            pending_to: (to > reported).then_some(to),
+        }
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached now; retrying later can help.
+    #[error("usage store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something unexpected.
+    #[error("usage store error: {0}")]
+    Failed(String),
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// The configured store.
+#[derive(Debug, Clone)]
+pub enum UsageStore {
+    /// A redb file.
+    Embedded(embedded::EmbeddedStore),
+    /// A Redis server or cluster.
+    Redis(redis::RedisStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident . $m:ident ( $($a:expr),* )) => {
+        match $self {
+            UsageStore::Embedded(s) => s.$m($($a),*).await,
+            UsageStore::Redis(s) => s.$m($($a),*).await,
+        }
+    };
+}
+
+impl UsageStore {
+    /// Applies a flush once; a batch whose id was already applied changes nothing.
+    pub async fn apply(&self, batch: &FlushBatch) -> Result<(), StoreError> {
+        dispatch!(self.apply(batch))
+    }
+
+    /// Frames stored for `tenant` in billing period `period` (`YYYYMM`).
+    pub async fn period_total(&self, tenant: &str, period: u32) -> Result<u64, StoreError> {
+        dispatch!(self.period_total(tenant, period))
+    }
+
+    /// Rows of `tenant` with `from <= window_start < to`.
+    pub async fn rows(
+        &self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        dispatch!(self.rows(tenant, from, to))
+    }
+
+    /// Windows of `tenant` with usage not yet fully reported, starting before `before`.
+    pub async fn unbilled(&self, tenant: &str, before: u64) -> Result<Vec<u64>, StoreError> {
+        dispatch!(self.unbilled(tenant, before))
+    }
+
+    /// Frames of `tenant` in the window starting at `window`, over every model and key.
+    pub async fn window_frames(&self, tenant: &str, window: u64) -> Result<u64, StoreError> {
+        dispatch!(self.window_frames(tenant, window))
+    }
+
+    /// Billing progress of (tenant, meter, window).
+    pub async fn billing_state(
+        &self,
+        tenant: &str,
+        meter: &str,
+        window: u64,
+    ) -> Result<BillingState, StoreError> {
+        dispatch!(self.billing_state(tenant, meter, window))
+    }
+
+    /// Sets the state to `next` if it is still `expected`; false otherwise.
+    /// When `next` has no pending send and covers the whole window, the
+    /// window leaves the unbilled set.
+    pub async fn swap_billing_state(
+        &self,
+        tenant: &str,
+        meter: &str,
+        window: u64,
+        expected: BillingState,
+        next: BillingState,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.swap_billing_state(tenant, meter, window, expected, next))
+    }
+
+    /// Takes or renews the reporter lease for `holder`; true while held.
+    pub async fn lease(&self, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        match self {
+            // One process owns the embedded file: it is always the reporter.
+            UsageStore::Embedded(_) => Ok(true),
+            UsageStore::Redis(s) => s.lease(holder, ttl_ms).await,
+        }
+    }
+
+    /// Gives the lease up if `holder` has it.
+    pub async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        match self {
+            UsageStore::Embedded(_) => Ok(()),
+            UsageStore::Redis(s) => s.release_lease(holder).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn billing_state_round_trips() {
+        for s in [
+            BillingState::default(),
+            BillingState {
+                reported: 5,
+                pending_to: Some(9),
+            },
+            BillingState {
+                reported: 7,
+                pending_to: None,
+            },
+        ] {
+            assert_eq!(BillingState::decode(&s.encode()), s);
+        }
+    }
+}

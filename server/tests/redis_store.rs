@@ -1,0 +1,131 @@
+//! The Redis usage store against a real redis-server: idempotent flushes,
+//! the key layout (one hash tag per tenant), queries, and the reporter lease.
+
+mod support;
+
+use std::time::Duration;
+
+use framegate::metering::{period_of, UsageDelta};
+use framegate::usage::redis::RedisStore;
+use framegate::usage::{BillingState, FlushBatch, UsageStore};
+use support::redis::RedisServer;
+
+fn delta(tenant: &str, model: &str, window: u64, frames: u64) -> UsageDelta {
+    UsageDelta {
+        tenant: tenant.into(),
+        key_id: "abc123".into(),
+        model: model.into(),
+        window_start: window,
+        frames,
+        pixels: frames * 100,
+    }
+}
+
+#[tokio::test]
+async fn flushes_apply_once_per_id_and_keys_are_tagged_per_tenant() {
+    let redis = RedisServer::start();
+    let store =
+        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
+    let batch = FlushBatch {
+        id: "gw1-aa-1".into(),
+        deltas: vec![
+            delta("acme", "m1", 3600, 5),
+            delta("acme", "m2", 3600, 1),
+            delta("globex", "m1", 7200, 2),
+        ],
+    };
+    // A retry after a lost reply: applied once.
+    store.apply(&batch).await.unwrap();
+    store.apply(&batch).await.unwrap();
+    store
+        .apply(&FlushBatch {
+            id: "gw2-bb-1".into(),
+            deltas: vec![delta("acme", "m1", 3600, 4)],
+        })
+        .await
+        .unwrap();
+    let rows = store.rows("acme", 0, 10_000).await.unwrap();
+    let m1: Vec<_> = rows.iter().filter(|r| r.model == "m1").collect();
+    assert_eq!((m1[0].frames, m1[0].pixels), (9, 900));
+    assert_eq!(store.window_frames("acme", 3600).await.unwrap(), 10);
+    assert_eq!(store.window_frames("globex", 7200).await.unwrap(), 2);
+    assert!(store.rows("acme", 0, 3600).await.unwrap().is_empty());
+    assert_eq!(
+        store.period_total("acme", period_of(3600)).await.unwrap(),
+        10
+    );
+    assert_eq!(store.unbilled("acme", 10_000).await.unwrap(), vec![3600]);
+    // Every key of a tenant carries its hash tag (one cluster slot).
+    let keys = redis.cmd(&["KEYS", "*"]).unwrap();
+    for k in keys.lines() {
+        assert!(
+            k.starts_with("fg:{acme}:") || k.starts_with("fg:{globex}:"),
+            "untagged key {k}"
+        );
+    }
+    let ttl: i64 = redis
+        .cmd(&["TTL", "fg:{acme}:applied:gw1-aa-1"])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        ttl > 6 * 86_400,
+        "applied ids expire after 7 days, ttl {ttl}"
+    );
+    // Billing progress is compare-and-set.
+    let s0 = BillingState::default();
+    let s1 = BillingState {
+        reported: 0,
+        pending_to: Some(10),
+    };
+    assert!(store
+        .swap_billing_state("acme", "frames", 3600, s0, s1)
+        .await
+        .unwrap());
+    assert!(!store
+        .swap_billing_state("acme", "frames", 3600, s0, s1)
+        .await
+        .unwrap());
+    let s2 = BillingState {
+        reported: 10,
+        pending_to: None,
+    };
+    assert!(store
+        .swap_billing_state("acme", "frames", 3600, s1, s2)
+        .await
+        .unwrap());
+    assert!(store.unbilled("acme", 10_000).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn one_reporter_holds_the_lease_at_a_time() {
+    let redis = RedisServer::start();
+    let a = UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
+    let b = UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
+    assert!(a.lease("a", 300).await.unwrap());
+    assert!(!b.lease("b", 300).await.unwrap());
+    assert!(a.lease("a", 300).await.unwrap(), "renewal");
+    // A holder that dies stops renewing; the lease expires.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(b.lease("b", 300).await.unwrap());
+    assert!(!a.lease("a", 300).await.unwrap());
+    // Released at shutdown: the other takes over at once.
+    b.release_lease("b").await.unwrap();
+    a.release_lease("b").await.unwrap(); // not a's to release: no effect
+    assert!(a.lease("a", 300).await.unwrap());
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_an_error_not_a_hang() {
+    let mut redis = RedisServer::start();
+    let store =
+        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_millis(300)).unwrap());
+    redis.kill();
+    let started = std::time::Instant::now();
+    let batch = FlushBatch {
+        id: "x".into(),
+        deltas: vec![delta("acme", "m", 0, 1)],
+    };
+    assert!(store.apply(&batch).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -364,6 +364,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // One TLS crypto provider for every rustls user in the process (QUIC,
+    // HTTPS, the Stripe client): aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

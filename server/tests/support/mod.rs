@@ -60,7 +60,9 @@ impl Gateway {
         if !args.contains(&"--quic-listen") {
             cmd.args(["--quic-listen", "127.0.0.1:0"]);
         }
-        let data_dir = if args.contains(&"--data-dir") {
+        let data_dir = if args.contains(&"--data-dir")
+            || env.iter().any(|(k, _)| *k == "FRAMEGATE_DATA_DIR")
+        {
             None
         } else {
             let d = tempfile::tempdir().expect("temp data dir");

@@ -350,7 +350,28 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     }
-    framegate::transport::serve_http(gw.clone(), listener, shutdown_signal()).await?;
+    // Stop accepting on SIGTERM/SIGINT; give open requests and sessions
+    // `http.shutdown_timeout_secs` to finish, then exit regardless.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful = stop_rx.clone();
+    let serve = framegate::transport::serve_http(gw.clone(), listener, async move {
+        let _ = graceful.changed().await;
+    });
+    let mut hard = stop_rx;
+    let deadline = Duration::from_secs(gw.config.http.shutdown_timeout_secs);
+    tokio::select! {
+        r = serve => r?,
+        _ = async move {
+            let _ = hard.changed().await;
+            tokio::time::sleep(deadline).await;
+        } => {
+            tracing::warn!(seconds = deadline.as_secs(), "shutdown deadline passed with connections open; closing them");
+        }
+    }
     let _ = stop_quic.send(true);
     if let Some(t) = quic_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -67,6 +67,11 @@ pub struct HttpConfig {
     /// Seconds a client gets to send its request headers / WebSocket `Hello`.
     /// Default 10.
     pub handshake_timeout_secs: u64,
+    /// After SIGTERM/SIGINT, seconds the gateway waits for open requests and
+    /// sessions to finish before it closes them and exits (usage is flushed
+    /// after that). Keep it below the orchestrator's grace period (the
+    /// Kubernetes manifests use 30 s). Default 20.
+    pub shutdown_timeout_secs: u64,
     /// Also serve HTTP and WebSocket over TLS (HTTPS/WSS) here, with the
     /// `[tls]` certificate (or the development certificate). Default: off.
     pub tls_listen: Option<SocketAddr>,
@@ -78,6 +83,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: 16 << 20,
             handshake_timeout_secs: 10,
+            shutdown_timeout_secs: 20,
             tls_listen: None,
         }
     }

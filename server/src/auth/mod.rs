@@ -18,18 +18,89 @@ pub const DEV_KEY_ENV: &str = "FRAMEGATE_DEV_KEY";
 /// The tenant of the development key.
 pub const DEV_TENANT: &str = "dev";
 
+/// What a credential may do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Open streaming sessions (WebSocket, QUIC).
+    Stream,
+    /// One-shot `POST /v1/detect`.
+    Detect,
+    /// Read the tenant's own usage (and manage its own keys where the plan allows).
+    Usage,
+    /// The admin API.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 4] = [Scope::Stream, Scope::Detect, Scope::Usage, Scope::Admin];
+    /// The scopes a key gets when none are given: everything but admin.
+    pub const DEFAULT: [Scope; 3] = [Scope::Stream, Scope::Detect, Scope::Usage];
+}
+
 /// Who a valid credential belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     /// The tenant.
     pub tenant: String,
-    /// The key's id for usage records: the first 12 hex digits of its SHA-256.
+    /// The key's id for usage records and rate limits (a public id, never
+    /// the secret): for configured keys the first 12 hex digits of its SHA-256.
     pub key_id: String,
+    /// What the credential may do.
+    pub scopes: Vec<Scope>,
+    /// Effective limits: the tenant's plan, its overrides, the key's overrides.
+    pub limits: std::sync::Arc<crate::config::PlanLimits>,
+}
+
+impl Principal {
+    /// Whether the credential carries `scope`.
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
 }
 
 struct KeyEntry {
     hash: [u8; 32],
     tenant: String,
+}
+
+/// What a verified bearer token (an OIDC JWT) says about its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIdentity {
+    /// The tenant, from the issuer's configured tenant claim.
+    pub tenant: String,
+    /// The token's subject (`sub`), used as the key id for usage and limits
+    /// (prefixed by the issuer's configured short name, never the token).
+    pub subject: String,
+    /// Scopes granted (from the token's `scope` claim, mapped; default
+    /// [`Scope::DEFAULT`]).
+    pub scopes: Vec<Scope>,
+}
+
+/// Verifies bearer tokens that are not API keys (OIDC JWTs, `auth::oidc`).
+/// Async because an unknown signing key means fetching the issuer's JWKS.
+pub trait TokenVerifier: Send + Sync + std::fmt::Debug {
+    /// Checks `token`; `Err(Unauthorized)` for anything not valid.
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<TokenIdentity, GatewayError>> + Send + 'a>,
+    >;
+}
+
+/// Whether a credential has the shape of a JWT (three base64url parts).
+pub fn looks_like_jwt(credential: &str) -> bool {
+    let parts: Vec<&str> = credential.split('.').collect();
+    parts.len() == 3
+        && parts[0].starts_with("eyJ")
+        && parts.iter().all(|p| {
+            p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Where the development key came from, for the start-up message.
@@ -128,6 +199,8 @@ impl Authenticator {
             .map(|e| Principal {
                 tenant: e.tenant.clone(),
                 key_id: hex::encode(&e.hash[..6]),
+                scopes: Scope::DEFAULT.to_vec(),
+                limits: std::sync::Arc::default(),
             })
             .ok_or(GatewayError::Unauthorized)
     }

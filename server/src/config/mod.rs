@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod backend;
+pub mod tenancy;
 pub use backend::{BackendConfig, BackendKind, TritonConfig};
+pub use tenancy::{PlanLimits, TenantConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -53,6 +55,17 @@ pub struct Config {
     pub metering: MeteringConfig,
     /// Stripe billing.
     pub billing: BillingConfig,
+    /// Plans: named sets of limits (see `config::tenancy`).
+    pub plans: std::collections::BTreeMap<String, PlanLimits>,
+    /// Tenants: their plan and overrides.
+    pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+}
+
+impl Config {
+    /// A tenant's effective limits: its plan with its overrides.
+    pub fn tenant_limits(&self, tenant: &str) -> PlanLimits {
+        tenancy::resolve(&self.plans, &self.tenants, tenant)
+    }
 }
 
 /// HTTP and WebSocket listener.
@@ -480,7 +493,7 @@ impl Config {
 
     /// Checks every field, collecting all problems.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = tenancy::problems(&self.plans, &self.tenants);
         let p = &self.pipeline;
         if p.queue_capacity == 0 {
             problems.push("pipeline.queue_capacity must be at least 1".into());

@@ -220,7 +220,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
 
-    let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
+    let (mut auth, dev_key) =
+        Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
+    if !config.auth.oidc.is_empty() {
+        // Keys are fetched in the background: an issuer that is down at
+        // start-up only means its tokens are refused until it answers.
+        let verifier = framegate::auth::oidc::OidcVerifier::new(&config.auth.oidc)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        verifier.prefetch();
+        let (plans, tenants) = (config.plans.clone(), config.tenants.clone());
+        auth.set_token_verifier(
+            std::sync::Arc::new(verifier),
+            std::sync::Arc::new(move |tenant: &str| {
+                framegate::config::tenancy::resolve(&plans, &tenants, tenant)
+            }),
+        );
+    }
     let listen = config.http.listen;
     let material = if config.quic.enabled || config.http.tls_listen.is_some() {
         let data_dir = config

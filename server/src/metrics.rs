@@ -82,6 +82,13 @@ struct StageLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerResultLabels {
+    /// The issuer's configured short name (bounded by the configuration).
+    issuer: String,
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
     model: String,
 }
@@ -121,6 +128,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_usage_flush_failures_total",
     "framegate_billing_report_lag_seconds",
     "framegate_billing_report_failures_total",
+    "framegate_oidc_jwks_fetches_total",
 ];
 
 /// The gateway's metrics.
@@ -140,6 +148,7 @@ pub struct Metrics {
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
     rate_limited: Family<TransportLabel, Counter>,
+    oidc_jwks_fetches: Family<IssuerResultLabels, Counter>,
     /// Seconds since the oldest unflushed usage delta was recorded (0 when
     /// everything is flushed). Set by the usage flusher.
     pub usage_flush_lag: Gauge<f64, AtomicU64>,
@@ -186,6 +195,7 @@ impl Metrics {
             model_ready: Family::default(),
             auth_failures: Family::default(),
             rate_limited: Family::default(),
+            oidc_jwks_fetches: Family::default(),
             usage_flush_lag: Gauge::default(),
             usage_flush_failures: Counter::default(),
             billing_report_lag: Gauge::default(),
@@ -260,6 +270,11 @@ impl Metrics {
             "rate_limited_frames",
             "Frames refused by a rate limit, by transport",
             m.rate_limited.clone(),
+        );
+        r.register(
+            "oidc_jwks_fetches",
+            "Fetches of an OIDC issuer's signing keys (discovery + JWKS), by issuer name and result (ok, error)",
+            m.oidc_jwks_fetches.clone(),
         );
         r.register(
             "usage_flush_lag_seconds",
@@ -432,6 +447,18 @@ pub fn rate_limited(transport: Transport) {
     get().rate_limited.get_or_create(&t(transport)).inc();
 }
 
+/// An OIDC issuer's signing keys were fetched (`ok`) or a fetch failed.
+/// `issuer` is the configured short name, never a URL from a token.
+pub fn oidc_jwks_fetch(issuer: &str, ok: bool) {
+    get()
+        .oidc_jwks_fetches
+        .get_or_create(&IssuerResultLabels {
+            issuer: issuer.into(),
+            result: if ok { "ok" } else { "error" }.into(),
+        })
+        .inc();
+}
+
 /// A backend batch ran; `busy` is the worker's time on it.
 pub fn batch_ran(model: &str, size: usize, busy: Duration) {
     let m = get();
@@ -471,6 +498,7 @@ mod tests {
         frame_failed(Transport::Ws, "invalid-image");
         auth_failure(Transport::Http);
         rate_limited(Transport::Http);
+        oidc_jwks_fetch("kc", true);
         batch_ran("m", 4, Duration::from_millis(3));
         model_state("m", 1, 256, true);
         let text = get().encode();

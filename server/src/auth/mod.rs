@@ -3,7 +3,13 @@
 //! Keys are kept only as SHA-256 hashes and compared in constant time. With
 //! no keys configured the gateway runs with one development key, taken from
 //! `FRAMEGATE_DEV_KEY` or generated and printed once at start-up. Every
-//! request and session is authenticated before any image work.
+//! request and session is authenticated before any image work. Bearer JWTs
+//! from configured OIDC issuers ([`oidc`]) are accepted too, through
+//! [`Authenticator::authenticate_any`].
+
+pub mod oidc;
+
+use std::sync::Arc;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -114,15 +120,23 @@ pub enum DevKey {
     Generated(String),
 }
 
-/// Checks credentials against the configured keys.
+/// A tenant's effective limits by name (`Config::tenant_limits`), for
+/// principals that come from tokens rather than configured keys.
+pub type TenantLimits = Arc<dyn Fn(&str) -> crate::config::PlanLimits + Send + Sync>;
+
+/// Checks credentials against the configured keys and, when one is
+/// installed, JWTs against a [`TokenVerifier`].
 pub struct Authenticator {
     keys: Vec<KeyEntry>,
+    token_verifier: Option<Arc<dyn TokenVerifier>>,
+    tenant_limits: Option<TenantLimits>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("keys", &self.keys.len())
+            .field("token_verifier", &self.token_verifier)
             .finish()
     }
 }
@@ -160,7 +174,14 @@ impl Authenticator {
                     }
                 })
                 .collect();
-            return (Self { keys }, DevKey::None);
+            return (
+                Self {
+                    keys,
+                    token_verifier: None,
+                    tenant_limits: None,
+                },
+                DevKey::None,
+            );
         }
         let (key, origin) = match dev_key_env.filter(|k| !k.is_empty()) {
             Some(k) => (k, DevKey::FromEnv),
@@ -179,7 +200,45 @@ impl Authenticator {
                 hash: hash_key(key),
                 tenant: tenant.to_string(),
             }],
+            token_verifier: None,
+            tenant_limits: None,
         }
+    }
+
+    /// Accepts JWT-shaped credentials through `verifier` from now on; their
+    /// principals get `limits(tenant)`.
+    pub fn set_token_verifier(&mut self, verifier: Arc<dyn TokenVerifier>, limits: TenantLimits) {
+        self.token_verifier = Some(verifier);
+        self.tenant_limits = Some(limits);
+    }
+
+    /// Checks an API key or, when a verifier is installed and the credential
+    /// has a JWT's shape, a bearer token.
+    pub async fn authenticate_any(&self, credential: &str) -> Result<Principal, GatewayError> {
+        let verifier = match &self.token_verifier {
+            Some(v) if looks_like_jwt(credential) => v,
+            _ => return self.authenticate(credential),
+        };
+        let id = verifier.verify(credential).await?;
+        let limits = self
+            .tenant_limits
+            .as_ref()
+            .map(|f| Arc::new(f(&id.tenant)))
+            .unwrap_or_default();
+        Ok(Principal {
+            tenant: id.tenant,
+            key_id: id.subject,
+            scopes: id.scopes,
+            limits,
+        })
+    }
+
+    /// [`Authenticator::authenticate_any`] for an `Authorization` header value.
+    pub async fn authenticate_header_any(
+        &self,
+        header: Option<&str>,
+    ) -> Result<Principal, GatewayError> {
+        self.authenticate_any(bearer_credential(header)?).await
     }
 
     /// Checks a credential. Every key is compared, in constant time, so the
@@ -207,13 +266,18 @@ impl Authenticator {
 
     /// Checks an `Authorization` header value (`Bearer KEY`).
     pub fn authenticate_header(&self, header: Option<&str>) -> Result<Principal, GatewayError> {
-        let value = header.ok_or(GatewayError::Unauthorized)?;
-        let key = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(GatewayError::Unauthorized)?;
-        self.authenticate(key.trim())
+        self.authenticate(bearer_credential(header)?)
     }
+}
+
+/// The credential of a `Bearer CREDENTIAL` header value.
+fn bearer_credential(header: Option<&str>) -> Result<&str, GatewayError> {
+    let value = header.ok_or(GatewayError::Unauthorized)?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(GatewayError::Unauthorized)?;
+    Ok(key.trim())
 }
 
 #[cfg(test)]
@@ -257,6 +321,7 @@ mod tests {
                     sha256: hex::encode(hash_key("secret-b")),
                 },
             ],
+            ..AuthConfig::default()
         };
         let (auth, origin) = Authenticator::from_config(&config, Some("ignored".into()));
         assert_eq!(origin, DevKey::None);

@@ -110,6 +110,9 @@ pub struct AuthConfig {
     /// gateway uses a single development key: `FRAMEGATE_DEV_KEY` from the
     /// environment, or a random key printed once at start-up.
     pub keys: Vec<ApiKeyConfig>,
+    /// Trusted OIDC issuers whose bearer JWTs are accepted besides API keys
+    /// (`[[auth.oidc]]`, see `auth::oidc`). Default: none.
+    pub oidc: Vec<crate::auth::oidc::OidcIssuerConfig>,
 }
 
 /// One static API key.
@@ -543,6 +546,7 @@ impl Config {
                 ));
             }
         }
+        crate::auth::oidc::validate(&self.auth.oidc, &mut problems);
         if !matches!(self.log.format.as_str(), "text" | "json") {
             problems.push(format!(
                 "log.format must be \"text\" or \"json\", got {:?}",

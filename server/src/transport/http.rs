@@ -261,7 +261,8 @@ async fn detect_inner(
 ) -> Result<DetectResponse, GatewayError> {
     let principal = gw
         .auth
-        .authenticate_header(header_str(req.headers(), header::AUTHORIZATION))?;
+        .authenticate_header_any(header_str(req.headers(), header::AUTHORIZATION))
+        .await?;
     let pipeline = gw.model(params.get("model").map_or("", String::as_str))?;
     let meter = SessionMeter::new(gw, &principal, &pipeline.model().spec.name);
     let reservation = meter.reserve()?;

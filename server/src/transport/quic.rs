@@ -282,7 +282,7 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
             .await
         }
     };
-    let principal = match gw.auth.authenticate(&hello.credential) {
+    let principal = match gw.auth.authenticate_any(&hello.credential).await {
         Ok(p) => p,
         Err(e) => return refuse(&out_tx, e).await,
     };

@@ -41,7 +41,7 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let principal = match headers.get(header::AUTHORIZATION) {
-        Some(v) => match gw.auth.authenticate_header(v.to_str().ok()) {
+        Some(v) => match gw.auth.authenticate_header_any(v.to_str().ok()).await {
             Ok(p) => Some(p),
             Err(e) => {
                 crate::metrics::auth_failure(crate::metrics::Transport::Ws);
@@ -171,7 +171,8 @@ async fn run_session(
         (None, true) => Err(GatewayError::Unauthorized),
         (header, false) => gw
             .auth
-            .authenticate(&hello.credential)
+            .authenticate_any(&hello.credential)
+            .await
             .and_then(|p| match header {
                 Some(h) if h != p => Err(GatewayError::Unauthorized),
                 _ => Ok(p),

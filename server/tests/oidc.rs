@@ -631,6 +631,31 @@ async fn rotation_costs_one_refetch_and_refetches_are_rate_limited() {
 }
 
 #[tokio::test]
+async fn retired_keys_stop_working_once_the_key_set_is_older_than_max_age() {
+    let issuer = Issuer::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("{}jwks_max_age_secs = 2\n", oidc_toml(&issuer.url, 1));
+    let gw = gateway(&dir, &toml).await;
+    let old = issuer.token("RS256", Some("acme"), json!({})).await;
+    assert_eq!(detect_with(&gw, &old).await.0, 200);
+    // The issuer drops the key (no new token names the new one yet).
+    issuer.rotate(true).await;
+    assert_eq!(detect_with(&gw, &old).await.0, 200, "cached until max age");
+    let fetches = issuer.jwks_fetches().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            detect_with(&gw, &old).await.0 == 401
+        })
+        .await,
+        "a retired key must stop working after jwks_max_age_secs"
+    );
+    assert!(
+        issuer.jwks_fetches().await > fetches,
+        "a background refresh ran"
+    );
+}
+
+#[tokio::test]
 async fn unreachable_issuer_refuses_tokens_and_api_keys_keep_working() {
     // An issuer that was there, handed out a token, and went away.
     let mut issuer = Issuer::start(&[]).await;

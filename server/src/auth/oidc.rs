@@ -394,6 +394,7 @@ impl OidcVerifier {
                 http_timeout: Duration::from_millis(c.http_timeout_ms),
             }));
         }
+        crate::metrics::init_oidc_issuers(configs.iter().map(|c| c.name.as_str()));
         Ok(Self { issuers })
     }
 
@@ -554,7 +555,7 @@ impl Issuer {
         let stale = set
             .fetched_at
             .is_some_and(|t| t.elapsed() >= Duration::from_secs(self.config.jwks_max_age_secs));
-        if stale {
+        if stale && self.refresh_due() {
             let me = self.clone();
             let seen = set.generation;
             tokio::spawn(async move { me.refresh(seen).await });
@@ -624,6 +625,15 @@ impl Issuer {
             subject: key_subject(&self.config.name, &subject),
             scopes,
         })
+    }
+
+    /// Whether a background refresh may start now: none is running and the
+    /// last attempt is older than the refresh interval.
+    fn refresh_due(&self) -> bool {
+        let min = Duration::from_secs(self.config.jwks_min_refresh_secs);
+        self.refresh
+            .try_lock()
+            .is_ok_and(|s| s.last_attempt.is_none_or(|t| t.elapsed() >= min))
     }
 
     /// Fetches the key set unless a fetch since generation `seen` already

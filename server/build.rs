@@ -60,7 +60,10 @@ fn embed_console() -> Result<(), Box<dyn std::error::Error>> {
          pub static ASSETS: &[(&str, &[u8])] = &[\n",
     );
     for (rel, abs) in &files {
-        code.push_str(&format!("    ({rel:?}, include_bytes!({:?})),\n", abs.display().to_string()));
+        code.push_str(&format!(
+            "    ({rel:?}, include_bytes!({:?})),\n",
+            abs.display().to_string()
+        ));
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR")?).join("console_assets.rs");

@@ -100,8 +100,15 @@ fn read_tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
             if path.is_dir() {
                 walk(root, &path, out);
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, std::fs::read_to_string(&path).expect("read generated file"));
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(
+                    rel,
+                    std::fs::read_to_string(&path).expect("read generated file"),
+                );
             }
         }
     }

@@ -145,7 +145,15 @@ mod tests {
 
     #[test]
     fn paths_are_checked() {
-        for bad in ["../Cargo.toml", "assets/../../x", "/etc/passwd", "a//b", "a\\b", "./index.html", ""] {
+        for bad in [
+            "../Cargo.toml",
+            "assets/../../x",
+            "/etc/passwd",
+            "a//b",
+            "a\\b",
+            "./index.html",
+            "",
+        ] {
             assert!(!is_clean(bad), "{bad:?} accepted");
         }
         for good in ["index.html", "assets/index-abc.js", "usage"] {
@@ -156,14 +164,20 @@ mod tests {
     #[test]
     fn content_types_by_extension() {
         assert_eq!(content_type("index.html"), "text/html; charset=utf-8");
-        assert_eq!(content_type("assets/a.JS"), "text/javascript; charset=utf-8");
+        assert_eq!(
+            content_type("assets/a.JS"),
+            "text/javascript; charset=utf-8"
+        );
         assert_eq!(content_type("assets/a.css"), "text/css; charset=utf-8");
         assert_eq!(content_type("x"), "application/octet-stream");
     }
 
     #[test]
     fn the_built_console_is_embedded() {
-        assert!(asset("index.html").is_some(), "console/dist/index.html is not embedded");
+        assert!(
+            asset("index.html").is_some(),
+            "console/dist/index.html is not embedded"
+        );
         assert!(asset_paths().any(|p| p.starts_with("assets/") && p.ends_with(".js")));
     }
 }

@@ -171,6 +171,32 @@ try {
     unsupported: (await page.$('#keys-unsupported')) !== null,
     text: (await page.textContent('#app'))?.slice(0, 400),
   };
+  if (!result.keys.unsupported) {
+    // Self-service keys exist: create one (shown once), then revoke it.
+    page.on('dialog', (d) => void d.accept());
+    await page.fill('#key-name', 'console-e2e');
+    await page.click('#key-form button[type=submit]');
+    await page.waitForSelector('#new-key');
+    const newKey = (await page.textContent('#new-key')) ?? '';
+    const newId = (await page.textContent('#key-created p')) ?? '';
+    await page.waitForSelector('#keys-table');
+    const rows = await page.$$eval('#keys-table tr[data-key-id]', (rs) =>
+      rs.map((r) => ({ id: r.dataset.keyId, name: r.cells[1].textContent, revoked: r.cells[5].textContent })),
+    );
+    const mine = rows.find((r) => r.name === 'console-e2e' && newId.includes(r.id));
+    result.keys.created = { keyLength: newKey.length, listed: Boolean(mine) };
+    if (!newKey || !mine) throw new Error(`created key not shown/listed: ${JSON.stringify(rows)}`);
+    await page.click(`#keys-table tr[data-key-id="${mine.id}"] button.revoke`);
+    await page.waitForFunction(
+      (id) => {
+        const r = document.querySelector(`#keys-table tr[data-key-id="${id}"]`);
+        return !r || r.cells[5].textContent !== '–'; // gone, or marked revoked
+      },
+      mine.id,
+      { timeout: 30_000 },
+    );
+    result.keys.revoked = true;
+  }
   await page.screenshot({ path: join(OUT, 'keys.png') });
   await page.evaluate(() => (location.hash = '#/plan'));
   await page.waitForSelector('#plan-table, #plan-unsupported, #plan-result .notice.error');

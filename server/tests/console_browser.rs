@@ -288,6 +288,12 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
             result[key]
         );
     }
+    if result["keys"]["unsupported"] == false {
+        let created = &result["keys"]["created"];
+        assert!(created["keyLength"].as_u64().unwrap_or(0) > 0, "{created}");
+        assert_eq!(created["listed"], true, "{created}");
+        assert_eq!(result["keys"]["revoked"], true, "{}", result["keys"]);
+    }
 
     // ---- artefacts ----
     for shot in ["live.png", "usage.png", "detect.png"] {

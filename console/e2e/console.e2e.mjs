@@ -85,6 +85,25 @@ try {
   await page.waitForSelector('#nav:not([hidden])');
   result.signedInAs = await page.textContent('#who');
   log('signed in:', result.signedInAs);
+  // The key lives in memory only: no storage, no cookies; a reload signs out.
+  result.keyStorage = {
+    ...(await page.evaluate(() => ({
+      localStorage: localStorage.length,
+      sessionStorage: sessionStorage.length,
+      documentCookie: document.cookie,
+    }))),
+    cookies: (await context.cookies()).length,
+  };
+  if (JSON.stringify(result.keyStorage) !== JSON.stringify({ localStorage: 0, sessionStorage: 0, documentCookie: '', cookies: 0 })) {
+    throw new Error(`the key left memory: ${JSON.stringify(result.keyStorage)}`);
+  }
+  await page.reload();
+  await page.waitForSelector('#api-key');
+  result.reloadSignsOut = await page.isHidden('#nav');
+  if (!result.reloadSignsOut) throw new Error('still signed in after a reload');
+  await page.fill('#api-key', KEY);
+  await page.click('#sign-in button[type=submit]');
+  await page.waitForSelector('#nav:not([hidden])');
 
   // ---- live demo ----
   await page.evaluate(() => (location.hash = '#/live'));

@@ -15,7 +15,10 @@ export interface LiveState {
   dropped: number;
   skipped: number;
   errors: number;
+  /** Capture → answer, measured in the browser. */
   latencyMs: { p50: number; p95: number; p99: number; count: number };
+  /** The gateway's own time per frame (Detections.timings.total_us), p50. */
+  gatewayMsP50: number;
   frameWidth: number;
   frameHeight: number;
   lastBoxes: Box[];
@@ -43,6 +46,7 @@ export const state: ConsoleState = {
     skipped: 0,
     errors: 0,
     latencyMs: { p50: 0, p95: 0, p99: 0, count: 0 },
+    gatewayMsP50: 0,
     frameWidth: 0,
     frameHeight: 0,
     lastBoxes: [],

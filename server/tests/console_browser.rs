@@ -180,6 +180,17 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
         "latency not on the page: {}",
         live["shown"]
     );
+    assert!(f(&live["gatewayMsP50"]) > 0.0, "gateway time {live}");
+    assert!(
+        f(&lat["p50"]) >= f(&live["gatewayMsP50"]),
+        "the browser cannot see an answer sooner than the gateway makes it: {live}"
+    );
+    assert_eq!(
+        result["keyStorage"],
+        serde_json::json!({"localStorage": 0, "sessionStorage": 0, "documentCookie": "", "cookies": 0}),
+        "the key must stay in memory"
+    );
+    assert_eq!(result["reloadSignsOut"], true);
     let (fw, fh) = (f(&live["frameWidth"]), f(&live["frameHeight"]));
     assert_eq!((fw, fh), (320.0, 240.0), "frames were not 320 px wide");
     // Where the gateway finds them in the original photo, scaled to the frame.
@@ -316,7 +327,7 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
         eprintln!("screenshots copied to docs/img/console-*.png");
     }
     eprintln!(
-        "console e2e: {answered} frames at {} fps ({}x{} JPEG), browser latency capture→answer p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms (n = {}); answers/s {:.2}",
+        "console e2e: {answered} frames at {} fps ({}x{} JPEG), browser latency capture→answer p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms (n = {}), of which gateway p50 {:.0} ms; answers/s {:.2}",
         result["fps"],
         fw,
         fh,
@@ -324,6 +335,7 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
         f(&lat["p95"]),
         f(&lat["p99"]),
         lat["count"],
+        f(&live["gatewayMsP50"]),
         f(&live["fps"])
     );
 }

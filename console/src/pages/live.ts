@@ -53,6 +53,7 @@ export class LivePage {
   private stopping = false;
   private sentAt = new Map<number, number>();
   private latency = new LatencyWindow();
+  private gatewayTime = new LatencyWindow();
   private rate = new RateWindow();
   private message!: HTMLElement;
 
@@ -76,6 +77,7 @@ export class LivePage {
     statRow('stat-p50', 'latency p50');
     statRow('stat-p95', 'latency p95');
     statRow('stat-p99', 'latency p99');
+    statRow('stat-gateway', 'gateway time p50');
     statRow('stat-usage', 'session usage');
     statRow('stat-session', 'session');
     root.append(
@@ -174,6 +176,7 @@ export class LivePage {
         const sent = this.sentAt.get(msg.seq);
         this.sentAt.delete(msg.seq);
         if (sent !== undefined) this.latency.push(now - sent);
+        this.gatewayTime.push(msg.totalUs / 1000);
         this.rate.mark(now);
         live.answered += 1;
         live.lastBoxes = msg.boxes;
@@ -259,6 +262,7 @@ export class LivePage {
       p99: this.latency.percentile(99),
       count: this.latency.count,
     };
+    live.gatewayMsP50 = this.gatewayTime.percentile(50);
     const set = (id: string, text: string) => {
       const el = this.root.querySelector(`#${id}`);
       if (el) el.textContent = text;
@@ -272,6 +276,7 @@ export class LivePage {
     set('stat-p50', ms(live.latencyMs.p50));
     set('stat-p95', ms(live.latencyMs.p95));
     set('stat-p99', ms(live.latencyMs.p99));
+    set('stat-gateway', ms(live.gatewayMsP50));
     set('stat-usage', `${fmtInt(live.usageFrames)} frames, ${fmtInt(live.usagePixels)} px`);
     set('stat-session', live.sessionId || '–');
   }
@@ -291,8 +296,10 @@ export class LivePage {
       usageFrames: 0,
       usagePixels: 0,
       lastError: '',
+      gatewayMsP50: 0,
     });
     this.latency.clear();
+    this.gatewayTime.clear();
     this.rate.clear();
     this.sentAt.clear();
     this.seq = 0;

@@ -13,6 +13,9 @@
 #   - Node.js (>= 20) and oauth2-mock-server 9.3.0 (npm, package-lock.json
 #     committed) in tools/oidc-issuer: the real local OIDC issuer of the
 #     OIDC tests
+#   - chromium (Debian package), Node.js + npm, and console/node_modules
+#     (`npm ci`, pinned by console/package-lock.json) for the web console's
+#     browser test (server/tests/console_browser.rs)
 #
 # Extra arguments go to `cargo test` (e.g. `make test ARGS='-p framegate'`).
 set -euo pipefail
@@ -76,6 +79,27 @@ if [ "$(cat "$issuer_dir/node_modules/.framegate-lock-sha256" 2>/dev/null)" != "
   echo "$lock_sum" >"$issuer_dir/node_modules/.framegate-lock-sha256"
 fi
 echo "oauth2-mock-server $(node -p "require('./$issuer_dir/node_modules/oauth2-mock-server/package.json').version") on node $(node --version)"
+
+step "chromium, Node.js and the console's npm packages"
+# The console's end-to-end test drives Debian's Chromium with playwright-core
+# (no browser download: it runs /usr/bin/chromium). console/dist is committed,
+# so the cargo build itself never needs npm; server/tests/console_assets.rs
+# checks that dist was built from the committed sources.
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+if ((${#need[@]})); then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing ${need[*]} with apt-get"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ! -f console/node_modules/.package-lock.json ] || ! cmp -s console/package-lock.json console/node_modules/.fg-lock; then
+  npm --prefix console ci --no-audit --no-fund --loglevel=error
+  cp console/package-lock.json console/node_modules/.fg-lock
+fi
+chromium --version 2>/dev/null || true
 
 step "cargo test --workspace"
 cargo test --workspace "$@"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates protocol/src/generated/framegate_generated.rs from
+# Regenerates protocol/src/generated/framegate_generated.rs (Rust) and
+# console/src/generated/ (TypeScript, for the web console) from
 # protocol/schema/framegate.fbs with the pinned flatc.
 #
 #   protocol/scripts/regen.sh           install flatc if missing, then regenerate
@@ -28,6 +29,7 @@ SCHEMA_DIR="$PROTO_DIR/schema"
 SCHEMA="framegate.fbs"
 OUT_DIR="$PROTO_DIR/src/generated"
 OUT_FILE="framegate_generated.rs"
+TS_OUT_DIR="$REPO/console/src/generated"
 
 log() { echo "regen.sh: $*" >&2; }
 
@@ -74,6 +76,12 @@ generate_into() {
   (cd "$SCHEMA_DIR" && "$flatc" --rust -o "$dest" "$SCHEMA")
 }
 
+# The TypeScript the console imports (npm `flatbuffers` runtime), into $2.
+generate_ts_into() {
+  local flatc="$1" dest="$2"
+  (cd "$SCHEMA_DIR" && "$flatc" --ts -o "$dest" "$SCHEMA")
+}
+
 cmd="${1:-gen}"
 case "$cmd" in
   install)
@@ -84,6 +92,10 @@ case "$cmd" in
     mkdir -p "$OUT_DIR"
     generate_into "$flatc" "$OUT_DIR"
     log "wrote protocol/src/generated/$OUT_FILE"
+    rm -rf "$TS_OUT_DIR"
+    mkdir -p "$TS_OUT_DIR"
+    generate_ts_into "$flatc" "$TS_OUT_DIR"
+    log "wrote console/src/generated/"
     ;;
   check)
     flatc="$(ensure_flatc)"
@@ -95,6 +107,14 @@ case "$cmd" in
     else
       log "protocol/src/generated/$OUT_FILE is stale; run protocol/scripts/regen.sh"
       diff -u "$OUT_DIR/$OUT_FILE" "$tmp/$OUT_FILE" | head -40 >&2 || true
+      exit 1
+    fi
+    generate_ts_into "$flatc" "$tmp/ts"
+    if diff -r -q "$tmp/ts" "$TS_OUT_DIR" >/dev/null; then
+      log "generated TypeScript is fresh"
+    else
+      log "console/src/generated/ is stale; run protocol/scripts/regen.sh"
+      diff -r -u "$TS_OUT_DIR" "$tmp/ts" | head -40 >&2 || true
       exit 1
     fi
     ;;

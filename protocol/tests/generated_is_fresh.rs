@@ -91,3 +91,61 @@ fn generated_code_matches_schema() {
         );
     }
 }
+
+/// Every file under `dir`, relative path → contents.
+fn read_tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(
+                    rel,
+                    std::fs::read_to_string(&path).expect("read generated file"),
+                );
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The web console's committed TypeScript (`console/src/generated/`) is what
+/// the pinned flatc makes of the same schema (`flatc --ts`, as regen.sh runs it).
+#[test]
+fn generated_typescript_matches_schema() {
+    let pinned = pinned_version();
+    let flatc = find_flatc(&pinned).unwrap_or_else(|e| panic!("{e}"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let status = Command::new(&flatc)
+        .current_dir(proto_dir().join("schema"))
+        .arg("--ts")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg("framegate.fbs")
+        .status()
+        .expect("run flatc");
+    assert!(status.success(), "flatc --ts failed: {status}");
+    let fresh = read_tree(tmp.path());
+    let committed = read_tree(&proto_dir().join("../console/src/generated"));
+    assert!(!fresh.is_empty(), "flatc --ts wrote nothing");
+    let fresh_names: Vec<_> = fresh.keys().collect();
+    let committed_names: Vec<_> = committed.keys().collect();
+    assert_eq!(
+        committed_names, fresh_names,
+        "console/src/generated/ has other files than flatc --ts makes: run `protocol/scripts/regen.sh`"
+    );
+    for (name, text) in &fresh {
+        assert!(
+            committed[name] == *text,
+            "console/src/generated/{name} is stale: run `protocol/scripts/regen.sh` and commit the result"
+        );
+    }
+}

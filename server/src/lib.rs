@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod session;
 pub mod transport;
 pub mod usage;
+pub mod web;
 
 pub use error::GatewayError;
 pub use gateway::Gateway;

@@ -38,6 +38,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/usage", get(crate::usage::http::usage))
         .route("/v1/admin/usage", get(crate::usage::http::admin_usage))
+        .route("/console", get(crate::web::console::redirect))
+        .route("/console/", get(crate::web::console::root))
+        .route("/console/{*path}", get(crate::web::console::file))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
 }

@@ -31,10 +31,28 @@ enum Command {
         #[arg(long, short, env = "FRAMEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The configuration's defaults and reference.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Stripe billing by hand: one reporting pass, or a preview.
     Billing(cli::BillingArgs),
     /// Usage of any tenant, read from the usage store (an admin's view).
     Usage(cli::UsageArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the whole default configuration as TOML (a starting
+    /// `framegate.toml`).
+    Defaults,
+    /// Print the configuration reference (Markdown, every field with its
+    /// type, default and doc comment), or write it into a document between
+    /// its `<!-- config-reference:begin -->` / `end` markers.
+    Reference {
+        /// The document to update in place (docs/operations.md).
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -442,6 +460,31 @@ fn main() -> Result<()> {
             };
             let c = load_config(Some(&path))?;
             println!("{}", toml::to_string_pretty(&c)?);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Defaults) => {
+            print!("{}", toml::to_string_pretty(&Config::default())?);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Reference { write: None }) => {
+            print!("{}", framegate::config::reference::markdown());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Reference { write: Some(path) }) => {
+            let doc = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let new = framegate::config::reference::splice(&doc)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if new != doc {
+                std::fs::write(&path, new)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("{}: configuration reference updated", path.display());
+            } else {
+                println!(
+                    "{}: configuration reference already up to date",
+                    path.display()
+                );
+            }
             Ok(())
         }
         Command::Billing(args) => cli::run_async(cli::billing(args)),

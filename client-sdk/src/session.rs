@@ -751,6 +751,9 @@ impl Driver {
     /// it. Every frame without an answer is sent again with its seq.
     async fn failover(&mut self, cause: ClientError) -> Result<(LinkTx, LinkRx), ClientError> {
         let n = self.targets.len();
+        if self.opts.reconnect_attempts == 0 {
+            return Err(cause);
+        }
         let mut backoff = self.opts.reconnect_backoff;
         let mut last = cause;
         let attempts = self.opts.reconnect_attempts.max(n as u32);

@@ -339,18 +339,23 @@ mod tests {
             let section = &md[at + heading.len()..];
             let section = &section[..section.find("\n#### ").unwrap_or(section.len())];
             for (k, v) in t {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match v {
-                    toml::Value::Table(_) => {
-                        let sub = if path.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{path}.{k}")
-                        };
-                        walk(md, &sub, v);
-                    }
+                    toml::Value::Table(t) if !t.is_empty() => walk(md, &sub, v),
+                    // An empty table is a map (`budgets`, `plans`: a key
+                    // row) or a section of optional fields (`[tls]`).
+                    toml::Value::Table(_) => assert!(
+                        section.contains(&format!("| `{k}` |"))
+                            || md.contains(&format!("#### `[{sub}]`\n")),
+                        "{sub} is missing from the reference"
+                    ),
                     _ => assert!(
                         section.contains(&format!("| `{k}` |")),
-                        "{path}.{k} is missing from the reference"
+                        "{sub} is missing from the reference"
                     ),
                 }
             }

@@ -348,3 +348,37 @@ async fn going_away_notice_refusal_and_close_are_as_documented_ws_and_quic() {
     // gone by now; while draining the listener no longer accepts).
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+#[tokio::test]
+async fn sessions_still_owing_answers_at_the_deadline_are_closed_with_1001() {
+    // 5 s per frame (synthetic, sleeping) against a 1 s deadline: the drain
+    // cannot finish, so the deadline closes the session anyway.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[http]\nshutdown_timeout_secs = 1\n[pipeline]\nmax_batch = 1\n\
+         [synthetic]\nfixed_us = 5000000\nwait = \"sleep\"\n",
+    );
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap(), "--backend", "synthetic"]).await;
+    let (mut ws, _) = open_session(&gw).await;
+    send(&mut ws, &jpeg_frame(1, &data("dog.jpg"))).await;
+    // Let the frame reach the session before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exit = terminate_in_background(gw);
+    match recv(&mut ws).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!((e.code, e.seq), (ErrorCode::GoingAway, None), "{e:?}")
+        }
+        other => panic!("expected the notice, got {other:?}"),
+    }
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    let (status, took, logs) = exit.await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("deadline passed")),
+        "the deadline closed it: {logs:#?}"
+    );
+    // Hang guard: the frame alone would take 5 s; the pipeline still answers
+    // it before exit, but nothing waits for the client.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}

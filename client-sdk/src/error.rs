@@ -28,6 +28,11 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
+    /// The gateway closed the connection because it is going away
+    /// (WebSocket 1001 / QUIC 1001, after the `going-away` notice); the
+    /// session continues on another gateway when one is configured.
+    #[error("the gateway is going away: {0}")]
+    GoingAway(String),
     /// The connection broke and could not be resumed.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
@@ -61,7 +66,9 @@ impl ClientError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Connect { .. } | ClientError::ConnectionLost(_) => true,
+            ClientError::Connect { .. }
+            | ClientError::ConnectionLost(_)
+            | ClientError::GoingAway(_) => true,
             ClientError::Gateway { retryable, .. } => *retryable,
             ClientError::Http { status, .. } => *status == 429 || *status >= 500,
             _ => false,

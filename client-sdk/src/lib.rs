@@ -7,7 +7,10 @@
 //! policy), in-order answers (exactly one per frame), acknowledgements, and
 //! automatic reconnect with resume when the connection breaks — answers
 //! computed meanwhile are delivered, frames the gateway never got are sent
-//! again, nothing is billed twice.
+//! again, nothing is billed twice. Given several gateways
+//! ([`ClientOptions::endpoints`]), a session moves to the next one when its
+//! gateway shuts down (the `going-away` notice, close 1001) and re-sends the
+//! frames that had no answer; see [`Session::failovers`].
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -49,7 +52,7 @@ use futures_util::StreamExt;
 
 pub use crate::error::ClientError;
 pub use crate::image::Image;
-use crate::link::StreamTarget;
+use crate::link::{Endpoint, StreamTarget};
 pub use crate::session::{Answer, FrameOptions, FrameSender, Session, SessionOptions};
 
 /// Options for [`Client::connect_with`].
@@ -61,6 +64,7 @@ pub use crate::session::{Answer, FrameOptions, FrameSender, Session, SessionOpti
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
     pin: Option<String>,
+    endpoints: Vec<String>,
 }
 
 impl ClientOptions {
@@ -69,6 +73,28 @@ impl ClientOptions {
     /// certificate. Same as `?pin=` in the URL.
     pub fn pin_sha256(mut self, fingerprint: impl Into<String>) -> Self {
         self.pin = Some(fingerprint.into());
+        self
+    }
+
+    /// More gateways of the same cluster (same keys, same models), tried in
+    /// order after the URL given to [`Client::connect_with`]: a session
+    /// opens on the first that answers, and when its gateway goes away
+    /// (SIGTERM, rolling upgrade: the `going-away` notice and close 1001)
+    /// it continues on the next one with a new session, re-sending every
+    /// frame that had no answer — each frame still gets exactly one answer.
+    /// Also when a broken connection cannot be resumed. The same `?pin=`
+    /// rules apply to each URL; a pin given here applies to all.
+    ///
+    /// ```
+    /// let opts = framegate_client::ClientOptions::default()
+    ///     .endpoints(["ws://10.0.0.2:8080", "ws://10.0.0.3:8080"]);
+    /// ```
+    pub fn endpoints<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints.extend(urls.into_iter().map(Into::into));
         self
     }
 }
@@ -87,7 +113,8 @@ impl ClientOptions {
 pub struct Client {
     url: String,
     key: String,
-    stream: StreamTarget,
+    /// Where sessions go: the URL, then [`ClientOptions::endpoints`].
+    streams: Arc<Vec<Endpoint>>,
     /// Base URL for one-shot HTTP (`None` for QUIC: one-shot goes over a
     /// short session).
     http: Option<String>,
@@ -141,94 +168,23 @@ impl Client {
         key: &str,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
-        let pin = match parsed
-            .query_pairs()
-            .find(|(k, _)| k == "pin")
-            .map(|(_, v)| v.into_owned())
-            .or(options.pin)
-        {
-            Some(p) => Some(tls::parse_pin(&p)?),
-            None => None,
-        };
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?
-            .trim_matches(|c| c == '[' || c == ']')
-            .to_string();
-        let port = parsed.port_or_known_default();
-        let hostport = |default: u16| match parsed.host() {
-            Some(url::Host::Ipv6(a)) => format!("[{a}]:{}", port.unwrap_or(default)),
-            _ => format!("{host}:{}", port.unwrap_or(default)),
-        };
-        let path = |p: &str| {
-            if parsed.path().is_empty() || parsed.path() == "/" {
-                p.to_string()
-            } else {
-                parsed.path().to_string()
-            }
-        };
-        let (stream, http) = match parsed.scheme() {
-            "quic" => {
-                let addr: SocketAddr = tokio::net::lookup_host(hostport(8443))
-                    .await
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| ClientError::Connect {
-                        url: url.into(),
-                        reason: "cannot resolve the host".into(),
-                    })?;
-                let tls = tls::client_config(pin, &[link::ALPN])?;
-                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-                    .map_err(|e| ClientError::Protocol(format!("TLS for QUIC: {e}")))?;
-                let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-                let mut transport = quinn::TransportConfig::default();
-                transport.keep_alive_interval(Some(Duration::from_secs(5)));
-                config.transport_config(Arc::new(transport));
-                let bind: SocketAddr = if addr.is_ipv6() {
-                    "[::]:0".parse().expect("addr")
-                } else {
-                    "0.0.0.0:0".parse().expect("addr")
-                };
-                let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
-                    url: url.into(),
-                    reason: format!("cannot bind a UDP socket: {e}"),
-                })?;
-                (
-                    StreamTarget::Quic {
-                        endpoint,
-                        addr,
-                        server_name: host.clone(),
-                        config,
-                    },
-                    None,
-                )
-            }
-            "ws" | "http" => (
-                StreamTarget::Ws {
-                    url: format!("ws://{}{}", hostport(80), path("/v1/stream")),
-                    tls: None,
-                },
-                Some(format!("http://{}", hostport(80))),
-            ),
-            "wss" => (
-                StreamTarget::Ws {
-                    url: format!("wss://{}{}", hostport(443), path("/v1/stream")),
-                    tls: Some(Arc::new(tls::client_config(pin, &[])?)),
-                },
-                None,
-            ),
-            other => {
-                return Err(ClientError::InvalidUrl(format!(
-                    "{url}: scheme {other:?} is not quic, ws, wss or http"
-                )))
-            }
-        };
+        let mut quic = None;
+        let (stream, http) = stream_target(url, options.pin.as_deref(), &mut quic).await?;
+        let mut streams = vec![Endpoint {
+            url: url.to_string(),
+            target: stream,
+        }];
+        for other in &options.endpoints {
+            let (target, _) = stream_target(other, options.pin.as_deref(), &mut quic).await?;
+            streams.push(Endpoint {
+                url: other.clone(),
+                target,
+            });
+        }
         Ok(Client {
             url: url.to_string(),
             key: key.to_string(),
-            stream,
+            streams: Arc::new(streams),
             http,
         })
     }
@@ -245,7 +201,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn session(&self, options: SessionOptions) -> Result<Session, ClientError> {
-        Session::open(self.stream.clone(), &self.key, options).await
+        Session::open(self.streams.clone(), &self.key, options).await
     }
 
     /// Detects objects in one image: `POST /v1/detect` for `http://` and
@@ -325,6 +281,106 @@ impl Client {
         }
         Ok(detections_from_json(&body))
     }
+}
+
+/// Where sessions for `url` go, and the base URL for one-shot HTTP. QUIC
+/// URLs share one UDP socket (`quic`, bound by the first).
+async fn stream_target(
+    url: &str,
+    pin: Option<&str>,
+    quic: &mut Option<quinn::Endpoint>,
+) -> Result<(StreamTarget, Option<String>), ClientError> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
+    let pin = match parsed
+        .query_pairs()
+        .find(|(k, _)| k == "pin")
+        .map(|(_, v)| v.into_owned())
+        .or(pin.map(str::to_string))
+    {
+        Some(p) => Some(tls::parse_pin(&p)?),
+        None => None,
+    };
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let port = parsed.port_or_known_default();
+    let hostport = |default: u16| match parsed.host() {
+        Some(url::Host::Ipv6(a)) => format!("[{a}]:{}", port.unwrap_or(default)),
+        _ => format!("{host}:{}", port.unwrap_or(default)),
+    };
+    let path = |p: &str| {
+        if parsed.path().is_empty() || parsed.path() == "/" {
+            p.to_string()
+        } else {
+            parsed.path().to_string()
+        }
+    };
+    Ok(match parsed.scheme() {
+        "quic" => {
+            let addr: SocketAddr = tokio::net::lookup_host(hostport(8443))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ClientError::Connect {
+                    url: url.into(),
+                    reason: "cannot resolve the host".into(),
+                })?;
+            let tls = tls::client_config(pin, &[link::ALPN])?;
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+                .map_err(|e| ClientError::Protocol(format!("TLS for QUIC: {e}")))?;
+            let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+            let mut transport = quinn::TransportConfig::default();
+            transport.keep_alive_interval(Some(Duration::from_secs(5)));
+            config.transport_config(Arc::new(transport));
+            let endpoint = match quic {
+                Some(e) if e.local_addr().is_ok_and(|l| l.is_ipv6() == addr.is_ipv6()) => e.clone(),
+                _ => {
+                    let bind: SocketAddr = if addr.is_ipv6() {
+                        "[::]:0".parse().expect("addr")
+                    } else {
+                        "0.0.0.0:0".parse().expect("addr")
+                    };
+                    let e = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+                        url: url.into(),
+                        reason: format!("cannot bind a UDP socket: {e}"),
+                    })?;
+                    *quic = Some(e.clone());
+                    e
+                }
+            };
+            (
+                StreamTarget::Quic {
+                    endpoint,
+                    addr,
+                    server_name: host.clone(),
+                    config,
+                },
+                None,
+            )
+        }
+        "ws" | "http" => (
+            StreamTarget::Ws {
+                url: format!("ws://{}{}", hostport(80), path("/v1/stream")),
+                tls: None,
+            },
+            Some(format!("http://{}", hostport(80))),
+        ),
+        "wss" => (
+            StreamTarget::Ws {
+                url: format!("wss://{}{}", hostport(443), path("/v1/stream")),
+                tls: Some(Arc::new(tls::client_config(pin, &[])?)),
+            },
+            None,
+        ),
+        other => {
+            return Err(ClientError::InvalidUrl(format!(
+                "{url}: scheme {other:?} is not quic, ws, wss or http"
+            )))
+        }
+    })
 }
 
 fn detections_from_json(v: &serde_json::Value) -> Detections {

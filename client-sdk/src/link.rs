@@ -17,6 +17,18 @@ use crate::ClientError;
 /// The ALPN id of protocol version 1.
 pub(crate) const ALPN: &[u8] = b"framegate/1";
 
+/// WebSocket close code and QUIC application error code of a gateway that
+/// is going away (docs/protocol.md, "Going away").
+pub(crate) const GOING_AWAY_CODE: u16 = 1001;
+
+/// One gateway sessions may go to.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    /// As the caller gave it (for reports).
+    pub(crate) url: String,
+    pub(crate) target: StreamTarget,
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -122,6 +134,13 @@ impl LinkRx {
                 match recv.read_chunk(64 << 10, true).await {
                     Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
                     Ok(None) => return Err(lost("the gateway finished the stream")),
+                    Err(quinn::ReadError::ConnectionLost(
+                        quinn::ConnectionError::ApplicationClosed(c),
+                    )) if c.error_code.into_inner() == u64::from(GOING_AWAY_CODE) => {
+                        return Err(ClientError::GoingAway(
+                            String::from_utf8_lossy(&c.reason).into_owned(),
+                        ))
+                    }
                     Err(e) => return Err(lost(e)),
                 }
             },
@@ -130,6 +149,9 @@ impl LinkRx {
                     Some(Ok(Message::Binary(b))) => {
                         return ServerMessage::decode(&b, limits)
                             .map_err(|e| ClientError::Protocol(e.to_string()))
+                    }
+                    Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == GOING_AWAY_CODE => {
+                        return Err(ClientError::GoingAway(f.reason.to_string()))
                     }
                     Some(Ok(Message::Close(f))) => {
                         return Err(lost(format!(

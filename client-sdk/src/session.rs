@@ -1,6 +1,14 @@
 //! Streaming sessions: send frames, receive one answer per frame as a
 //! `Stream`, with credits, the overload policy, acknowledgements and
 //! automatic reconnect + resume handled by a background task.
+//!
+//! Failover: when the gateway says it is going away (`Error{going-away}`
+//! without seq, then close 1001), the task stops sending, reads the answers
+//! still owed, and opens a new session on the next endpoint (round robin;
+//! the same one when there is only one, e.g. a load balancer), re-sending
+//! every frame that has no answer yet with its own seq. Frames the old
+//! gateway refused after its notice (`Error{going-away, seq}`) are never
+//! shown to the caller; they are re-sent like the others.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -16,7 +24,7 @@ use framegate_protocol::{
 use futures_util::Stream;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::link::{self, LinkRx, LinkTx, StreamTarget};
+use crate::link::{self, Endpoint, LinkRx, LinkTx};
 use crate::{ClientError, Image};
 
 /// How a session behaves. Build with the setters:
@@ -72,8 +80,9 @@ impl SessionOptions {
         self
     }
 
-    /// Reconnect attempts after a broken connection before giving up
-    /// (default 5; 0 disables resume).
+    /// Reconnect attempts after a broken connection, or to find another
+    /// gateway after a going-away close, before giving up (default 5; 0
+    /// disables resume and failover).
     pub fn reconnect_attempts(mut self, n: u32) -> Self {
         self.reconnect_attempts = n;
         self
@@ -172,6 +181,9 @@ enum Cmd {
 struct Shared {
     credits: AtomicU64,
     resumes: AtomicU64,
+    failovers: AtomicU64,
+    resent: AtomicU64,
+    endpoint: std::sync::Mutex<String>,
     kill: tokio::sync::Notify,
 }
 
@@ -286,7 +298,7 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub(crate) async fn open(
-        target: StreamTarget,
+        targets: Arc<Vec<Endpoint>>,
         key: &str,
         opts: SessionOptions,
     ) -> Result<Session, ClientError> {
@@ -299,7 +311,25 @@ impl Session {
             client_name: concat!("framegate-client-rs/", env!("CARGO_PKG_VERSION")).into(),
             ..Hello::default()
         };
-        let (tx, rx, welcome) = link::open(&target, &hello, opts.connect_timeout).await?;
+        // The first endpoint that answers; the next on a retryable failure.
+        let mut opened = None;
+        let mut last_err = None;
+        for (i, t) in targets.iter().enumerate() {
+            match link::open(&t.target, &hello, opts.connect_timeout).await {
+                Ok(x) => {
+                    opened = Some((i, x));
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::debug!(endpoint = %t.url, error = %e, "gateway unavailable; trying the next");
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((current, (tx, rx, welcome))) = opened else {
+            return Err(last_err.unwrap_or(ClientError::SessionClosed));
+        };
         let window = welcome.limits.max_in_flight.max(welcome.credits).max(1);
         let (cmd_tx, cmd_rx) = mpsc::channel(1);
         let (ans_tx, ans_rx) = mpsc::channel(window as usize * 2 + 16);
@@ -307,8 +337,12 @@ impl Session {
         shared
             .credits
             .store(u64::from(welcome.credits), Ordering::Relaxed);
+        *shared.endpoint.lock().expect("endpoint lock") = targets[current].url.clone();
         let driver = Driver {
-            target,
+            targets,
+            current,
+            going_away: false,
+            session_received: 0,
             hello: Hello {
                 resume_token: welcome.resume_token.clone(),
                 ..hello
@@ -383,6 +417,23 @@ impl Session {
         self.shared.resumes.load(Ordering::Relaxed)
     }
 
+    /// How many times the session moved to another gateway with a new
+    /// session (after a `going-away` close, or a resume that could not
+    /// succeed); see [`crate::ClientOptions::endpoints`].
+    pub fn failovers(&self) -> u64 {
+        self.shared.failovers.load(Ordering::Relaxed)
+    }
+
+    /// Frames sent again after a failover because they had no answer yet.
+    pub fn frames_resent(&self) -> u64 {
+        self.shared.resent.load(Ordering::Relaxed)
+    }
+
+    /// The gateway URL the session is on now.
+    pub fn endpoint(&self) -> String {
+        self.shared.endpoint.lock().expect("endpoint lock").clone()
+    }
+
     /// Breaks the connection abruptly, as a network failure would; the
     /// session then reconnects and resumes. For tests of resume.
     #[doc(hidden)]
@@ -401,7 +452,15 @@ impl Stream for Session {
 
 /// The background task owning the connection.
 struct Driver {
-    target: StreamTarget,
+    /// Gateways to use, in order; `current` is the one in use.
+    targets: Arc<Vec<Endpoint>>,
+    current: usize,
+    /// The gateway sent its `going-away` notice: send nothing more there;
+    /// after the close, continue elsewhere.
+    going_away: bool,
+    /// Highest seq answered on the current gateway's session (what a resume
+    /// there acknowledges); 0 after a failover.
+    session_received: u64,
     hello: Hello,
     opts: SessionOptions,
     cmds: mpsc::Receiver<Cmd>,
@@ -424,7 +483,7 @@ enum Step {
 
 impl Driver {
     fn can_send(&self) -> bool {
-        if self.closing {
+        if self.closing || self.going_away {
             return false;
         }
         match self.opts.policy {
@@ -477,6 +536,19 @@ impl Driver {
                     if self.closing && self.unanswered.is_empty() {
                         return; // the gateway closed after the last answer
                     }
+                    if self.going_away || matches!(e, ClientError::GoingAway(_)) {
+                        match self.failover(e).await {
+                            Ok((t, r)) => {
+                                tx = t;
+                                rx = r;
+                            }
+                            Err(e) => {
+                                let _ = self.answers.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                     if self.closing && self.hello.datagrams {
                         // Bye overtook datagram frames: they are lost.
                         while let Some(f) = self.unanswered.pop_front() {
@@ -515,6 +587,17 @@ impl Driver {
             }
             ServerMessage::Welcome(_) => {
                 return Step::Done(Some(ClientError::Protocol("a second Welcome".into())))
+            }
+            // The notice: answers still owed follow, then the close.
+            ServerMessage::Error(e) if e.seq.is_none() && e.code == ErrorCode::GoingAway => {
+                tracing::info!(endpoint = %self.targets[self.current].url, "gateway going away; will continue on another");
+                self.going_away = true;
+                return Step::Continue;
+            }
+            // Refused after the notice: sent again on the next gateway.
+            ServerMessage::Error(e) if e.code == ErrorCode::GoingAway => {
+                self.going_away = true;
+                return Step::Continue;
             }
             ServerMessage::Error(e) if e.seq.is_none() => {
                 let err = ClientError::Gateway {
@@ -570,6 +653,7 @@ impl Driver {
                 self.credits += 1;
             }
             self.last_received = seq;
+            self.session_received = seq;
             self.since_ack += 1;
             if self.answers.send(Ok(a)).await.is_err() {
                 return Step::Done(None);
@@ -595,14 +679,26 @@ impl Driver {
     async fn resume(&mut self, cause: ClientError) -> Result<(LinkTx, LinkRx), ClientError> {
         let mut backoff = self.opts.reconnect_backoff;
         let mut last = cause;
-        for _ in 0..self.opts.reconnect_attempts {
+        // With other gateways to go to, do not insist on this one.
+        let attempts = if self.targets.len() > 1 {
+            self.opts.reconnect_attempts.min(2)
+        } else {
+            self.opts.reconnect_attempts
+        };
+        for _ in 0..attempts {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             let hello = Hello {
-                last_received_seq: self.last_received,
+                last_received_seq: self.session_received,
                 ..self.hello.clone()
             };
-            match link::open(&self.target, &hello, self.opts.connect_timeout).await {
+            match link::open(
+                &self.targets[self.current].target,
+                &hello,
+                self.opts.connect_timeout,
+            )
+            .await
+            {
                 Ok((mut tx, rx, welcome)) => {
                     self.hello.resume_token = welcome.resume_token;
                     self.credits = i64::from(welcome.credits);
@@ -626,13 +722,98 @@ impl Driver {
                     self.shared.resumes.fetch_add(1, Ordering::Relaxed);
                     return Ok((tx, rx));
                 }
+                Err(e @ ClientError::GoingAway(_)) => return self.failover(e).await,
+                Err(ClientError::Gateway {
+                    code: ErrorCode::GoingAway,
+                    message,
+                    ..
+                }) => return self.failover(ClientError::GoingAway(message)).await,
+                // Unknown token (a restarted gateway): elsewhere, afresh.
+                Err(e @ ClientError::Gateway { .. })
+                    if !e.is_retryable() && self.targets.len() > 1 =>
+                {
+                    return self.failover(e).await
+                }
                 Err(e @ ClientError::Gateway { .. }) if !e.is_retryable() => return Err(e),
                 Err(e) => last = e,
             }
         }
+        if self.targets.len() > 1 {
+            return self.failover(last).await;
+        }
         Err(ClientError::ConnectionLost(format!(
             "gave up after {} reconnect attempts: {last}",
             self.opts.reconnect_attempts
+        )))
+    }
+    /// Continues on another gateway with a new session: the next endpoint
+    /// in order (the same one when it is the only one), then the ones after
+    /// it. Every frame without an answer is sent again with its seq.
+    async fn failover(&mut self, cause: ClientError) -> Result<(LinkTx, LinkRx), ClientError> {
+        let n = self.targets.len();
+        if self.opts.reconnect_attempts == 0 {
+            return Err(cause);
+        }
+        let mut backoff = self.opts.reconnect_backoff;
+        let mut last = cause;
+        let attempts = self.opts.reconnect_attempts.max(n as u32);
+        for attempt in 0..attempts {
+            let idx = (self.current + 1 + attempt as usize) % n;
+            // Straight to another gateway; wait before trying the same
+            // address again (a load balancer needs a moment to notice).
+            if n == 1 || attempt as usize >= n - 1 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            let hello = Hello {
+                resume_token: String::new(),
+                last_received_seq: 0,
+                ..self.hello.clone()
+            };
+            let target = &self.targets[idx];
+            match link::open(&target.target, &hello, self.opts.connect_timeout).await {
+                Ok((mut tx, rx, welcome)) => {
+                    tracing::info!(
+                        from = %self.targets[self.current].url,
+                        to = %target.url,
+                        resend = self.unanswered.len(),
+                        "session moved to another gateway"
+                    );
+                    self.current = idx;
+                    self.going_away = false;
+                    self.session_received = 0;
+                    self.since_ack = 0;
+                    self.hello.resume_token = welcome.resume_token;
+                    self.window = welcome.limits.max_in_flight.max(welcome.credits).max(1);
+                    self.credits = i64::from(welcome.credits);
+                    *self.shared.endpoint.lock().expect("endpoint lock") = target.url.clone();
+                    let resend: Vec<Frame> = self.unanswered.iter().cloned().collect();
+                    self.shared
+                        .resent
+                        .fetch_add(resend.len() as u64, Ordering::Relaxed);
+                    for f in resend {
+                        self.credits -= 1;
+                        tx.send(&ClientMessage::Frame(f)).await?;
+                    }
+                    if self.closing {
+                        tx.send(&ClientMessage::Bye(Bye {
+                            reason: "done".into(),
+                        }))
+                        .await?;
+                    }
+                    self.publish_credits();
+                    self.shared.failovers.fetch_add(1, Ordering::Relaxed);
+                    return Ok((tx, rx));
+                }
+                Err(e @ ClientError::Gateway { .. }) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(endpoint = %target.url, error = %e, "failover target unavailable");
+                    last = e;
+                }
+            }
+        }
+        Err(ClientError::ConnectionLost(format!(
+            "no gateway took the session after {attempts} attempts: {last}"
         )))
     }
 }

@@ -203,6 +203,13 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// A frame was sent without credit under the `block` policy.
     NoCredit,
+    /// This gateway is going away (shutdown, rolling upgrade). Without `seq`
+    /// it is the notice: frames admitted before it are still answered, then
+    /// the connection closes (WebSocket 1001, QUIC application code 1001).
+    /// With `seq` it refuses a frame that arrived after the notice. Either
+    /// way the client continues on another gateway with a new session and
+    /// re-sends every frame without an answer.
+    GoingAway,
 }
 
 string_names!(ErrorCode, "error code", [
@@ -222,6 +229,7 @@ string_names!(ErrorCode, "error code", [
     BudgetExhausted => "budget-exhausted",
     UnsupportedVersion => "unsupported-version",
     NoCredit => "no-credit",
+    GoingAway => "going-away",
 ]);
 
 impl ErrorCode {
@@ -243,7 +251,7 @@ impl ErrorCode {
             ErrorCode::RateLimited | ErrorCode::Overloaded | ErrorCode::NoCredit => 429,
             ErrorCode::Internal => 500,
             ErrorCode::BackendFailure => 502,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::GoingAway => 503,
         }
     }
 
@@ -263,6 +271,7 @@ impl ErrorCode {
             | ErrorCode::Unavailable
             | ErrorCode::NoCredit => 1013,
             ErrorCode::Internal | ErrorCode::BackendFailure => 1011,
+            ErrorCode::GoingAway => 1001,
         }
     }
 
@@ -276,6 +285,7 @@ impl ErrorCode {
                 | ErrorCode::BackendFailure
                 | ErrorCode::Unavailable
                 | ErrorCode::NoCredit
+                | ErrorCode::GoingAway
         )
     }
 }
@@ -350,6 +360,7 @@ wire_map!(
         BudgetExhausted,
         UnsupportedVersion,
         NoCredit,
+        GoingAway,
     ]
 );
 

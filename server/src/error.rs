@@ -101,7 +101,15 @@ pub enum GatewayError {
     /// Too many sessions or connections right now.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// The gateway is shutting down: the session's notice, a frame that
+    /// arrived after it, or a session refused during the drain. The text is
+    /// the WebSocket/QUIC close reason (docs/protocol.md, "Going away").
+    #[error("{GOING_AWAY_REASON}")]
+    GoingAway,
 }
+
+/// The close reason of a `going-away` close (WebSocket 1001, QUIC 1001).
+pub const GOING_AWAY_REASON: &str = "going-away: gateway shutting down";
 
 impl GatewayError {
     /// Who caused it.
@@ -119,7 +127,9 @@ impl GatewayError {
             | NoCredit { .. }
             | ResumeRefused(_)
             | BudgetExhausted { .. } => Side::Client,
-            QueueFull | NotReady(_) | DeadlineExceeded | Overloaded(_) => Side::Capacity,
+            QueueFull | NotReady(_) | DeadlineExceeded | Overloaded(_) | GoingAway => {
+                Side::Capacity
+            }
             Backend(_) => Side::Backend,
             Internal(_) => Side::Internal,
         }
@@ -135,6 +145,7 @@ impl GatewayError {
                 | GatewayError::NoCredit { .. }
                 | GatewayError::DeadlineExceeded
                 | GatewayError::Overloaded(_)
+                | GatewayError::GoingAway
         )
     }
 
@@ -155,6 +166,7 @@ impl GatewayError {
             NotReady(_) => ErrorCode::Unavailable,
             Backend(_) => ErrorCode::BackendFailure,
             Internal(_) => ErrorCode::Internal,
+            GoingAway => ErrorCode::GoingAway,
         }
     }
 
@@ -169,7 +181,7 @@ impl GatewayError {
             UnknownModel(_) | ResumeRefused(_) => 404,
             NoCredit { .. } | QueueFull | Overloaded(_) => 429,
             BudgetExhausted { .. } => 402,
-            NotReady(_) | DeadlineExceeded => 503,
+            NotReady(_) | DeadlineExceeded | GoingAway => 503,
             Backend(_) => 502,
             Internal(_) => 500,
         }
@@ -195,6 +207,7 @@ impl GatewayError {
             QueueFull | NoCredit { .. } | NotReady(_) | DeadlineExceeded | Overloaded(_) => 1013,
             BudgetExhausted { .. } => 4002,
             Backend(_) | Internal(_) => 1011,
+            GoingAway => 1001,
         }
     }
 

@@ -31,10 +31,28 @@ enum Command {
         #[arg(long, short, env = "FRAMEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The configuration's defaults and reference.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Stripe billing by hand: one reporting pass, or a preview.
     Billing(cli::BillingArgs),
     /// Usage of any tenant, read from the usage store (an admin's view).
     Usage(cli::UsageArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the whole default configuration as TOML (a starting
+    /// `framegate.toml`).
+    Defaults,
+    /// Print the configuration reference (Markdown, every field with its
+    /// type, default and doc comment), or write it into a document between
+    /// its `<!-- config-reference:begin -->` / `end` markers.
+    Reference {
+        /// The document to update in place (docs/operations.md).
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -313,7 +331,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         "framegate {} listening on http://{addr} (WebSocket ws://{addr}/v1/stream)",
         env!("CARGO_PKG_VERSION")
     );
-    let (stop_quic, quic_stopped) = tokio::sync::watch::channel(false);
+    // Shutdown in three steps, each a watch flag: `stop_rx` (SIGTERM: stop
+    // accepting, sessions get the going-away notice and drain), `quic_gone`
+    // (QUIC: close what is left), and the process exit after usage is
+    // flushed.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (close_quic, quic_gone) = tokio::sync::watch::channel(false);
+    let quic_stopped = stop_rx.clone();
     if let Some(tls) = https {
         use axum::serve::Listener;
         let addr = tls.local_addr()?;
@@ -336,9 +360,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 material.fingerprint, material.origin
             );
             let mut stopped = quic_stopped;
-            Some(tokio::spawn(listener.serve(gw.clone(), async move {
-                let _ = stopped.changed().await;
-            })))
+            let mut gone = quic_gone;
+            Some(tokio::spawn(listener.serve(
+                gw.clone(),
+                async move {
+                    let _ = stopped.changed().await;
+                },
+                async move {
+                    let _ = gone.changed().await;
+                },
+            )))
         }
         None => None,
     };
@@ -365,29 +396,56 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
     }
-    // Stop accepting on SIGTERM/SIGINT; give open requests and sessions
-    // `http.shutdown_timeout_secs` to finish, then exit regardless.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    // On SIGTERM/SIGINT: /readyz turns 503, the listeners stop accepting,
+    // and every open session is told the gateway is going away (it answers
+    // what it admitted, refuses later frames, closes with 1001). Open
+    // requests and sessions get `http.shutdown_timeout_secs` for that;
+    // then whatever is left is closed and the gateway exits.
+    {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!(
+                sessions = gw.sessions.len(),
+                "shutting down: draining sessions (going-away)"
+            );
+            gw.sessions.go_away();
+            let _ = stop_tx.send(true);
+        });
+    }
     let mut graceful = stop_rx.clone();
     let serve = framegate::transport::serve_http(gw.clone(), listener, async move {
         let _ = graceful.changed().await;
     });
     let mut hard = stop_rx;
     let deadline = Duration::from_secs(gw.config.http.shutdown_timeout_secs);
+    let sessions = gw.sessions.clone();
+    let drained = async move {
+        // Upgraded WebSocket connections are not tracked by the HTTP
+        // server's graceful shutdown: wait for the sessions themselves.
+        serve.await?;
+        while !sessions.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::Ok(())
+    };
     tokio::select! {
-        r = serve => r?,
+        r = drained => r?,
         _ = async move {
             let _ = hard.changed().await;
             tokio::time::sleep(deadline).await;
         } => {
-            tracing::warn!(seconds = deadline.as_secs(), "shutdown deadline passed with connections open; closing them");
+            tracing::warn!(seconds = deadline.as_secs(), sessions = gw.sessions.len(), "shutdown deadline passed with connections open; closing them");
+            gw.sessions.close_all();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while !gw.sessions.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
         }
     }
-    let _ = stop_quic.send(true);
+    let _ = close_quic.send(true);
     if let Some(t) = quic_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
@@ -417,6 +475,31 @@ fn main() -> Result<()> {
             };
             let c = load_config(Some(&path))?;
             println!("{}", toml::to_string_pretty(&c)?);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Defaults) => {
+            print!("{}", toml::to_string_pretty(&Config::default())?);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Reference { write: None }) => {
+            print!("{}", framegate::config::reference::markdown());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Reference { write: Some(path) }) => {
+            let doc = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let new = framegate::config::reference::splice(&doc)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if new != doc {
+                std::fs::write(&path, new)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("{}: configuration reference updated", path.display());
+            } else {
+                println!(
+                    "{}: configuration reference already up to date",
+                    path.display()
+                );
+            }
             Ok(())
         }
         Command::Billing(args) => cli::run_async(cli::billing(args)),

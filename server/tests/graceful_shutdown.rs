@@ -1,11 +1,12 @@
-//! SIGTERM with a streaming session still open: the gateway exits by its
+//! SIGTERM with a streaming session still open: the gateway tells the
+//! session it is going away (notice, then close 1001) and exits by its
 //! shutdown deadline instead of waiting for the client forever.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use framegate_protocol::ServerMessage;
+use framegate_protocol::{ErrorCode, ServerMessage};
 use support::*;
 
 #[tokio::test]
@@ -29,5 +30,12 @@ async fn sigterm_with_an_open_session_exits_by_the_deadline() {
     assert!(status.success(), "exit status {status:?}");
     // A hang guard, not a speed check: the deadline is 2 s.
     assert!(took < Duration::from_secs(60), "took {took:?}");
-    drop(ws);
+    match recv(&mut ws).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::GoingAway);
+            assert_eq!(e.seq, None);
+        }
+        other => panic!("expected the going-away notice, got {other:?}"),
+    }
+    assert_eq!(close_code(&mut ws).await, Some(1001));
 }

@@ -334,10 +334,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for DropReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 16;
+pub const ENUM_MAX_ERROR_CODE: u16 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
   ErrorCode::Unspecified,
   ErrorCode::BadRequest,
   ErrorCode::Unauthorized,
@@ -355,6 +355,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
   ErrorCode::BudgetExhausted,
   ErrorCode::UnsupportedVersion,
   ErrorCode::NoCredit,
+  ErrorCode::GoingAway,
 ];
 
 /// Error codes. The mapping to HTTP statuses and WebSocket close codes is in
@@ -382,9 +383,14 @@ impl ErrorCode {
   pub const BudgetExhausted: Self = Self(14);
   pub const UnsupportedVersion: Self = Self(15);
   pub const NoCredit: Self = Self(16);
+  /// This gateway is shutting down (drain, upgrade): frames admitted before
+  /// the notice are still answered, later ones are refused with this code;
+  /// the client opens a new session on another gateway and re-sends the
+  /// frames left without an answer.
+  pub const GoingAway: Self = Self(17);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 16;
+  pub const ENUM_MAX: u16 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unspecified,
     Self::BadRequest,
@@ -403,6 +409,7 @@ impl ErrorCode {
     Self::BudgetExhausted,
     Self::UnsupportedVersion,
     Self::NoCredit,
+    Self::GoingAway,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -424,6 +431,7 @@ impl ErrorCode {
       Self::BudgetExhausted => Some("BudgetExhausted"),
       Self::UnsupportedVersion => Some("UnsupportedVersion"),
       Self::NoCredit => Some("NoCredit"),
+      Self::GoingAway => Some("GoingAway"),
       _ => None,
     }
   }

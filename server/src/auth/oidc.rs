@@ -44,7 +44,7 @@ pub const SUPPORTED_ALGORITHMS: [&str; 9] = [
 ];
 
 /// One trusted token issuer (`[[auth.oidc]]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OidcIssuerConfig {
     /// Short name for logs, metrics and key ids (`oidc:<name>:<sub>`):

@@ -25,7 +25,9 @@ use crate::error::GatewayError;
 use crate::pipeline::postprocess::RawDetection;
 
 /// How the synthetic backend spends its configured cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum WaitMode {
     /// Busy-wait: the worker's core stays busy, like a CPU backend.
@@ -36,7 +38,7 @@ pub enum WaitMode {
 }
 
 /// `[synthetic]` in `framegate.toml`; used when `backend = "synthetic"`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyntheticConfig {
     /// Cost of every batch, microseconds. Default 0.

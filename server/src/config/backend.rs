@@ -4,7 +4,18 @@
 use serde::{Deserialize, Serialize};
 
 /// Which backend the inference workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// ONNX Runtime on this machine's CPU (the default).
@@ -18,7 +29,7 @@ pub enum BackendKind {
 }
 
 /// `[backend]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     /// `onnx`, `triton` or `synthetic`. Default `onnx`.
@@ -29,7 +40,7 @@ pub struct BackendConfig {
 
 /// `[backend.triton]`: the KServe v2 gRPC servers (Triton, MLServer, KServe)
 /// that run the model, and how the gateway talks to them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TritonConfig {
     /// gRPC endpoints, `http://host:port` (Triton's gRPC port is 8001). Each

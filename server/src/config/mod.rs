@@ -12,12 +12,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod backend;
+pub mod reference;
 pub mod tenancy;
 pub use backend::{BackendConfig, BackendKind, TritonConfig};
 pub use tenancy::{PlanLimits, TenantConfig};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listeners for the public HTTP/WebSocket side.
@@ -69,7 +70,7 @@ impl Config {
 }
 
 /// HTTP and WebSocket listener.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address for HTTP (`/v1/detect`, `/v1/models`, health) and WebSocket
@@ -82,8 +83,11 @@ pub struct HttpConfig {
     pub handshake_timeout_secs: u64,
     /// After SIGTERM/SIGINT, seconds the gateway waits for open requests and
     /// sessions to finish before it closes them and exits (usage is flushed
-    /// after that). Keep it below the orchestrator's grace period (the
-    /// Kubernetes manifests use 30 s). Default 20.
+    /// after that). Sessions drain on their own first: each gets the
+    /// `going-away` notice, answers the frames it admitted and closes with
+    /// 1001, so this is a bound, rarely reached. Keep it below the
+    /// orchestrator's grace period (the Kubernetes manifests use 30 s).
+    /// Default 20.
     pub shutdown_timeout_secs: u64,
     /// Also serve HTTP and WebSocket over TLS (HTTPS/WSS) here, with the
     /// `[tls]` certificate (or the development certificate). Default: off.
@@ -103,7 +107,7 @@ impl Default for HttpConfig {
 }
 
 /// Authentication settings.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Static API keys, each with the tenant it belongs to. When empty, the
@@ -116,7 +120,7 @@ pub struct AuthConfig {
 }
 
 /// One static API key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// Tenant the key belongs to.
@@ -127,7 +131,7 @@ pub struct ApiKeyConfig {
 }
 
 /// Limits checked before any image is decoded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest protocol message (WebSocket message), in bytes. Default 16 MiB.
@@ -150,7 +154,7 @@ impl Default for LimitsConfig {
 }
 
 /// Session settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// Credits granted in `Welcome`: the most frames a session may have in
@@ -186,7 +190,7 @@ impl Default for SessionConfig {
 }
 
 /// Pipeline settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Capacity of the ingress queue per model, in frames. When it is full,
@@ -238,7 +242,7 @@ impl PipelineConfig {
 }
 
 /// ONNX Runtime settings.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnnxRuntimeConfig {
     /// Path of `libonnxruntime.so`. Default: `ORT_DYLIB_PATH`, else the
@@ -247,7 +251,7 @@ pub struct OnnxRuntimeConfig {
 }
 
 /// A model to serve, described by a `model.toml` file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Path to the model's `model.toml` (its `file` and `labels` are relative
@@ -258,7 +262,7 @@ pub struct ModelConfig {
 }
 
 /// QUIC listener settings (see docs/protocol.md, "QUIC").
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuicConfig {
     /// Serve QUIC at all. Default true.
@@ -304,7 +308,7 @@ impl Default for QuicConfig {
 /// TLS certificates. Without `cert`/`key` the gateway generates a
 /// self-signed development certificate in `data_dir` (printed with its
 /// SHA-256 fingerprint at start so clients can pin it).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -314,7 +318,7 @@ pub struct TlsConfig {
 }
 
 /// Log settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` or `json`. Default `text`.
@@ -351,7 +355,7 @@ pub const WIRE_LOG_TARGETS: &[&str] = &[
     "redis",
 ];
 /// Local state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Folder for local state: the embedded usage store (`usage.redb`) and
@@ -369,7 +373,7 @@ impl Default for StorageConfig {
 }
 
 /// Usage metering (see `docs/billing.md`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeteringConfig {
     /// `embedded` (a file in `storage.data_dir`, one gateway) or `redis`
@@ -415,7 +419,7 @@ impl Default for MeteringConfig {
 }
 
 /// Stripe billing (see `docs/billing.md`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BillingConfig {
     /// Run the reporter in `serve`. Default false.
@@ -457,7 +461,7 @@ impl Default for BillingConfig {
 }
 
 /// A tenant billed through Stripe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BillingCustomer {
     /// Tenant.

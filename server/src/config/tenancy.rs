@@ -32,7 +32,7 @@ pub const DEFAULT_PLAN: &str = "default";
 
 /// Limits of a plan. Every field is optional: unset means no limit (or, for
 /// `weight`, 1).
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlanLimits {
     /// Sustained frames per second over all of a tenant's (or key's) streams
@@ -112,7 +112,7 @@ impl PlanLimits {
 }
 
 /// One tenant.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantConfig {
     /// The plan (a key of `[plans]`). Default: the plan named `default`, if any.

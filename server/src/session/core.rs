@@ -326,6 +326,33 @@ impl<F> SessionCore<F> {
         Ok(true)
     }
 
+    /// A frame arrived that the session will not take (the gateway is going
+    /// away): it is answered with `error` in its turn, without holding a
+    /// credit or displacing any waiting frame. Sequence rules as
+    /// [`Self::on_frame`].
+    pub fn refuse(
+        &mut self,
+        now_us: u64,
+        seq: u64,
+        error: GatewayError,
+        datagram: bool,
+    ) -> Result<bool, GatewayError> {
+        let _ = now_us;
+        if let Some(last) = self.last_seq {
+            if seq <= last {
+                if datagram {
+                    return Ok(false);
+                }
+                return Err(GatewayError::Protocol(format!(
+                    "sequence number {seq} is not above the previous {last}"
+                )));
+            }
+        }
+        self.last_seq = Some(seq);
+        self.push_ready(seq, Ready::Error(error.to_message(Some(seq))));
+        Ok(true)
+    }
+
     fn push_ready(&mut self, seq: u64, ready: Ready) {
         self.entries.push_back(Entry {
             seq,

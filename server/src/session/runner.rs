@@ -56,6 +56,22 @@ pub enum Outbound {
     Close(GatewayError),
     /// The session ended normally (after Bye): close normally.
     Finish,
+    /// The gateway is going away and the session has sent every answer it
+    /// owes: close with 1001 and [`crate::error::GOING_AWAY_REASON`] (the
+    /// `going-away` notice was sent before, as a message).
+    GoneAway,
+}
+
+/// Where a gateway's shutdown stands, as sessions see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Departure {
+    /// Serving.
+    Staying,
+    /// Draining: sessions got the `going-away` notice, answer what they
+    /// admitted, refuse later frames, then close with 1001.
+    Leaving,
+    /// The shutdown deadline passed: close now, answered or not.
+    Gone,
 }
 
 type ConnId = u64;
@@ -96,6 +112,7 @@ pub struct SessionRegistry {
     billed: Mutex<HashMap<String, u64>>,
     next_conn: AtomicU64,
     clock: Arc<dyn Clock>,
+    departure: tokio::sync::watch::Sender<Departure>,
 }
 
 impl Default for SessionRegistry {
@@ -154,7 +171,36 @@ impl SessionRegistry {
             billed: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             clock,
+            departure: tokio::sync::watch::Sender::new(Departure::Staying),
         }
+    }
+
+    /// Starts the drain (SIGTERM): every session gets the `going-away`
+    /// notice, answers the frames it already admitted, refuses later ones
+    /// and closes with 1001; new sessions and resumes are refused.
+    pub fn go_away(&self) {
+        self.depart(Departure::Leaving);
+    }
+
+    /// The shutdown deadline passed: every session closes now with 1001,
+    /// whatever it still owes.
+    pub fn close_all(&self) {
+        self.depart(Departure::Gone);
+    }
+
+    fn depart(&self, to: Departure) {
+        self.departure.send_if_modified(|d| {
+            let changed = *d < to;
+            if changed {
+                *d = to;
+            }
+            changed
+        });
+    }
+
+    /// Whether the gateway is draining ([`Self::go_away`] was called).
+    pub fn is_going_away(&self) -> bool {
+        *self.departure.borrow() != Departure::Staying
     }
 
     /// Sessions alive (attached or waiting for a resume).
@@ -203,6 +249,9 @@ impl SessionRegistry {
         transport: &'static str,
         out: mpsc::Sender<Outbound>,
     ) -> Result<Connection, GatewayError> {
+        if self.is_going_away() {
+            return Err(GatewayError::GoingAway);
+        }
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let handle = if hello.resume_token.is_empty() {
             self.start(gw, principal, hello, transport)?
@@ -290,6 +339,8 @@ impl SessionRegistry {
             tenant: principal.tenant.clone(),
             current: None,
             closing: None,
+            departure: self.departure.subscribe(),
+            leaving: false,
             inbound: inbound_rx,
             control: control_rx,
             completions: FuturesUnordered::new(),
@@ -333,6 +384,11 @@ struct SessionTask {
     current: Option<(ConnId, mpsc::Sender<Outbound>)>,
     /// `Some(None)`: Bye received; `Some(Some(e))`: ending with `e`.
     closing: Option<Option<GatewayError>>,
+    /// The gateway's shutdown, watched.
+    departure: tokio::sync::watch::Receiver<Departure>,
+    /// The `going-away` notice was given: frames received from now on are
+    /// refused, and the session closes with 1001 once it owes nothing.
+    leaving: bool,
     inbound: mpsc::Receiver<Inbound>,
     control: mpsc::Receiver<Attach>,
     completions: FuturesUnordered<Completion>,
@@ -354,7 +410,22 @@ impl SessionTask {
 
     async fn run(mut self) {
         tracing::debug!("session started");
+        let mut watching = true;
         loop {
+            if watching {
+                let departure = *self.departure.borrow_and_update();
+                match departure {
+                    Departure::Staying => {}
+                    Departure::Leaving => self.leave().await,
+                    Departure::Gone => {
+                        self.leave().await;
+                        if let Some((_, out)) = self.current.take() {
+                            let _ = out.send(Outbound::GoneAway).await;
+                        }
+                        break;
+                    }
+                }
+            }
             self.dispatch();
             self.transmit().await;
             if let Some(reason) = &self.closing {
@@ -364,6 +435,7 @@ impl SessionTask {
                 if self.core.is_drained() {
                     let last = match reason {
                         None => Outbound::Finish,
+                        Some(GatewayError::GoingAway) => Outbound::GoneAway,
                         Some(e) => Outbound::Close(e.clone()),
                     };
                     if let Some((_, out)) = self.current.take() {
@@ -384,8 +456,15 @@ impl SessionTask {
                 _ => None,
             };
             let out = self.current.as_ref().map(|c| c.1.clone());
-            let reading = self.closing.is_none() && self.core.can_accept();
+            // While leaving, frames are still read (and refused at once) so
+            // the client learns which ones to send elsewhere.
+            let reading = (self.closing.is_none() || self.leaving) && self.core.can_accept();
             tokio::select! {
+                changed = self.departure.changed(), if watching => {
+                    // The registry outlives its sessions; if it is gone
+                    // anyway, stop watching rather than spin.
+                    watching = changed.is_ok();
+                }
                 Some(attach) = self.control.recv() => self.attach(attach).await,
                 Some((seq, cts, outcome)) = self.completions.next(), if !self.completions.is_empty() => {
                     self.on_outcome(seq, cts, outcome);
@@ -404,6 +483,26 @@ impl SessionTask {
             .expect("registry lock")
             .remove(&self.token);
         tracing::debug!(usage_frames = self.core.usage().frames, "session ended");
+    }
+
+    /// Gives the `going-away` notice (once): from now on frames are refused
+    /// and the session ends with 1001 when it owes no answer. A detached
+    /// session ends at once: it cannot be resumed here any more.
+    async fn leave(&mut self) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        if self.closing.is_none() {
+            self.closing = Some(Some(GatewayError::GoingAway));
+        }
+        if let Some((_, out)) = &self.current {
+            let notice = ServerMessage::Error(GatewayError::GoingAway.to_message(None));
+            if out.send(Outbound::Message(notice)).await.is_err() {
+                self.detach();
+            }
+        }
+        tracing::debug!(owed = self.core.pending(), "going away");
     }
 
     fn detach(&mut self) {
@@ -471,6 +570,16 @@ impl SessionTask {
                 if Some(conn) != current => {}
             Inbound::Fatal { error, .. } => self.end(error),
             Inbound::Message { msg, datagram, .. } => match msg {
+                ClientMessage::Frame(f) if self.leaving => {
+                    metrics::frame_received(self.transport);
+                    let now = self.now_us();
+                    if let Err(e) = self
+                        .core
+                        .refuse(now, f.seq, GatewayError::GoingAway, datagram)
+                    {
+                        self.end(e);
+                    }
+                }
                 ClientMessage::Frame(f) => {
                     metrics::frame_received(self.transport);
                     let probed = probe(
@@ -494,6 +603,9 @@ impl SessionTask {
                     }
                 }
                 ClientMessage::Ack(a) => self.core.on_ack(a.seq),
+                // While leaving, the going-away close stands: the client
+                // reconnects elsewhere if anything is still unanswered.
+                ClientMessage::Bye(_) if self.leaving => {}
                 ClientMessage::Bye(_) => self.closing = Some(None),
                 ClientMessage::Hello(_) => {
                     self.end(GatewayError::Protocol("Hello sent twice".into()))

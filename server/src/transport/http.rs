@@ -374,6 +374,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    // Draining after SIGTERM: load balancers must stop sending at once.
+    if gw.sessions.is_going_away() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
     match gw.readiness() {
         Readiness::Ready => (StatusCode::OK, "ready\n").into_response(),
         Readiness::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading\n").into_response(),

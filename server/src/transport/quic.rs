@@ -120,18 +120,27 @@ impl QuicListener {
         self.endpoint.local_addr()
     }
 
-    /// Accepts connections until `shutdown` resolves, then closes them all.
-    pub async fn serve(self, gw: Arc<Gateway>, shutdown: impl std::future::Future<Output = ()>) {
+    /// Accepts connections until `stop_accepting` resolves; then refuses
+    /// new ones while the open sessions drain (the session registry tells
+    /// them the gateway is going away), and once they have all closed, or
+    /// `close_now` resolves, closes whatever is left with 1001.
+    pub async fn serve(
+        self,
+        gw: Arc<Gateway>,
+        stop_accepting: impl std::future::Future<Output = ()>,
+        close_now: impl std::future::Future<Output = ()>,
+    ) {
         let active = Arc::new(AtomicUsize::new(0));
         let max = gw.config.quic.max_connections;
-        tokio::pin!(shutdown);
+        tokio::pin!(stop_accepting);
+        tokio::pin!(close_now);
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => match i {
                     Some(i) => i,
                     None => break,
                 },
-                () = &mut shutdown => break,
+                () = &mut stop_accepting => break,
             };
             if active.load(Ordering::Acquire) >= max {
                 tracing::debug!(peer = %incoming.remote_address(), "QUIC connection refused: at max_connections");
@@ -145,13 +154,31 @@ impl QuicListener {
                 run_connection(gw, incoming).await;
             });
         }
+        // Draining: new connections are refused, open ones finish.
+        let drained = async {
+            loop {
+                tokio::select! {
+                    i = self.endpoint.accept() => match i {
+                        Some(i) => i.refuse(),
+                        None => return,
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {
+                        if active.load(Ordering::Acquire) == 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = drained => {}
+            () = &mut close_now => {}
+        }
         self.endpoint.close(
-            GatewayError::NotReady("shutting down".into())
-                .quic_error_code()
-                .into(),
-            b"shutting down",
+            GatewayError::GoingAway.quic_error_code().into(),
+            crate::error::GOING_AWAY_REASON.as_bytes(),
         );
-        self.endpoint.wait_idle().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
 
@@ -391,6 +418,12 @@ async fn write_outbound(
                 let _ = send.finish();
                 let _ = tokio::time::timeout(LINGER, send.stopped()).await;
                 conn.close(CLOSE_NORMAL.into(), b"bye");
+                return;
+            }
+            Outbound::GoneAway => {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+                close_connection(&conn, &GatewayError::GoingAway);
                 return;
             }
         };

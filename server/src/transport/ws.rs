@@ -278,6 +278,15 @@ async fn write_outbound(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>) {
                     .await;
                 return;
             }
+            Outbound::GoneAway => {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: GatewayError::GoingAway.ws_close_code(),
+                        reason: Utf8Bytes::from_static(crate::error::GOING_AWAY_REASON),
+                    })))
+                    .await;
+                return;
+            }
         }
     }
 }

@@ -153,6 +153,31 @@ fn deadlines_that_cannot_be_met_are_dropped_before_dispatch() {
 }
 
 #[test]
+fn refused_frames_keep_their_turn_and_leave_waiting_frames_alone() {
+    // latest-only would supersede waiting frames on a new frame; a refusal
+    // (going away) must not: admitted frames are still answered.
+    let mut c = SessionCore::new(cfg(2, OverloadPolicy::LatestOnly), 0);
+    c.attach(0).unwrap();
+    c.on_frame(0, 1, 0, Ok(1), false).unwrap();
+    c.on_frame(0, 2, 0, Ok(2), false).unwrap(); // supersedes 1
+    c.refuse(0, 3, GatewayError::GoingAway, false).unwrap();
+    assert!(c.refuse(0, 3, GatewayError::GoingAway, false).is_err());
+    assert_eq!(c.holding_credit(), 1);
+    let d = c.poll_dispatch(0).unwrap();
+    assert_eq!(d.seq, 2);
+    assert_eq!(answered(&drain(&mut c)), vec![1], "3 waits behind 2");
+    c.on_outcome(10, 2, det(2, 2));
+    let msgs = drain(&mut c);
+    assert_eq!(answered(&msgs), vec![2, 3]);
+    assert!(matches!(
+        &msgs[1],
+        ServerMessage::Error(e) if e.code == ErrorCode::GoingAway && e.seq == Some(3) && e.retryable
+    ));
+    assert!(c.is_drained());
+    assert_eq!(c.usage().frames, 1, "a refusal is not billed");
+}
+
+#[test]
 fn sequence_numbers_must_increase_except_late_datagrams() {
     let mut c = SessionCore::new(cfg(8, OverloadPolicy::DropOldest), 0);
     c.attach(0).unwrap();

@@ -595,14 +595,20 @@ pub async fn plans(args: PlansArgs) -> Result<()> {
                 Target::Store(store, config) => {
                     let mut all = serde_json::Map::new();
                     for (k, p) in &config.plans {
-                        all.insert(k.clone(), serde_json::json!({"limits": p, "source": "config"}));
+                        all.insert(
+                            k.clone(),
+                            serde_json::json!({"limits": p, "source": "config"}),
+                        );
                     }
                     for (k, p) in store.list_plans().await? {
                         all.insert(k, serde_json::json!({"limits": p, "source": "store"}));
                     }
                     serde_json::json!({ "plans": all })
                 }
-                Target::Admin { .. } => t.call(reqwest::Method::GET, "/v1/admin/plans", None).await?,
+                Target::Admin { .. } => {
+                    t.call(reqwest::Method::GET, "/v1/admin/plans", None)
+                        .await?
+                }
             };
             print_json(&v)
         }

@@ -203,10 +203,7 @@ impl GatewayError {
             Forbidden(_) => 4003,
             Protocol(_) | BadRequest(_) => 1002,
             PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
-            UnknownModel(_)
-            | UnsupportedMedia(_)
-            | InvalidImage(_)
-            | ResumeRefused(_)
+            UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_)
             | NotFound(_) => 1008,
             QueueFull | NoCredit { .. } | NotReady(_) | DeadlineExceeded | Overloaded(_) => 1013,
             BudgetExhausted { .. } => 4002,

@@ -26,28 +26,65 @@ async fn admin_api_issues_keys_that_work_until_revoked_or_expired() {
     assert!(ws_welcomed(&gw, &key).await);
     let (status, me) = get_with(&gw, "/v1/me", &key).await;
     assert_eq!(status, 200, "{me}");
-    assert_eq!((me["tenant"].as_str(), me["key_id"].as_str()), (Some("acme"), Some(id.as_str())));
+    assert_eq!(
+        (me["tenant"].as_str(), me["key_id"].as_str()),
+        (Some("acme"), Some(id.as_str()))
+    );
 
     // Listing and reading never shows the secret or its hash.
-    let (status, list) = admin(&gw, Method::GET, "/v1/admin/keys?tenant=acme", Some(ADMIN_TOKEN), None).await;
+    let (status, list) = admin(
+        &gw,
+        Method::GET,
+        "/v1/admin/keys?tenant=acme",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(list["keys"].as_array().unwrap().len(), 1);
     let text = list.to_string();
-    assert!(!text.contains(&key[16..]) && !text.contains("sha256"), "{text}");
-    let (status, one) = admin(&gw, Method::GET, &format!("/v1/admin/keys/{id}"), Some(ADMIN_TOKEN), None).await;
+    assert!(
+        !text.contains(&key[16..]) && !text.contains("sha256"),
+        "{text}"
+    );
+    let (status, one) = admin(
+        &gw,
+        Method::GET,
+        &format!("/v1/admin/keys/{id}"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
     assert_eq!((status, one["name"].as_str()), (200, Some("ci")));
 
     // Revoked: refused at once on this gateway, like an unknown key.
-    let (status, v) = admin(&gw, Method::DELETE, &format!("/v1/admin/keys/{id}"), Some(ADMIN_TOKEN), None).await;
+    let (status, v) = admin(
+        &gw,
+        Method::DELETE,
+        &format!("/v1/admin/keys/{id}"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     assert!(v["revoked_at"].as_u64().is_some());
     let (status, body) = detect_with(&gw, &key).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     match ws_hello_with(&gw, &key, "").await {
         Some(ServerMessage::Error(e)) => assert_eq!(e.code, ErrorCode::Unauthorized),
         other => panic!("expected Error, got {other:?}"),
     }
-    let (status, _) = admin(&gw, Method::DELETE, "/v1/admin/keys/aaaaaaaaaaaa", Some(ADMIN_TOKEN), None).await;
+    let (status, _) = admin(
+        &gw,
+        Method::DELETE,
+        "/v1/admin/keys/aaaaaaaaaaaa",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
 
     // Expiry.
@@ -58,9 +95,19 @@ async fn admin_api_issues_keys_that_work_until_revoked_or_expired() {
     assert!(!ws_welcomed(&gw, &short).await);
 
     // Bad requests get clear JSON errors.
-    let (status, v) = admin(&gw, Method::POST, "/v1/admin/keys", Some(ADMIN_TOKEN), Some(json!({"tenant": "acme", "scopes": ["fly"]}))).await;
+    let (status, v) = admin(
+        &gw,
+        Method::POST,
+        "/v1/admin/keys",
+        Some(ADMIN_TOKEN),
+        Some(json!({"tenant": "acme", "scopes": ["fly"]})),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("fly"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("fly"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,35 +138,81 @@ async fn scopes_and_model_lists_are_enforced() {
     // A stream-only key: no one-shot detect.
     let (_, stream_only) = create_key(&gw, json!({"tenant": "acme", "scopes": ["stream"]})).await;
     let (status, v) = detect_with(&gw, &stream_only).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
     assert!(ws_welcomed(&gw, &stream_only).await);
     // A non-admin key is refused by the admin API (403), no credential 401.
     let (status, _) = admin(&gw, Method::GET, "/v1/admin/keys", Some(&stream_only), None).await;
     assert_eq!(status, 403);
     // An admin-scope key works there.
     let (_, ops) = create_key(&gw, json!({"tenant": "ops", "scopes": ["admin"]})).await;
-    assert_eq!(admin(&gw, Method::GET, "/v1/admin/plans", Some(&ops), None).await.0, 200);
+    assert_eq!(
+        admin(&gw, Method::GET, "/v1/admin/plans", Some(&ops), None)
+            .await
+            .0,
+        200
+    );
 
     // A plan with a model list: other models are refused with a clear message.
-    let (status, v) = admin(&gw, Method::PUT, "/v1/admin/plans/narrow", Some(ADMIN_TOKEN), Some(json!({"models": ["some-other-model"]}))).await;
+    let (status, v) = admin(
+        &gw,
+        Method::PUT,
+        "/v1/admin/plans/narrow",
+        Some(ADMIN_TOKEN),
+        Some(json!({"models": ["some-other-model"]})),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
-    let (status, v) = admin(&gw, Method::PUT, "/v1/admin/tenants/limited", Some(ADMIN_TOKEN), Some(json!({"plan": "narrow"}))).await;
+    let (status, v) = admin(
+        &gw,
+        Method::PUT,
+        "/v1/admin/tenants/limited",
+        Some(ADMIN_TOKEN),
+        Some(json!({"plan": "narrow"})),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
-    let (status, _) = admin(&gw, Method::PUT, "/v1/admin/tenants/x", Some(ADMIN_TOKEN), Some(json!({"plan": "missing"}))).await;
+    let (status, _) = admin(
+        &gw,
+        Method::PUT,
+        "/v1/admin/tenants/x",
+        Some(ADMIN_TOKEN),
+        Some(json!({"plan": "missing"})),
+    )
+    .await;
     assert_eq!(status, 400);
     let (_, limited) = create_key(&gw, json!({"tenant": "limited"})).await;
     let (status, v) = detect_with(&gw, &limited).await;
     assert_eq!(status, 403, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("nanodet-g"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nanodet-g"),
+        "{v}"
+    );
     match ws_hello_with(&gw, &limited, "").await {
         Some(ServerMessage::Error(e)) => {
             assert_eq!(e.code, ErrorCode::Forbidden);
-            assert!(e.message.contains("not in tenant \"limited\"'s plan"), "{}", e.message);
+            assert!(
+                e.message.contains("not in tenant \"limited\"'s plan"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected Error, got {other:?}"),
     }
     // Allowing the model lets it through.
-    admin(&gw, Method::PUT, "/v1/admin/plans/narrow", Some(ADMIN_TOKEN), Some(json!({"models": ["nanodet-g"]}))).await;
+    admin(
+        &gw,
+        Method::PUT,
+        "/v1/admin/plans/narrow",
+        Some(ADMIN_TOKEN),
+        Some(json!({"models": ["nanodet-g"]})),
+    )
+    .await;
     assert_eq!(detect_with(&gw, &limited).await.0, 200);
 }
 
@@ -128,35 +221,70 @@ async fn the_admin_listener_needs_its_token_and_is_not_public() {
     let gw = gateway().await;
     let admin_addr = gw.admin.expect("admin listener on");
     assert_ne!(admin_addr.port(), gw.addr.port());
-    for token in [None, Some("wrong-token"), Some(KEY)] {
+    for token in [None, Some("wrong-token"), Some("")] {
         let (status, v) = admin(&gw, Method::GET, "/v1/admin/keys", token, None).await;
         assert_eq!(status, 401, "{token:?}: {v}");
         assert_eq!(v["error"]["code"], "unauthorized");
     }
-    let (status, _) = admin(&gw, Method::POST, "/v1/admin/keys", None, Some(json!({"tenant": "acme"}))).await;
+    // A valid key without the admin scope: 403.
+    let (status, v) = admin(&gw, Method::GET, "/v1/admin/keys", Some(KEY), None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, _) = admin(
+        &gw,
+        Method::POST,
+        "/v1/admin/keys",
+        None,
+        Some(json!({"tenant": "acme"})),
+    )
+    .await;
     assert_eq!(status, 401);
     // The public port has no admin API, even with the token.
     for path in ["/v1/admin/keys", "/v1/admin/usage?tenant=dev&from=0&to=10"] {
-        let r = reqwest::Client::new().get(gw.url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let r = reqwest::Client::new()
+            .get(gw.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
     // Without any admin credential the listener stays off, and says why.
     let off = Gateway::start(&[]).await;
     assert!(off.admin.is_none());
-    assert!(off.logs().iter().any(|l| l.contains("admin API off") && l.contains("FRAMEGATE_ADMIN_TOKEN")));
+    assert!(off
+        .logs()
+        .iter()
+        .any(|l| l.contains("admin API off") && l.contains("FRAMEGATE_ADMIN_TOKEN")));
     // The admin port may not be the public one.
     let out = Command::new(env!("CARGO_BIN_EXE_framegate"))
-        .args(["serve", "--http-listen", "127.0.0.1:18080", "--admin-listen", "127.0.0.1:18080", "--quic-listen", "off"])
+        .args([
+            "serve",
+            "--http-listen",
+            "127.0.0.1:18080",
+            "--admin-listen",
+            "127.0.0.1:18080",
+            "--quic-listen",
+            "off",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("admin.listen") && err.contains("own, private port"), "{err}");
+    assert!(
+        err.contains("admin.listen") && err.contains("own, private port"),
+        "{err}"
+    );
 }
 
 fn cli(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_framegate"));
-    cmd.args(args).arg("--data-dir").arg(data_dir).env_remove("FRAMEGATE_ADMIN_TOKEN");
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("FRAMEGATE_ADMIN_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -164,7 +292,11 @@ fn cli(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::
 }
 
 fn json_out(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
@@ -173,12 +305,44 @@ async fn the_cli_manages_keys_in_the_store_and_through_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Gateway down: the CLI writes the embedded store directly.
-    json_out(&cli(d, &["plans", "set", "pro", "--frames-per-sec", "50", "--max-keys", "3"], &[]));
+    json_out(&cli(
+        d,
+        &[
+            "plans",
+            "set",
+            "pro",
+            "--frames-per-sec",
+            "50",
+            "--max-keys",
+            "3",
+        ],
+        &[],
+    ));
     json_out(&cli(d, &["tenants", "set", "acme", "--plan", "pro"], &[]));
     let bad = cli(d, &["tenants", "set", "acme", "--plan", "nope"], &[]);
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no plan named"));
-    let v = json_out(&cli(d, &["keys", "create", "--tenant", "acme", "--name", "cam", "--scopes", "stream,detect,usage", "--expires-in", "30d"], &[]));
-    let (id, key) = (v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string());
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no plan named")
+    );
+    let v = json_out(&cli(
+        d,
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "cam",
+            "--scopes",
+            "stream,detect,usage",
+            "--expires-in",
+            "30d",
+        ],
+        &[],
+    ));
+    let (id, key) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["key"].as_str().unwrap().to_string(),
+    );
     assert!(v["expires_at"].as_u64().unwrap() > v["created_at"].as_u64().unwrap() + 29 * 86_400);
     let list = json_out(&cli(d, &["keys", "list", "--tenant", "acme"], &[]));
     assert_eq!(list["keys"][0]["id"], id.as_str());
@@ -187,7 +351,14 @@ async fn the_cli_manages_keys_in_the_store_and_through_the_admin_api() {
     assert!(json_out(&cli(d, &["tenants", "list"], &[]))["tenants"]["acme"]["plan"] == "pro");
 
     let data = d.to_str().unwrap();
-    let gw = Gateway::start_with_env(&[], &[("FRAMEGATE_DATA_DIR", data), ("FRAMEGATE_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let gw = Gateway::start_with_env(
+        &[],
+        &[
+            ("FRAMEGATE_DATA_DIR", data),
+            ("FRAMEGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    )
+    .await;
     assert_eq!(detect_with(&gw, &key).await.0, 200);
     assert!(ws_welcomed(&gw, &key).await);
     let (_, me) = get_with(&gw, "/v1/me", &key).await;
@@ -197,24 +368,53 @@ async fn the_cli_manages_keys_in_the_store_and_through_the_admin_api() {
     let locked = cli(d, &["keys", "revoke", &id], &[]);
     assert!(!locked.status.success());
     let err = String::from_utf8_lossy(&locked.stderr);
-    assert!(err.contains("in use") && err.contains("--admin-url"), "{err}");
+    assert!(
+        err.contains("in use") && err.contains("--admin-url"),
+        "{err}"
+    );
     // Through the admin API.
     let url = format!("http://{}", gw.admin.unwrap());
     let no_token = cli(d, &["keys", "list", "--admin-url", &url], &[]);
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("FRAMEGATE_ADMIN_TOKEN"));
     let env = [("FRAMEGATE_ADMIN_TOKEN", ADMIN_TOKEN)];
-    let wrong = cli(d, &["keys", "list", "--admin-url", &url], &[("FRAMEGATE_ADMIN_TOKEN", "nope")]);
+    let wrong = cli(
+        d,
+        &["keys", "list", "--admin-url", &url],
+        &[("FRAMEGATE_ADMIN_TOKEN", "nope")],
+    );
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
-    let second = json_out(&cli(d, &["keys", "create", "--tenant", "acme", "--admin-url", &url], &env));
+    let second = json_out(&cli(
+        d,
+        &["keys", "create", "--tenant", "acme", "--admin-url", &url],
+        &env,
+    ));
     let second_key = second["key"].as_str().unwrap();
     assert_eq!(detect_with(&gw, second_key).await.0, 200);
-    assert_eq!(json_out(&cli(d, &["keys", "list", "--admin-url", &url], &env))["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        json_out(&cli(d, &["keys", "list", "--admin-url", &url], &env))["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let revoked = json_out(&cli(d, &["keys", "revoke", &id, "--admin-url", &url], &env));
     assert!(revoked["revoked_at"].as_u64().is_some());
     assert_eq!(detect_with(&gw, &key).await.0, 401);
     assert!(!ws_welcomed(&gw, &key).await);
     assert_eq!(detect_with(&gw, second_key).await.0, 200);
-    json_out(&cli(d, &["plans", "set", "pro", "--frames-per-sec", "7", "--admin-url", &url], &env));
+    json_out(&cli(
+        d,
+        &[
+            "plans",
+            "set",
+            "pro",
+            "--frames-per-sec",
+            "7",
+            "--admin-url",
+            &url,
+        ],
+        &env,
+    ));
     let (_, me) = get_with(&gw, "/v1/me", second_key).await;
     assert_eq!(me["limits"]["frames_per_sec"], 7.0);
 }
@@ -222,8 +422,22 @@ async fn the_cli_manages_keys_in_the_store_and_through_the_admin_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_service_keys_follow_the_plan_and_stay_in_the_tenant() {
     let gw = gateway().await;
-    admin(&gw, Method::PUT, "/v1/admin/plans/team", Some(ADMIN_TOKEN), Some(json!({"max_keys": 2, "budget_frames": 1000}))).await;
-    admin(&gw, Method::PUT, "/v1/admin/tenants/acme", Some(ADMIN_TOKEN), Some(json!({"plan": "team"}))).await;
+    admin(
+        &gw,
+        Method::PUT,
+        "/v1/admin/plans/team",
+        Some(ADMIN_TOKEN),
+        Some(json!({"max_keys": 2, "budget_frames": 1000})),
+    )
+    .await;
+    admin(
+        &gw,
+        Method::PUT,
+        "/v1/admin/tenants/acme",
+        Some(ADMIN_TOKEN),
+        Some(json!({"plan": "team"})),
+    )
+    .await;
     let (acme_id, acme) = create_key(&gw, json!({"tenant": "acme", "name": "owner"})).await;
     let (_, globex) = create_key(&gw, json!({"tenant": "globex"})).await;
     let client = reqwest::Client::new();
@@ -239,12 +453,20 @@ async fn self_service_keys_follow_the_plan_and_stay_in_the_tenant() {
     assert_eq!(me["budget"]["cap_frames"], serde_json::Value::Null);
 
     let post = |key: String, body: serde_json::Value| {
-        client.post(gw.url("/v1/keys")).bearer_auth(key).json(&body).send()
+        client
+            .post(gw.url("/v1/keys"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
     };
     // No admin, no scope the caller lacks.
-    let r = post(acme.clone(), json!({"name": "x", "scopes": ["admin"]})).await.unwrap();
+    let r = post(acme.clone(), json!({"name": "x", "scopes": ["admin"]}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = post(acme.clone(), json!({"name": "cam", "scopes": ["stream"]})).await.unwrap();
+    let r = post(acme.clone(), json!({"name": "cam", "scopes": ["stream"]}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let cam: serde_json::Value = r.json().await.unwrap();
     let cam_key = cam["key"].as_str().unwrap().to_string();
@@ -255,25 +477,47 @@ async fn self_service_keys_follow_the_plan_and_stay_in_the_tenant() {
     let r = post(acme.clone(), json!({"name": "more"})).await.unwrap();
     assert_eq!(r.status(), 403);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("max_keys"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("max_keys"),
+        "{v}"
+    );
     // globex's plan has no max_keys: none.
-    assert_eq!(post(globex.clone(), json!({"name": "g"})).await.unwrap().status(), 403);
+    assert_eq!(
+        post(globex.clone(), json!({"name": "g"}))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
 
     let (status, list) = get_with(&gw, "/v1/keys", &acme).await;
     assert_eq!(status, 200);
     let keys = list["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2);
-    assert!(keys.iter().all(|k| k.get("secret_sha256").is_none() && k.get("key").is_none()));
+    assert!(keys
+        .iter()
+        .all(|k| k.get("secret_sha256").is_none() && k.get("key").is_none()));
     // Another tenant cannot delete acme's key; acme can.
     let cam_id = cam["id"].as_str().unwrap();
-    let del = |key: &str, id: &str| client.delete(gw.url(&format!("/v1/keys/{id}"))).bearer_auth(key.to_string()).send();
+    let del = |key: &str, id: &str| {
+        client
+            .delete(gw.url(&format!("/v1/keys/{id}")))
+            .bearer_auth(key.to_string())
+            .send()
+    };
     assert_eq!(del(&globex, cam_id).await.unwrap().status(), 404);
     assert!(ws_welcomed(&gw, &cam_key).await);
     assert_eq!(del(&acme, cam_id).await.unwrap().status(), 204);
     assert!(!ws_welcomed(&gw, &cam_key).await);
     assert_eq!(del(&acme, "aaaaaaaaaaaa").await.unwrap().status(), 404);
     // A slot is free again.
-    assert_eq!(post(acme.clone(), json!({"name": "again"})).await.unwrap().status(), 201);
+    assert_eq!(
+        post(acme.clone(), json!({"name": "again"}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     // Without the usage scope: none of it.
     let (_, detect_only) = create_key(&gw, json!({"tenant": "acme", "scopes": ["detect"]})).await;
     assert_eq!(get_with(&gw, "/v1/keys", &detect_only).await.0, 403);

@@ -75,9 +75,13 @@ impl AdminAuth {
     /// Admits the caller of a request, or refuses it (401 without an admin
     /// credential, 403 for a valid key without the admin scope).
     pub async fn check(&self, gw: &Gateway, headers: &HeaderMap) -> Result<(), GatewayError> {
-        let token = bearer_token(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
-            .filter(|t| !t.is_empty())
-            .ok_or(GatewayError::Unauthorized)?;
+        let token = bearer_token(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .filter(|t| !t.is_empty())
+        .ok_or(GatewayError::Unauthorized)?;
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut ok = false;
         for h in &self.token_hashes {
@@ -117,7 +121,9 @@ pub fn router(gw: Arc<Gateway>, auth: Arc<AdminAuth>) -> Router {
         .route("/v1/admin/plans/{name}", get(get_plan).put(put_plan))
         .route("/v1/admin/usage", get(usage))
         .fallback(|| async {
-            GatewayError::NotFound("no such admin endpoint; see docs/operations.md, \"Admin API\"".into())
+            GatewayError::NotFound(
+                "no such admin endpoint; see docs/operations.md, \"Admin API\"".into(),
+            )
         })
         .with_state(AdminState { gw, auth })
 }
@@ -211,7 +217,11 @@ async fn list_keys(
     Ok(Json(serde_json::json!({ "keys": keys })).into_response())
 }
 
-async fn get_key(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+async fn get_key(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
     s.auth.check(&s.gw, &headers).await?;
     match store(&s.gw)?.get_key(&id).await? {
         Some(k) => Ok(Json(k.view()).into_response()),
@@ -241,13 +251,12 @@ fn tenant_view(t: &TenantConfig, source: &str) -> serde_json::Value {
 
 async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap) -> Answer {
     s.auth.check(&s.gw, &headers).await?;
-    let mut out: BTreeMap<String, serde_json::Value> = s
-        .gw
-        .config
-        .tenants
-        .iter()
-        .map(|(k, t)| (k.clone(), tenant_view(t, "config")))
-        .collect();
+    let mut out: BTreeMap<String, serde_json::Value> =
+        s.gw.config
+            .tenants
+            .iter()
+            .map(|(k, t)| (k.clone(), tenant_view(t, "config")))
+            .collect();
     for (k, t) in store(&s.gw)?.list_tenants().await? {
         out.insert(k, tenant_view(&t, "store"));
     }

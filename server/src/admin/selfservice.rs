@@ -32,7 +32,11 @@ static CREATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, GatewayError> {
     let p = gw
-        .authenticate_header(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
+        .authenticate_header(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
         .await?;
     require_scope(&p, Scope::Usage)?;
     Ok(p)
@@ -97,11 +101,7 @@ struct CreateKey {
 }
 
 /// `POST /v1/keys`.
-pub async fn create_key(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Answer {
+pub async fn create_key(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Answer {
     let p = caller(&gw, &headers).await?;
     let req: CreateKey = super::parse_body(&body)?;
     if req.name.len() > 128 {
@@ -181,6 +181,8 @@ pub async fn delete_key(
             tracing::info!(key_id = %id, tenant = %p.tenant, "self-service: key revoked");
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        _ => Err(GatewayError::NotFound(format!("no key {id:?} in your tenant"))),
+        _ => Err(GatewayError::NotFound(format!(
+            "no key {id:?} in your tenant"
+        ))),
     }
 }

@@ -543,7 +543,11 @@ impl RedisKeys {
             cmd.arg(format!("{REDIS_PREFIX}:key:{id}"));
         }
         let values: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
-        values.into_iter().flatten().map(|s| from_json(&s)).collect()
+        values
+            .into_iter()
+            .flatten()
+            .map(|s| from_json(&s))
+            .collect()
     }
 
     async fn put_entry(&self, kind: &str, name: &str, json: &str) -> Result<(), KeyStoreError> {

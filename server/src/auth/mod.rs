@@ -504,7 +504,8 @@ mod tests {
 
     #[tokio::test]
     async fn dev_key_from_env_is_accepted_and_others_refused() {
-        let (auth, origin) = Authenticator::from_config(&Config::default(), None, Some("k1".into()));
+        let (auth, origin) =
+            Authenticator::from_config(&Config::default(), None, Some("k1".into()));
         assert_eq!(origin, DevKey::FromEnv);
         let p = auth.authenticate("k1").await.unwrap();
         assert_eq!(p.tenant, DEV_TENANT);
@@ -562,7 +563,8 @@ mod tests {
     #[tokio::test]
     async fn issued_keys_are_cached_expire_and_revoke_within_the_ttl() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::Embedded(keys::EmbeddedKeys::open(&dir.path().join("k.redb")).unwrap());
+        let store =
+            KeyStore::Embedded(keys::EmbeddedKeys::open(&dir.path().join("k.redb")).unwrap());
         let mut config = Config::default();
         config.auth.cache_ttl_secs = 1;
         config.plans.insert(
@@ -573,7 +575,8 @@ mod tests {
                 ..Default::default()
             },
         );
-        let (auth, _) = Authenticator::from_config(&config, Some(store.clone()), Some("dev".into()));
+        let (auth, _) =
+            Authenticator::from_config(&config, Some(store.clone()), Some("dev".into()));
         let k = store
             .create(keys::NewKey {
                 tenant: "acme".into(),
@@ -587,7 +590,10 @@ mod tests {
             .await
             .unwrap();
         let p = auth.authenticate(&k.key).await.unwrap();
-        assert_eq!((p.tenant.as_str(), p.key_id.as_str()), ("acme", k.record.id.as_str()));
+        assert_eq!(
+            (p.tenant.as_str(), p.key_id.as_str()),
+            ("acme", k.record.id.as_str())
+        );
         assert_eq!(p.scopes, vec![Scope::Stream]);
         assert_eq!(p.limits.frames_per_sec, Some(9.0));
         assert_eq!(p.limits.max_sessions, Some(1));
@@ -625,6 +631,9 @@ mod tests {
             .await
             .unwrap();
         auth.forget_tenancy();
-        assert_eq!(auth.tenant_limits("acme").await.unwrap().frames_per_sec, Some(1.0));
+        assert_eq!(
+            auth.tenant_limits("acme").await.unwrap().frames_per_sec,
+            Some(1.0)
+        );
     }
 }

@@ -624,7 +624,8 @@ impl Config {
                 ("http.tls_listen", self.http.tls_listen),
             ] {
                 let Some(o) = other else { continue };
-                let same_ip = a.ip() == o.ip() || a.ip().is_unspecified() || o.ip().is_unspecified();
+                let same_ip =
+                    a.ip() == o.ip() || a.ip().is_unspecified() || o.ip().is_unspecified();
                 if a.port() != 0 && a.port() == o.port() && same_ip {
                     problems.push(format!(
                         "admin.listen ({a}) must not be the public listener {name} ({o}): the admin API needs its own, private port"

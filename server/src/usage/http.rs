@@ -144,10 +144,13 @@ pub async fn usage(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    match gw.authenticate_header(bearer(&headers)).await.and_then(|p| {
-        crate::auth::require_scope(&p, crate::auth::Scope::Usage)?;
-        Ok(p)
-    }) {
+    match gw
+        .authenticate_header(bearer(&headers))
+        .await
+        .and_then(|p| {
+            crate::auth::require_scope(&p, crate::auth::Scope::Usage)?;
+            Ok(p)
+        }) {
         Ok(p) => report(&gw, &p.tenant, &q).await,
         Err(e) => error_response(&e),
     }

@@ -165,7 +165,8 @@ impl Gateway {
     pub fn admin_url(&self, path: &str) -> String {
         format!(
             "http://{}{}",
-            self.admin.expect("the admin API is on (set FRAMEGATE_ADMIN_TOKEN)"),
+            self.admin
+                .expect("the admin API is on (set FRAMEGATE_ADMIN_TOKEN)"),
             path
         )
     }

@@ -345,7 +345,7 @@ impl LimitArgs {
 
 /// The key store itself, or a gateway's admin API.
 enum Target {
-    Store(framegate::auth::keys::KeyStore, Config),
+    Store(framegate::auth::keys::KeyStore, Box<Config>),
     Admin {
         url: String,
         token: String,
@@ -377,7 +377,7 @@ fn target(args: &StoreArgs) -> Result<Target> {
         config.storage.data_dir = d.clone();
     }
     match framegate::auth::keys::KeyStore::open(&config) {
-        Ok(s) => Ok(Target::Store(s, config)),
+        Ok(s) => Ok(Target::Store(s, Box::new(config))),
         Err(e @ framegate::auth::keys::KeyStoreError::Locked(_)) => Err(anyhow::anyhow!(
             "{e}\n  e.g. FRAMEGATE_ADMIN_TOKEN=… framegate {} --admin-url http://{}",
             std::env::args().skip(1).collect::<Vec<_>>().join(" "),

@@ -524,3 +524,50 @@ async fn self_service_keys_follow_the_plan_and_stay_in_the_tenant() {
     assert_eq!(del(&detect_only, &acme_id).await.unwrap().status(), 403);
     assert_eq!(get_with(&gw, "/v1/keys", "nope").await.0, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plans_budget_caps_its_tenants_frames() {
+    let gw = gateway().await;
+    let put = |path: &'static str, body: serde_json::Value| {
+        let gw = &gw;
+        async move {
+            admin(gw, Method::PUT, path, Some(ADMIN_TOKEN), Some(body))
+                .await
+                .0
+        }
+    };
+    assert_eq!(
+        put("/v1/admin/plans/tiny", json!({"budget_frames": 2})).await,
+        200
+    );
+    assert_eq!(
+        put("/v1/admin/tenants/acme", json!({"plan": "tiny"})).await,
+        200
+    );
+    let (_, key) = create_key(&gw, json!({"tenant": "acme"})).await;
+    assert_eq!(detect_with(&gw, &key).await.0, 200);
+    assert_eq!(detect_with(&gw, &key).await.0, 200);
+    let (status, v) = detect_with(&gw, &key).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (402, Some("budget-exhausted")),
+        "{v}"
+    );
+    match ws_hello_with(&gw, &key, "").await {
+        Some(ServerMessage::Error(e)) => assert_eq!(e.code, ErrorCode::BudgetExhausted),
+        other => panic!("expected Error, got {other:?}"),
+    }
+    let (_, me) = get_with(&gw, "/v1/me", &key).await;
+    assert_eq!(
+        (
+            me["budget"]["cap_frames"].as_u64(),
+            me["budget"]["used_frames"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    // Other tenants are not capped.
+    let (_, other) = create_key(&gw, json!({"tenant": "globex"})).await;
+    for _ in 0..3 {
+        assert_eq!(detect_with(&gw, &other).await.0, 200);
+    }
+}

@@ -18,7 +18,7 @@ const TTL_SECS: u64 = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_revoked_on_one_node_is_refused_on_all_within_the_cache_ttl() {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
@@ -87,4 +87,20 @@ async fn a_key_revoked_on_one_node_is_refused_on_all_within_the_cache_ttl() {
     for n in &nodes {
         assert_eq!(detect_with(n, &other).await.0, 200);
     }
+
+    // The store goes away: once the cache has expired an issued key is
+    // answered 503 (retryable), never accepted unchecked; static keys (the
+    // development key here) keep working with the configured limits.
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(TTL_SECS) + Duration::from_millis(200)).await;
+    let (status, v) = detect_with(&nodes[1], &other).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["retryable"], true);
+    assert_eq!(
+        nodes[1]
+            .detect(data("dog.jpg"), "image/jpeg")
+            .await
+            .status(),
+        200
+    );
 }

@@ -404,11 +404,18 @@ impl Authenticator {
             let cached = self.lock().tenants.get(tenant, self.ttl);
             let v = match cached {
                 Some(v) => v,
-                None => {
-                    let v = store.get_tenant(tenant).await?;
-                    self.lock().tenants.put(tenant, v.clone(), self.ttl);
-                    v
-                }
+                None => match store.get_tenant(tenant).await {
+                    Ok(v) => {
+                        self.lock().tenants.put(tenant, v.clone(), self.ttl);
+                        v
+                    }
+                    Err(e) => {
+                        // Limits degrade to the configuration's rather than
+                        // refusing every caller while the store is away.
+                        tracing::warn!(error = %e, "key store unavailable; using the configured tenant");
+                        None
+                    }
+                },
             };
             if v.is_some() {
                 return Ok(v);
@@ -423,11 +430,16 @@ impl Authenticator {
             let cached = self.lock().plans.get(name, self.ttl);
             let v = match cached {
                 Some(v) => v,
-                None => {
-                    let v = store.get_plan(name).await?;
-                    self.lock().plans.put(name, v.clone(), self.ttl);
-                    v
-                }
+                None => match store.get_plan(name).await {
+                    Ok(v) => {
+                        self.lock().plans.put(name, v.clone(), self.ttl);
+                        v
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "key store unavailable; using the configured plan");
+                        None
+                    }
+                },
             };
             if v.is_some() {
                 return Ok(v);

@@ -648,4 +648,56 @@ mod tests {
             Some(1.0)
         );
     }
+
+    #[derive(Debug)]
+    struct FixedVerifier;
+
+    impl TokenVerifier for FixedVerifier {
+        fn verify<'a>(
+            &'a self,
+            token: &'a str,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<TokenIdentity, GatewayError>> + Send + 'a>,
+        > {
+            Box::pin(async move {
+                if token.ends_with(".good") {
+                    Ok(TokenIdentity {
+                        tenant: "acme".into(),
+                        subject: "idp:alice".into(),
+                        scopes: vec![Scope::Detect],
+                    })
+                } else {
+                    Err(GatewayError::Unauthorized)
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn jwts_go_to_the_token_verifier() {
+        let mut config = Config::default();
+        config.plans.insert(
+            "default".into(),
+            PlanLimits {
+                weight: Some(3),
+                ..Default::default()
+            },
+        );
+        let (mut auth, _) = Authenticator::from_config(&config, None, Some("k".into()));
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.good";
+        assert!(looks_like_jwt(jwt));
+        // No verifier: refused like any unknown credential.
+        assert!(auth.authenticate(jwt).await.is_err());
+        auth.set_token_verifier(Arc::new(FixedVerifier));
+        let p = auth.authenticate(jwt).await.unwrap();
+        assert_eq!(
+            (p.tenant.as_str(), p.key_id.as_str(), p.scopes.clone()),
+            ("acme", "idp:alice", vec![Scope::Detect])
+        );
+        assert_eq!(p.limits.effective_weight(), 3);
+        assert!(auth
+            .authenticate("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.bad")
+            .await
+            .is_err());
+    }
 }

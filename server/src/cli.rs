@@ -419,6 +419,19 @@ impl Target {
     }
 }
 
+/// Percent-encodes a path segment or query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn print_json(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -481,7 +494,7 @@ pub async fn keys(args: KeysArgs) -> Result<()> {
                     serde_json::json!({ "keys": keys.iter().map(|k| k.view()).collect::<Vec<_>>() })
                 }
                 Target::Admin { .. } => {
-                    let q = tenant.map_or(String::new(), |t| format!("?tenant={t}"));
+                    let q = tenant.map_or(String::new(), |t| format!("?tenant={}", enc(&t)));
                     t.call(reqwest::Method::GET, &format!("/v1/admin/keys{q}"), None)
                         .await?
                 }
@@ -503,7 +516,7 @@ pub async fn keys(args: KeysArgs) -> Result<()> {
                 Target::Admin { .. } => {
                     t.call(
                         reqwest::Method::DELETE,
-                        &format!("/v1/admin/keys/{id}"),
+                        &format!("/v1/admin/keys/{}", enc(&id)),
                         None,
                     )
                     .await?
@@ -539,7 +552,7 @@ pub async fn tenants(args: TenantsArgs) -> Result<()> {
                 Target::Admin { .. } => {
                     t.call(
                         reqwest::Method::PUT,
-                        &format!("/v1/admin/tenants/{tenant}"),
+                        &format!("/v1/admin/tenants/{}", enc(&tenant)),
                         Some(serde_json::to_value(&cfg)?),
                     )
                     .await?
@@ -582,7 +595,7 @@ pub async fn plans(args: PlansArgs) -> Result<()> {
                 Target::Admin { .. } => {
                     t.call(
                         reqwest::Method::PUT,
-                        &format!("/v1/admin/plans/{name}"),
+                        &format!("/v1/admin/plans/{}", enc(&name)),
                         Some(serde_json::to_value(&l)?),
                     )
                     .await?

@@ -94,6 +94,26 @@ async fn admin_api_issues_keys_that_work_until_revoked_or_expired() {
     assert_eq!(detect_with(&gw, &short).await.0, 401);
     assert!(!ws_welcomed(&gw, &short).await);
 
+    // A made-up key of the right shape costs one store lookup per cache
+    // TTL, however often it is tried (the negative cache).
+    let ghost = format!("fg_{}_{}", "q".repeat(12), "7".repeat(48));
+    for _ in 0..5 {
+        assert_eq!(detect_with(&gw, &ghost).await.0, 401);
+    }
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unknown = metrics
+        .lines()
+        .find(|l| l.starts_with("framegate_auth_key_lookups_total{result=\"unknown\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("the lookup counter");
+    // Every other lookup above found its key; only the ghost was unknown.
+    assert_eq!(unknown, "1", "{metrics}");
+
     // Bad requests get clear JSON errors.
     let (status, v) = admin(
         &gw,

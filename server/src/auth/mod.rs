@@ -393,7 +393,14 @@ impl Authenticator {
         if let Some(v) = self.lock().keys.get(id, self.ttl) {
             return Ok(v);
         }
-        let v = store.get_key(id).await?.map(Arc::new);
+        let v = match store.get_key(id).await {
+            Ok(v) => v.map(Arc::new),
+            Err(e) => {
+                crate::metrics::key_lookup("error");
+                return Err(e.into());
+            }
+        };
+        crate::metrics::key_lookup(if v.is_some() { "found" } else { "unknown" });
         self.lock().keys.put(id, v.clone(), self.ttl);
         Ok(v)
     }

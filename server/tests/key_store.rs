@@ -110,5 +110,5 @@ async fn redis_store_keeps_the_contract_and_is_shared() {
     assert_eq!(other.list_plans().await.unwrap().len(), 1);
     // Everything lives under the one hash tag (one cluster slot).
     let dump = redis.cmd(&["KEYS", "*"]).unwrap();
-    assert!(dump.contains("fg:{fgauth}:keys"), "{dump}");
+    assert!(dump.contains("fgauth:{keys}:keys"), "{dump}");
 }

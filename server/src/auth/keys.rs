@@ -14,14 +14,15 @@
 //!   locks its file, so while a gateway runs, the CLI reaches the store
 //!   through the admin API (`--admin-url`);
 //! * Redis — shared by every gateway of a cluster (`[auth] store = "redis"`).
-//!   Keys live under the hash tag `{fgauth}` (one cluster slot):
+//!   Everything sits in one cluster slot (hash tag `{keys}`) under the prefix
+//!   `fgauth:`, apart from every usage key (`fg:{tenant}:…`):
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `fg:{fgauth}:key:<id>` | string | the key record (JSON) |
-//! | `fg:{fgauth}:keys` | set | every key id |
-//! | `fg:{fgauth}:tenants` | hash | tenant → `TenantConfig` (JSON) |
-//! | `fg:{fgauth}:plans` | hash | plan → `PlanLimits` (JSON) |
+//! | `fgauth:{keys}:key:<id>` | string | the key record (JSON) |
+//! | `fgauth:{keys}:keys` | set | every key id |
+//! | `fgauth:{keys}:tenants` | hash | tenant → `TenantConfig` (JSON) |
+//! | `fgauth:{keys}:plans` | hash | plan → `PlanLimits` (JSON) |
 //!
 //! Tenants and plans in the store override the configuration's entries of
 //! the same name.
@@ -474,7 +475,7 @@ impl EmbeddedKeys {
     }
 }
 
-const REDIS_PREFIX: &str = "fg:{fgauth}";
+const REDIS_PREFIX: &str = "fgauth:{keys}";
 
 /// The Redis-backed key store.
 #[derive(Clone)]

@@ -27,6 +27,13 @@ pub enum GatewayError {
     /// No key, or a key the gateway does not know.
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// The credential is valid but may not do this (a scope it lacks, a
+    /// model outside its plan, a limit of its plan).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// No such thing (an admin or self-service resource).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The request or frame is malformed (empty body, bad field).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -117,6 +124,8 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Unauthorized
+            | Forbidden(_)
+            | NotFound(_)
             | BadRequest(_)
             | PayloadTooLarge { .. }
             | PixelBudget { .. }
@@ -154,12 +163,13 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Unauthorized => ErrorCode::Unauthorized,
+            Forbidden(_) => ErrorCode::Forbidden,
             BadRequest(_) => ErrorCode::BadRequest,
             PayloadTooLarge { .. } | PixelBudget { .. } => ErrorCode::PayloadTooLarge,
             UnsupportedMedia(_) => ErrorCode::UnsupportedMediaType,
             InvalidImage(_) => ErrorCode::InvalidImage,
             Protocol(_) => ErrorCode::ProtocolViolation,
-            UnknownModel(_) | ResumeRefused(_) => ErrorCode::NotFound,
+            UnknownModel(_) | ResumeRefused(_) | NotFound(_) => ErrorCode::NotFound,
             NoCredit { .. } => ErrorCode::NoCredit,
             BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
             QueueFull | DeadlineExceeded | Overloaded(_) => ErrorCode::Overloaded,
@@ -175,10 +185,11 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Unauthorized => 401,
+            Forbidden(_) => 403,
             BadRequest(_) | InvalidImage(_) | Protocol(_) => 400,
             PayloadTooLarge { .. } | PixelBudget { .. } => 413,
             UnsupportedMedia(_) => 415,
-            UnknownModel(_) | ResumeRefused(_) => 404,
+            UnknownModel(_) | ResumeRefused(_) | NotFound(_) => 404,
             NoCredit { .. } | QueueFull | Overloaded(_) => 429,
             BudgetExhausted { .. } => 402,
             NotReady(_) | DeadlineExceeded | GoingAway => 503,
@@ -201,9 +212,11 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Unauthorized => 4001,
+            Forbidden(_) => 4003,
             Protocol(_) | BadRequest(_) => 1002,
             PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
-            UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_) => 1008,
+            UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_)
+            | NotFound(_) => 1008,
             QueueFull | NoCredit { .. } | NotReady(_) | DeadlineExceeded | Overloaded(_) => 1013,
             BudgetExhausted { .. } => 4002,
             Backend(_) | Internal(_) => 1011,

@@ -133,6 +133,51 @@ impl Gateway {
         self
     }
 
+    /// Authenticates a credential (see [`Authenticator::authenticate`]) and
+    /// applies the tenant's plan budget to the budget caps.
+    pub async fn authenticate(
+        &self,
+        credential: &str,
+    ) -> Result<crate::auth::Principal, GatewayError> {
+        let p = self.auth.authenticate(credential).await?;
+        self.apply_budget(&p).await;
+        Ok(p)
+    }
+
+    /// [`Gateway::authenticate`] for an `Authorization` header value.
+    pub async fn authenticate_header(
+        &self,
+        header: Option<&str>,
+    ) -> Result<crate::auth::Principal, GatewayError> {
+        let p = self.auth.authenticate_header(header).await?;
+        self.apply_budget(&p).await;
+        Ok(p)
+    }
+
+    async fn apply_budget(&self, p: &crate::auth::Principal) {
+        if let Some(m) = &self.metering {
+            m.ensure_budget(&p.tenant, p.limits.budget_frames).await;
+        }
+    }
+
+    /// Whether `principal` may open a stream on `model` (empty: the
+    /// default; `None`: a resume, scope only): the `stream` scope and the
+    /// plan's model list.
+    pub fn authorize_stream(
+        &self,
+        principal: &crate::auth::Principal,
+        model: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        crate::auth::require_scope(principal, crate::auth::Scope::Stream)?;
+        let Some(model) = model else { return Ok(()) };
+        let name = if model.is_empty() {
+            self.default_model.as_str()
+        } else {
+            model
+        };
+        crate::auth::require_model(principal, name)
+    }
+
     /// The pipeline for `name` (empty: the default model).
     pub fn model(&self, name: &str) -> Result<&Arc<ModelPipeline>, GatewayError> {
         let name = if name.is_empty() {

@@ -15,6 +15,7 @@
 //!
 //! [`gateway::Gateway`] assembles the parts; `main.rs` is the `framegate` binary.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod billing;

@@ -38,6 +38,12 @@ enum Command {
     Billing(cli::BillingArgs),
     /// Usage of any tenant, read from the usage store (an admin's view).
     Usage(cli::UsageArgs),
+    /// API keys: create, list, revoke (the key store, or a gateway's admin API).
+    Keys(cli::KeysArgs),
+    /// Tenants set at run time: their plan and overrides.
+    Tenants(cli::TenantsArgs),
+    /// Plans set at run time.
+    Plans(cli::PlansArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +114,10 @@ struct ServeArgs {
     /// `data_dir` and `storage.data_dir`).
     #[arg(long, env = "FRAMEGATE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Admin API listen address, or `off` [default: 127.0.0.1:9090]; never
+    /// the public port.
+    #[arg(long, env = "FRAMEGATE_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -208,6 +218,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.https_listen.is_some() {
         config.http.tls_listen = args.https_listen;
     }
+    match args.admin_listen.as_deref() {
+        None => {}
+        Some("off") => config.admin.enabled = false,
+        Some(a) => {
+            config.admin.listen = a
+                .parse()
+                .with_context(|| format!("--admin-listen {a:?}: not an address"))?
+        }
+    }
     for m in args.models {
         config.models.push(ModelConfig {
             spec: m,
@@ -238,21 +257,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
 
-    let (mut auth, dev_key) =
-        Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
+    let key_store = framegate::auth::keys::KeyStore::open(&config)?;
+    let (mut auth, dev_key) = Authenticator::from_config(
+        &config,
+        Some(key_store.clone()),
+        std::env::var(DEV_KEY_ENV).ok(),
+    );
+    let admin_auth = std::sync::Arc::new(framegate::admin::AdminAuth::new(
+        &config,
+        std::env::var(framegate::admin::ADMIN_TOKEN_ENV).ok(),
+    ));
     if !config.auth.oidc.is_empty() {
         // Keys are fetched in the background: an issuer that is down at
         // start-up only means its tokens are refused until it answers.
         let verifier = framegate::auth::oidc::OidcVerifier::new(&config.auth.oidc)
             .map_err(|e| anyhow::anyhow!(e))?;
         verifier.prefetch();
-        let (plans, tenants) = (config.plans.clone(), config.tenants.clone());
-        auth.set_token_verifier(
-            std::sync::Arc::new(verifier),
-            std::sync::Arc::new(move |tenant: &str| {
-                framegate::config::tenancy::resolve(&plans, &tenants, tenant)
-            }),
-        );
+        auth.set_token_verifier(std::sync::Arc::new(verifier));
     }
     let listen = config.http.listen;
     let material = if config.quic.enabled || config.http.tls_listen.is_some() {
@@ -338,6 +359,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (close_quic, quic_gone) = tokio::sync::watch::channel(false);
     let quic_stopped = stop_rx.clone();
+    start_admin(&gw, admin_auth, &key_store, quic_stopped.clone()).await?;
     if let Some(tls) = https {
         use axum::serve::Listener;
         let addr = tls.local_addr()?;
@@ -457,6 +479,42 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Starts the admin listener when enabled and some admin credential exists.
+async fn start_admin(
+    gw: &std::sync::Arc<Gateway>,
+    auth: std::sync::Arc<framegate::admin::AdminAuth>,
+    store: &framegate::auth::keys::KeyStore,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let config = &gw.config.admin;
+    if !config.enabled {
+        return Ok(());
+    }
+    if !auth.has_token() && !framegate::admin::store_has_admin_key(store).await {
+        println!(
+            "framegate: admin API off: no admin credential; set {} (or [admin] token_sha256), or create a key with the admin scope (framegate keys create --tenant ops --scopes admin), then restart",
+            framegate::admin::ADMIN_TOKEN_ENV
+        );
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin API)", config.listen))?;
+    println!(
+        "framegate: admin API listening on http://{}",
+        listener.local_addr()?
+    );
+    let app = framegate::admin::router(gw.clone(), auth);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.changed().await;
+            })
+            .await;
+    });
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // One TLS crypto provider for every rustls user in the process (QUIC,
     // HTTPS, the Stripe client): aws-lc-rs.
@@ -504,5 +562,8 @@ fn main() -> Result<()> {
         }
         Command::Billing(args) => cli::run_async(cli::billing(args)),
         Command::Usage(args) => cli::run_async(cli::usage(args)),
+        Command::Keys(args) => cli::run_async(cli::keys(args)),
+        Command::Tenants(args) => cli::run_async(cli::tenants(args)),
+        Command::Plans(args) => cli::run_async(cli::plans(args)),
     }
 }

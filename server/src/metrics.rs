@@ -59,6 +59,15 @@ struct TransportLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+/// Results of a key store lookup (a cache miss), for
+/// `framegate_auth_key_lookups_total`.
+pub const KEY_LOOKUP_RESULTS: [&str; 3] = ["found", "unknown", "error"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AnsweredLabels {
     transport: String,
     model: String,
@@ -123,6 +132,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_inference_busy_seconds_total",
     "framegate_model_ready",
     "framegate_auth_failures_total",
+    "framegate_auth_key_lookups_total",
     "framegate_rate_limited_frames_total",
     "framegate_usage_flush_lag_seconds",
     "framegate_usage_flush_failures_total",
@@ -147,6 +157,7 @@ pub struct Metrics {
     inference_busy: Family<ModelLabel, Counter<f64, AtomicU64>>,
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
+    key_lookups: Family<ResultLabel, Counter>,
     rate_limited: Family<TransportLabel, Counter>,
     oidc_jwks_fetches: Family<IssuerResultLabels, Counter>,
     /// Seconds since the oldest unflushed usage delta was recorded (0 when
@@ -194,6 +205,7 @@ impl Metrics {
             inference_busy: Family::default(),
             model_ready: Family::default(),
             auth_failures: Family::default(),
+            key_lookups: Family::default(),
             rate_limited: Family::default(),
             oidc_jwks_fetches: Family::default(),
             usage_flush_lag: Gauge::default(),
@@ -266,6 +278,16 @@ impl Metrics {
             "Requests and sessions refused for a missing or bad credential, by transport",
             m.auth_failures.clone(),
         );
+        r.register(
+            "auth_key_lookups",
+            "Key store lookups of issued keys missing from the in-process cache, by result (found, unknown, error)",
+            m.key_lookups.clone(),
+        );
+        for result in KEY_LOOKUP_RESULTS {
+            drop(m.key_lookups.get_or_create(&ResultLabel {
+                result: result.into(),
+            }));
+        }
         r.register(
             "rate_limited_frames",
             "Frames refused by a rate limit, by transport",
@@ -433,6 +455,17 @@ pub fn frame_failed(transport: Transport, code: &str) {
         .get_or_create(&CodeLabels {
             transport: transport.as_str().into(),
             code: code.into(),
+        })
+        .inc();
+}
+
+/// A key store lookup (cache miss) ended with `result`, one of
+/// [`KEY_LOOKUP_RESULTS`].
+pub fn key_lookup(result: &'static str) {
+    get()
+        .key_lookups
+        .get_or_create(&ResultLabel {
+            result: result.into(),
         })
         .inc();
 }

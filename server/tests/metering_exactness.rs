@@ -157,7 +157,7 @@ async fn ws_and_http_usage_is_exact_in_the_store_and_at_stripe() {
     // The admin view of any tenant needs the admin token.
     let admin = |token: &'static str| {
         reqwest::Client::new()
-            .get(gw.url(&format!(
+            .get(gw.admin_url(&format!(
                 "/v1/admin/usage?tenant=globex&from={}&to={}",
                 now - 3600,
                 now + 3600
@@ -169,7 +169,17 @@ async fn ws_and_http_usage_is_exact_in_the_store_and_at_stripe() {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["frames"].as_u64(), Some(expected["globex"]));
-    assert_eq!(admin(key_of("globex")).await.unwrap().status(), 401);
+    // A tenant's key is not an admin credential.
+    assert_eq!(admin(key_of("globex")).await.unwrap().status(), 403);
+    assert_eq!(admin("not-the-token").await.unwrap().status(), 401);
+    // Not on the public listener.
+    let public = reqwest::Client::new()
+        .get(gw.url("/v1/admin/usage?tenant=globex&from=0&to=10"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

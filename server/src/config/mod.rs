@@ -56,6 +56,8 @@ pub struct Config {
     pub metering: MeteringConfig,
     /// Stripe billing.
     pub billing: BillingConfig,
+    /// The admin API (its own listener; see docs/operations.md, "Admin API").
+    pub admin: AdminConfig,
     /// Plans: named sets of limits (see `config::tenancy`).
     pub plans: std::collections::BTreeMap<String, PlanLimits>,
     /// Tenants: their plan and overrides.
@@ -107,16 +109,66 @@ impl Default for HttpConfig {
 }
 
 /// Authentication settings.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Static API keys, each with the tenant it belongs to. When empty, the
-    /// gateway uses a single development key: `FRAMEGATE_DEV_KEY` from the
-    /// environment, or a random key printed once at start-up.
+    /// gateway also accepts a single development key: `FRAMEGATE_DEV_KEY`
+    /// from the environment, or a random key printed once at start-up.
+    /// Issued keys (`framegate keys create`, the admin API) live in the key
+    /// store, not here.
     pub keys: Vec<ApiKeyConfig>,
     /// Trusted OIDC issuers whose bearer JWTs are accepted besides API keys
     /// (`[[auth.oidc]]`, see `auth::oidc`). Default: none.
     pub oidc: Vec<crate::auth::oidc::OidcIssuerConfig>,
+    /// Where issued API keys, and tenants and plans set at run time, live:
+    /// `embedded` (`keys.redb` in `storage.data_dir`, one gateway) or
+    /// `redis` (shared by a cluster). Default `embedded`.
+    pub store: String,
+    /// Redis URL when `store = "redis"`. Default: `metering.redis_url`.
+    pub redis_url: Option<String>,
+    /// Seconds a looked-up key (or tenant, or plan) is cached in the
+    /// process. A key revoked on any gateway is refused by every gateway
+    /// within this bound. Default 5.
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            oidc: Vec::new(),
+            store: "embedded".into(),
+            redis_url: None,
+            cache_ttl_secs: 5,
+        }
+    }
+}
+
+/// The admin API's listener (keys, tenants, plans, any tenant's usage).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; never the public one. Keep it on a
+    /// private interface. Default `127.0.0.1:9090`.
+    pub listen: SocketAddr,
+    /// Run the admin listener at all (it also stays off while no admin
+    /// credential exists). Default true.
+    pub enabled: bool,
+    /// SHA-256 (hex) of the admin token (`printf %s TOKEN | sha256sum`); the
+    /// token itself may instead come from `FRAMEGATE_ADMIN_TOKEN`. Keys with
+    /// the `admin` scope are admin credentials too.
+    pub token_sha256: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".parse().expect("valid default address"),
+            enabled: true,
+            token_sha256: None,
+        }
+    }
 }
 
 /// One static API key.
@@ -128,6 +180,13 @@ pub struct ApiKeyConfig {
     /// SHA-256 of the key, hex encoded (`printf %s KEY | sha256sum`). The
     /// key itself never appears in the configuration.
     pub sha256: String,
+    /// What the key may do. Default: stream, detect, usage.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<crate::auth::Scope>,
+}
+
+fn default_scopes() -> Vec<crate::auth::Scope> {
+    crate::auth::Scope::DEFAULT.to_vec()
 }
 
 /// Limits checked before any image is decoded.
@@ -551,6 +610,38 @@ impl Config {
             }
         }
         crate::auth::oidc::validate(&self.auth.oidc, &mut problems);
+        if !matches!(self.auth.store.as_str(), "embedded" | "redis") {
+            problems.push(format!(
+                "auth.store must be \"embedded\" or \"redis\", got {:?}",
+                self.auth.store
+            ));
+        }
+        if self.auth.cache_ttl_secs > 3600 {
+            problems.push("auth.cache_ttl_secs must be at most 3600".into());
+        }
+        if let Some(h) = &self.admin.token_sha256 {
+            if h.len() != 64 || hex::decode(h).is_err() {
+                problems.push(
+                    "admin.token_sha256 must be 64 hex digits (the SHA-256 of the token)".into(),
+                );
+            }
+        }
+        if self.admin.enabled {
+            let a = self.admin.listen;
+            for (name, other) in [
+                ("http.listen", Some(self.http.listen)),
+                ("http.tls_listen", self.http.tls_listen),
+            ] {
+                let Some(o) = other else { continue };
+                let same_ip =
+                    a.ip() == o.ip() || a.ip().is_unspecified() || o.ip().is_unspecified();
+                if a.port() != 0 && a.port() == o.port() && same_ip {
+                    problems.push(format!(
+                        "admin.listen ({a}) must not be the public listener {name} ({o}): the admin API needs its own, private port"
+                    ));
+                }
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             problems.push(format!(
                 "log.format must be \"text\" or \"json\", got {:?}",

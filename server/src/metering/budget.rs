@@ -18,8 +18,9 @@
 //! `docs/billing.md`). Sans-IO: plain state behind one small mutex per
 //! capped tenant; uncapped tenants never touch it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::GatewayError;
 
@@ -51,7 +52,7 @@ struct TenantState {
 #[derive(Debug)]
 pub struct TenantBudget {
     tenant: String,
-    cap: u64,
+    cap: AtomicU64,
     state: Mutex<TenantState>,
 }
 
@@ -101,53 +102,105 @@ impl TenantBudget {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn cap(&self) -> u64 {
+        self.cap.load(Ordering::Relaxed)
+    }
+
     fn exhausted(&self, s: &TenantState) -> GatewayError {
         GatewayError::BudgetExhausted {
             tenant: self.tenant.clone(),
-            cap: self.cap,
+            cap: self.cap(),
             used: s.store_total + s.unflushed,
         }
     }
 }
 
-/// The budgets of every capped tenant.
+/// The budgets of every capped tenant: those of `[metering].budgets`, fixed,
+/// and those whose plan sets `budget_frames`, added (or changed) when one of
+/// their credentials is authenticated ([`Budgets::ensure`]).
 #[derive(Debug, Default)]
 pub struct Budgets {
-    tenants: HashMap<String, Arc<TenantBudget>>,
+    tenants: RwLock<HashMap<String, Arc<TenantBudget>>>,
+    configured: HashSet<String>,
+}
+
+fn new_budget(tenant: &str, cap: u64) -> Arc<TenantBudget> {
+    Arc::new(TenantBudget {
+        tenant: tenant.to_string(),
+        cap: AtomicU64::new(cap),
+        state: Mutex::new(TenantState::default()),
+    })
 }
 
 impl Budgets {
     /// Budgets from `tenant → cap` (frames per calendar month).
     pub fn new(caps: &std::collections::BTreeMap<String, u64>) -> Self {
         Self {
-            tenants: caps
-                .iter()
-                .map(|(t, &cap)| {
-                    (
-                        t.clone(),
-                        Arc::new(TenantBudget {
-                            tenant: t.clone(),
-                            cap,
-                            state: Mutex::new(TenantState::default()),
-                        }),
-                    )
-                })
-                .collect(),
+            tenants: RwLock::new(
+                caps.iter()
+                    .map(|(t, &cap)| (t.clone(), new_budget(t, cap)))
+                    .collect(),
+            ),
+            configured: caps.keys().cloned().collect(),
+        }
+    }
+
+    fn get(&self, tenant: &str) -> Option<Arc<TenantBudget>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
+    /// Makes `tenant`'s cap `plan_cap` (its plan's `budget_frames`) unless
+    /// `[metering].budgets` names the tenant (that entry wins). True when the
+    /// tenant's budget is new here and its store total must be loaded.
+    pub fn ensure(&self, tenant: &str, plan_cap: Option<u64>) -> bool {
+        if self.configured.contains(tenant) {
+            return false;
+        }
+        match (self.get(tenant), plan_cap) {
+            (Some(b), Some(cap)) => {
+                b.cap.store(cap, Ordering::Relaxed);
+                false
+            }
+            (None, None) => false,
+            (Some(_), None) => {
+                self.tenants
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(tenant);
+                false
+            }
+            (None, Some(cap)) => {
+                let mut map = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+                if map.contains_key(tenant) {
+                    return false;
+                }
+                map.insert(tenant.to_string(), new_budget(tenant, cap));
+                true
+            }
         }
     }
 
     /// The capped tenants.
-    pub fn tenants(&self) -> impl Iterator<Item = &str> {
-        self.tenants.keys().map(String::as_str)
+    pub fn tenants(&self) -> Vec<String> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Whether a new session of `tenant` may start.
     pub fn check(&self, tenant: &str) -> Result<(), GatewayError> {
-        let Some(b) = self.tenants.get(tenant) else {
+        let Some(b) = self.get(tenant) else {
             return Ok(());
         };
         let s = b.lock();
-        if s.store_total + s.unflushed + s.reserved >= b.cap {
+        if s.store_total + s.unflushed + s.reserved >= b.cap() {
             return Err(b.exhausted(&s));
         }
         Ok(())
@@ -155,26 +208,24 @@ impl Budgets {
 
     /// Reserves one frame for `tenant`, or refuses it.
     pub fn reserve(&self, tenant: &str) -> Result<Reservation, GatewayError> {
-        let Some(b) = self.tenants.get(tenant) else {
+        let Some(b) = self.get(tenant) else {
             return Ok(Reservation::unlimited());
         };
         {
             let mut s = b.lock();
-            if s.store_total + s.unflushed + s.reserved >= b.cap {
+            if s.store_total + s.unflushed + s.reserved >= b.cap() {
                 return Err(b.exhausted(&s));
             }
             s.reserved += 1;
         }
-        Ok(Reservation {
-            budget: Some(b.clone()),
-        })
+        Ok(Reservation { budget: Some(b) })
     }
 
     /// After a flush: the store now holds `store_total` frames for `tenant`
     /// in `period`, including `applied_frames` that this gateway had counted
     /// as unflushed.
     pub fn on_store_total(&self, tenant: &str, period: u32, store_total: u64, applied_frames: u64) {
-        if let Some(b) = self.tenants.get(tenant) {
+        if let Some(b) = self.get(tenant) {
             let mut s = b.lock();
             if s.period != period {
                 // A new month starts from the store's figure.
@@ -187,9 +238,9 @@ impl Budgets {
 
     /// Frames counted against `tenant`'s cap now (store + unflushed + reserved).
     pub fn used(&self, tenant: &str) -> Option<(u64, u64)> {
-        self.tenants.get(tenant).map(|b| {
+        self.get(tenant).map(|b| {
             let s = b.lock();
-            (s.store_total + s.unflushed + s.reserved, b.cap)
+            (s.store_total + s.unflushed + s.reserved, b.cap())
         })
     }
 }
@@ -229,6 +280,15 @@ mod tests {
         b.on_store_total("t", 202401, 3, 3);
         assert!(b.reserve("t").is_err());
         assert!(b.reserve("other").is_ok());
+        // A plan's cap joins at run time; the configured one wins.
+        assert!(!b.ensure("t", Some(100)));
+        assert!(b.reserve("t").is_err());
+        assert!(b.ensure("other", Some(1)));
+        let r = b.reserve("other").unwrap();
+        assert!(b.reserve("other").is_err());
+        r.release();
+        assert!(!b.ensure("other", None));
+        assert!(b.reserve("other").is_ok() && b.used("other").is_none());
     }
 
     /// Model test: random reserve/deliver/release/flush never lets delivered

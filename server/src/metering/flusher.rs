@@ -238,7 +238,7 @@ impl Flusher {
 
     async fn refresh_budgets(&mut self, now: u64) {
         let period = period_of(now);
-        let tenants: Vec<String> = self.budgets.tenants().map(str::to_string).collect();
+        let tenants = self.budgets.tenants();
         for tenant in tenants {
             let fut = self.store.period_total(&tenant, period);
             if let Ok(Ok(total)) = tokio::time::timeout(self.timeout, fut).await {

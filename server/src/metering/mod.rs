@@ -74,6 +74,7 @@ pub struct Metering {
     /// Flusher counters.
     pub stats: Arc<FlushStats>,
     flush_interval: Duration,
+    store_timeout: Duration,
     flusher: AsyncMutex<Option<Flusher>>,
     task: AsyncMutex<Option<(tokio::task::JoinHandle<Flusher>, watch::Sender<bool>)>>,
 }
@@ -109,9 +110,28 @@ impl Metering {
             store,
             stats,
             flush_interval: Duration::from_millis(m.flush_interval_ms),
+            store_timeout: Duration::from_millis(m.store_timeout_ms),
             flusher: AsyncMutex::new(Some(flusher)),
             task: AsyncMutex::new(None),
         })
+    }
+
+    /// Applies `tenant`'s plan cap (`budget_frames`) to the budgets; a
+    /// tenant capped for the first time here gets its store total now, so
+    /// its first frames see the period's usage.
+    pub async fn ensure_budget(&self, tenant: &str, plan_cap: Option<u64>) {
+        if self.budgets.ensure(tenant, plan_cap) {
+            let now = unix_now();
+            let period = period_of(now);
+            let fut = self.store.period_total(tenant, period);
+            match tokio::time::timeout(self.store_timeout, fut).await {
+                Ok(Ok(total)) => self.budgets.on_store_total(tenant, period, total, 0),
+                _ => tracing::warn!(
+                    tenant,
+                    "usage store unavailable: the budget starts from zero until the next flush"
+                ),
+            }
+        }
     }
 
     /// Runs one flush (replaying the write-ahead file), then starts the

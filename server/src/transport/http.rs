@@ -37,10 +37,18 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/usage", get(crate::usage::http::usage))
-        .route("/v1/admin/usage", get(crate::usage::http::admin_usage))
         .route("/console", get(crate::web::console::redirect))
         .route("/console/", get(crate::web::console::root))
         .route("/console/{*path}", get(crate::web::console::file))
+        .route("/v1/me", get(crate::admin::selfservice::me))
+        .route(
+            "/v1/keys",
+            get(crate::admin::selfservice::list_keys).post(crate::admin::selfservice::create_key),
+        )
+        .route(
+            "/v1/keys/{id}",
+            axum::routing::delete(crate::admin::selfservice::delete_key),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
 }
@@ -242,6 +250,7 @@ async fn detect(
             if matches!(
                 e,
                 GatewayError::Unauthorized
+                    | GatewayError::Forbidden(_)
                     | GatewayError::UnknownModel(_)
                     | GatewayError::BudgetExhausted { .. }
                     | GatewayError::PayloadTooLarge { .. }
@@ -263,10 +272,11 @@ async fn detect_inner(
     received_at: Instant,
 ) -> Result<DetectResponse, GatewayError> {
     let principal = gw
-        .auth
-        .authenticate_header_any(header_str(req.headers(), header::AUTHORIZATION))
+        .authenticate_header(header_str(req.headers(), header::AUTHORIZATION))
         .await?;
+    crate::auth::require_scope(&principal, crate::auth::Scope::Detect)?;
     let pipeline = gw.model(params.get("model").map_or("", String::as_str))?;
+    crate::auth::require_model(&principal, &pipeline.model().spec.name)?;
     let meter = SessionMeter::new(gw, &principal, &pipeline.model().spec.name);
     let reservation = meter.reserve()?;
     let body = read_image(req, gw.config.http.max_body_bytes).await?;
@@ -331,6 +341,7 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
     if let Err(e) = gw
         .auth
         .authenticate_header(header_str(&headers, header::AUTHORIZATION))
+        .await
     {
         return error_response(&e);
     }

@@ -309,10 +309,18 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
             .await
         }
     };
-    let principal = match gw.auth.authenticate_any(&hello.credential).await {
+    let principal = match gw.authenticate(&hello.credential).await {
         Ok(p) => p,
         Err(e) => return refuse(&out_tx, e).await,
     };
+    // A resume continues on the session's model, checked when it opened.
+    let model = hello
+        .resume_token
+        .is_empty()
+        .then_some(hello.model.as_str());
+    if let Err(e) = gw.authorize_stream(&principal, model) {
+        return refuse(&out_tx, e).await;
+    }
     if hello.protocol_version != PROTOCOL_VERSION {
         return refuse(
             &out_tx,

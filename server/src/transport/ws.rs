@@ -41,7 +41,7 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let principal = match headers.get(header::AUTHORIZATION) {
-        Some(v) => match gw.auth.authenticate_header_any(v.to_str().ok()).await {
+        Some(v) => match gw.authenticate_header(v.to_str().ok()).await {
             Ok(p) => Some(p),
             Err(e) => {
                 crate::metrics::auth_failure(crate::metrics::Transport::Ws);
@@ -170,8 +170,7 @@ async fn run_session(
         (Some(p), true) => Ok(p),
         (None, true) => Err(GatewayError::Unauthorized),
         (header, false) => gw
-            .auth
-            .authenticate_any(&hello.credential)
+            .authenticate(&hello.credential)
             .await
             .and_then(|p| match header {
                 Some(h) if h != p => Err(GatewayError::Unauthorized),
@@ -186,6 +185,15 @@ async fn run_session(
             return;
         }
     };
+    // A resume continues on the session's model, checked when it opened.
+    let model = hello
+        .resume_token
+        .is_empty()
+        .then_some(hello.model.as_str());
+    if let Err(e) = gw.authorize_stream(&principal, model) {
+        close_with(&mut sink, &e).await;
+        return;
+    }
     if hello.protocol_version != PROTOCOL_VERSION {
         let e = GatewayError::Protocol(format!(
             "protocol version {} is not supported; this gateway speaks {PROTOCOL_VERSION}",

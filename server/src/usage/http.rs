@@ -1,5 +1,6 @@
-//! `GET /v1/usage` (the caller's tenant) and `GET /v1/admin/usage` (any
-//! tenant, with the admin token from `FRAMEGATE_ADMIN_TOKEN`).
+//! `GET /v1/usage` (the caller's tenant, with the `usage` scope); the admin
+//! API's `GET /v1/admin/usage` (any tenant, `crate::admin`) answers with the
+//! same [`report`].
 //!
 //! Answers what the store holds, so the newest `flush_interval` of usage
 //! may not be there yet.
@@ -8,20 +9,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::transport::http::error_response;
 
 use super::UsageRow;
-
-/// Environment variable holding the admin token; unset: no admin endpoint.
-pub const ADMIN_TOKEN_ENV: &str = "FRAMEGATE_ADMIN_TOKEN";
 
 /// Longest range one query may cover (a year and a day).
 const MAX_RANGE_SECS: u64 = 366 * 86_400;
@@ -108,7 +105,8 @@ fn parse_range(q: &HashMap<String, String>) -> Result<(u64, u64, u64, String), G
     Ok((from, to, secs, granularity.to_string()))
 }
 
-async fn report(gw: &Gateway, tenant: &str, q: &HashMap<String, String>) -> Response {
+/// The usage report of `tenant` for the query `q` (`from`, `to`, `granularity`).
+pub async fn report(gw: &Gateway, tenant: &str, q: &HashMap<String, String>) -> Response {
     let (from, to, secs, granularity) = match parse_range(q) {
         Ok(r) => r,
         Err(e) => return error_response(&e),
@@ -146,35 +144,16 @@ pub async fn usage(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    match gw.auth.authenticate_header_any(bearer(&headers)).await {
+    match gw
+        .authenticate_header(bearer(&headers))
+        .await
+        .and_then(|p| {
+            crate::auth::require_scope(&p, crate::auth::Scope::Usage)?;
+            Ok(p)
+        }) {
         Ok(p) => report(&gw, &p.tenant, &q).await,
         Err(e) => error_response(&e),
     }
-}
-
-/// `GET /v1/admin/usage?tenant=T&from=…&to=…`, with `Authorization: Bearer
-/// $FRAMEGATE_ADMIN_TOKEN`. 404 when no admin token is set.
-pub async fn admin_usage(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let Some(token) = std::env::var(ADMIN_TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.is_empty())
-    else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let given = bearer(&headers)
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        return error_response(&GatewayError::Unauthorized);
-    }
-    let Some(tenant) = q.get("tenant") else {
-        return error_response(&GatewayError::BadRequest("missing tenant".into()));
-    };
-    report(&gw, tenant, &q).await
 }
 
 #[cfg(test)]

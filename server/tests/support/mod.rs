@@ -4,6 +4,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod fake_stripe;
+pub mod keys;
 pub mod redis;
 pub mod usage;
 
@@ -44,6 +45,8 @@ pub struct Gateway {
     pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// The QUIC address and the certificate's SHA-256, unless QUIC is off.
     pub quic: Option<(SocketAddr, String)>,
+    /// The admin API's address, when its listener is on.
+    pub admin: Option<SocketAddr>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
@@ -59,6 +62,10 @@ impl Gateway {
         // QUIC on a free port, its development certificate in a fresh folder.
         if !args.contains(&"--quic-listen") {
             cmd.args(["--quic-listen", "127.0.0.1:0"]);
+        }
+        // The admin API on its own free port (many gateways run at once).
+        if !args.contains(&"--admin-listen") {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
         let data_dir = if args.contains(&"--data-dir")
             || env.iter().any(|(k, _)| *k == "FRAMEGATE_DATA_DIR")
@@ -94,7 +101,9 @@ impl Gateway {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                    if line.contains("admin API") {
+                        // Not the public listener; read by `admin` below.
+                    } else if let Some(rest) = line.split("listening on http://").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap().to_string();
                         let _ = tx.send(addr);
                     }
@@ -131,6 +140,7 @@ impl Gateway {
             stdout: lines,
             stderr: errors,
             quic: None,
+            admin: None,
             _data_dir: data_dir,
         };
         gw.wait_ready().await;
@@ -140,7 +150,25 @@ impl Gateway {
             .unwrap()
             .iter()
             .find_map(|l| parse_quic_line(l));
+        gw.admin = gw.stdout.lock().unwrap().iter().find_map(|l| {
+            l.split("admin API listening on http://")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
         gw
+    }
+
+    /// `http://ADMIN_ADDR{path}` (the admin listener must be on).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{}",
+            self.admin
+                .expect("the admin API is on (set FRAMEGATE_ADMIN_TOKEN)"),
+            path
+        )
     }
 
     /// Everything the process printed so far (stdout and stderr).

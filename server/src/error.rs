@@ -101,6 +101,15 @@ pub enum GatewayError {
     /// Too many sessions or connections right now.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// A rate limit of the caller's tenant or key (frames per second,
+    /// detect requests per minute, concurrent sessions) is reached.
+    #[error("rate limited: {message}")]
+    RateLimited {
+        /// Which limit, in words (never a secret).
+        message: String,
+        /// When the same request would be admitted again (from the GCRA).
+        retry_after: Duration,
+    },
 }
 
 impl GatewayError {
@@ -118,7 +127,8 @@ impl GatewayError {
             | UnknownModel(_)
             | NoCredit { .. }
             | ResumeRefused(_)
-            | BudgetExhausted { .. } => Side::Client,
+            | BudgetExhausted { .. }
+            | RateLimited { .. } => Side::Client,
             QueueFull | NotReady(_) | DeadlineExceeded | Overloaded(_) => Side::Capacity,
             Backend(_) => Side::Backend,
             Internal(_) => Side::Internal,
@@ -135,6 +145,7 @@ impl GatewayError {
                 | GatewayError::NoCredit { .. }
                 | GatewayError::DeadlineExceeded
                 | GatewayError::Overloaded(_)
+                | GatewayError::RateLimited { .. }
         )
     }
 
@@ -153,6 +164,7 @@ impl GatewayError {
             BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
             QueueFull | DeadlineExceeded | Overloaded(_) => ErrorCode::Overloaded,
             NotReady(_) => ErrorCode::Unavailable,
+            RateLimited { .. } => ErrorCode::RateLimited,
             Backend(_) => ErrorCode::BackendFailure,
             Internal(_) => ErrorCode::Internal,
         }
@@ -167,7 +179,7 @@ impl GatewayError {
             PayloadTooLarge { .. } | PixelBudget { .. } => 413,
             UnsupportedMedia(_) => 415,
             UnknownModel(_) | ResumeRefused(_) => 404,
-            NoCredit { .. } | QueueFull | Overloaded(_) => 429,
+            NoCredit { .. } | QueueFull | Overloaded(_) | RateLimited { .. } => 429,
             BudgetExhausted { .. } => 402,
             NotReady(_) | DeadlineExceeded => 503,
             Backend(_) => 502,
@@ -180,6 +192,7 @@ impl GatewayError {
         match self {
             GatewayError::QueueFull | GatewayError::NoCredit { .. } => Some(Duration::from_secs(1)),
             GatewayError::NotReady(_) => Some(Duration::from_secs(2)),
+            GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -192,7 +205,12 @@ impl GatewayError {
             Protocol(_) | BadRequest(_) => 1002,
             PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
             UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_) => 1008,
-            QueueFull | NoCredit { .. } | NotReady(_) | DeadlineExceeded | Overloaded(_) => 1013,
+            QueueFull
+            | NoCredit { .. }
+            | NotReady(_)
+            | DeadlineExceeded
+            | Overloaded(_)
+            | RateLimited { .. } => 1013,
             BudgetExhausted { .. } => 4002,
             Backend(_) | Internal(_) => 1011,
         }

@@ -27,6 +27,8 @@ pub struct Gateway {
     pub sessions: Arc<crate::session::SessionRegistry>,
     /// Usage metering and budgets (set with [`Gateway::with_metering`]).
     pub metering: Option<Arc<crate::metering::Metering>>,
+    /// Rate limits (`[ratelimit]`, limits from `[plans]`).
+    pub ratelimit: Arc<crate::ratelimit::RateLimiter>,
 }
 
 /// The ONNX Runtime CPU backend factory.
@@ -72,9 +74,15 @@ impl Gateway {
     /// background; see [`Gateway::readiness`]).
     pub fn start(
         config: Config,
-        auth: Authenticator,
+        mut auth: Authenticator,
         factory: BackendFactory,
     ) -> Result<Arc<Self>, GatewayError> {
+        auth.apply_limits(&config);
+        let ratelimit = Arc::new(crate::ratelimit::RateLimiter::from_config(
+            &config.ratelimit,
+            &config.metering.redis_url,
+            Arc::new(crate::session::SystemClock),
+        )?);
         let mut loaded = Vec::new();
         if config.models.is_empty() {
             loaded.push((
@@ -119,6 +127,7 @@ impl Gateway {
             frame_limits,
             sessions: Arc::default(),
             metering: None,
+            ratelimit,
         }))
     }
 
@@ -153,6 +162,12 @@ impl Gateway {
     /// The default model's name.
     pub fn default_model(&self) -> &str {
         &self.default_model
+    }
+
+    /// A caller's rate-limit buckets (its tenant's limits from the
+    /// configuration, its key's from the principal).
+    pub fn rate_subject(&self, principal: &crate::auth::Principal) -> crate::ratelimit::Subject {
+        crate::ratelimit::Subject::new(&self.config.tenant_limits(&principal.tenant), principal)
     }
 
     /// Ready when every model is ready; otherwise the first reason.

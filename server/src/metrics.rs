@@ -71,6 +71,37 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    transport: String,
+    limit: String,
+}
+
+/// Which rate limit refused something (the `limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// `frames_per_sec` / `burst`.
+    Frames,
+    /// `detect_per_minute`.
+    Detect,
+    /// `max_sessions` (counts refused sessions, not frames).
+    Sessions,
+}
+
+impl LimitKind {
+    /// Every kind.
+    pub const ALL: [LimitKind; 3] = [LimitKind::Frames, LimitKind::Detect, LimitKind::Sessions];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Frames => "frames",
+            LimitKind::Detect => "detect",
+            LimitKind::Sessions => "sessions",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     transport: String,
     code: String,
@@ -117,6 +148,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_model_ready",
     "framegate_auth_failures_total",
     "framegate_rate_limited_frames_total",
+    "framegate_ratelimit_store_errors_total",
     "framegate_usage_flush_lag_seconds",
     "framegate_usage_flush_failures_total",
     "framegate_billing_report_lag_seconds",
@@ -139,7 +171,10 @@ pub struct Metrics {
     inference_busy: Family<ModelLabel, Counter<f64, AtomicU64>>,
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
-    rate_limited: Family<TransportLabel, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
+    /// Rate-limit decisions the shared store (Redis) could not make; each
+    /// one was decided by `ratelimit.on_store_error` instead.
+    pub ratelimit_store_errors: Counter,
     /// Seconds since the oldest unflushed usage delta was recorded (0 when
     /// everything is flushed). Set by the usage flusher.
     pub usage_flush_lag: Gauge<f64, AtomicU64>,
@@ -186,6 +221,7 @@ impl Metrics {
             model_ready: Family::default(),
             auth_failures: Family::default(),
             rate_limited: Family::default(),
+            ratelimit_store_errors: Counter::default(),
             usage_flush_lag: Gauge::default(),
             usage_flush_failures: Counter::default(),
             billing_report_lag: Gauge::default(),
@@ -258,8 +294,13 @@ impl Metrics {
         );
         r.register(
             "rate_limited_frames",
-            "Frames refused by a rate limit, by transport",
+            "Frames (and, for limit=\"sessions\", sessions) refused by a rate limit, by transport and limit",
             m.rate_limited.clone(),
+        );
+        r.register(
+            "ratelimit_store_errors",
+            "Rate-limit decisions the shared store (Redis) could not make, decided by ratelimit.on_store_error",
+            m.ratelimit_store_errors.clone(),
         );
         r.register(
             "usage_flush_lag_seconds",
@@ -287,7 +328,12 @@ impl Metrics {
             let tl = t(tr);
             drop(m.frames_received.get_or_create(&tl));
             drop(m.auth_failures.get_or_create(&tl));
-            drop(m.rate_limited.get_or_create(&tl));
+            for limit in LimitKind::ALL {
+                drop(m.rate_limited.get_or_create(&LimitLabels {
+                    transport: tr.as_str().into(),
+                    limit: limit.as_str().into(),
+                }));
+            }
             if tr != Transport::Http {
                 drop(m.sessions.get_or_create(&tl));
                 drop(m.sessions_open.get_or_create(&tl));
@@ -427,9 +473,15 @@ pub fn auth_failure(transport: Transport) {
     get().auth_failures.get_or_create(&t(transport)).inc();
 }
 
-/// A frame was refused by a rate limit.
-pub fn rate_limited(transport: Transport) {
-    get().rate_limited.get_or_create(&t(transport)).inc();
+/// `n` frames (or a session) were refused by a rate limit.
+pub fn rate_limited(transport: Transport, limit: LimitKind, n: u64) {
+    get()
+        .rate_limited
+        .get_or_create(&LimitLabels {
+            transport: transport.as_str().into(),
+            limit: limit.as_str().into(),
+        })
+        .inc_by(n);
 }
 
 /// A backend batch ran; `busy` is the worker's time on it.
@@ -470,7 +522,8 @@ mod tests {
         frame_dropped(Transport::Ws, "queue-full");
         frame_failed(Transport::Ws, "invalid-image");
         auth_failure(Transport::Http);
-        rate_limited(Transport::Http);
+        rate_limited(Transport::Http, LimitKind::Detect, 1);
+        get().ratelimit_store_errors.inc();
         batch_ran("m", 4, Duration::from_millis(3));
         model_state("m", 1, 256, true);
         let text = get().encode();

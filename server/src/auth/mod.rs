@@ -65,6 +65,7 @@ impl Principal {
 struct KeyEntry {
     hash: [u8; 32],
     tenant: String,
+    limits: std::sync::Arc<crate::config::PlanLimits>,
 }
 
 /// What a verified bearer token (an OIDC JWT) says about its caller.
@@ -157,6 +158,7 @@ impl Authenticator {
                     KeyEntry {
                         hash,
                         tenant: k.tenant.clone(),
+                        limits: Default::default(),
                     }
                 })
                 .collect();
@@ -178,7 +180,16 @@ impl Authenticator {
             keys: vec![KeyEntry {
                 hash: hash_key(key),
                 tenant: tenant.to_string(),
+                limits: Default::default(),
             }],
+        }
+    }
+
+    /// Gives every key its tenant's limits from `[plans]` / `[tenants]`
+    /// (they travel in [`Principal::limits`]).
+    pub fn apply_limits(&mut self, config: &crate::config::Config) {
+        for k in &mut self.keys {
+            k.limits = std::sync::Arc::new(config.tenant_limits(&k.tenant));
         }
     }
 
@@ -200,7 +211,7 @@ impl Authenticator {
                 tenant: e.tenant.clone(),
                 key_id: hex::encode(&e.hash[..6]),
                 scopes: Scope::DEFAULT.to_vec(),
-                limits: std::sync::Arc::default(),
+                limits: e.limits.clone(),
             })
             .ok_or(GatewayError::Unauthorized)
     }

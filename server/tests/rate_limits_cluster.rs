@@ -247,3 +247,74 @@ async fn three_gateways_on_one_redis_enforce_one_limit() {
         "per-process limits should admit about 3 × {exact}, got {local_admitted}: {local:?}"
     );
 }
+
+/// Redis down: `on_store_error = "local"` (the default) keeps enforcing the
+/// limit per gateway, `deny` refuses; every failed decision is counted and
+/// the warning is logged once per interval, not once per frame.
+#[tokio::test]
+async fn redis_outage_falls_back_as_configured() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = |on_error: &str| {
+        format!(
+            r#"
+[backend]
+kind = "synthetic"
+
+[ratelimit]
+store = "redis"
+redis_url = "{}"
+timeout_ms = 100
+on_store_error = "{on_error}"
+
+[plans.default]
+frames_per_sec = 1.0
+burst = 3
+"#,
+            redis.url()
+        )
+    };
+    let local_cfg = dir.path().join("local.toml");
+    std::fs::write(&local_cfg, text("local")).unwrap();
+    let deny_cfg = dir.path().join("deny.toml");
+    std::fs::write(&deny_cfg, text("deny")).unwrap();
+    let local = Gateway::start(&["--config", local_cfg.to_str().unwrap()]).await;
+    let deny = Gateway::start(&["--config", deny_cfg.to_str().unwrap()]).await;
+    redis.kill();
+
+    let dog = data("dog.jpg");
+    let start = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            local
+                .detect(dog.clone(), "image/jpeg")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let bound = 3 + elapsed.ceil() as usize;
+    assert!(
+        (3..=bound).contains(&ok),
+        "local fallback: {ok} admitted in {elapsed:.2} s (bound {bound}): {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(store_errors(&local).await >= 12.0);
+    let warnings = local
+        .logs()
+        .iter()
+        .filter(|l| l.contains("rate-limit store unavailable"))
+        .count();
+    assert_eq!(warnings, 1, "logged once per interval: {:?}", local.logs());
+
+    let r = deny.detect(dog.clone(), "image/jpeg").await;
+    assert_eq!(r.status(), 429, "deny refuses while Redis is down");
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(store_errors(&deny).await >= 1.0);
+}

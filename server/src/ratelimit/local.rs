@@ -9,7 +9,7 @@
 //! burst back early — the documented price of a hard memory cap).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use super::gcra::{self, Decision, Rate};
@@ -36,9 +36,7 @@ impl LocalBuckets {
     }
 
     fn shard(&self, tenant: &str) -> &Mutex<HashMap<String, u64>> {
-        let mut h = self.hasher.build_hasher();
-        tenant.hash(&mut h);
-        &self.shards[(h.finish() as usize) & (SHARDS - 1)]
+        &self.shards[(self.hasher.hash_one(tenant) as usize) & (SHARDS - 1)]
     }
 
     /// Decides `n` units at `now_us` over the buckets `names` (all of

@@ -698,6 +698,25 @@ mod tests {
     }
 
     #[test]
+    fn bad_ratelimit_settings_are_reported() {
+        let text = r#"
+            [ratelimit]
+            store = "memcached"
+            on_store_error = "maybe"
+            timeout_ms = 0
+            max_local_entries = 10
+            session_ttl_secs = 1
+            [tenants."a{b}"]
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 6, "{err}");
+        let ok: Config = toml::from_str("[ratelimit]\nstore = \"redis\"\n").unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.ratelimit.on_store_error, "local");
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let err = toml::from_str::<Config>("[pipeline]\nmax_bacth = 4\n").unwrap_err();
         assert!(err.to_string().contains("max_bacth"), "{err}");

@@ -318,3 +318,58 @@ burst = 3
     assert!(r.headers().contains_key("retry-after"));
     assert!(store_errors(&deny).await >= 1.0);
 }
+
+/// `max_sessions` across gateways: a session open on one gateway counts on
+/// the others, and when that gateway is killed (no Bye, no clean-up) its
+/// session stops counting once its heartbeat lapses.
+#[tokio::test]
+async fn max_sessions_spans_the_cluster_and_a_crashed_gateways_sessions_expire() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[backend]
+kind = "synthetic"
+
+[ratelimit]
+store = "redis"
+redis_url = "{}"
+session_ttl_secs = 3
+
+[plans.default]
+max_sessions = 1
+"#,
+            redis.url()
+        ),
+    );
+    let mut a = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let b = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let (_held, _) = open_session(&a).await;
+    // Longer than the TTL: the heartbeat keeps the slot.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let refused = async |gw: &Gateway| {
+        let mut ws = support::ws_connect(gw, None).await;
+        send(&mut ws, &hello(KEY)).await;
+        match recv(&mut ws).await {
+            Some(ServerMessage::Error(e)) => {
+                assert_eq!(e.code, framegate_protocol::ErrorCode::RateLimited, "{e:?}");
+                true
+            }
+            Some(ServerMessage::Welcome(_)) => false,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(refused(&b).await, "the session on gateway a counts on b");
+    a.kill();
+    let start = Instant::now();
+    let reopened =
+        support::usage::eventually(Duration::from_secs(10), || async { !refused(&b).await }).await;
+    assert!(reopened, "the crashed gateway's session never expired");
+    let waited = start.elapsed();
+    assert!(
+        waited <= Duration::from_secs(5),
+        "expired after {waited:?}, TTL 3 s"
+    );
+}

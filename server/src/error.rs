@@ -113,6 +113,15 @@ pub enum GatewayError {
     /// the WebSocket/QUIC close reason (docs/protocol.md, "Going away").
     #[error("{GOING_AWAY_REASON}")]
     GoingAway,
+    /// A rate limit of the caller's tenant or key (frames per second,
+    /// detect requests per minute, concurrent sessions) is reached.
+    #[error("rate limited: {message}")]
+    RateLimited {
+        /// Which limit, in words (never a secret).
+        message: String,
+        /// When the same request would be admitted again (from the GCRA).
+        retry_after: Duration,
+    },
 }
 
 /// The close reason of a `going-away` close (WebSocket 1001, QUIC 1001).
@@ -135,7 +144,8 @@ impl GatewayError {
             | UnknownModel(_)
             | NoCredit { .. }
             | ResumeRefused(_)
-            | BudgetExhausted { .. } => Side::Client,
+            | BudgetExhausted { .. }
+            | RateLimited { .. } => Side::Client,
             QueueFull | NotReady(_) | DeadlineExceeded | Overloaded(_) | GoingAway => {
                 Side::Capacity
             }
@@ -155,6 +165,7 @@ impl GatewayError {
                 | GatewayError::DeadlineExceeded
                 | GatewayError::Overloaded(_)
                 | GatewayError::GoingAway
+                | GatewayError::RateLimited { .. }
         )
     }
 
@@ -174,6 +185,7 @@ impl GatewayError {
             BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
             QueueFull | DeadlineExceeded | Overloaded(_) => ErrorCode::Overloaded,
             NotReady(_) => ErrorCode::Unavailable,
+            RateLimited { .. } => ErrorCode::RateLimited,
             Backend(_) => ErrorCode::BackendFailure,
             Internal(_) => ErrorCode::Internal,
             GoingAway => ErrorCode::GoingAway,
@@ -190,7 +202,7 @@ impl GatewayError {
             PayloadTooLarge { .. } | PixelBudget { .. } => 413,
             UnsupportedMedia(_) => 415,
             UnknownModel(_) | ResumeRefused(_) | NotFound(_) => 404,
-            NoCredit { .. } | QueueFull | Overloaded(_) => 429,
+            NoCredit { .. } | QueueFull | Overloaded(_) | RateLimited { .. } => 429,
             BudgetExhausted { .. } => 402,
             NotReady(_) | DeadlineExceeded | GoingAway => 503,
             Backend(_) => 502,
@@ -203,6 +215,7 @@ impl GatewayError {
         match self {
             GatewayError::QueueFull | GatewayError::NoCredit { .. } => Some(Duration::from_secs(1)),
             GatewayError::NotReady(_) => Some(Duration::from_secs(2)),
+            GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -217,7 +230,12 @@ impl GatewayError {
             PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
             UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_)
             | NotFound(_) => 1008,
-            QueueFull | NoCredit { .. } | NotReady(_) | DeadlineExceeded | Overloaded(_) => 1013,
+            QueueFull
+            | NoCredit { .. }
+            | NotReady(_)
+            | DeadlineExceeded
+            | Overloaded(_)
+            | RateLimited { .. } => 1013,
             BudgetExhausted { .. } => 4002,
             Backend(_) | Internal(_) => 1011,
             GoingAway => 1001,

@@ -27,6 +27,8 @@ pub struct Gateway {
     pub sessions: Arc<crate::session::SessionRegistry>,
     /// Usage metering and budgets (set with [`Gateway::with_metering`]).
     pub metering: Option<Arc<crate::metering::Metering>>,
+    /// Rate limits (`[ratelimit]`, limits from `[plans]`).
+    pub ratelimit: Arc<crate::ratelimit::RateLimiter>,
 }
 
 /// The ONNX Runtime CPU backend factory.
@@ -75,6 +77,11 @@ impl Gateway {
         auth: Authenticator,
         factory: BackendFactory,
     ) -> Result<Arc<Self>, GatewayError> {
+        let ratelimit = Arc::new(crate::ratelimit::RateLimiter::from_config(
+            &config.ratelimit,
+            &config.metering.redis_url,
+            Arc::new(crate::session::SystemClock),
+        )?);
         let mut loaded = Vec::new();
         if config.models.is_empty() {
             loaded.push((
@@ -119,6 +126,7 @@ impl Gateway {
             frame_limits,
             sessions: Arc::default(),
             metering: None,
+            ratelimit,
         }))
     }
 
@@ -198,6 +206,23 @@ impl Gateway {
     /// The default model's name.
     pub fn default_model(&self) -> &str {
         &self.default_model
+    }
+
+    /// A caller's rate-limit buckets (its tenant's limits from the
+    /// authenticator — configuration and key store — its key's from the
+    /// principal).
+    pub async fn rate_subject(
+        &self,
+        principal: &crate::auth::Principal,
+    ) -> crate::ratelimit::Subject {
+        // The tenant's own limits as the authenticator sees them (tenants and
+        // plans set through the admin API included); the configuration's
+        // when the key store cannot answer.
+        let tenant = match self.auth.tenant_limits(&principal.tenant).await {
+            Ok(l) => l,
+            Err(_) => self.config.tenant_limits(&principal.tenant),
+        };
+        crate::ratelimit::Subject::new(&tenant, principal)
     }
 
     /// Ready when every model is ready; otherwise the first reason.

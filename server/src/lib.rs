@@ -5,7 +5,7 @@
 //! stage lives in the module named after it:
 //!
 //! ```text
-//! transport (http, ws, quic) → auth → session (credits, policy, deadline, resume)
+//! transport (http, ws, quic) → auth → ratelimit → session (credits, policy, deadline, resume)
 //!   → pipeline::decode::probe
 //!   → pipeline::queue (bounded, lock-free) → pipeline::batcher
 //!   → inference worker: pipeline::decode → pipeline::preprocess → backend → pipeline::postprocess
@@ -25,6 +25,7 @@ pub mod gateway;
 pub mod metering;
 pub mod metrics;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod session;
 pub mod transport;
 pub mod usage;

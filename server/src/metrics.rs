@@ -80,6 +80,37 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    transport: String,
+    limit: String,
+}
+
+/// Which rate limit refused something (the `limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// `frames_per_sec` / `burst`.
+    Frames,
+    /// `detect_per_minute`.
+    Detect,
+    /// `max_sessions` (counts refused sessions, not frames).
+    Sessions,
+}
+
+impl LimitKind {
+    /// Every kind.
+    pub const ALL: [LimitKind; 3] = [LimitKind::Frames, LimitKind::Detect, LimitKind::Sessions];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Frames => "frames",
+            LimitKind::Detect => "detect",
+            LimitKind::Sessions => "sessions",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     transport: String,
     code: String,
@@ -134,6 +165,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_auth_failures_total",
     "framegate_auth_key_lookups_total",
     "framegate_rate_limited_frames_total",
+    "framegate_ratelimit_store_errors_total",
     "framegate_usage_flush_lag_seconds",
     "framegate_usage_flush_failures_total",
     "framegate_billing_report_lag_seconds",
@@ -158,8 +190,11 @@ pub struct Metrics {
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
     key_lookups: Family<ResultLabel, Counter>,
-    rate_limited: Family<TransportLabel, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
     oidc_jwks_fetches: Family<IssuerResultLabels, Counter>,
+    /// Rate-limit decisions the shared store (Redis) could not make; each
+    /// one was decided by `ratelimit.on_store_error` instead.
+    pub ratelimit_store_errors: Counter,
     /// Seconds since the oldest unflushed usage delta was recorded (0 when
     /// everything is flushed). Set by the usage flusher.
     pub usage_flush_lag: Gauge<f64, AtomicU64>,
@@ -208,6 +243,7 @@ impl Metrics {
             key_lookups: Family::default(),
             rate_limited: Family::default(),
             oidc_jwks_fetches: Family::default(),
+            ratelimit_store_errors: Counter::default(),
             usage_flush_lag: Gauge::default(),
             usage_flush_failures: Counter::default(),
             billing_report_lag: Gauge::default(),
@@ -290,13 +326,18 @@ impl Metrics {
         }
         r.register(
             "rate_limited_frames",
-            "Frames refused by a rate limit, by transport",
+            "Frames (and, for limit=\"sessions\", sessions) refused by a rate limit, by transport and limit",
             m.rate_limited.clone(),
         );
         r.register(
             "oidc_jwks_fetches",
             "Fetches of an OIDC issuer's signing keys (discovery + JWKS), by issuer name and result (ok, error)",
             m.oidc_jwks_fetches.clone(),
+        );
+        r.register(
+            "ratelimit_store_errors",
+            "Rate-limit decisions the shared store (Redis) could not make, decided by ratelimit.on_store_error",
+            m.ratelimit_store_errors.clone(),
         );
         r.register(
             "usage_flush_lag_seconds",
@@ -324,7 +365,12 @@ impl Metrics {
             let tl = t(tr);
             drop(m.frames_received.get_or_create(&tl));
             drop(m.auth_failures.get_or_create(&tl));
-            drop(m.rate_limited.get_or_create(&tl));
+            for limit in LimitKind::ALL {
+                drop(m.rate_limited.get_or_create(&LimitLabels {
+                    transport: tr.as_str().into(),
+                    limit: limit.as_str().into(),
+                }));
+            }
             if tr != Transport::Http {
                 drop(m.sessions.get_or_create(&tl));
                 drop(m.sessions_open.get_or_create(&tl));
@@ -475,9 +521,15 @@ pub fn auth_failure(transport: Transport) {
     get().auth_failures.get_or_create(&t(transport)).inc();
 }
 
-/// A frame was refused by a rate limit.
-pub fn rate_limited(transport: Transport) {
-    get().rate_limited.get_or_create(&t(transport)).inc();
+/// `n` frames (or a session) were refused by a rate limit.
+pub fn rate_limited(transport: Transport, limit: LimitKind, n: u64) {
+    get()
+        .rate_limited
+        .get_or_create(&LimitLabels {
+            transport: transport.as_str().into(),
+            limit: limit.as_str().into(),
+        })
+        .inc_by(n);
 }
 
 /// Starts the JWKS fetch series of each configured OIDC issuer at zero.
@@ -544,6 +596,8 @@ mod tests {
         auth_failure(Transport::Http);
         rate_limited(Transport::Http);
         oidc_jwks_fetch("kc", true);
+        rate_limited(Transport::Http, LimitKind::Detect, 1);
+        get().ratelimit_store_errors.inc();
         batch_ran("m", 4, Duration::from_millis(3));
         model_state("m", 1, 256, true);
         let text = get().encode();

@@ -62,6 +62,8 @@ pub struct Config {
     pub plans: std::collections::BTreeMap<String, PlanLimits>,
     /// Tenants: their plan and overrides.
     pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+    /// Where rate-limit state lives (the limits themselves are in `[plans]`).
+    pub ratelimit: RateLimitConfig,
 }
 
 impl Config {
@@ -477,6 +479,49 @@ impl Default for MeteringConfig {
     }
 }
 
+/// Rate limits (see docs/operations.md, "Rate limits"). The limits come
+/// from `[plans]` / `[tenants]` (and key overrides); this section says where
+/// their state is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// `local` (in this process: exact for one gateway, N gateways admit up
+    /// to N × the limit) or `redis` (one limit shared by every gateway that
+    /// uses the same Redis). Default `local`.
+    pub store: String,
+    /// Redis URL when `store = "redis"`. Default: `metering.redis_url`.
+    pub redis_url: Option<String>,
+    /// Limit on one Redis decision, in milliseconds; a slower answer counts
+    /// as a store error. Default 100.
+    pub timeout_ms: u64,
+    /// What a decision does when Redis cannot be reached: `local` (enforce
+    /// the limit in this process only: each gateway admits up to the limit),
+    /// `allow` (admit everything) or `deny` (refuse everything limited).
+    /// Default `local`.
+    pub on_store_error: String,
+    /// Rate-limit buckets kept in this process (local store, and the
+    /// fallback); idle buckets are evicted first, so memory stays bounded
+    /// with any number of keys. Default 1000000 (about 100 MB at most).
+    pub max_local_entries: usize,
+    /// Seconds a streaming session's slot in Redis lives without a
+    /// heartbeat (every third of it), so a crashed gateway's sessions stop
+    /// counting against `max_sessions` after this. Default 30.
+    pub session_ttl_secs: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            store: "local".into(),
+            redis_url: None,
+            timeout_ms: 100,
+            on_store_error: "local".into(),
+            max_local_entries: 1_000_000,
+            session_ttl_secs: 30,
+        }
+    }
+}
+
 /// Stripe billing (see `docs/billing.md`).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -674,12 +719,35 @@ impl Config {
             .budgets
             .keys()
             .chain(self.auth.keys.iter().map(|k| &k.tenant))
+            .chain(self.tenants.keys())
         {
             if t.contains(['{', '}', '\t', ':']) {
                 problems.push(format!(
                     "tenant {t:?} must not contain braces, tabs or colons"
                 ));
             }
+        }
+        let r = &self.ratelimit;
+        if !matches!(r.store.as_str(), "local" | "redis") {
+            problems.push(format!(
+                "ratelimit.store must be \"local\" or \"redis\", got {:?}",
+                r.store
+            ));
+        }
+        if !matches!(r.on_store_error.as_str(), "local" | "allow" | "deny") {
+            problems.push(format!(
+                "ratelimit.on_store_error must be \"local\", \"allow\" or \"deny\", got {:?}",
+                r.on_store_error
+            ));
+        }
+        if r.timeout_ms == 0 || r.timeout_ms > 10_000 {
+            problems.push("ratelimit.timeout_ms must be in 1..=10000".into());
+        }
+        if r.max_local_entries < 1024 {
+            problems.push("ratelimit.max_local_entries must be at least 1024".into());
+        }
+        if r.session_ttl_secs < 3 || r.session_ttl_secs > 3600 {
+            problems.push("ratelimit.session_ttl_secs must be in 3..=3600".into());
         }
         let b = &self.billing;
         if b.enabled && b.customers.is_empty() {
@@ -726,6 +794,25 @@ mod tests {
         let config: Config = toml::from_str(text).unwrap();
         let err = config.validate().unwrap_err();
         assert_eq!(err.problems.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn bad_ratelimit_settings_are_reported() {
+        let text = r#"
+            [ratelimit]
+            store = "memcached"
+            on_store_error = "maybe"
+            timeout_ms = 0
+            max_local_entries = 10
+            session_ttl_secs = 1
+            [tenants."a{b}"]
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 6, "{err}");
+        let ok: Config = toml::from_str("[ratelimit]\nstore = \"redis\"\n").unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.ratelimit.on_store_error, "local");
     }
 
     #[test]

@@ -223,6 +223,11 @@ impl<F> SessionCore<F> {
         self.entries.len() < self.max_entries()
     }
 
+    /// Frames that may be read now before the session is full.
+    pub fn room(&self) -> usize {
+        self.max_entries().saturating_sub(self.entries.len())
+    }
+
     /// Frames holding a credit (waiting or being computed).
     pub fn holding_credit(&self) -> u32 {
         self.holding_credit
@@ -275,17 +280,9 @@ impl<F> SessionCore<F> {
         datagram: bool,
     ) -> Result<bool, GatewayError> {
         let _ = now_us;
-        if let Some(last) = self.last_seq {
-            if seq <= last {
-                if datagram {
-                    return Ok(false);
-                }
-                return Err(GatewayError::Protocol(format!(
-                    "sequence number {seq} is not above the previous {last}"
-                )));
-            }
+        if !self.take_seq(seq, datagram)? {
+            return Ok(false);
         }
-        self.last_seq = Some(seq);
         if self.cfg.policy == OverloadPolicy::LatestOnly {
             self.supersede(usize::MAX);
         }
@@ -326,6 +323,41 @@ impl<F> SessionCore<F> {
         Ok(true)
     }
 
+    /// Checks that `seq` is above the previous frame's (a stale datagram is
+    /// ignored: `Ok(false)`) and records it.
+    fn take_seq(&mut self, seq: u64, datagram: bool) -> Result<bool, GatewayError> {
+        if let Some(last) = self.last_seq {
+            if seq <= last {
+                if datagram {
+                    return Ok(false);
+                }
+                return Err(GatewayError::Protocol(format!(
+                    "sequence number {seq} is not above the previous {last}"
+                )));
+            }
+        }
+        self.last_seq = Some(seq);
+        Ok(true)
+    }
+
+    /// A frame refused before it could hold a credit (a rate limit): it is
+    /// answered `Dropped{reason}` in its turn and touches nothing else — no
+    /// credit, no waiting frame superseded. Sequence rules as
+    /// [`SessionCore::on_frame`].
+    pub fn on_frame_refused(
+        &mut self,
+        seq: u64,
+        datagram: bool,
+        reason: DropReason,
+        message: String,
+    ) -> Result<bool, GatewayError> {
+        if !self.take_seq(seq, datagram)? {
+            return Ok(false);
+        }
+        self.push_ready(seq, Ready::Dropped(reason, message));
+        Ok(true)
+    }
+
     /// A frame arrived that the session will not take (the gateway is going
     /// away): it is answered with `error` in its turn, without holding a
     /// credit or displacing any waiting frame. Sequence rules as
@@ -338,17 +370,9 @@ impl<F> SessionCore<F> {
         datagram: bool,
     ) -> Result<bool, GatewayError> {
         let _ = now_us;
-        if let Some(last) = self.last_seq {
-            if seq <= last {
-                if datagram {
-                    return Ok(false);
-                }
-                return Err(GatewayError::Protocol(format!(
-                    "sequence number {seq} is not above the previous {last}"
-                )));
-            }
+        if !self.take_seq(seq, datagram)? {
+            return Ok(false);
         }
-        self.last_seq = Some(seq);
         self.push_ready(seq, Ready::Error(error.to_message(Some(seq))));
         Ok(true)
     }

@@ -38,11 +38,23 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::pipeline::decode::{probe, ProbedFrame};
 use crate::pipeline::{FrameOutcome, ModelPipeline};
+use crate::ratelimit::{SessionSlot, Subject};
 
 /// Client messages buffered between a connection's reader and its session.
 /// Small on purpose: frames wait in the session core (where the overload
 /// policy can drop them), not here.
 pub const INBOUND_CAPACITY: usize = 4;
+
+/// Most frames decided by one rate-limit call.
+pub const MAX_FRAMES_PER_DECISION: usize = INBOUND_CAPACITY + 1;
+
+fn transport_label(transport: &str) -> Transport {
+    if transport == "quic" {
+        Transport::Quic
+    } else {
+        Transport::Ws
+    }
+}
 
 /// Messages buffered per connection between a session and its writer.
 pub const OUTBOUND_CAPACITY: usize = 64;
@@ -254,7 +266,14 @@ impl SessionRegistry {
         }
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let handle = if hello.resume_token.is_empty() {
-            self.start(gw, principal, hello, transport)?
+            // The session's place under its tenant's (and key's)
+            // max_sessions, held for the session's life (resumes included).
+            let rate = gw.rate_subject(principal).await;
+            let slot = gw
+                .ratelimit
+                .open_session(&rate, transport_label(transport))
+                .await?;
+            self.start(gw, principal, hello, transport, rate, slot)?
         } else {
             let found = self
                 .sessions
@@ -291,6 +310,8 @@ impl SessionRegistry {
         principal: &Principal,
         hello: &Hello,
         transport: &'static str,
+        rate: Subject,
+        slot: SessionSlot,
     ) -> Result<Arc<SessionHandle>, GatewayError> {
         let pipeline = gw.model(&hello.model)?.clone();
         let meter = SessionMeter::new(gw, principal, &pipeline.model().spec.name);
@@ -346,16 +367,11 @@ impl SessionRegistry {
             completions: FuturesUnordered::new(),
             meter,
             reservations: HashMap::new(),
-            transport: if transport == "quic" {
-                Transport::Quic
-            } else {
-                Transport::Ws
-            },
-            _open: metrics::session_opened(if transport == "quic" {
-                Transport::Quic
-            } else {
-                Transport::Ws
-            }),
+            transport: transport_label(transport),
+            _open: metrics::session_opened(transport_label(transport)),
+            rate,
+            _slot: slot,
+            stash: None,
         };
         tokio::spawn(tracing::Instrument::instrument(task.run(), span));
         Ok(handle)
@@ -401,6 +417,13 @@ struct SessionTask {
     transport: Transport,
     /// Keeps `framegate_sessions_open` right for the session's lifetime.
     _open: metrics::SessionGuard,
+    /// The caller's rate-limit buckets.
+    rate: Subject,
+    /// The session's place under `max_sessions`, freed when the task ends.
+    _slot: SessionSlot,
+    /// A message read while collecting frames for one rate decision; it is
+    /// handled next.
+    stash: Option<Inbound>,
 }
 
 impl SessionTask {
@@ -425,6 +448,9 @@ impl SessionTask {
                         break;
                     }
                 }
+            }
+            if let Some(ev) = self.stash.take() {
+                self.on_inbound(ev).await;
             }
             self.dispatch();
             self.transmit().await;
@@ -470,7 +496,7 @@ impl SessionTask {
                     self.on_outcome(seq, cts, outcome);
                 }
                 ev = self.inbound.recv(), if reading => match ev {
-                    Some(ev) => self.on_inbound(ev),
+                    Some(ev) => self.on_inbound(ev).await,
                     None => break,
                 },
                 () = closed(out.as_ref()), if out.is_some() => self.detach(),
@@ -561,7 +587,7 @@ impl SessionTask {
         let _ = a.reply.send(Ok(()));
     }
 
-    fn on_inbound(&mut self, ev: Inbound) {
+    async fn on_inbound(&mut self, ev: Inbound) {
         let current = self.current.as_ref().map(|c| c.0);
         match ev {
             // Leftovers of a replaced connection: the client re-sends what
@@ -569,6 +595,11 @@ impl SessionTask {
             Inbound::Message { conn, .. } | Inbound::Fatal { conn, .. }
                 if Some(conn) != current => {}
             Inbound::Fatal { error, .. } => self.end(error),
+            Inbound::Message {
+                msg: ClientMessage::Frame(f),
+                datagram,
+                ..
+            } if self.rate.limits_frames() && !self.leaving => self.admit_frames(f, datagram, current).await,
             Inbound::Message { msg, datagram, .. } => match msg {
                 ClientMessage::Frame(f) if self.leaving => {
                     metrics::frame_received(self.transport);
@@ -580,28 +611,7 @@ impl SessionTask {
                         self.end(e);
                     }
                 }
-                ClientMessage::Frame(f) => {
-                    metrics::frame_received(self.transport);
-                    let probed = probe(
-                        Some(f.codec),
-                        f.width,
-                        f.height,
-                        f.payload,
-                        &self.gw.frame_limits,
-                    )
-                    .map(|frame| Pending {
-                        frame,
-                        received_at: Instant::now(),
-                        capture_ts_us: f.capture_ts_us,
-                    });
-                    let now = self.now_us();
-                    if let Err(e) = self
-                        .core
-                        .on_frame(now, f.seq, f.deadline_us, probed, datagram)
-                    {
-                        self.end(e);
-                    }
-                }
+                ClientMessage::Frame(f) => self.on_frame(f, datagram),
                 ClientMessage::Ack(a) => self.core.on_ack(a.seq),
                 // While leaving, the going-away close stands: the client
                 // reconnects elsewhere if anything is still unanswered.
@@ -611,6 +621,86 @@ impl SessionTask {
                     self.end(GatewayError::Protocol("Hello sent twice".into()))
                 }
             },
+        }
+    }
+
+    /// The rate-limit admission point of streams. The frames already waiting
+    /// behind `first` (up to the session's room) are decided with it in one
+    /// call (one Redis round trip for the lot); the admitted prefix goes on
+    /// to the core, the rest are answered `Dropped{rate-limited}` and never
+    /// reach the pipeline or the meter.
+    async fn admit_frames(
+        &mut self,
+        first: framegate_protocol::Frame,
+        datagram: bool,
+        current: Option<ConnId>,
+    ) {
+        let mut frames = vec![(first, datagram)];
+        let room = self.core.room().clamp(1, MAX_FRAMES_PER_DECISION);
+        while frames.len() < room {
+            match self.inbound.try_recv() {
+                Ok(Inbound::Message {
+                    conn,
+                    msg: ClientMessage::Frame(f),
+                    datagram,
+                }) if Some(conn) == current => frames.push((f, datagram)),
+                Ok(other) => {
+                    self.stash = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let n = frames.len() as u32;
+        let d = self.gw.ratelimit.frames(&self.rate, n).await;
+        if d.admitted < n {
+            metrics::rate_limited(
+                self.transport,
+                metrics::LimitKind::Frames,
+                u64::from(n - d.admitted),
+            );
+        }
+        for (i, (f, datagram)) in frames.into_iter().enumerate() {
+            if (i as u32) < d.admitted {
+                self.on_frame(f, datagram);
+                continue;
+            }
+            metrics::frame_received(self.transport);
+            let message = format!(
+                "over {}; the next frame is admitted in {} ms",
+                self.rate.describe_frames(),
+                d.retry_after_us.div_ceil(1000)
+            );
+            if let Err(e) =
+                self.core
+                    .on_frame_refused(f.seq, datagram, DropReason::RateLimited, message)
+            {
+                self.end(e);
+                return;
+            }
+        }
+    }
+
+    fn on_frame(&mut self, f: framegate_protocol::Frame, datagram: bool) {
+        metrics::frame_received(self.transport);
+        let probed = probe(
+            Some(f.codec),
+            f.width,
+            f.height,
+            f.payload,
+            &self.gw.frame_limits,
+        )
+        .map(|frame| Pending {
+            frame,
+            received_at: Instant::now(),
+            capture_ts_us: f.capture_ts_us,
+        });
+        let now = self.now_us();
+        if let Err(e) = self
+            .core
+            .on_frame(now, f.seq, f.deadline_us, probed, datagram)
+        {
+            self.end(e);
         }
     }
 

@@ -1,7 +1,8 @@
 //! One-shot HTTP: `POST /v1/detect`, `GET /v1/models`, `/healthz`, `/readyz`,
 //! and the router that also carries the WebSocket stream endpoint.
 //!
-//! A detect request is authenticated first, its body read up to the limit,
+//! A detect request is authenticated first, checked against its rate limits
+//! (`ratelimit`: 429 with the GCRA's `Retry-After`), its body read up to the limit,
 //! its image header checked against the pixel budget, and only then queued.
 //! Errors answer JSON `{"error": {"code", "message", "retryable"}}` with the
 //! status from the error taxonomy (429 and 503 carry `Retry-After`).
@@ -79,7 +80,9 @@ pub fn error_response(e: &GatewayError) -> Response {
     if let Some(after) = e.retry_after() {
         resp.headers_mut().insert(
             header::RETRY_AFTER,
-            HeaderValue::from(after.as_secs().max(1)),
+            // Whole seconds, rounded up: a client that waits this long is
+            // admitted (a GCRA wait of 50 ms says 1).
+            HeaderValue::from(after.as_micros().div_ceil(1_000_000).max(1) as u64),
         );
     }
     if matches!(e, GatewayError::Unauthorized) {
@@ -244,6 +247,8 @@ async fn detect(
             match &e {
                 GatewayError::Unauthorized => metrics::auth_failure(Transport::Http),
                 GatewayError::QueueFull => metrics::frame_dropped(Transport::Http, "queue-full"),
+                // Counted by the limiter, by limit.
+                GatewayError::RateLimited { .. } => {}
                 other => metrics::frame_failed(Transport::Http, other.code().as_str()),
             }
             let mut resp = error_response(&e);
@@ -254,6 +259,7 @@ async fn detect(
                     | GatewayError::UnknownModel(_)
                     | GatewayError::BudgetExhausted { .. }
                     | GatewayError::PayloadTooLarge { .. }
+                    | GatewayError::RateLimited { .. }
             ) {
                 // Refused before the body was read: the connection cannot be
                 // reused, so say so rather than let the client race its close.
@@ -277,6 +283,9 @@ async fn detect_inner(
     crate::auth::require_scope(&principal, crate::auth::Scope::Detect)?;
     let pipeline = gw.model(params.get("model").map_or("", String::as_str))?;
     crate::auth::require_model(&principal, &pipeline.model().spec.name)?;
+    // Before the body is read: a refused request costs no image work, no
+    // inference and no usage.
+    gw.ratelimit.detect(&gw.rate_subject(&principal).await).await?;
     let meter = SessionMeter::new(gw, &principal, &pipeline.model().spec.name);
     let reservation = meter.reserve()?;
     let body = read_image(req, gw.config.http.max_body_bytes).await?;

@@ -175,6 +175,29 @@ fn refused_frames_keep_their_turn_and_leave_waiting_frames_alone() {
     ));
     assert!(c.is_drained());
     assert_eq!(c.usage().frames, 1, "a refusal is not billed");
+fn a_rate_limited_frame_is_dropped_in_order_and_holds_nothing() {
+    let mut c = SessionCore::new(cfg(2, OverloadPolicy::LatestOnly), 0);
+    c.attach(0).unwrap();
+    c.on_frame(0, 1, 0, Ok(1), false).unwrap();
+    c.on_frame_refused(2, false, DropReason::RateLimited, "over".into())
+        .unwrap();
+    // No credit taken and the waiting frame 1 is not superseded.
+    assert_eq!(c.holding_credit(), 1);
+    let d = c.poll_dispatch(0).unwrap();
+    assert!(drain(&mut c).is_empty(), "the drop waits behind 1's answer");
+    c.on_outcome(10, d.seq, det(2, 2));
+    let msgs = drain(&mut c);
+    assert_eq!(answered(&msgs), vec![1, 2]);
+    assert!(matches!(&msgs[1], ServerMessage::Dropped(x) if x.reason == DropReason::RateLimited));
+    assert_eq!(c.usage().frames, 1, "only the computed frame is billed");
+    // Sequence rules hold for refused frames too.
+    assert!(c
+        .on_frame_refused(2, false, DropReason::RateLimited, "over".into())
+        .is_err());
+    assert!(matches!(
+        c.on_frame_refused(1, true, DropReason::RateLimited, "over".into()),
+        Ok(false)
+    ));
 }
 
 #[test]

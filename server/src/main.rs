@@ -221,6 +221,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
 
     let (auth, dev_key) = Authenticator::from_config(&config.auth, std::env::var(DEV_KEY_ENV).ok());
+    let auth = auth.with_tenant_limits(|t| config.tenant_limits(t));
     let listen = config.http.listen;
     let material = if config.quic.enabled || config.http.tls_listen.is_some() {
         let data_dir = config

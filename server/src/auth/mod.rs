@@ -65,6 +65,7 @@ impl Principal {
 struct KeyEntry {
     hash: [u8; 32],
     tenant: String,
+    limits: std::sync::Arc<crate::config::PlanLimits>,
 }
 
 /// What a verified bearer token (an OIDC JWT) says about its caller.
@@ -157,6 +158,7 @@ impl Authenticator {
                     KeyEntry {
                         hash,
                         tenant: k.tenant.clone(),
+                        limits: std::sync::Arc::default(),
                     }
                 })
                 .collect();
@@ -178,8 +180,21 @@ impl Authenticator {
             keys: vec![KeyEntry {
                 hash: hash_key(key),
                 tenant: tenant.to_string(),
+                limits: std::sync::Arc::default(),
             }],
         }
+    }
+
+    /// Gives every key its tenant's effective limits (plan and tenant
+    /// overrides, `Config::tenant_limits`), carried by its [`Principal`].
+    pub fn with_tenant_limits(
+        mut self,
+        limits: impl Fn(&str) -> crate::config::PlanLimits,
+    ) -> Self {
+        for k in &mut self.keys {
+            k.limits = std::sync::Arc::new(limits(&k.tenant));
+        }
+        self
     }
 
     /// Checks a credential. Every key is compared, in constant time, so the
@@ -200,7 +215,7 @@ impl Authenticator {
                 tenant: e.tenant.clone(),
                 key_id: hex::encode(&e.hash[..6]),
                 scopes: Scope::DEFAULT.to_vec(),
-                limits: std::sync::Arc::default(),
+                limits: e.limits.clone(),
             })
             .ok_or(GatewayError::Unauthorized)
     }

@@ -283,6 +283,7 @@ impl SessionRegistry {
             registry: self.clone(),
             gw: gw.clone(),
             model: pipeline.model().spec.name.clone(),
+            share: pipeline.tenant(&principal.tenant, principal.limits.effective_weight()),
             pipeline,
             core,
             token,
@@ -326,6 +327,8 @@ struct SessionTask {
     gw: Arc<Gateway>,
     pipeline: Arc<ModelPipeline>,
     model: String,
+    /// The tenant's standing in the pipeline (fair share, DRR weight).
+    share: Arc<crate::pipeline::fair::TenantShare>,
     core: SessionCore<Pending>,
     token: String,
     session_id: String,
@@ -530,7 +533,7 @@ impl SessionTask {
             }
             match self
                 .pipeline
-                .submit_with_deadline(d.frame.frame, d.frame.received_at, deadline)
+                .submit_with_deadline(&self.share, d.frame.frame, d.frame.received_at, deadline)
             {
                 Ok(rx) => self
                     .completions

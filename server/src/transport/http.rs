@@ -268,7 +268,8 @@ async fn detect_inner(
     let body = read_image(req, gw.config.http.max_body_bytes).await?;
     let frame = probe(None, 0, 0, body, &gw.frame_limits)?;
     let pixels = frame.pixels();
-    let rx = pipeline.submit(frame, received_at)?;
+    let share = pipeline.tenant(&principal.tenant, principal.limits.effective_weight());
+    let rx = pipeline.submit(&share, frame, received_at)?;
     let result = rx
         .await
         .map_err(|_| GatewayError::Internal("the pipeline dropped the frame".into()))??;

@@ -531,10 +531,12 @@ impl SessionTask {
                     continue;
                 }
             }
-            match self
-                .pipeline
-                .submit_with_deadline(&self.share, d.frame.frame, d.frame.received_at, deadline)
-            {
+            match self.pipeline.submit_with_deadline(
+                &self.share,
+                d.frame.frame,
+                d.frame.received_at,
+                deadline,
+            ) {
                 Ok(rx) => self
                     .completions
                     .push(Box::pin(async move { (seq, cts, rx.await.ok()) })),

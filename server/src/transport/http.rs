@@ -294,6 +294,7 @@ async fn metrics_text(State(gw): State<Arc<Gateway>>) -> Response {
             p.queue_capacity(),
             p.readiness() == Readiness::Ready,
         );
+        metrics::scheduler_state(name, p.active_tenants());
     }
     (
         [(

@@ -134,12 +134,7 @@ struct Seen {
 }
 
 impl Sim {
-    fn run(
-        &self,
-        tenants: &[(u32, Duration)],
-        one_fifo: bool,
-        horizon: Duration,
-    ) -> Vec<Seen> {
+    fn run(&self, tenants: &[(u32, Duration)], one_fifo: bool, horizon: Duration) -> Vec<Seen> {
         let adm = FairAdmission::new(self.capacity, self.floor, self.headroom);
         let shares: Vec<_> = tenants
             .iter()
@@ -177,13 +172,10 @@ impl Sim {
                 let idle: Vec<usize> = (0..self.workers)
                     .filter(|&w| busy_until[w] <= now)
                     .collect();
-                match self.policy.decide(
-                    now,
-                    sched.len(),
-                    sched.oldest(),
-                    idle.len(),
-                    self.workers,
-                ) {
+                match self
+                    .policy
+                    .decide(now, sched.len(), sched.oldest(), idle.len(), self.workers)
+                {
                     Decision::Dispatch(n) => {
                         batch.clear();
                         sched.pop_batch(n, &mut batch);
@@ -263,7 +255,8 @@ fn check_quiet_bound(weights: &[u32], workers: usize) {
     // and what gets in waits behind the noisy backlog.
     let fifo = sim.run(&tenants, true, horizon);
     assert!(
-        fifo[n - 1].refused >= 10 && (fifo[n - 1].max_delay > bound * 2 || fifo[n - 1].admitted < 5),
+        fifo[n - 1].refused >= 10
+            && (fifo[n - 1].max_delay > bound * 2 || fifo[n - 1].admitted < 5),
         "{weights:?}: FIFO quiet {:?} vs bound {bound:?}",
         fifo[n - 1]
     );

@@ -32,8 +32,11 @@ const QUIET_EVERY: Duration = Duration::from_millis(50);
 const NOISY_SESSIONS: usize = 10;
 /// Each noisy session's interval: together 100× the quiet rate.
 const NOISY_EVERY: Duration = Duration::from_millis(5);
-/// Scheduling noise of a loaded, shared test machine.
-const SLACK: Duration = Duration::from_millis(20);
+/// Scheduling noise of a loaded, shared test machine (the clients run on
+/// the same cores as the gateway).
+const SLACK: Duration = Duration::from_millis(40);
+/// Quiet frames measured under load.
+const LOADED_FRAMES: u64 = 160;
 
 fn frame(seq: u64) -> ClientMessage {
     ClientMessage::Frame(Frame {
@@ -61,10 +64,12 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-/// The quiet tenant: `n` frames, one every [`QUIET_EVERY`]; latencies of
-/// the answered ones and how many were dropped.
-async fn quiet(ws: &mut Ws, first_seq: u64, n: u64) -> (Vec<Duration>, u64) {
+/// The quiet tenant: `n` frames, one every [`QUIET_EVERY`]; end-to-end
+/// latencies of the answered ones, their queueing delays as the gateway
+/// measured them (`timings.queue_us`), and how many were dropped.
+async fn quiet(ws: &mut Ws, first_seq: u64, n: u64) -> (Vec<Duration>, Vec<Duration>, u64) {
     let mut lat = Vec::new();
+    let mut queued = Vec::new();
     let mut dropped = 0;
     let mut tick = tokio::time::interval(QUIET_EVERY);
     for seq in first_seq..first_seq + n {
@@ -76,6 +81,7 @@ async fn quiet(ws: &mut Ws, first_seq: u64, n: u64) -> (Vec<Duration>, u64) {
                 Some(ServerMessage::Detections(d)) => {
                     assert_eq!(d.seq, seq);
                     lat.push(t.elapsed());
+                    queued.push(Duration::from_micros(u64::from(d.timings.queue_us)));
                     break;
                 }
                 Some(ServerMessage::Dropped(d)) => {
@@ -88,7 +94,7 @@ async fn quiet(ws: &mut Ws, first_seq: u64, n: u64) -> (Vec<Duration>, u64) {
             }
         }
     }
-    (lat, dropped)
+    (lat, queued, dropped)
 }
 
 #[derive(Default)]
@@ -162,7 +168,7 @@ async fn a_noisy_tenant_cannot_raise_a_quiet_tenants_latency() {
     // 1. Unloaded: the quiet tenant alone (the first frames warm up).
     let (mut q, _) = session(&gw, QUIET_KEY).await;
     let _ = quiet(&mut q, 1, 5).await;
-    let (mut unloaded, dropped) = quiet(&mut q, 6, 40).await;
+    let (mut unloaded, _, dropped) = quiet(&mut q, 6, 40).await;
     assert_eq!(dropped, 0);
 
     // 2. The noisy tenant floods over several sessions.
@@ -182,7 +188,7 @@ async fn a_noisy_tenant_cannot_raise_a_quiet_tenants_latency() {
     let drops_before = stats.queue_full.load(Ordering::Relaxed);
 
     // 3. Loaded: the quiet tenant again, same rate.
-    let (mut loaded, dropped) = quiet(&mut q, 100, 100).await;
+    let (mut loaded, mut queued, dropped) = quiet(&mut q, 100, LOADED_FRAMES).await;
     stop.store(true, Ordering::Relaxed);
     for f in floods {
         f.await.unwrap();
@@ -193,10 +199,14 @@ async fn a_noisy_tenant_cannot_raise_a_quiet_tenants_latency() {
         Duration::from_micros(stats.latency_us.load(Ordering::Relaxed) / answered.max(1));
     let (u50, u99) = (pct(&mut unloaded, 0.5), pct(&mut unloaded, 0.99));
     let (l50, l99) = (pct(&mut loaded, 0.5), pct(&mut loaded, 0.99));
-    let allowance = BATCH_COST + MAX_DELAY + SLACK;
+    let (q50, q99) = (pct(&mut queued, 0.5), pct(&mut queued, 0.99));
+    // The documented bound at 1:1, one worker, batches of 4: one batch in
+    // service, then the quiet frame is at most second in line.
+    let bound = BATCH_COST + MAX_DELAY;
+    let allowance = bound + SLACK;
     eprintln!(
         "fair_sharing: quiet unloaded p50 {u50:?} p99 {u99:?}; loaded p50 {l50:?} p99 {l99:?} \
-         (allowed p99 {:?}); quiet drops {dropped}; noisy answered {answered} \
+         (allowed p99 {:?}); quiet queueing p50 {q50:?} p99 {q99:?} (bound {bound:?}); quiet drops {dropped}; noisy answered {answered} \
          (mean latency {noisy_mean:?}), queue-full drops {queue_full} ({drops_before} in the first second); \
          {:.1} s",
         u99 + allowance,
@@ -206,12 +216,18 @@ async fn a_noisy_tenant_cannot_raise_a_quiet_tenants_latency() {
         dropped, 0,
         "the quiet tenant was refused while another flooded"
     );
-    assert_eq!(loaded.len(), 100);
+    assert_eq!(loaded.len() as u64, LOADED_FRAMES);
     assert!(queue_full > 0, "the noisy tenant got no queue-full drops");
     // The gateway really was saturated: the noisy tenant's frames queued.
     assert!(
         noisy_mean > BATCH_COST * 6,
         "noisy mean latency {noisy_mean:?}: the load did not saturate the gateway"
+    );
+    // The gateway's own measure of the queueing delay, which the clients'
+    // share of the CPU does not blur.
+    assert!(
+        q99 <= bound + Duration::from_millis(20),
+        "quiet queueing p99 {q99:?} vs the bound {bound:?}"
     );
     assert!(
         l99 <= u99 + allowance,

@@ -523,7 +523,7 @@ impl Config {
         if p.queue_capacity == 0 {
             problems.push("pipeline.queue_capacity must be at least 1".into());
         }
-        if p.tenant_queue_floor > p.queue_capacity {
+        if p.queue_capacity > 0 && p.tenant_queue_floor > p.queue_capacity {
             problems.push(format!(
                 "pipeline.tenant_queue_floor ({}) must be at most pipeline.queue_capacity ({})",
                 p.tenant_queue_floor, p.queue_capacity
@@ -661,6 +661,16 @@ mod tests {
         let config: Config = toml::from_str(text).unwrap();
         let err = config.validate().unwrap_err();
         assert_eq!(err.problems.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn fair_share_settings_are_checked() {
+        let config: Config =
+            toml::from_str("[pipeline]\nqueue_capacity = 8\ntenant_queue_floor = 9\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("tenant_queue_floor"), "{err}");
+        let config: Config = toml::from_str("[pipeline]\nqueue_capacity = 100\n").unwrap();
+        assert_eq!(config.pipeline.headroom(), 25);
     }
 
     #[test]

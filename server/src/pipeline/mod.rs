@@ -362,8 +362,21 @@ fn run_batcher(
                 shared.idle_workers.fetch_sub(1, Ordering::AcqRel);
                 let mut batch: Vec<WorkItem> = Vec::with_capacity(n);
                 pending.pop_batch(n, &mut batch);
+                // DRR hands out runs of one tenant's frames: release per run.
+                let mut run: Option<(&Arc<TenantShare>, usize)> = None;
                 for item in &batch {
-                    admission.release(&item.tenant);
+                    match &mut run {
+                        Some((t, n)) if Arc::ptr_eq(t, &item.tenant) => *n += 1,
+                        _ => {
+                            if let Some((t, n)) = run {
+                                admission.release_n(t, n);
+                            }
+                            run = Some((&item.tenant, 1));
+                        }
+                    }
+                }
+                if let Some((t, n)) = run {
+                    admission.release_n(t, n);
                 }
                 if batches.send(batch).is_err() {
                     break;

@@ -26,6 +26,8 @@ fn one_tenant_is_a_plain_bounded_queue() {
     assert_eq!(a.queued(), 8);
     a.release(&t);
     a.try_admit(&t).unwrap();
+    a.release_n(&t, 8);
+    assert_eq!((a.queued(), t.queued(), a.active_tenants()), (0, 0, 0));
 
     let mut s = FairScheduler::new();
     let t0 = Instant::now();

@@ -34,7 +34,7 @@ const NOISY_SESSIONS: usize = 10;
 const NOISY_EVERY: Duration = Duration::from_millis(5);
 /// Scheduling noise of a loaded, shared test machine (the clients run on
 /// the same cores as the gateway).
-const SLACK: Duration = Duration::from_millis(40);
+const SLACK: Duration = Duration::from_millis(60);
 /// Quiet frames measured under load.
 const LOADED_FRAMES: u64 = 160;
 
@@ -226,7 +226,7 @@ async fn a_noisy_tenant_cannot_raise_a_quiet_tenants_latency() {
     // The gateway's own measure of the queueing delay, which the clients'
     // share of the CPU does not blur.
     assert!(
-        q99 <= bound + Duration::from_millis(20),
+        q99 <= bound + Duration::from_millis(30),
         "quiet queueing p99 {q99:?} vs the bound {bound:?}"
     );
     assert!(

@@ -12,6 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use framegate::backend::spec::LoadedModel;
 use framegate::pipeline::batcher::BatchPolicy;
 use framegate::pipeline::decode::{decode_rgb, probe, FrameLimits, RgbImage};
+use framegate::pipeline::fair::{FairAdmission, FairScheduler};
 use framegate::pipeline::postprocess::{nms, RawDetection};
 use framegate::pipeline::preprocess::Preprocessor;
 use framegate::pipeline::queue::IngressQueue;
@@ -155,6 +156,61 @@ fn batcher(c: &mut Criterion) {
     });
 }
 
+/// Shows: what fair sharing adds per frame on the batcher's path. Each
+/// iteration moves one batch of 8 frames through admission (admit +
+/// release) and the per-tenant scheduler (push + DRR pop), against the
+/// plain FIFO (`VecDeque`) the batcher used before; with one tenant and
+/// with 12 tenants interleaved.
+fn fair_share(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fair_share");
+    g.throughput(Throughput::Elements(8));
+    let now = Instant::now();
+    g.bench_function("fifo_baseline_batch8", |b| {
+        let mut q = std::collections::VecDeque::with_capacity(256);
+        let mut out = Vec::with_capacity(8);
+        b.iter(|| {
+            for i in 0..8u64 {
+                q.push_back((now, black_box(i)));
+            }
+            out.clear();
+            out.extend(q.drain(..8).map(|(_, i)| i));
+            black_box(out.len())
+        })
+    });
+    for tenants in [1usize, 12] {
+        let adm = FairAdmission::new(256, 4, 64);
+        let shares: Vec<_> = (0..tenants)
+            .map(|t| adm.tenant(&format!("t{t}"), 1 + t as u32 % 3))
+            .collect();
+        let mut sched = FairScheduler::new();
+        let mut out = Vec::with_capacity(8);
+        let mut next = 0usize;
+        g.bench_function(format!("admit_drr_batch8_{tenants}_tenants"), |b| {
+            b.iter(|| {
+                for i in 0..8u64 {
+                    let t = next % tenants;
+                    next += 1;
+                    let s = &shares[t];
+                    adm.try_admit(s).unwrap();
+                    sched.push(s.key(), s.weight(), now, (t, black_box(i)));
+                }
+                out.clear();
+                sched.pop_batch(8, &mut out);
+                // As the batcher does: one release per run of a tenant.
+                let mut i = 0;
+                while i < out.len() {
+                    let t = out[i].0;
+                    let n = out[i..].iter().take_while(|x| x.0 == t).count();
+                    adm.release_n(&shares[t], n);
+                    i += n;
+                }
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Shows: decoding dog.jpg (768×576, 164 KB) is a large share of a frame's
 /// non-inference cost; the figure to compare with inference (~11 ms).
 fn jpeg(c: &mut Criterion) {
@@ -225,5 +281,5 @@ fn nms_bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, protocol, queue, batcher, jpeg, preprocess, nms_bench);
+criterion_group!(benches, protocol, queue, batcher, fair_share, jpeg, preprocess, nms_bench);
 criterion_main!(benches);

@@ -160,6 +160,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_batch_size",
     "framegate_ingress_queue_depth",
     "framegate_ingress_queue_capacity",
+    "framegate_scheduler_active_tenants",
     "framegate_inference_busy_seconds_total",
     "framegate_model_ready",
     "framegate_auth_failures_total",
@@ -186,6 +187,7 @@ pub struct Metrics {
     batch_size: HistogramFamily<ModelLabel>,
     queue_depth: Family<ModelLabel, Gauge>,
     queue_capacity: Family<ModelLabel, Gauge>,
+    active_tenants: Family<ModelLabel, Gauge>,
     inference_busy: Family<ModelLabel, Counter<f64, AtomicU64>>,
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
@@ -237,6 +239,7 @@ impl Metrics {
             batch_size: Family::new_with_constructor(batch_histogram),
             queue_depth: Family::default(),
             queue_capacity: Family::default(),
+            active_tenants: Family::default(),
             inference_busy: Family::default(),
             model_ready: Family::default(),
             auth_failures: Family::default(),
@@ -298,6 +301,11 @@ impl Metrics {
             "ingress_queue_capacity",
             "Capacity of the ingress queue, by model",
             m.queue_capacity.clone(),
+        );
+        r.register(
+            "scheduler_active_tenants",
+            "Tenants with frames queued, among which the batcher shares by deficit round robin, by model",
+            m.active_tenants.clone(),
         );
         r.register(
             "inference_busy_seconds",
@@ -406,6 +414,7 @@ impl Metrics {
             drop(self.inference_busy.get_or_create(&label));
             drop(self.queue_depth.get_or_create(&label));
             drop(self.queue_capacity.get_or_create(&label));
+            drop(self.active_tenants.get_or_create(&label));
             drop(self.model_ready.get_or_create(&label));
             for tr in [Transport::Http, Transport::Ws, Transport::Quic] {
                 let _ = self.frames_answered.get_or_create(&AnsweredLabels {
@@ -581,6 +590,19 @@ pub fn model_state(model: &str, queue_depth: usize, queue_capacity: usize, ready
     m.model_ready.get_or_create(&label).set(i64::from(ready));
 }
 
+/// Scrape-time state of a model's fair scheduler: tenants with frames
+/// queued. (Per-tenant depths are not exported: tenant names are not a
+/// bounded label set.)
+pub fn scheduler_state(model: &str, active_tenants: usize) {
+    let label = ModelLabel {
+        model: model.into(),
+    };
+    get()
+        .active_tenants
+        .get_or_create(&label)
+        .set(active_tenants as i64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,6 +622,7 @@ mod tests {
         get().ratelimit_store_errors.inc();
         batch_ran("m", 4, Duration::from_millis(3));
         model_state("m", 1, 256, true);
+        scheduler_state("m", 2);
         let text = get().encode();
         for name in METRIC_NAMES {
             let sampled = text.lines().any(|l| {

@@ -98,9 +98,10 @@ fn run_pipeline(max_batch: usize) -> (Vec<FrameResult>, u32) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    let tenant = pipeline.tenant("test", 1);
     let receivers: Vec<_> = PHOTOS
         .iter()
-        .map(|p| pipeline.submit(frame(p), Instant::now()).unwrap())
+        .map(|p| pipeline.submit(&tenant, frame(p), Instant::now()).unwrap())
         .collect();
     let results: Vec<FrameResult> = rt.block_on(async {
         let mut out = Vec::new();

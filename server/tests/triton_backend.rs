@@ -81,11 +81,12 @@ fn run_photos(factory: BackendFactory) -> Vec<FrameResult> {
         max_pixels: 40_000_000,
         max_side: 16_384,
     };
+    let tenant = pipeline.tenant("test", 1);
     let receivers: Vec<_> = PHOTOS
         .iter()
         .map(|p| {
             let frame = probe(None, 0, 0, data(p).into(), &limits).unwrap();
-            pipeline.submit(frame, Instant::now()).unwrap()
+            pipeline.submit(&tenant, frame, Instant::now()).unwrap()
         })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()

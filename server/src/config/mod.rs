@@ -257,7 +257,24 @@ pub struct PipelineConfig {
     /// Capacity of the ingress queue per model, in frames. When it is full,
     /// HTTP answers 429 with `Retry-After` and a stream gets `Dropped`
     /// (queue-full) for that frame. Default 256.
+    ///
+    /// Shared fairly among tenants (see "Fair sharing" in
+    /// docs/architecture.md): a tenant alone may fill it; while others have
+    /// frames queued, a tenant may hold at most its weighted share
+    /// `⌈queue_capacity · weight / (sum of the waiting tenants' weights)⌉`,
+    /// but never less than `tenant_queue_floor`.
     pub queue_capacity: usize,
+    /// Frames any tenant may queue even when its weighted share is smaller.
+    /// Size it to at least the frames one tenant keeps in flight at a low
+    /// rate (a session holds up to `session.max_in_pipeline`). Default 4.
+    pub tenant_queue_floor: usize,
+    /// Frames beyond `queue_capacity` that tenants below their share may
+    /// still queue while another tenant holds more than its share (it filled
+    /// the queue while it was alone). This is what admits a quiet tenant at
+    /// once next to a noisy one; it also bounds memory: at most
+    /// `queue_capacity + queue_headroom` frames are ever queued. Default:
+    /// `queue_capacity / 4`, at least `tenant_queue_floor`.
+    pub queue_headroom: Option<usize>,
     /// Largest batch handed to a backend. Default 8.
     pub max_batch: usize,
     /// How long, in microseconds, a frame may wait for batch-mates while some
@@ -275,6 +292,8 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 256,
+            tenant_queue_floor: 4,
+            queue_headroom: None,
             max_batch: 8,
             max_delay_us: 2_000,
             workers: None,
@@ -294,6 +313,12 @@ impl PipelineConfig {
                 cores / 2
             }
         })
+    }
+
+    /// `queue_headroom`, after applying the default.
+    pub fn headroom(&self) -> usize {
+        self.queue_headroom
+            .unwrap_or((self.queue_capacity / 4).max(self.tenant_queue_floor))
     }
 
     /// `max_delay_us` as a duration.
@@ -609,6 +634,15 @@ impl Config {
         if p.queue_capacity == 0 {
             problems.push("pipeline.queue_capacity must be at least 1".into());
         }
+        if p.queue_capacity > 0 && p.tenant_queue_floor > p.queue_capacity {
+            problems.push(format!(
+                "pipeline.tenant_queue_floor ({}) must be at most pipeline.queue_capacity ({})",
+                p.tenant_queue_floor, p.queue_capacity
+            ));
+        }
+        if p.queue_headroom.is_some_and(|h| h > 1_000_000) {
+            problems.push("pipeline.queue_headroom must be at most 1000000".into());
+        }
         if p.max_batch == 0 || p.max_batch > 256 {
             problems.push(format!(
                 "pipeline.max_batch must be in 1..=256, got {}",
@@ -813,6 +847,16 @@ mod tests {
         let ok: Config = toml::from_str("[ratelimit]\nstore = \"redis\"\n").unwrap();
         ok.validate().unwrap();
         assert_eq!(ok.ratelimit.on_store_error, "local");
+    }
+
+    #[test]
+    fn fair_share_settings_are_checked() {
+        let config: Config =
+            toml::from_str("[pipeline]\nqueue_capacity = 8\ntenant_queue_floor = 9\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("tenant_queue_floor"), "{err}");
+        let config: Config = toml::from_str("[pipeline]\nqueue_capacity = 100\n").unwrap();
+        assert_eq!(config.pipeline.headroom(), 25);
     }
 
     #[test]

@@ -1,20 +1,23 @@
 //! The pipeline of one model: ingress queue → batcher → inference workers.
 //!
 //! Transports call [`ModelPipeline::submit`] with a frame whose header has
-//! been checked ([`decode::probe`]). The frame waits in the bounded
-//! [`queue::IngressQueue`]; the batcher thread forms batches by the rule in
-//! [`batcher`]; each inference worker (its own OS thread, its own backend
+//! been checked ([`decode::probe`]) and its tenant's [`fair::TenantShare`].
+//! The frame is admitted within its tenant's bound ([`fair::FairAdmission`])
+//! and handed over through the bounded, lock-free [`queue::IngressQueue`];
+//! the batcher thread moves it into its tenant's FIFO, picks frames across
+//! tenants by deficit round robin ([`fair::FairScheduler`]) and times
+//! batches by the rule in [`batcher`]; each inference worker (its own OS thread, its own backend
 //! session) decodes, preprocesses into the batch tensor, runs the backend,
 //! postprocesses and answers every frame through its one-shot channel.
 //! Every frame gets exactly one answer: a result or an error.
 
 pub mod batcher;
 pub mod decode;
+pub mod fair;
 pub mod postprocess;
 pub mod preprocess;
 pub mod queue;
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,7 @@ use crate::error::GatewayError;
 
 use self::batcher::{BatchPolicy, Decision};
 use self::decode::{ProbedFrame, RgbImage};
+use self::fair::{FairAdmission, FairScheduler, TenantShare};
 use self::preprocess::Preprocessor;
 use self::queue::IngressQueue;
 
@@ -56,6 +60,7 @@ pub type FrameOutcome = Result<FrameResult, GatewayError>;
 #[derive(Debug)]
 pub struct WorkItem {
     frame: ProbedFrame,
+    tenant: Arc<TenantShare>,
     received_at: Instant,
     enqueued_at: Instant,
     reply: oneshot::Sender<FrameOutcome>,
@@ -82,9 +87,11 @@ struct Shared {
 pub struct ModelPipeline {
     model: Arc<LoadedModel>,
     queue: Arc<IngressQueue<WorkItem>>,
+    admission: Arc<FairAdmission>,
     shared: Arc<Shared>,
     workers: usize,
     max_batch: usize,
+    queue_capacity: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -118,7 +125,14 @@ impl ModelPipeline {
     ) -> Arc<Self> {
         let model = Arc::new(model);
         let workers = config.worker_count();
-        let queue = Arc::new(IngressQueue::new(config.queue_capacity));
+        let admission = Arc::new(FairAdmission::new(
+            config.queue_capacity,
+            config.tenant_queue_floor,
+            config.headroom(),
+        ));
+        // Admission bounds what is queued; the hand-off can hold all of it,
+        // so a push after admission never fails for want of room.
+        let queue = Arc::new(IngressQueue::new(admission.hard_limit()));
         let shared = Arc::new(Shared::default());
         let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Vec<WorkItem>>(workers);
         let policy = BatchPolicy {
@@ -128,10 +142,11 @@ impl ModelPipeline {
         let mut threads = Vec::new();
         let batcher = {
             let queue = queue.clone();
+            let admission = admission.clone();
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("batcher-{}", model.spec.name))
-                .spawn(move || run_batcher(&queue, &shared, policy, workers, batch_tx))
+                .spawn(move || run_batcher(&queue, &admission, &shared, policy, workers, batch_tx))
                 .expect("spawn batcher thread")
         };
         queue.set_consumer(batcher.thread().clone());
@@ -155,9 +170,11 @@ impl ModelPipeline {
         Arc::new(Self {
             model,
             queue,
+            admission,
             shared,
             workers,
             max_batch: config.max_batch,
+            queue_capacity: config.queue_capacity,
             threads: Mutex::new(threads),
         })
     }
@@ -177,14 +194,28 @@ impl ModelPipeline {
         self.max_batch
     }
 
-    /// Frames waiting in the ingress queue.
+    /// Frames admitted and not yet handed to a worker (in the ingress
+    /// queue or a tenant's FIFO).
     pub fn queue_depth(&self) -> usize {
-        self.queue.len()
+        self.admission.queued()
     }
 
-    /// Capacity of the ingress queue.
+    /// Capacity of the queue (`pipeline.queue_capacity`; tenants below
+    /// their share may use `pipeline.queue_headroom` more).
     pub fn queue_capacity(&self) -> usize {
-        self.queue.capacity()
+        self.queue_capacity
+    }
+
+    /// Tenants with frames queued now.
+    pub fn active_tenants(&self) -> usize {
+        self.admission.active_tenants()
+    }
+
+    /// The share of `tenant` (weight `weight`, see
+    /// [`crate::config::PlanLimits::effective_weight`]) in this pipeline: hold
+    /// it for a session's life and pass it with every frame.
+    pub fn tenant(&self, tenant: &str, weight: u32) -> Arc<TenantShare> {
+        self.admission.tenant(tenant, weight)
     }
 
     /// The backend kind, once a worker has loaded it.
@@ -222,20 +253,23 @@ impl ModelPipeline {
         self.shared.frames_inferred.load(Ordering::Relaxed)
     }
 
-    /// Queues a frame. Fails at once (never waits) when the pipeline is not
-    /// ready or the queue is full.
+    /// Queues a frame of `tenant`. Fails at once (never waits) when the
+    /// pipeline is not ready, the queue is full, or the tenant holds its
+    /// share of the queue while others wait (see [`fair`]).
     pub fn submit(
         &self,
+        tenant: &Arc<TenantShare>,
         frame: ProbedFrame,
         received_at: Instant,
     ) -> Result<oneshot::Receiver<FrameOutcome>, GatewayError> {
-        self.submit_with_deadline(frame, received_at, None)
+        self.submit_with_deadline(tenant, frame, received_at, None)
     }
 
     /// [`Self::submit`] with a deadline: a frame still queued when it passes
     /// is answered `Err(DeadlineExceeded)` without being decoded or computed.
     pub fn submit_with_deadline(
         &self,
+        tenant: &Arc<TenantShare>,
         frame: ProbedFrame,
         received_at: Instant,
         deadline: Option<Instant>,
@@ -250,9 +284,18 @@ impl ModelPipeline {
             }
             Readiness::Failed(f) => return Err(GatewayError::NotReady(f)),
         }
+        if self.queue.is_closed() {
+            return Err(GatewayError::NotReady(
+                "the gateway is shutting down".into(),
+            ));
+        }
+        if self.admission.try_admit(tenant).is_err() {
+            return Err(GatewayError::QueueFull);
+        }
         let (tx, rx) = oneshot::channel();
         let item = WorkItem {
             frame,
+            tenant: tenant.clone(),
             received_at,
             enqueued_at: Instant::now(),
             reply: tx,
@@ -260,10 +303,16 @@ impl ModelPipeline {
         };
         match self.queue.push(item) {
             Ok(()) => Ok(rx),
-            Err(_) if self.queue.is_closed() => Err(GatewayError::NotReady(
-                "the gateway is shutting down".into(),
-            )),
-            Err(_) => Err(GatewayError::QueueFull),
+            Err(item) => {
+                self.admission.release(&item.tenant);
+                if self.queue.is_closed() {
+                    Err(GatewayError::NotReady(
+                        "the gateway is shutting down".into(),
+                    ))
+                } else {
+                    Err(GatewayError::QueueFull)
+                }
+            }
         }
     }
 
@@ -289,29 +338,46 @@ const IDLE_YIELDS: usize = 32;
 
 fn run_batcher(
     queue: &IngressQueue<WorkItem>,
+    admission: &FairAdmission,
     shared: &Shared,
     policy: BatchPolicy,
     workers: usize,
     batches: crossbeam_channel::Sender<Vec<WorkItem>>,
 ) {
-    let mut pending: VecDeque<WorkItem> = VecDeque::with_capacity(policy.max_batch);
+    let mut pending: FairScheduler<WorkItem> = FairScheduler::new();
     loop {
-        while pending.len() < policy.max_batch {
-            match queue.pop() {
-                Some(item) => pending.push_back(item),
-                None => break,
-            }
+        // Everything handed over goes to its tenant's FIFO: the scheduler
+        // must see every tenant waiting to be fair among them.
+        while let Some(item) = queue.pop() {
+            let (key, weight, at) = (item.tenant.key(), item.tenant.weight(), item.enqueued_at);
+            pending.push(key, weight, at, item);
         }
         if queue.is_closed() && pending.is_empty() && queue.is_empty() {
             break;
         }
         let now = Instant::now();
         let idle = shared.idle_workers.load(Ordering::Acquire);
-        let oldest = pending.front().map(|i| i.enqueued_at);
-        match policy.decide(now, pending.len(), oldest, idle, workers) {
+        match policy.decide(now, pending.len(), pending.oldest(), idle, workers) {
             Decision::Dispatch(n) => {
                 shared.idle_workers.fetch_sub(1, Ordering::AcqRel);
-                let batch: Vec<WorkItem> = pending.drain(..n).collect();
+                let mut batch: Vec<WorkItem> = Vec::with_capacity(n);
+                pending.pop_batch(n, &mut batch);
+                // DRR hands out runs of one tenant's frames: release per run.
+                let mut run: Option<(&Arc<TenantShare>, usize)> = None;
+                for item in &batch {
+                    match &mut run {
+                        Some((t, n)) if Arc::ptr_eq(t, &item.tenant) => *n += 1,
+                        _ => {
+                            if let Some((t, n)) = run {
+                                admission.release_n(t, n);
+                            }
+                            run = Some((&item.tenant, 1));
+                        }
+                    }
+                }
+                if let Some((t, n)) = run {
+                    admission.release_n(t, n);
+                }
                 if batches.send(batch).is_err() {
                     break;
                 }

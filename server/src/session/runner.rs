@@ -353,6 +353,7 @@ impl SessionRegistry {
             registry: self.clone(),
             gw: gw.clone(),
             model: pipeline.model().spec.name.clone(),
+            share: pipeline.tenant(&principal.tenant, principal.limits.effective_weight()),
             pipeline,
             core,
             token,
@@ -393,6 +394,8 @@ struct SessionTask {
     gw: Arc<Gateway>,
     pipeline: Arc<ModelPipeline>,
     model: String,
+    /// The tenant's standing in the pipeline (fair share, DRR weight).
+    share: Arc<crate::pipeline::fair::TenantShare>,
     core: SessionCore<Pending>,
     token: String,
     session_id: String,
@@ -599,7 +602,9 @@ impl SessionTask {
                 msg: ClientMessage::Frame(f),
                 datagram,
                 ..
-            } if self.rate.limits_frames() && !self.leaving => self.admit_frames(f, datagram, current).await,
+            } if self.rate.limits_frames() && !self.leaving => {
+                self.admit_frames(f, datagram, current).await
+            }
             Inbound::Message { msg, datagram, .. } => match msg {
                 ClientMessage::Frame(f) if self.leaving => {
                     metrics::frame_received(self.transport);
@@ -730,10 +735,12 @@ impl SessionTask {
                     continue;
                 }
             }
-            match self
-                .pipeline
-                .submit_with_deadline(d.frame.frame, d.frame.received_at, deadline)
-            {
+            match self.pipeline.submit_with_deadline(
+                &self.share,
+                d.frame.frame,
+                d.frame.received_at,
+                deadline,
+            ) {
                 Ok(rx) => self
                     .completions
                     .push(Box::pin(async move { (seq, cts, rx.await.ok()) })),

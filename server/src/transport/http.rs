@@ -285,13 +285,16 @@ async fn detect_inner(
     crate::auth::require_model(&principal, &pipeline.model().spec.name)?;
     // Before the body is read: a refused request costs no image work, no
     // inference and no usage.
-    gw.ratelimit.detect(&gw.rate_subject(&principal).await).await?;
+    gw.ratelimit
+        .detect(&gw.rate_subject(&principal).await)
+        .await?;
     let meter = SessionMeter::new(gw, &principal, &pipeline.model().spec.name);
     let reservation = meter.reserve()?;
     let body = read_image(req, gw.config.http.max_body_bytes).await?;
     let frame = probe(None, 0, 0, body, &gw.frame_limits)?;
     let pixels = frame.pixels();
-    let rx = pipeline.submit(frame, received_at)?;
+    let share = pipeline.tenant(&principal.tenant, principal.limits.effective_weight());
+    let rx = pipeline.submit(&share, frame, received_at)?;
     let result = rx
         .await
         .map_err(|_| GatewayError::Internal("the pipeline dropped the frame".into()))??;
@@ -316,6 +319,7 @@ async fn metrics_text(State(gw): State<Arc<Gateway>>) -> Response {
             p.queue_capacity(),
             p.readiness() == Readiness::Ready,
         );
+        metrics::scheduler_state(name, p.active_tenants());
     }
     (
         [(

@@ -175,6 +175,9 @@ fn refused_frames_keep_their_turn_and_leave_waiting_frames_alone() {
     ));
     assert!(c.is_drained());
     assert_eq!(c.usage().frames, 1, "a refusal is not billed");
+}
+
+#[test]
 fn a_rate_limited_frame_is_dropped_in_order_and_holds_nothing() {
     let mut c = SessionCore::new(cfg(2, OverloadPolicy::LatestOnly), 0);
     c.attach(0).unwrap();

@@ -616,7 +616,6 @@ mod tests {
         frame_dropped(Transport::Ws, "queue-full");
         frame_failed(Transport::Ws, "invalid-image");
         auth_failure(Transport::Http);
-        rate_limited(Transport::Http);
         oidc_jwks_fetch("kc", true);
         rate_limited(Transport::Http, LimitKind::Detect, 1);
         get().ratelimit_store_errors.inc();

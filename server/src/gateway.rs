@@ -27,6 +27,9 @@ pub struct Gateway {
     pub sessions: Arc<crate::session::SessionRegistry>,
     /// Usage metering and budgets (set with [`Gateway::with_metering`]).
     pub metering: Option<Arc<crate::metering::Metering>>,
+    /// The WebTransport endpoint browsers are told about (set with
+    /// [`Gateway::with_webtransport`]); `None` while it is off.
+    pub webtransport: Option<crate::transport::webtransport::WebTransportInfo>,
 }
 
 /// The ONNX Runtime CPU backend factory.
@@ -119,6 +122,7 @@ impl Gateway {
             frame_limits,
             sessions: Arc::default(),
             metering: None,
+            webtransport: None,
         }))
     }
 
@@ -130,6 +134,17 @@ impl Gateway {
         Arc::get_mut(&mut self)
             .expect("with_metering before the gateway is shared")
             .metering = Some(metering);
+        self
+    }
+
+    /// Publishes the WebTransport endpoint at `GET /v1/webtransport`.
+    pub fn with_webtransport(
+        mut self: Arc<Self>,
+        info: crate::transport::webtransport::WebTransportInfo,
+    ) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("with_webtransport before the gateway is shared")
+            .webtransport = Some(info);
         self
     }
 

@@ -295,16 +295,8 @@ impl SessionRegistry {
             completions: FuturesUnordered::new(),
             meter,
             reservations: HashMap::new(),
-            transport: if transport == "quic" {
-                Transport::Quic
-            } else {
-                Transport::Ws
-            },
-            _open: metrics::session_opened(if transport == "quic" {
-                Transport::Quic
-            } else {
-                Transport::Ws
-            }),
+            transport: transport_label(transport),
+            _open: metrics::session_opened(transport_label(transport)),
         };
         tokio::spawn(tracing::Instrument::instrument(task.run(), span));
         Ok(handle)
@@ -660,5 +652,15 @@ async fn closed(out: Option<&mpsc::Sender<Outbound>>) {
     match out {
         Some(o) => o.closed().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The metrics label of the adapter named `transport` in
+/// `SessionRegistry::open`.
+fn transport_label(transport: &str) -> Transport {
+    match transport {
+        "quic" => Transport::Quic,
+        "webtransport" => Transport::WebTransport,
+        _ => Transport::Ws,
     }
 }

@@ -44,6 +44,9 @@ pub struct Gateway {
     pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// The QUIC address and the certificate's SHA-256, unless QUIC is off.
     pub quic: Option<(SocketAddr, String)>,
+    /// The WebTransport address and its certificate's SHA-256, when it is
+    /// on (`--webtransport-listen 127.0.0.1:0`).
+    pub webtransport: Option<(SocketAddr, String)>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
@@ -131,6 +134,7 @@ impl Gateway {
             stdout: lines,
             stderr: errors,
             quic: None,
+            webtransport: None,
             _data_dir: data_dir,
         };
         gw.wait_ready().await;
@@ -140,6 +144,12 @@ impl Gateway {
             .unwrap()
             .iter()
             .find_map(|l| parse_quic_line(l));
+        gw.webtransport = gw
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| parse_webtransport_line(l));
         gw
     }
 
@@ -234,6 +244,14 @@ impl Gateway {
 fn parse_quic_line(line: &str) -> Option<(SocketAddr, String)> {
     let rest = line.split("QUIC listening on quic://").nth(1)?;
     let addr = rest.split_whitespace().next()?.parse().ok()?;
+    let fp = rest.split("sha256 ").nth(1)?.split_whitespace().next()?;
+    Some((addr, fp.to_string()))
+}
+
+/// "framegate: WebTransport listening on https://ADDR/v1/wt (…), certificate sha256 HEX (…)"
+fn parse_webtransport_line(line: &str) -> Option<(SocketAddr, String)> {
+    let rest = line.split("WebTransport listening on https://").nth(1)?;
+    let addr = rest.split('/').next()?.parse().ok()?;
     let fp = rest.split("sha256 ").nth(1)?.split_whitespace().next()?;
     Some((addr, fp.to_string()))
 }

@@ -84,6 +84,12 @@ async fn webtransport_session_detects_and_ends_with_bye() {
         .expect("WebTransport line in the log");
     assert_eq!(url, format!("https://{addr}/v1/wt"));
     assert_eq!(sha, logged, "the published hash is the certificate's");
+    assert!(
+        console_csp(&gw)
+            .await
+            .contains(&format!("connect-src 'self' https://{addr};")),
+        "the console may connect to the WebTransport origin"
+    );
 
     let ep = client(&sha);
     let conn = ep.connect(&url).await.expect("WebTransport connect");
@@ -202,4 +208,16 @@ async fn webtransport_is_off_by_default() {
     let r = reqwest::get(gw.url("/v1/webtransport")).await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
     assert!(gw.webtransport.is_none());
+    assert!(console_csp(&gw).await.contains("connect-src 'self';"));
+}
+
+/// The console page's Content-Security-Policy.
+async fn console_csp(gw: &Gateway) -> String {
+    let r = reqwest::get(gw.url("/console/"))
+        .await
+        .expect("GET /console/");
+    r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string()
 }

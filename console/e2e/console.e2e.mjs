@@ -9,7 +9,8 @@
 // (fps and frame width as chosen) until detections arrive, then for a bounded
 // time; stop; wait until /v1/usage has the session's frames, open the usage
 // page and read what it shows; one-shot detect by setting the file input;
-// open the keys and plan pages. Screenshots and results.json go to
+// open the keys and plan pages; with FRAMEGATE_E2E_ALSO set, a second live
+// run over that transport (same fps, width and time). Screenshots and results.json go to
 // FRAMEGATE_E2E_OUT; the last stdout line is `RESULT {json}`. Exits non-zero
 // with a message when a step fails.
 
@@ -32,13 +33,18 @@ const CHROMIUM = env('FRAMEGATE_CHROMIUM', '/usr/bin/chromium');
 const FPS = env('FRAMEGATE_E2E_FPS', '4');
 const WIDTH = env('FRAMEGATE_E2E_WIDTH', '320');
 const STREAM_SECS = Number(env('FRAMEGATE_E2E_SECONDS', '15'));
+// The live demo's transport selector: auto | webtransport | websocket.
+const TRANSPORT = env('FRAMEGATE_E2E_TRANSPORT', 'auto');
+const ALSO = env('FRAMEGATE_E2E_ALSO', '');
+// Extra Chromium flags, space-separated.
+const EXTRA_ARGS = env('FRAMEGATE_E2E_CHROMIUM_ARGS', '').split(' ').filter(Boolean);
 // A busy 2-core machine: every wait is generous.
 const SLOW = 90_000;
 
 mkdirSync(OUT, { recursive: true });
 const userDataDir = mkdtempSync(join(tmpdir(), 'framegate-chromium-'));
 const log = (...a) => console.log(`[e2e ${new Date().toISOString().slice(11, 19)}]`, ...a);
-const result = { url: URL_BASE, fps: Number(FPS), width: Number(WIDTH), seconds: STREAM_SECS };
+const result = { url: URL_BASE, fps: Number(FPS), width: Number(WIDTH), seconds: STREAM_SECS, transport: TRANSPORT };
 const consoleErrors = [];
 
 async function usageApi(from, to, granularity) {
@@ -64,6 +70,7 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     '--use-fake-device-for-media-stream',
     '--use-fake-ui-for-media-stream',
     `--use-file-for-fake-video-capture=${Y4M}`,
+    ...EXTRA_ARGS,
   ],
   timeout: SLOW,
 });
@@ -106,39 +113,51 @@ try {
   await page.waitForSelector('#nav:not([hidden])');
 
   // ---- live demo ----
-  await page.evaluate(() => (location.hash = '#/live'));
-  await page.waitForSelector('#start');
-  await page.selectOption('#fps', FPS);
-  await page.selectOption('#width', WIDTH);
-  await page.click('#start');
-  await page.waitForFunction(() => window.__framegate.live.answered >= 3, null, { timeout: SLOW });
-  log('detections arriving; streaming for', STREAM_SECS, 's');
-  const t0 = Date.now();
-  // Bounded: STREAM_SECS, then stop. A detection of the clip's dog or bicycle
-  // must have been drawn by then.
-  while (Date.now() - t0 < STREAM_SECS * 1000) await page.waitForTimeout(1000);
-  await page.waitForFunction(
-    () => window.__framegate.live.lastBoxes.some((b) => b.label === 'dog' || b.label === 'bicycle'),
-    null,
-    { timeout: 30_000 },
-  );
-  await page.waitForTimeout(600); // one stats refresh
-  await page.screenshot({ path: join(OUT, 'live.png') });
-  const shown = {
-    fps: await page.textContent('#stat-fps'),
-    p50: await page.textContent('#stat-p50'),
-    p99: await page.textContent('#stat-p99'),
-    usage: await page.textContent('#stat-usage'),
-    labels: await page.$$eval('#live-boxes tr[data-label]', (rows) => rows.map((r) => r.dataset.label)),
+  const liveRun = async (transport, screenshot) => {
+    await page.evaluate(() => (location.hash = '#/live'));
+    await page.waitForSelector('#start');
+    await page.selectOption('#fps', FPS);
+    await page.selectOption('#width', WIDTH);
+    await page.selectOption('#transport', transport);
+    await page.click('#start');
+    await page.waitForFunction(
+      () => window.__framegate.live.answered >= 3 || window.__framegate.live.lastError !== '',
+      null,
+      { timeout: SLOW },
+    );
+    const early = (await st()).live;
+    if (early.answered < 3) throw new Error(`live demo over ${transport}: ${early.lastError}`);
+    log('detections arriving over', early.transport, early.transportFallback ? `(fallback: ${early.transportFallback})` : '', '; streaming for', STREAM_SECS, 's');
+    const t0 = Date.now();
+    // Bounded: STREAM_SECS, then stop. A detection of the clip's dog or bicycle
+    // must have been drawn by then.
+    while (Date.now() - t0 < STREAM_SECS * 1000) await page.waitForTimeout(1000);
+    await page.waitForFunction(
+      () => window.__framegate.live.lastBoxes.some((b) => b.label === 'dog' || b.label === 'bicycle'),
+      null,
+      { timeout: 30_000 },
+    );
+    await page.waitForTimeout(600); // one stats refresh
+    if (screenshot) await page.screenshot({ path: join(OUT, screenshot) });
+    const shown = {
+      fps: await page.textContent('#stat-fps'),
+      p50: await page.textContent('#stat-p50'),
+      p99: await page.textContent('#stat-p99'),
+      usage: await page.textContent('#stat-usage'),
+      transport: await page.textContent('#stat-transport'),
+      labels: await page.$$eval('#live-boxes tr[data-label]', (rows) => rows.map((r) => r.dataset.label)),
+    };
+    await page.click('#stop');
+    await page.waitForFunction(() => !window.__framegate.live.running, null, { timeout: 30_000 });
+    const live = (await st()).live;
+    log('live:', JSON.stringify({ transport: live.transport, sent: live.sent, answered: live.answered, dropped: live.dropped, skipped: live.skipped, fps: live.fps, latencyMs: live.latencyMs, usageFrames: live.usageFrames }));
+    if (!(live.answered > 0 && live.fps > 0 && live.latencyMs.count > 0)) throw new Error('live demo showed no answers, fps or latency');
+    if (!/ms$/.test(shown.p50 ?? '')) throw new Error(`latency not shown: ${shown.p50}`);
+    if (!shown.labels.some((l) => l === 'dog' || l === 'bicycle')) throw new Error(`no dog/bicycle row in the page: ${shown.labels}`);
+    return { ...live, shown };
   };
-  await page.click('#stop');
-  await page.waitForFunction(() => !window.__framegate.live.running, null, { timeout: 30_000 });
-  const live = (await st()).live;
-  result.live = { ...live, shown };
-  log('live:', JSON.stringify({ sent: live.sent, answered: live.answered, dropped: live.dropped, skipped: live.skipped, fps: live.fps, latencyMs: live.latencyMs, usageFrames: live.usageFrames }));
-  if (!(live.answered > 0 && live.fps > 0 && live.latencyMs.count > 0)) throw new Error('live demo showed no answers, fps or latency');
-  if (!/ms$/.test(shown.p50 ?? '')) throw new Error(`latency not shown: ${shown.p50}`);
-  if (!shown.labels.some((l) => l === 'dog' || l === 'bicycle')) throw new Error(`no dog/bicycle row in the page: ${shown.labels}`);
+  result.live = await liveRun(TRANSPORT, 'live.png');
+  const live = result.live;
 
   // ---- usage: the page shows what /v1/usage says, once the session is flushed ----
   const now = Math.floor(Date.now() / 1000);
@@ -224,6 +243,9 @@ try {
     text: (await page.textContent('#plan-result'))?.slice(0, 400),
   };
   await page.screenshot({ path: join(OUT, 'plan.png') });
+
+  // ---- the live demo again, over the other transport ----
+  if (ALSO) result.liveAlso = await liveRun(ALSO, `live-${ALSO}.png`);
 } catch (e) {
   failed = e;
   try {

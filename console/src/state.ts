@@ -6,7 +6,10 @@ import type { DetectResponse, UsageReport } from './api.js';
 
 export interface LiveState {
   running: boolean;
+  /** `webtransport` or `websocket`: what the session runs on. */
   transport: string;
+  /** Why `auto` fell back to WebSocket ('' when it did not). */
+  transportFallback: string;
   sessionId: string;
   model: string;
   fps: number;
@@ -37,6 +40,7 @@ export const state: ConsoleState = {
   live: {
     running: false,
     transport: '',
+    transportFallback: '',
     sessionId: '',
     model: '',
     fps: 0,

@@ -120,7 +120,9 @@ impl Codec {
         match self {
             Codec::Jpeg | Codec::Png => None,
             Codec::Rgb8 | Codec::Bgr8 => pixels.checked_mul(3),
-            Codec::Nv12 if width % 2 == 0 && height % 2 == 0 => pixels.checked_add(pixels / 2),
+            Codec::Nv12 if width.is_multiple_of(2) && height.is_multiple_of(2) => {
+                pixels.checked_add(pixels / 2)
+            }
             Codec::Nv12 => None,
         }
     }

@@ -29,6 +29,9 @@ pub struct Gateway {
     pub metering: Option<Arc<crate::metering::Metering>>,
     /// Rate limits (`[ratelimit]`, limits from `[plans]`).
     pub ratelimit: Arc<crate::ratelimit::RateLimiter>,
+    /// The WebTransport endpoint browsers are told about (set with
+    /// [`Gateway::with_webtransport`]); `None` while it is off.
+    pub webtransport: Option<crate::transport::webtransport::WebTransportInfo>,
 }
 
 /// The ONNX Runtime CPU backend factory.
@@ -127,6 +130,7 @@ impl Gateway {
             sessions: Arc::default(),
             metering: None,
             ratelimit,
+            webtransport: None,
         }))
     }
 
@@ -184,6 +188,17 @@ impl Gateway {
             model
         };
         crate::auth::require_model(principal, name)
+    }
+
+    /// Publishes the WebTransport endpoint at `GET /v1/webtransport`.
+    pub fn with_webtransport(
+        mut self: Arc<Self>,
+        info: crate::transport::webtransport::WebTransportInfo,
+    ) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("with_webtransport before the gateway is shared")
+            .webtransport = Some(info);
+        self
     }
 
     /// The pipeline for `name` (empty: the default model).

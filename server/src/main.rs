@@ -99,6 +99,10 @@ struct ServeArgs {
     /// QUIC listen address (UDP), or `off` [default: 127.0.0.1:8443].
     #[arg(long, env = "FRAMEGATE_QUIC_LISTEN")]
     quic_listen: Option<String>,
+    /// WebTransport (HTTP/3) listen address (UDP) for browsers, or `off`
+    /// [default: off; `[webtransport]`].
+    #[arg(long, env = "FRAMEGATE_WEBTRANSPORT_LISTEN")]
+    webtransport_listen: Option<String>,
     /// PEM certificate chain for QUIC (with --tls-key) instead of the
     /// generated development certificate.
     #[arg(long, env = "FRAMEGATE_TLS_CERT")]
@@ -203,6 +207,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
             config.quic.listen = a
                 .parse()
                 .with_context(|| format!("--quic-listen {a:?}: not an address"))?
+        }
+    }
+    match args.webtransport_listen.as_deref() {
+        None => {}
+        Some("off") => config.webtransport.enabled = false,
+        Some(a) => {
+            config.webtransport.enabled = true;
+            config.webtransport.listen = a
+                .parse()
+                .with_context(|| format!("--webtransport-listen {a:?}: not an address"))?
         }
     }
     if args.tls_cert.is_some() {
@@ -316,6 +330,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
             None
         }
     };
+    // WebTransport: the configured certificate, else a fresh short-lived
+    // one whose hash browsers pin (the long-lived development certificate
+    // does not fit `serverCertificateHashes`).
+    let webtransport = if config.webtransport.enabled {
+        let (material, pin) = if config.tls.cert.is_some() {
+            let data_dir = config
+                .data_dir
+                .clone()
+                .unwrap_or_else(framegate::transport::tls::default_data_dir);
+            (
+                framegate::transport::tls::load_or_generate(&config.tls, &data_dir),
+                false,
+            )
+        } else {
+            (framegate::transport::tls::webtransport_certificate(), true)
+        };
+        let material = material.map_err(|e| anyhow::anyhow!(e))?;
+        let listener = framegate::transport::webtransport::WebTransportListener::bind(
+            &config.webtransport,
+            &config.quic,
+            &material,
+            pin,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        Some((listener, material))
+    } else {
+        None
+    };
     let remote = config.backend.kind == BackendKind::Triton;
     let gw = Gateway::start(config, auth, factory)?;
     if remote {
@@ -335,7 +377,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let metering = std::sync::Arc::new(framegate::metering::Metering::open(&gw.config)?);
     let reporter = cli::start_reporter(&gw.config, &metering).await?;
-    let gw = gw.with_metering(metering.clone());
+    let mut gw = gw.with_metering(metering.clone());
+    if let Some((listener, _)) = &webtransport {
+        gw = gw.with_webtransport(listener.info());
+    }
     metering.start().await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -392,6 +437,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     let _ = gone.changed().await;
                 },
             )))
+        }
+        None => None,
+    };
+    let webtransport_task = match webtransport {
+        Some((listener, material)) => {
+            let addr = listener.local_addr()?;
+            println!(
+                "framegate: WebTransport listening on https://{addr}{} (HTTP/3), certificate sha256 {} ({})",
+                framegate::transport::webtransport::PATH,
+                material.fingerprint,
+                material.origin
+            );
+            // Closed with QUIC, after the drain: new sessions are refused
+            // (going away) by the registry meanwhile.
+            let mut stopped = close_quic.subscribe();
+            Some(tokio::spawn(listener.serve(gw.clone(), async move {
+                let _ = stopped.changed().await;
+            })))
         }
         None => None,
     };
@@ -468,7 +531,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     }
     let _ = close_quic.send(true);
-    if let Some(t) = quic_task {
+    for t in [quic_task, webtransport_task].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     tracing::info!("shutting down: answering queued frames");

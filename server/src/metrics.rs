@@ -40,6 +40,8 @@ pub enum Transport {
     Ws,
     /// QUIC sessions.
     Quic,
+    /// WebTransport (HTTP/3) sessions.
+    WebTransport,
 }
 
 impl Transport {
@@ -49,6 +51,7 @@ impl Transport {
             Transport::Http => "http",
             Transport::Ws => "ws",
             Transport::Quic => "quic",
+            Transport::WebTransport => "webtransport",
         }
     }
 }
@@ -369,7 +372,12 @@ impl Metrics {
         );
         // Every bounded label set starts at zero, so rates and alerts work
         // before the first event and dashboards show every series.
-        for tr in [Transport::Http, Transport::Ws, Transport::Quic] {
+        for tr in [
+            Transport::Http,
+            Transport::Ws,
+            Transport::Quic,
+            Transport::WebTransport,
+        ] {
             let tl = t(tr);
             drop(m.frames_received.get_or_create(&tl));
             drop(m.auth_failures.get_or_create(&tl));
@@ -416,7 +424,12 @@ impl Metrics {
             drop(self.queue_capacity.get_or_create(&label));
             drop(self.active_tenants.get_or_create(&label));
             drop(self.model_ready.get_or_create(&label));
-            for tr in [Transport::Http, Transport::Ws, Transport::Quic] {
+            for tr in [
+                Transport::Http,
+                Transport::Ws,
+                Transport::Quic,
+                Transport::WebTransport,
+            ] {
                 let _ = self.frames_answered.get_or_create(&AnsweredLabels {
                     transport: tr.as_str().into(),
                     model: model.into(),

@@ -2,7 +2,11 @@
 //! `chromium`, driven by npm `playwright-core` from `console/e2e/`), against a
 //! real gateway with the real NanoDet model: Chromium's fake camera plays a
 //! Y4M clip made from `tests/data/dog.jpg`, the live demo streams it over the
-//! WebSocket protocol at 4 fps in 320-pixel-wide JPEGs, and the page must show
+//! protocol at 4 fps in 320-pixel-wide JPEGs — first with the transport
+//! selector on `auto`, which must pick WebTransport (HTTP/3, the gateway's
+//! `[webtransport]` listener, its certificate pinned through
+//! `serverCertificateHashes`), then, at the end, once more over WebSocket —
+//! and the page must show
 //! the dog and bicycle where the gateway finds them in the photo, with fps and
 //! latency; the usage page must show what `/v1/usage` answers; a one-shot
 //! detect by file must list the photo's labels.
@@ -114,7 +118,13 @@ async fn usage_frames(gw: &Gateway, from: u64, to: u64) -> (u64, u64) {
 async fn console_streams_the_camera_and_shows_detections_and_usage() {
     let chromium = chromium();
     check_node_modules();
-    let gw = Gateway::start(&["--quic-listen", "off"]).await;
+    let gw = Gateway::start(&[
+        "--quic-listen",
+        "off",
+        "--webtransport-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let clip = tmp.path().join("dog.y4m");
@@ -139,6 +149,8 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
         .env("FRAMEGATE_E2E_FPS", "4")
         .env("FRAMEGATE_E2E_WIDTH", "320")
         .env("FRAMEGATE_E2E_SECONDS", "15")
+        .env("FRAMEGATE_E2E_TRANSPORT", "auto")
+        .env("FRAMEGATE_E2E_ALSO", "websocket")
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(300), cmd.output())
         .await
@@ -162,8 +174,35 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
         .map(|j| serde_json::from_str(j).expect("RESULT json"))
         .expect("a RESULT line");
 
-    // ---- live demo: answers, fps, latency, and the photo's objects in place ----
+    // ---- transports: auto took WebTransport; the second run WebSocket ----
     let live = &result["live"];
+    let also = &result["liveAlso"];
+    assert_eq!(
+        (
+            live["transport"].as_str(),
+            live["transportFallback"].as_str()
+        ),
+        (Some("webtransport"), Some("")),
+        "auto should have taken WebTransport: {live}"
+    );
+    assert_eq!(live["shown"]["transport"], "WebTransport", "{live}");
+    assert_eq!(also["transport"], "websocket", "{also}");
+    assert_eq!(also["shown"]["transport"], "WebSocket", "{also}");
+    let also_answered = also["answered"].as_u64().unwrap();
+    assert!(
+        also_answered >= 10,
+        "only {also_answered} answers over WebSocket in 15 s at 4 fps: {also}"
+    );
+    assert!(
+        also["lastBoxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["label"] == "dog" || b["label"] == "bicycle"),
+        "no dog or bicycle over WebSocket: {also}"
+    );
+
+    // ---- live demo: answers, fps, latency, and the photo's objects in place ----
     let answered = live["answered"].as_u64().unwrap();
     assert!(
         answered >= 10,
@@ -254,12 +293,13 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
         usage["page"]["frames"].as_u64(),
         "the chart's bars add up"
     );
-    // And the gateway, asked here: the session plus the page's and our one-shot detects.
+    // And the gateway, asked here: both sessions plus the page's and our
+    // one-shot detects.
     let (from, to) = (
         usage["page"]["from"].as_u64().unwrap(),
         usage["page"]["to"].as_u64().unwrap(),
     );
-    let want = live["usageFrames"].as_u64().unwrap() + 2;
+    let want = live["usageFrames"].as_u64().unwrap() + also["usageFrames"].as_u64().unwrap() + 2;
     let mut got = usage_frames(&gw, from, to).await;
     for _ in 0..40 {
         if got.0 >= want {
@@ -326,16 +366,20 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
         }
         eprintln!("screenshots copied to docs/img/console-*.png");
     }
-    eprintln!(
-        "console e2e: {answered} frames at {} fps ({}x{} JPEG), browser latency capture→answer p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms (n = {}), of which gateway p50 {:.0} ms; answers/s {:.2}",
-        result["fps"],
-        fw,
-        fh,
-        f(&lat["p50"]),
-        f(&lat["p95"]),
-        f(&lat["p99"]),
-        lat["count"],
-        f(&live["gatewayMsP50"]),
-        f(&live["fps"])
-    );
+    for (name, run) in [("WebTransport", live), ("WebSocket", also)] {
+        let lat = &run["latencyMs"];
+        eprintln!(
+            "console e2e over {name}: {} frames at {} fps ({}x{} JPEG), browser latency capture→answer p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms (n = {}), of which gateway p50 {:.0} ms; answers/s {:.2}",
+            run["answered"],
+            result["fps"],
+            fw,
+            fh,
+            f(&lat["p50"]),
+            f(&lat["p95"]),
+            f(&lat["p99"]),
+            lat["count"],
+            f(&run["gatewayMsP50"]),
+            f(&run["fps"])
+        );
+    }
 }

@@ -1,5 +1,6 @@
 // Live demo: camera → canvas → JPEG at the chosen fps and width → one
-// WebSocket session (/v1/stream, FlatBuffers, docs/protocol.md) → boxes
+// session (FlatBuffers, docs/protocol.md) over WebTransport or WebSocket
+// (../transport.ts; `auto` prefers WebTransport) → boxes
 // drawn over the video, with fps, end-to-end latency percentiles (capture
 // to answer, measured here in the browser), drops and the session's usage.
 //
@@ -13,14 +14,10 @@ import { boxTable, drawBoxes } from '../draw.js';
 import { fmtInt, h, notice } from '../dom.js';
 import { LatencyWindow, RateWindow } from '../stats.js';
 import { state } from '../state.js';
+import { openChannel, type Channel, type TransportChoice } from '../transport.js';
 import { decodeServer, encodeAck, encodeBye, encodeFrame, encodeHello, type ServerMessage } from '../wire.js';
 
 const CLIENT_NAME = 'framegate-console/0.1.0';
-
-function streamUrl(): string {
-  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  return `${scheme}://${location.host}/v1/stream`;
-}
 
 function toBlob(canvas: HTMLCanvasElement, quality: number): Promise<Blob> {
   return new Promise((resolve, reject) =>
@@ -44,7 +41,9 @@ export class LivePage {
   private overlay!: HTMLCanvasElement;
   private encoder = document.createElement('canvas');
   private stream: MediaStream | null = null;
-  private ws: WebSocket | null = null;
+  private channel: Channel | null = null;
+  /** Resolves when the current channel has closed. */
+  private closedWaiters: (() => void)[] = [];
   private timer: number | undefined;
   private statsTimer: number | undefined;
   private credits = 0;
@@ -80,12 +79,13 @@ export class LivePage {
     statRow('stat-gateway', 'gateway time p50');
     statRow('stat-usage', 'session usage');
     statRow('stat-session', 'session');
+    statRow('stat-transport', 'transport');
     root.append(
       h('h1', {}, 'Live demo'),
       h(
         'p',
         { class: 'hint' },
-        'Your camera, streamed frame by frame to the gateway over a WebSocket session; the boxes are the answers. ' +
+        'Your camera, streamed frame by frame to the gateway over WebTransport (HTTP/3) where the browser and gateway have it, else a WebSocket; the boxes are the answers. ' +
           'Latency is measured in this browser from capture to answer.',
       ),
       h(
@@ -93,7 +93,16 @@ export class LivePage {
         { class: 'controls' },
         select('fps', 'fps', [['1', '1'], ['2', '2'], ['4', '4'], ['8', '8'], ['15', '15']], '4'),
         select('width', 'frame width', [['320', '320 px'], ['480', '480 px'], ['640', '640 px']], '320'),
-        select('transport', 'transport', [['ws', 'WebSocket']], 'ws'),
+        select(
+          'transport',
+          'transport',
+          [
+            ['auto', 'auto'],
+            ['webtransport', 'WebTransport'],
+            ['websocket', 'WebSocket'],
+          ],
+          'auto',
+        ),
         start,
         stop,
       ),
@@ -131,32 +140,39 @@ export class LivePage {
     this.video.srcObject = this.stream;
     await this.video.play().catch(() => undefined);
     this.stopping = false;
-    const ws = new WebSocket(streamUrl());
-    ws.binaryType = 'arraybuffer';
-    this.ws = ws;
-    state.live.transport = 'websocket';
-    ws.onopen = () => ws.send(encodeHello(key, CLIENT_NAME));
-    ws.onmessage = (ev) => {
-      let msg: ServerMessage;
-      try {
-        msg = decodeServer(ev.data as ArrayBuffer);
-      } catch (e) {
-        this.setMessage('error', `Bad message from the gateway: ${(e as Error).message}`);
-        return;
-      }
-      this.onMessage(msg, fps, width);
-    };
-    ws.onclose = (ev) => {
-      if (!this.stopping) {
-        this.setMessage('error', `The session ended: ${ev.reason || 'connection closed'} (code ${ev.code})`);
-      }
-      this.teardown('closed');
-      start.disabled = false;
-      stop.disabled = true;
-    };
-    ws.onerror = () => this.setMessage('error', 'WebSocket error (is the gateway reachable?)');
-    stop.disabled = false;
+    const choice = (this.root.querySelector('#transport') as HTMLSelectElement).value as TransportChoice;
     this.setMessage('info', 'Connecting…');
+    let channel: Channel;
+    try {
+      channel = await openChannel(choice, {
+        message: (data) => {
+          let msg: ServerMessage;
+          try {
+            msg = decodeServer(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer);
+          } catch (e) {
+            this.setMessage('error', `Bad message from the gateway: ${(e as Error).message}`);
+            return;
+          }
+          this.onMessage(msg, fps, width);
+        },
+        closed: (reason) => {
+          if (!this.stopping) this.setMessage('error', `The session ended: ${reason}`);
+          this.teardown('closed');
+          start.disabled = false;
+          stop.disabled = true;
+        },
+      });
+    } catch (e) {
+      this.setMessage('error', `Cannot connect: ${(e as Error).message}`);
+      this.teardown('connect failed');
+      start.disabled = false;
+      return;
+    }
+    this.channel = channel;
+    state.live.transport = channel.kind;
+    state.live.transportFallback = channel.fallback;
+    channel.send(encodeHello(key, CLIENT_NAME));
+    stop.disabled = false;
   }
 
   private onMessage(msg: ServerMessage, fps: number, width: number): void {
@@ -184,7 +200,7 @@ export class LivePage {
         live.frameHeight = msg.height;
         live.usageFrames = msg.usageFrames;
         live.usagePixels = msg.usagePixels;
-        this.ws?.send(encodeAck(msg.seq));
+        if (this.channel?.isOpen()) this.channel.send(encodeAck(msg.seq));
         this.drawOverlay();
         break;
       }
@@ -211,8 +227,8 @@ export class LivePage {
 
   /** One capture: draw the video into the encoder canvas, JPEG it, send it. */
   private async tick(width: number): Promise<void> {
-    const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN || this.stopping) return;
+    const channel = this.channel;
+    if (!channel || !channel.isOpen() || this.stopping) return;
     if (this.credits <= 0 || this.encoding || this.video.videoWidth === 0) {
       state.live.skipped += 1;
       return;
@@ -228,11 +244,11 @@ export class LivePage {
       const captured = performance.now();
       this.encoder.getContext('2d')!.drawImage(this.video, 0, 0, w, hgt);
       const jpeg = new Uint8Array(await (await toBlob(this.encoder, 0.8)).arrayBuffer());
-      if (ws.readyState !== WebSocket.OPEN || this.stopping) return;
+      if (!channel.isOpen() || this.stopping) return;
       this.seq += 1;
       this.sentAt.set(this.seq, captured);
       this.credits -= 1;
-      ws.send(encodeFrame(this.seq, captured * 1000, w, hgt, jpeg));
+      channel.send(encodeFrame(this.seq, captured * 1000, w, hgt, jpeg));
       state.live.sent += 1;
     } catch (e) {
       this.setMessage('error', `Capture failed: ${(e as Error).message}`);
@@ -279,6 +295,13 @@ export class LivePage {
     set('stat-gateway', ms(live.gatewayMsP50));
     set('stat-usage', `${fmtInt(live.usageFrames)} frames, ${fmtInt(live.usagePixels)} px`);
     set('stat-session', live.sessionId || '–');
+    set(
+      'stat-transport',
+      live.transport
+        ? (live.transport === 'webtransport' ? 'WebTransport' : 'WebSocket') +
+            (live.transportFallback ? ` (WebTransport: ${live.transportFallback})` : '')
+        : '–',
+    );
   }
 
   private resetStats(): void {
@@ -297,6 +320,8 @@ export class LivePage {
       usagePixels: 0,
       lastError: '',
       gatewayMsP50: 0,
+      transport: '',
+      transportFallback: '',
     });
     this.latency.clear();
     this.gatewayTime.clear();
@@ -311,12 +336,12 @@ export class LivePage {
     stop.disabled = true;
     this.stopping = true;
     window.clearInterval(this.timer);
-    const ws = this.ws;
-    if (ws && ws.readyState === WebSocket.OPEN) {
-      ws.send(encodeBye('console: stop'));
+    const channel = this.channel;
+    if (channel && channel.isOpen()) {
+      channel.send(encodeBye('console: stop'));
       await new Promise<void>((resolve) => {
         const t = window.setTimeout(resolve, 5000);
-        ws.addEventListener('close', () => {
+        this.closedWaiters.push(() => {
           window.clearTimeout(t);
           resolve();
         });
@@ -331,8 +356,9 @@ export class LivePage {
     window.clearInterval(this.timer);
     this.timer = undefined;
     this.stopping = true;
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'done');
-    this.ws = null;
+    this.channel?.close();
+    this.channel = null;
+    for (const w of this.closedWaiters.splice(0)) w();
     this.stream?.getTracks().forEach((t) => t.stop());
     this.stream = null;
     state.live.running = false;

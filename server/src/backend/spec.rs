@@ -208,7 +208,10 @@ impl ModelSpec {
                 ));
             }
             for s in strides {
-                if *s == 0 || self.input.width % s != 0 || self.input.height % s != 0 {
+                if *s == 0
+                    || !self.input.width.is_multiple_of(*s)
+                    || !self.input.height.is_multiple_of(*s)
+                {
                     return Err(bad(format!(
                         "input size {}x{} is not a multiple of stride {s}",
                         self.input.width, self.input.height

@@ -45,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     /// QUIC listener.
     pub quic: QuicConfig,
+    /// WebTransport (HTTP/3) listener for browsers (the console).
+    pub webtransport: WebTransportConfig,
     /// Certificates for QUIC (and TLS in general).
     pub tls: TlsConfig,
     /// Folder for state the gateway keeps (the development certificate).
@@ -387,6 +389,32 @@ impl Default for QuicConfig {
             stream_receive_window: 4 << 20,
             datagrams: true,
             datagram_receive_buffer: 1 << 20,
+        }
+    }
+}
+
+/// WebTransport listener settings (see docs/protocol.md, "WebTransport").
+///
+/// Browsers reach the same streaming session as over WebSocket and QUIC
+/// through HTTP/3 WebTransport at `https://HOST:PORT/v1/wt`. Connection
+/// limits and timeouts are those of `[quic]`. Without `[tls] cert`/`key` the
+/// gateway generates a fresh short-lived certificate (ECDSA P-256, 13 days)
+/// at every start and publishes its SHA-256 at `GET /v1/webtransport`, so
+/// browsers can trust it through `serverCertificateHashes`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebTransportConfig {
+    /// Serve WebTransport at all. Default false: browsers use WebSocket.
+    pub enabled: bool,
+    /// UDP address. Default `127.0.0.1:8444`.
+    pub listen: SocketAddr,
+}
+
+impl Default for WebTransportConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:8444".parse().expect("valid default address"),
         }
     }
 }

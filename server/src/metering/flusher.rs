@@ -227,7 +227,7 @@ impl Flusher {
     fn on_failure(&self, why: &str) {
         let n = self.stats.failures.fetch_add(1, Ordering::Relaxed);
         // Loud on the first failure, then every 30th (about every 30 s).
-        if n % 30 == 0 {
+        if n.is_multiple_of(30) {
             tracing::warn!(
                 error = why,
                 pending_frames = self.pending_frames(),

@@ -97,7 +97,7 @@ pub fn probe(
             let pixels = u64::from(width) * u64::from(height);
             let expected = match codec {
                 Codec::Nv12 => {
-                    if width % 2 != 0 || height % 2 != 0 {
+                    if !width.is_multiple_of(2) || !height.is_multiple_of(2) {
                         return Err(GatewayError::InvalidImage(
                             "NV12 frames need an even width and height".into(),
                         ));

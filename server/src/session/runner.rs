@@ -48,14 +48,6 @@ pub const INBOUND_CAPACITY: usize = 4;
 /// Most frames decided by one rate-limit call.
 pub const MAX_FRAMES_PER_DECISION: usize = INBOUND_CAPACITY + 1;
 
-fn transport_label(transport: &str) -> Transport {
-    if transport == "quic" {
-        Transport::Quic
-    } else {
-        Transport::Ws
-    }
-}
-
 /// Messages buffered per connection between a session and its writer.
 pub const OUTBOUND_CAPACITY: usize = 64;
 
@@ -869,5 +861,15 @@ async fn closed(out: Option<&mpsc::Sender<Outbound>>) {
     match out {
         Some(o) => o.closed().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The metrics label of the adapter named `transport` in
+/// `SessionRegistry::open`.
+fn transport_label(transport: &str) -> Transport {
+    match transport {
+        "quic" => Transport::Quic,
+        "webtransport" => Transport::WebTransport,
+        _ => Transport::Ws,
     }
 }

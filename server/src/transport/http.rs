@@ -34,6 +34,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/detect", post(detect))
         .route("/v1/models", get(models))
         .route("/v1/stream", get(super::ws::upgrade))
+        .route("/v1/webtransport", get(webtransport))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -348,6 +349,34 @@ struct ModelInfo {
     frames_inferred: u64,
     /// Frames billed on streaming sessions (Detections delivered) since start.
     session_frames_billed: u64,
+}
+
+/// `GET /v1/webtransport`: where browsers open a WebTransport session and
+/// the certificate hash to pin — `{"url", "port", "certificate_sha256"}`;
+/// 404 while WebTransport is off. Public, like the console's files: it
+/// tells nothing a port scan would not.
+async fn webtransport(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let Some(info) = &gw.webtransport else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": {
+                "code": "not-found",
+                "message": "WebTransport is off on this gateway ([webtransport] enabled)",
+                "retryable": false,
+            }})),
+        )
+            .into_response();
+    };
+    let host = header_str(&headers, header::HOST);
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(serde_json::json!({
+            "url": info.url(host),
+            "port": info.port,
+            "certificate_sha256": info.certificate_sha256,
+        })),
+    )
+        .into_response()
 }
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {

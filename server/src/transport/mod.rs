@@ -2,12 +2,14 @@
 //!
 //! `http` carries one-shot detection and health endpoints and hosts the
 //! router; `ws` is the WebSocket streaming session; `quic` the QUIC one,
-//! with its certificates from `tls`.
+//! with its certificates from `tls`; `webtransport` the same session for
+//! browsers over HTTP/3.
 
 pub mod http;
 pub mod https;
 pub mod quic;
 pub mod tls;
+pub mod webtransport;
 pub mod ws;
 
 use std::future::Future;

@@ -197,10 +197,47 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// The quinn receive half under a control stream: a native QUIC stream, or
+/// a WebTransport stream (whose header `wtransport` has already read).
+pub(super) trait QuinnRecv: Send + 'static {
+    /// The quinn stream.
+    fn quinn(&mut self) -> &mut quinn::RecvStream;
+}
+
+impl QuinnRecv for quinn::RecvStream {
+    fn quinn(&mut self) -> &mut quinn::RecvStream {
+        self
+    }
+}
+
+impl QuinnRecv for wtransport::RecvStream {
+    fn quinn(&mut self) -> &mut quinn::RecvStream {
+        self.quic_stream_mut()
+    }
+}
+
+/// The quinn send half under a control stream (see [`QuinnRecv`]).
+pub(super) trait QuinnSend: Send + 'static {
+    /// The quinn stream.
+    fn quinn(&mut self) -> &mut quinn::SendStream;
+}
+
+impl QuinnSend for quinn::SendStream {
+    fn quinn(&mut self) -> &mut quinn::SendStream {
+        self
+    }
+}
+
+impl QuinnSend for wtransport::SendStream {
+    fn quinn(&mut self) -> &mut quinn::SendStream {
+        self.quic_stream_mut()
+    }
+}
+
 /// Reads length-prefixed messages off the control stream. Cancel-safe: a
 /// call dropped while waiting loses nothing.
-struct StreamReader {
-    recv: quinn::RecvStream,
+struct StreamReader<R> {
+    recv: R,
     buf: BytesMut,
     decoder: FrameDecoder,
     limits: DecodeLimits,
@@ -214,8 +251,8 @@ enum ReadEnd {
     Violation(GatewayError),
 }
 
-impl StreamReader {
-    fn new(recv: quinn::RecvStream, limits: DecodeLimits) -> Self {
+impl<R: QuinnRecv> StreamReader<R> {
+    fn new(recv: R, limits: DecodeLimits) -> Self {
         Self {
             recv,
             buf: BytesMut::new(),
@@ -248,7 +285,7 @@ impl StreamReader {
                     return decode(&body, &self.limits).map_err(ReadEnd::Violation);
                 }
             }
-            match self.recv.read_chunk(64 << 10, true).await {
+            match self.recv.quinn().read_chunk(64 << 10, true).await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
                 Ok(None) if self.buf.is_empty() => return Err(ReadEnd::Closed),
                 Ok(None) => {
@@ -280,10 +317,6 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let limits = DecodeLimits {
-        max_message_bytes: gw.config.limits.max_message_bytes,
-        ..DecodeLimits::default()
-    };
     let timeout = || GatewayError::Protocol("no Hello within the handshake timeout".into());
     let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
@@ -293,6 +326,27 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
             return;
         }
     };
+    run_session(gw, conn.clone(), send, recv, deadline, "quic", Some(&conn)).await;
+}
+
+/// Runs one session on an accepted control stream: reads Hello before
+/// `deadline`, authenticates, opens the session as `transport` and moves
+/// messages until it ends. `datagrams` is the connection whose QUIC
+/// datagrams carry Frames (native QUIC); WebTransport passes `None`.
+pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
+    gw: Arc<Gateway>,
+    conn: quinn::Connection,
+    send: S,
+    recv: R,
+    deadline: Instant,
+    transport: &'static str,
+    datagrams: Option<&quinn::Connection>,
+) {
+    let limits = DecodeLimits {
+        max_message_bytes: gw.config.limits.max_message_bytes,
+        ..DecodeLimits::default()
+    };
+    let timeout = || GatewayError::Protocol("no Hello within the handshake timeout".into());
     let mut reader = StreamReader::new(recv, limits);
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let mut writer = tokio::spawn(write_outbound(conn.clone(), send, out_rx));
@@ -331,10 +385,11 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
         )
         .await;
     }
-    let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
+    let use_datagrams =
+        hello.datagrams && datagrams.is_some_and(|c| c.max_datagram_size().is_some());
     let session = match gw
         .sessions
-        .open(&gw, &principal, &hello, "quic", out_tx.clone())
+        .open(&gw, &principal, &hello, transport, out_tx.clone())
         .await
     {
         Ok(s) => s,
@@ -342,7 +397,7 @@ async fn run_connection(gw: Arc<Gateway>, incoming: quinn::Incoming) {
     };
     drop(out_tx);
     let clean = tokio::select! {
-        clean = read_messages(&session, &conn, &mut reader, &limits, datagrams) => clean,
+        clean = read_messages(&session, datagrams, &mut reader, &limits, use_datagrams) => clean,
         _ = &mut writer => return,
     };
     if clean {
@@ -359,10 +414,10 @@ async fn refuse(out: &mpsc::Sender<Outbound>, e: GatewayError) {
 /// Forwards client messages (stream and datagrams); true when the session
 /// ends by Bye or a violation (answers still go out), false when the
 /// connection is gone (the session waits for a resume).
-async fn read_messages(
+async fn read_messages<R: QuinnRecv>(
     session: &Connection,
-    conn: &quinn::Connection,
-    reader: &mut StreamReader,
+    conn: Option<&quinn::Connection>,
+    reader: &mut StreamReader<R>,
     limits: &DecodeLimits,
     datagrams: bool,
 ) -> bool {
@@ -376,7 +431,7 @@ async fn read_messages(
                     return true;
                 }
             },
-            d = conn.read_datagram() => match d {
+            d = read_datagram(conn) => match d {
                 Err(_) => return false,
                 Ok(_) if !datagrams => {
                     session.fatal(GatewayError::Protocol("datagram on a session that did not ask for datagrams in Hello".into())).await;
@@ -402,42 +457,58 @@ async fn read_messages(
     }
 }
 
+/// The next datagram of `conn`; never, without one.
+async fn read_datagram(conn: Option<&quinn::Connection>) -> Result<Bytes, quinn::ConnectionError> {
+    match conn {
+        Some(c) => c.read_datagram().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn close_connection(conn: &quinn::Connection, e: &GatewayError) {
     let mut reason = e.to_string();
     reason.truncate(120);
     conn.close(e.quic_error_code().into(), reason.as_bytes());
 }
 
-async fn write_outbound(
+async fn write_outbound<S: QuinnSend>(
     conn: quinn::Connection,
-    mut send: quinn::SendStream,
+    mut send: S,
     mut rx: mpsc::Receiver<Outbound>,
 ) {
     while let Some(out) = rx.recv().await {
         let (last, error) = match out {
             Outbound::Message(m) => {
-                if send.write_all(&framing::encode(&m.encode())).await.is_err() {
+                if send
+                    .quinn()
+                    .write_all(&framing::encode(&m.encode()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;
             }
             Outbound::Close(e) => (ServerMessage::Error(e.to_message(None)), Some(e)),
             Outbound::Finish => {
-                let _ = send.finish();
-                let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+                let _ = send.quinn().finish();
+                let _ = tokio::time::timeout(LINGER, send.quinn().stopped()).await;
                 conn.close(CLOSE_NORMAL.into(), b"bye");
                 return;
             }
             Outbound::GoneAway => {
-                let _ = send.finish();
-                let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+                let _ = send.quinn().finish();
+                let _ = tokio::time::timeout(LINGER, send.quinn().stopped()).await;
                 close_connection(&conn, &GatewayError::GoingAway);
                 return;
             }
         };
-        let _ = send.write_all(&framing::encode(&last.encode())).await;
-        let _ = send.finish();
-        let _ = tokio::time::timeout(LINGER, send.stopped()).await;
+        let _ = send
+            .quinn()
+            .write_all(&framing::encode(&last.encode()))
+            .await;
+        let _ = send.quinn().finish();
+        let _ = tokio::time::timeout(LINGER, send.quinn().stopped()).await;
         if let Some(e) = error {
             close_connection(&conn, &e);
         }

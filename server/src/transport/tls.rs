@@ -92,6 +92,40 @@ fn dev_certificate(data_dir: &Path) -> Result<TlsMaterial, String> {
     load_pem(&cert, &key, origin)
 }
 
+/// Days a WebTransport certificate is valid (from an hour before it is
+/// made). Browsers accept a certificate pinned by `serverCertificateHashes`
+/// only when its whole validity is at most 14 days.
+pub const WEBTRANSPORT_CERT_DAYS: i64 = 13;
+
+/// A fresh self-signed certificate for WebTransport, kept in memory only:
+/// ECDSA P-256, valid from an hour ago for [`WEBTRANSPORT_CERT_DAYS`] days,
+/// for `localhost`, `127.0.0.1` and `::1` — what Chromium's
+/// `serverCertificateHashes` requires.
+pub fn webtransport_certificate() -> Result<TlsMaterial, String> {
+    let err = |e: rcgen::Error| format!("cannot generate a WebTransport certificate: {e}");
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .map_err(err)?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = params.not_before + time::Duration::days(WEBTRANSPORT_CERT_DAYS);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "framegate WebTransport");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
+    let cert = params.self_signed(&key).map_err(err)?;
+    let der = cert.der().clone();
+    Ok(TlsMaterial {
+        fingerprint: fingerprint(&der),
+        certs: vec![der],
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        origin: format!("generated at start, ECDSA P-256, valid {WEBTRANSPORT_CERT_DAYS} days"),
+    })
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
@@ -115,6 +149,26 @@ mod tests {
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_eq!(a.fingerprint.len(), 64);
         assert_eq!(a.fingerprint, fingerprint(&b.certs[0]));
+    }
+
+    #[test]
+    fn webtransport_certificate_fits_server_certificate_hashes() {
+        let a = webtransport_certificate().unwrap();
+        let b = webtransport_certificate().unwrap();
+        assert_ne!(a.fingerprint, b.fingerprint, "fresh at every start");
+        assert_eq!(a.fingerprint, fingerprint(&a.certs[0]));
+        // The DER holds the P-256 curve OID and ecdsa-with-SHA256.
+        let der = a.certs[0].as_ref();
+        let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+        assert!(
+            has(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
+            "prime256v1"
+        );
+        assert!(
+            has(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+            "ecdsa-with-SHA256"
+        );
+        const { assert!(WEBTRANSPORT_CERT_DAYS <= 14) };
     }
 
     #[test]

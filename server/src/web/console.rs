@@ -10,9 +10,13 @@
 //! `/console/usage` should still open it). The page needs no key; every API
 //! call it makes does.
 
-use axum::extract::Path;
-use axum::http::{header, HeaderValue, StatusCode};
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
+
+use crate::gateway::Gateway;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/console_assets.rs"));
@@ -66,7 +70,25 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
                    img-src 'self' blob: data:; media-src 'self' blob: mediastream:; \
                    connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
-fn respond(path: &str, bytes: &'static [u8]) -> Response {
+/// The page's policy: [`CSP`], with the WebTransport origin (another port,
+/// so not `'self'`) added to `connect-src` while WebTransport is on.
+fn csp(gw: &Gateway, headers: &HeaderMap) -> HeaderValue {
+    let Some(info) = &gw.webtransport else {
+        return HeaderValue::from_static(CSP);
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let url = info.url(host);
+    let origin = url
+        .strip_suffix(crate::transport::webtransport::PATH)
+        .unwrap_or(&url);
+    HeaderValue::from_str(&CSP.replace(
+        "connect-src 'self'",
+        &format!("connect-src 'self' {origin}"),
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(CSP))
+}
+
+fn respond(path: &str, bytes: &'static [u8], policy: HeaderValue) -> Response {
     let cache = if path.starts_with("assets/") {
         "public, max-age=31536000, immutable"
     } else {
@@ -83,10 +105,8 @@ fn respond(path: &str, bytes: &'static [u8]) -> Response {
     )
         .into_response();
     if path.ends_with(".html") {
-        resp.headers_mut().insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
-        );
+        resp.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, policy);
     }
     resp
 }
@@ -100,9 +120,9 @@ fn not_found() -> Response {
         .into_response()
 }
 
-fn index() -> Response {
+fn index(policy: HeaderValue) -> Response {
     match asset("index.html") {
-        Some(b) => respond("index.html", b),
+        Some(b) => respond("index.html", b, policy),
         None => (
             StatusCode::NOT_FOUND,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -118,24 +138,28 @@ pub async fn redirect() -> Redirect {
 }
 
 /// `GET /console/`.
-pub async fn root() -> Response {
-    index()
+pub async fn root(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    index(csp(&gw, &headers))
 }
 
 /// `GET /console/{*path}`.
-pub async fn file(Path(path): Path<String>) -> Response {
+pub async fn file(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Response {
     if !is_clean(&path) {
         return not_found();
     }
     if let Some(bytes) = asset(&path) {
-        return respond(&path, bytes);
+        return respond(&path, bytes, csp(&gw, &headers));
     }
     // A missing file (a name with an extension) is a 404; a page path is the app.
     let last = path.rsplit('/').next().unwrap_or("");
     if last.contains('.') || path.starts_with("assets/") {
         not_found()
     } else {
-        index()
+        index(csp(&gw, &headers))
     }
 }
 

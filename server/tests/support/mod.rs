@@ -47,6 +47,9 @@ pub struct Gateway {
     pub quic: Option<(SocketAddr, String)>,
     /// The admin API's address, when its listener is on.
     pub admin: Option<SocketAddr>,
+    /// The WebTransport address and its certificate's SHA-256, when it is
+    /// on (`--webtransport-listen 127.0.0.1:0`).
+    pub webtransport: Option<(SocketAddr, String)>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
@@ -141,6 +144,7 @@ impl Gateway {
             stderr: errors,
             quic: None,
             admin: None,
+            webtransport: None,
             _data_dir: data_dir,
         };
         gw.wait_ready().await;
@@ -158,6 +162,12 @@ impl Gateway {
                 .parse()
                 .ok()
         });
+        gw.webtransport = gw
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| parse_webtransport_line(l));
         gw
     }
 
@@ -262,6 +272,14 @@ impl Gateway {
 fn parse_quic_line(line: &str) -> Option<(SocketAddr, String)> {
     let rest = line.split("QUIC listening on quic://").nth(1)?;
     let addr = rest.split_whitespace().next()?.parse().ok()?;
+    let fp = rest.split("sha256 ").nth(1)?.split_whitespace().next()?;
+    Some((addr, fp.to_string()))
+}
+
+/// "framegate: WebTransport listening on https://ADDR/v1/wt (…), certificate sha256 HEX (…)"
+fn parse_webtransport_line(line: &str) -> Option<(SocketAddr, String)> {
+    let rest = line.split("WebTransport listening on https://").nth(1)?;
+    let addr = rest.split('/').next()?.parse().ok()?;
     let fp = rest.split("sha256 ").nth(1)?.split_whitespace().next()?;
     Some((addr, fp.to_string()))
 }

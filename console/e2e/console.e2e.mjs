@@ -204,7 +204,7 @@ try {
 
   // ---- keys and plan (self-service endpoints may be absent: a clear message) ----
   await page.evaluate(() => (location.hash = '#/keys'));
-  await page.waitForSelector('#keys-table, #keys-unsupported, #keys-message .notice');
+  await page.waitForSelector('#keys-table, #keys-list .notice, #keys-unsupported, #keys-message .notice');
   result.keys = {
     unsupported: (await page.$('#keys-unsupported')) !== null,
     text: (await page.textContent('#app'))?.slice(0, 400),

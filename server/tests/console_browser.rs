@@ -118,7 +118,14 @@ async fn usage_frames(gw: &Gateway, from: u64, to: u64) -> (u64, u64) {
 async fn console_streams_the_camera_and_shows_detections_and_usage() {
     let chromium = chromium();
     check_node_modules();
+    // The dev tenant's plan allows self-service keys, so the keys page can
+    // create and revoke one.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("framegate.toml");
+    std::fs::write(&cfg, "[plans.default]\nmax_keys = 3\n").expect("write config");
     let gw = Gateway::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
         "--quic-listen",
         "off",
         "--webtransport-listen",
@@ -126,7 +133,6 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
     ])
     .await;
 
-    let tmp = tempfile::tempdir().expect("tempdir");
     let clip = tmp.path().join("dog.y4m");
     std::fs::write(&clip, y4m_from_jpeg(&data("dog.jpg"))).expect("write y4m");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-e2e");

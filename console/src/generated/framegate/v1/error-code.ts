@@ -26,5 +26,13 @@ export enum ErrorCode {
   Unavailable = 13,
   BudgetExhausted = 14,
   UnsupportedVersion = 15,
-  NoCredit = 16
+  NoCredit = 16,
+
+  /**
+   * This gateway is shutting down (drain, upgrade): frames admitted before
+   * the notice are still answered, later ones are refused with this code;
+   * the client opens a new session on another gateway and re-sends the
+   * frames left without an answer.
+   */
+  GoingAway = 17
 }

@@ -38,7 +38,7 @@ fn limits() -> PlanLimits {
 }
 
 fn principal(auth: &Authenticator) -> Principal {
-    let mut p = auth.authenticate(KEY).unwrap();
+    let mut p = auth.authenticate(KEY).now_or_never().unwrap().unwrap();
     p.limits = Arc::new(limits());
     p
 }
@@ -55,7 +55,14 @@ fn local(c: &mut Criterion) {
     });
     let auth = Authenticator::single(KEY, "acme");
     g.bench_function("auth_api_key", |b| {
-        b.iter(|| black_box(auth.authenticate(black_box(KEY)).unwrap()))
+        b.iter(|| {
+            black_box(
+                auth.authenticate(black_box(KEY))
+                    .now_or_never()
+                    .unwrap()
+                    .unwrap(),
+            )
+        })
     });
     let rl = RateLimiter::local(Arc::new(SystemClock));
     let p = principal(&auth);

@@ -105,7 +105,7 @@ fn auth(c: &mut Criterion) {
     let keys = Authenticator::single("fg_dev_0123456789abcdef0123456789abcdef", "dev");
     g.bench_function("api_key", |b| {
         b.iter(|| {
-            keys.authenticate(black_box("fg_dev_0123456789abcdef0123456789abcdef"))
+            rt.block_on(keys.authenticate(black_box("fg_dev_0123456789abcdef0123456789abcdef")))
                 .unwrap()
         })
     });

@@ -276,7 +276,7 @@ async fn main() -> Result<()> {
                 last_answered = answered;
                 if tty {
                     eprint!("\r{line}\x1b[K");
-                } else if n % 5 == 0 {
+                } else if n.is_multiple_of(5) {
                     eprintln!("{line}");
                 }
             }

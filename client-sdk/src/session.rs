@@ -675,6 +675,23 @@ impl Driver {
         Step::Continue
     }
 
+    /// On a new link: sends `frames` again (each takes a credit), then Bye
+    /// when the caller has already closed, and publishes the credits.
+    async fn replay(&mut self, tx: &mut LinkTx, frames: Vec<Frame>) -> Result<(), ClientError> {
+        for f in frames {
+            self.credits -= 1;
+            tx.send(&ClientMessage::Frame(f)).await?;
+        }
+        if self.closing {
+            tx.send(&ClientMessage::Bye(Bye {
+                reason: "done".into(),
+            }))
+            .await?;
+        }
+        self.publish_credits();
+        Ok(())
+    }
+
     /// Reconnects with the resume token and re-sends what never arrived.
     async fn resume(&mut self, cause: ClientError) -> Result<(LinkTx, LinkRx), ClientError> {
         let mut backoff = self.opts.reconnect_backoff;
@@ -708,17 +725,7 @@ impl Driver {
                         .filter(|f| f.seq > welcome.received_seq)
                         .cloned()
                         .collect();
-                    for f in resend {
-                        self.credits -= 1;
-                        tx.send(&ClientMessage::Frame(f)).await?;
-                    }
-                    if self.closing {
-                        tx.send(&ClientMessage::Bye(Bye {
-                            reason: "done".into(),
-                        }))
-                        .await?;
-                    }
-                    self.publish_credits();
+                    self.replay(&mut tx, resend).await?;
                     self.shared.resumes.fetch_add(1, Ordering::Relaxed);
                     return Ok((tx, rx));
                 }
@@ -791,17 +798,7 @@ impl Driver {
                     self.shared
                         .resent
                         .fetch_add(resend.len() as u64, Ordering::Relaxed);
-                    for f in resend {
-                        self.credits -= 1;
-                        tx.send(&ClientMessage::Frame(f)).await?;
-                    }
-                    if self.closing {
-                        tx.send(&ClientMessage::Bye(Bye {
-                            reason: "done".into(),
-                        }))
-                        .await?;
-                    }
-                    self.publish_credits();
+                    self.replay(&mut tx, resend).await?;
                     self.shared.failovers.fetch_add(1, Ordering::Relaxed);
                     return Ok((tx, rx));
                 }

@@ -145,7 +145,12 @@ impl UsageStore {
 
     /// Frames of `tenant` in the window starting at `window`, over every model and key.
     pub async fn window_frames(&self, tenant: &str, window: u64) -> Result<u64, StoreError> {
-        dispatch!(self.window_frames(tenant, window))
+        Ok(self
+            .rows(tenant, window, window + 1)
+            .await?
+            .iter()
+            .map(|r| r.frames)
+            .sum())
     }
 
     /// Billing progress of (tenant, meter, window).

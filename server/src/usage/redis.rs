@@ -220,15 +220,6 @@ impl RedisStore {
             .await?)
     }
 
-    pub(super) async fn window_frames(&self, tenant: &str, window: u64) -> Result<u64, StoreError> {
-        Ok(self
-            .rows(tenant, window, window + 1)
-            .await?
-            .iter()
-            .map(|r| r.frames)
-            .sum())
-    }
-
     pub(super) async fn billing_state(
         &self,
         tenant: &str,

@@ -75,6 +75,11 @@ struct ServeArgs {
     /// ONNX Runtime intra-op threads per worker [default: 1].
     #[arg(long, env = "FRAMEGATE_THREADS_PER_WORKER")]
     threads_per_worker: Option<usize>,
+    /// ONNX Runtime intra-op threads of the solo session that runs a lone
+    /// frame while every worker is idle; 0 turns it off [default: workers ×
+    /// threads per worker, at most 8].
+    #[arg(long, env = "FRAMEGATE_SOLO_THREADS")]
+    solo_threads: Option<usize>,
     /// Largest batch [default: 8].
     #[arg(long, env = "FRAMEGATE_MAX_BATCH")]
     max_batch: Option<usize>,
@@ -181,6 +186,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(t) = args.threads_per_worker {
         config.pipeline.threads_per_worker = t;
+    }
+    if let Some(t) = args.solo_threads {
+        config.pipeline.solo_threads = Some(t);
     }
     if let Some(b) = args.max_batch {
         config.pipeline.max_batch = b;

@@ -165,6 +165,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_ingress_queue_capacity",
     "framegate_scheduler_active_tenants",
     "framegate_inference_busy_seconds_total",
+    "framegate_solo_batches_total",
     "framegate_model_ready",
     "framegate_auth_failures_total",
     "framegate_auth_key_lookups_total",
@@ -192,6 +193,7 @@ pub struct Metrics {
     queue_capacity: Family<ModelLabel, Gauge>,
     active_tenants: Family<ModelLabel, Gauge>,
     inference_busy: Family<ModelLabel, Counter<f64, AtomicU64>>,
+    solo_batches: Family<ModelLabel, Counter>,
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
     key_lookups: Family<ResultLabel, Counter>,
@@ -244,6 +246,7 @@ impl Metrics {
             queue_capacity: Family::default(),
             active_tenants: Family::default(),
             inference_busy: Family::default(),
+            solo_batches: Family::default(),
             model_ready: Family::default(),
             auth_failures: Family::default(),
             key_lookups: Family::default(),
@@ -314,6 +317,11 @@ impl Metrics {
             "inference_busy_seconds",
             "Time inference workers spent on batches (decode, preprocess, infer, postprocess), by model",
             m.inference_busy.clone(),
+        );
+        r.register(
+            "solo_batches",
+            "Batches run alone on the solo session (every worker idle, all inference threads on one frame), by model",
+            m.solo_batches.clone(),
         );
         r.register(
             "model_ready",
@@ -420,6 +428,7 @@ impl Metrics {
             };
             drop(self.batch_size.get_or_create(&label));
             drop(self.inference_busy.get_or_create(&label));
+            drop(self.solo_batches.get_or_create(&label));
             drop(self.queue_depth.get_or_create(&label));
             drop(self.queue_capacity.get_or_create(&label));
             drop(self.active_tenants.get_or_create(&label));
@@ -579,11 +588,14 @@ pub fn oidc_jwks_fetch(issuer: &str, ok: bool) {
 }
 
 /// A backend batch ran; `busy` is the worker's time on it.
-pub fn batch_ran(model: &str, size: usize, busy: Duration) {
+pub fn batch_ran(model: &str, size: usize, busy: Duration, solo: bool) {
     let m = get();
     let label = ModelLabel {
         model: model.into(),
     };
+    if solo {
+        m.solo_batches.get_or_create(&label).inc();
+    }
     m.batch_size.get_or_create(&label).observe(size as f64);
     m.inference_busy
         .get_or_create(&label)
@@ -632,7 +644,7 @@ mod tests {
         oidc_jwks_fetch("kc", true);
         rate_limited(Transport::Http, LimitKind::Detect, 1);
         get().ratelimit_store_errors.inc();
-        batch_ran("m", 4, Duration::from_millis(3));
+        batch_ran("m", 4, Duration::from_millis(3), true);
         model_state("m", 1, 256, true);
         scheduler_state("m", 2);
         let text = get().encode();

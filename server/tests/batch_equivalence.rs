@@ -141,3 +141,100 @@ fn pipeline_batch_of_eight_equals_eight_single_runs() {
         }
     }
 }
+
+/// Runs the photos one at a time (each answered before the next is sent)
+/// through two workers; returns the answers and the frames run solo.
+fn run_one_at_a_time(solo_threads: usize) -> (Vec<FrameResult>, u64) {
+    init_runtime(None).expect("ONNX Runtime");
+    let config = PipelineConfig {
+        workers: Some(2),
+        solo_threads: Some(solo_threads),
+        ..PipelineConfig::default()
+    };
+    let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));
+    assert_eq!(
+        pipeline.wait_ready(Duration::from_secs(60)),
+        Readiness::Ready
+    );
+    assert_eq!(pipeline.has_solo(), solo_threads > 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let tenant = pipeline.tenant("test", 1);
+    let results = rt.block_on(async {
+        let mut out = Vec::new();
+        for p in PHOTOS {
+            let rx = pipeline.submit(&tenant, frame(p), Instant::now()).unwrap();
+            out.push(rx.await.unwrap().unwrap());
+        }
+        out
+    });
+    let solo = pipeline.solo_frames();
+    pipeline.shutdown();
+    (results, solo)
+}
+
+#[test]
+fn lone_frames_run_solo_with_the_same_answers() {
+    let (plain, none) = run_one_at_a_time(0);
+    let (solo, ran_solo) = run_one_at_a_time(2);
+    assert_eq!(none, 0, "solo_threads = 0 must not run anything solo");
+    // Every frame arrived while both workers were idle.
+    assert_eq!(ran_solo, PHOTOS.len() as u64);
+    for (i, (a, b)) in plain.iter().zip(&solo).enumerate() {
+        assert_eq!(
+            a.detections.len(),
+            b.detections.len(),
+            "frame {i} ({})",
+            PHOTOS[i]
+        );
+        for (x, y) in a.detections.iter().zip(&b.detections) {
+            assert_eq!(x.class_id, y.class_id);
+            assert!(
+                (x.score - y.score).abs() < 1e-4,
+                "frame {i}: {x:?} vs {y:?}"
+            );
+            for (p, q) in [(x.x1, y.x1), (x.y1, y.y1), (x.x2, y.x2), (x.y2, y.y2)] {
+                assert!((p - q).abs() < 0.05, "frame {i}: {x:?} vs {y:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_backlog_runs_side_by_side_not_solo() {
+    init_runtime(None).expect("ONNX Runtime");
+    let config = PipelineConfig {
+        workers: Some(2),
+        solo_threads: Some(2),
+        max_batch: 1,
+        ..PipelineConfig::default()
+    };
+    let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));
+    assert_eq!(
+        pipeline.wait_ready(Duration::from_secs(60)),
+        Readiness::Ready
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let tenant = pipeline.tenant("test", 1);
+    // 16 frames at once: at most the first runs solo (it may meet idle
+    // workers alone); every later one finds a backlog and a worker session.
+    let receivers: Vec<_> = PHOTOS
+        .iter()
+        .chain(PHOTOS.iter())
+        .map(|p| pipeline.submit(&tenant, frame(p), Instant::now()).unwrap())
+        .collect();
+    rt.block_on(async {
+        for r in receivers {
+            r.await.unwrap().unwrap();
+        }
+    });
+    assert!(
+        pipeline.solo_frames() <= 1,
+        "{} frames of a backlog ran solo",
+        pipeline.solo_frames()
+    );
+    pipeline.shutdown();
+}

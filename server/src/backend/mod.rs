@@ -10,6 +10,7 @@ pub mod spec;
 pub mod synthetic;
 pub mod triton;
 
+use crate::backend::spec::LoadedModel;
 use crate::error::GatewayError;
 use crate::pipeline::postprocess::RawDetection;
 
@@ -61,6 +62,19 @@ pub trait Backend: Send {
         batch: usize,
         sink: &mut dyn FnMut(&[TensorView<'_>]) -> Result<(), GatewayError>,
     ) -> Result<(), GatewayError>;
+
+    /// Another instance of this backend that runs one frame with `threads`
+    /// inference threads: the pipeline's solo session (`pipeline.solo_threads`),
+    /// used for a lone frame while every worker is idle. `None` (the default)
+    /// when the backend has no thread setting to widen (remote, synthetic).
+    fn solo(
+        &self,
+        model: &LoadedModel,
+        threads: usize,
+    ) -> Option<Result<Box<dyn Backend>, GatewayError>> {
+        let _ = (model, threads);
+        None
+    }
 
     /// What the worker must hand this backend. Default: the tensor.
     fn input(&self) -> BackendInput {

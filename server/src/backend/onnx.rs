@@ -182,6 +182,14 @@ impl Backend for OnnxBackend {
         "onnx"
     }
 
+    fn solo(
+        &self,
+        model: &LoadedModel,
+        threads: usize,
+    ) -> Option<Result<Box<dyn Backend>, GatewayError>> {
+        Some(OnnxBackend::new(model, threads).map(|b| Box::new(b) as Box<dyn Backend>))
+    }
+
     fn infer(
         &mut self,
         input: &[f32],

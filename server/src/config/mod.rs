@@ -288,6 +288,14 @@ pub struct PipelineConfig {
     pub workers: Option<usize>,
     /// Intra-op threads per worker's ONNX Runtime session. Default 1.
     pub threads_per_worker: usize,
+    /// Intra-op threads of the solo session: one extra ONNX Runtime session
+    /// that runs a lone frame arriving while every worker is idle, so at
+    /// light load a frame gets every inference thread (lower latency) while
+    /// under load the workers' own sessions run frames side by side (higher
+    /// throughput). No other batch is started while a solo batch runs.
+    /// 0 or 1 (or not above `threads_per_worker`) turns it off. Default:
+    /// `workers × threads_per_worker`, at most 8.
+    pub solo_threads: Option<usize>,
 }
 
 impl Default for PipelineConfig {
@@ -300,6 +308,7 @@ impl Default for PipelineConfig {
             max_delay_us: 2_000,
             workers: None,
             threads_per_worker: 1,
+            solo_threads: None,
         }
     }
 }
@@ -315,6 +324,15 @@ impl PipelineConfig {
                 cores / 2
             }
         })
+    }
+
+    /// Intra-op threads of the solo session, after applying the default;
+    /// `None` when it is off.
+    pub fn solo_thread_count(&self) -> Option<usize> {
+        let n = self
+            .solo_threads
+            .unwrap_or_else(|| (self.worker_count() * self.threads_per_worker).min(8));
+        (n > 1 && n > self.threads_per_worker).then_some(n)
     }
 
     /// `queue_headroom`, after applying the default.

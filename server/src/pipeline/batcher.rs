@@ -6,8 +6,12 @@
 //!
 //! * no idle worker → wait; frames keep collecting (up to `max_batch`);
 //! * `max_batch` frames waiting → send a full batch;
-//! * every worker idle → send what is there now: waiting for batch-mates
-//!   while the backend sits idle only adds latency;
+//! * every worker idle and one frame waiting → run it solo, with every
+//!   inference thread (when the pipeline has a solo session): at light load
+//!   the frame's latency is what matters, and nothing else needs the cores;
+//! * every worker idle → send what is there now, spread over the idle
+//!   workers: waiting for batch-mates while the backend sits idle only adds
+//!   latency;
 //! * some worker busy → wait for batch-mates until the oldest frame has
 //!   waited `max_delay`, then send what is there.
 
@@ -20,6 +24,8 @@ pub struct BatchPolicy {
     pub max_batch: usize,
     /// Longest a frame waits for batch-mates while some worker is busy.
     pub max_delay: Duration,
+    /// A solo session exists: a lone frame meeting idle workers runs on it.
+    pub solo: bool,
 }
 
 /// What the batcher should do now.
@@ -27,6 +33,9 @@ pub struct BatchPolicy {
 pub enum Decision {
     /// Send the first `n` waiting frames to an idle worker.
     Dispatch(usize),
+    /// Run the one waiting frame on the solo session; it holds every worker
+    /// until it is done.
+    Solo,
     /// Nothing to send before this instant (or an earlier wake-up).
     WaitUntil(Instant),
     /// Nothing to do until a frame arrives or a worker frees up.
@@ -51,7 +60,10 @@ impl BatchPolicy {
             return Decision::Dispatch(self.max_batch);
         }
         if idle >= workers {
-            return Decision::Dispatch(waiting);
+            if waiting == 1 && self.solo {
+                return Decision::Solo;
+            }
+            return Decision::Dispatch(waiting.div_ceil(idle).min(self.max_batch));
         }
         let deadline = oldest.unwrap_or(now) + self.max_delay;
         if now >= deadline {
@@ -69,11 +81,33 @@ mod tests {
     const P: BatchPolicy = BatchPolicy {
         max_batch: 8,
         max_delay: Duration::from_millis(2),
+        solo: false,
     };
+    const SOLO: BatchPolicy = BatchPolicy { solo: true, ..P };
 
     #[test]
     fn idle_backend_gets_frames_at_once() {
         let now = Instant::now();
+        assert_eq!(P.decide(now, 1, Some(now), 2, 2), Decision::Dispatch(1));
+    }
+
+    #[test]
+    fn idle_workers_share_a_small_backlog() {
+        let now = Instant::now();
+        assert_eq!(P.decide(now, 3, Some(now), 2, 2), Decision::Dispatch(2));
+        assert_eq!(P.decide(now, 2, Some(now), 2, 2), Decision::Dispatch(1));
+        assert_eq!(P.decide(now, 7, Some(now), 4, 4), Decision::Dispatch(2));
+    }
+
+    #[test]
+    fn a_lone_frame_runs_solo_only_when_every_worker_is_idle() {
+        let now = Instant::now();
+        assert_eq!(SOLO.decide(now, 1, Some(now), 2, 2), Decision::Solo);
+        // One worker busy: the frame takes the other worker's own session.
+        assert_ne!(SOLO.decide(now, 1, Some(now), 1, 2), Decision::Solo);
+        // Two frames: side by side on two sessions beats one after the other.
+        assert_eq!(SOLO.decide(now, 2, Some(now), 2, 2), Decision::Dispatch(1));
+        // No solo session: the plain rule.
         assert_eq!(P.decide(now, 1, Some(now), 2, 2), Decision::Dispatch(1));
     }
 
@@ -107,21 +141,26 @@ mod tests {
         // dispatch is within bounds, and with an idle worker a wait ends by
         // the oldest frame's deadline.
         let t0 = Instant::now();
-        for waiting in 0..20 {
-            for workers in 1..4 {
-                for idle in 0..=workers {
-                    for age_us in [0u64, 500, 2000, 5000] {
-                        let now = t0 + Duration::from_micros(age_us);
-                        match P.decide(now, waiting, Some(t0), idle, workers) {
-                            Decision::Dispatch(n) => {
-                                assert!(n >= 1 && n <= waiting.min(8));
-                                assert!(idle > 0);
+        for policy in [P, SOLO] {
+            for waiting in 0..20 {
+                for workers in 1..4 {
+                    for idle in 0..=workers {
+                        for age_us in [0u64, 500, 2000, 5000] {
+                            let now = t0 + Duration::from_micros(age_us);
+                            match policy.decide(now, waiting, Some(t0), idle, workers) {
+                                Decision::Dispatch(n) => {
+                                    assert!(n >= 1 && n <= waiting.min(8));
+                                    assert!(idle > 0);
+                                }
+                                Decision::Solo => {
+                                    assert!(policy.solo && waiting == 1 && idle == workers);
+                                }
+                                Decision::WaitUntil(t) => {
+                                    assert!(t <= t0 + P.max_delay && t > now);
+                                    assert!(waiting > 0 && idle > 0);
+                                }
+                                Decision::Idle => assert!(waiting == 0 || idle == 0),
                             }
-                            Decision::WaitUntil(t) => {
-                                assert!(t <= t0 + P.max_delay && t > now);
-                                assert!(waiting > 0 && idle > 0);
-                            }
-                            Decision::Idle => assert!(waiting == 0 || idle == 0),
                         }
                     }
                 }

@@ -10,6 +10,13 @@
 //! session) decodes, preprocesses into the batch tensor, runs the backend,
 //! postprocesses and answers every frame through its one-shot channel.
 //! Every frame gets exactly one answer: a result or an error.
+//!
+//! When the backend can be widened ([`Backend::solo`]) the pipeline also
+//! holds one *solo* session with every inference thread
+//! (`pipeline.solo_threads`): a lone frame that finds every worker idle runs
+//! on it, and holds all workers until it is done. Light load gets the
+//! latency of all cores on one frame; under load frames run side by side on
+//! the workers' own one-thread sessions, which is the better throughput.
 
 pub mod batcher;
 pub mod decode;
@@ -72,7 +79,15 @@ pub struct WorkItem {
 pub type BackendFactory =
     Arc<dyn Fn(&LoadedModel) -> Result<Box<dyn Backend>, GatewayError> + Send + Sync>;
 
-#[derive(Debug, Default)]
+/// A batch on its way from the batcher to a worker.
+#[derive(Debug)]
+struct Batch {
+    items: Vec<WorkItem>,
+    /// Run on the solo session; it holds every worker.
+    solo: bool,
+}
+
+#[derive(Default)]
 struct Shared {
     idle_workers: AtomicUsize,
     ready_workers: AtomicUsize,
@@ -81,6 +96,21 @@ struct Shared {
     backend_kind: Mutex<Option<&'static str>>,
     /// Frames run through the backend (warm-up excluded).
     frames_inferred: std::sync::atomic::AtomicU64,
+    /// The solo session, once worker 0 has made and warmed it.
+    solo: Mutex<Option<Box<dyn Backend>>>,
+    solo_ready: AtomicBool,
+    /// Frames run on the solo session.
+    solo_frames: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("idle_workers", &self.idle_workers)
+            .field("ready", &self.ready)
+            .field("solo_ready", &self.solo_ready)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The running pipeline of one model.
@@ -134,10 +164,11 @@ impl ModelPipeline {
         // so a push after admission never fails for want of room.
         let queue = Arc::new(IngressQueue::new(admission.hard_limit()));
         let shared = Arc::new(Shared::default());
-        let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Vec<WorkItem>>(workers);
+        let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Batch>(workers);
         let policy = BatchPolicy {
             max_batch: config.max_batch,
             max_delay: config.max_delay(),
+            solo: false,
         };
         let mut threads = Vec::new();
         let batcher = {
@@ -159,6 +190,12 @@ impl ModelPipeline {
                 factory: factory.clone(),
                 max_batch: config.max_batch,
                 workers,
+                // Worker 0 makes the solo session (one for the pipeline).
+                solo_threads: if i == 0 && workers > 1 {
+                    config.solo_thread_count()
+                } else {
+                    None
+                },
             };
             let handle = std::thread::Builder::new()
                 .name(format!("infer-{}-{i}", model.spec.name))
@@ -253,6 +290,16 @@ impl ModelPipeline {
         self.shared.frames_inferred.load(Ordering::Relaxed)
     }
 
+    /// Frames run on the solo session so far (see the module docs).
+    pub fn solo_frames(&self) -> u64 {
+        self.shared.solo_frames.load(Ordering::Relaxed)
+    }
+
+    /// Whether the pipeline has a warmed solo session.
+    pub fn has_solo(&self) -> bool {
+        self.shared.solo_ready.load(Ordering::Acquire)
+    }
+
     /// Queues a frame of `tenant`. Fails at once (never waits) when the
     /// pipeline is not ready, the queue is full, or the tenant holds its
     /// share of the queue while others wait (see [`fair`]).
@@ -342,7 +389,7 @@ fn run_batcher(
     shared: &Shared,
     policy: BatchPolicy,
     workers: usize,
-    batches: crossbeam_channel::Sender<Vec<WorkItem>>,
+    batches: crossbeam_channel::Sender<Batch>,
 ) {
     let mut pending: FairScheduler<WorkItem> = FairScheduler::new();
     loop {
@@ -357,9 +404,21 @@ fn run_batcher(
         }
         let now = Instant::now();
         let idle = shared.idle_workers.load(Ordering::Acquire);
-        match policy.decide(now, pending.len(), pending.oldest(), idle, workers) {
-            Decision::Dispatch(n) => {
-                shared.idle_workers.fetch_sub(1, Ordering::AcqRel);
+        let policy = BatchPolicy {
+            solo: shared.solo_ready.load(Ordering::Acquire),
+            ..policy
+        };
+        let decision = policy.decide(now, pending.len(), pending.oldest(), idle, workers);
+        match decision {
+            Decision::Dispatch(_) | Decision::Solo => {
+                let (n, solo) = match decision {
+                    Decision::Dispatch(n) => (n, false),
+                    _ => (1, true),
+                };
+                // A solo batch holds every worker (only the batcher takes
+                // workers, so `idle == workers` here means all are free).
+                let held = if solo { workers } else { 1 };
+                shared.idle_workers.fetch_sub(held, Ordering::AcqRel);
                 let mut batch: Vec<WorkItem> = Vec::with_capacity(n);
                 pending.pop_batch(n, &mut batch);
                 // DRR hands out runs of one tenant's frames: release per run.
@@ -378,7 +437,7 @@ fn run_batcher(
                 if let Some((t, n)) = run {
                     admission.release_n(t, n);
                 }
-                if batches.send(batch).is_err() {
+                if batches.send(Batch { items: batch, solo }).is_err() {
                     break;
                 }
             }
@@ -410,10 +469,12 @@ struct WorkerContext {
     model: Arc<LoadedModel>,
     shared: Arc<Shared>,
     queue: Arc<IngressQueue<WorkItem>>,
-    batches: crossbeam_channel::Receiver<Vec<WorkItem>>,
+    batches: crossbeam_channel::Receiver<Batch>,
     factory: BackendFactory,
     max_batch: usize,
     workers: usize,
+    /// Make the solo session with this many threads (worker 0 only).
+    solo_threads: Option<usize>,
 }
 
 fn micros(d: Duration) -> u32 {
@@ -442,6 +503,9 @@ fn run_worker(ctx: WorkerContext) {
             return;
         }
     }
+    if let Some(threads) = ctx.solo_threads {
+        make_solo(&ctx, backend.as_ref(), threads, &input[..chw]);
+    }
     ctx.shared.idle_workers.fetch_add(1, Ordering::AcqRel);
     if ctx.shared.ready_workers.fetch_add(1, Ordering::AcqRel) + 1 == ctx.workers {
         ctx.shared.ready.store(true, Ordering::Release);
@@ -452,17 +516,57 @@ fn run_worker(ctx: WorkerContext) {
     let mut rgb = RgbImage::default();
     let mut pre = Preprocessor::default();
     while let Ok(batch) = ctx.batches.recv() {
-        process_batch(
-            &ctx,
-            backend.as_mut(),
-            batch,
-            &mut input,
-            chw,
-            &mut rgb,
-            &mut pre,
-        );
-        ctx.shared.idle_workers.fetch_add(1, Ordering::AcqRel);
+        let solo = batch.solo;
+        if solo {
+            let mut guard = ctx.shared.solo.lock().expect("lock");
+            let solo_backend = guard.as_mut().expect("solo batches only once it is ready");
+            process_batch(
+                &ctx,
+                solo_backend.as_mut(),
+                batch,
+                &mut input,
+                chw,
+                &mut rgb,
+                &mut pre,
+            );
+        } else {
+            process_batch(
+                &ctx,
+                backend.as_mut(),
+                batch,
+                &mut input,
+                chw,
+                &mut rgb,
+                &mut pre,
+            );
+        }
+        let held = if solo { ctx.workers } else { 1 };
+        ctx.shared.idle_workers.fetch_add(held, Ordering::AcqRel);
         ctx.queue.wake();
+    }
+}
+
+/// Makes and warms the pipeline's solo session from `backend`, if it can be
+/// widened. A failure only costs the solo path: the workers serve as before.
+fn make_solo(ctx: &WorkerContext, backend: &dyn Backend, threads: usize, input: &[f32]) {
+    let spec = &ctx.model.spec;
+    let made = match backend.solo(&ctx.model, threads) {
+        None => return,
+        Some(made) => made,
+    };
+    let warmed = made.and_then(|mut solo| {
+        solo.infer(input, 1, &mut |_| Ok(()))?;
+        Ok(solo)
+    });
+    match warmed {
+        Ok(solo) => {
+            *ctx.shared.solo.lock().expect("lock") = Some(solo);
+            ctx.shared.solo_ready.store(true, Ordering::Release);
+            tracing::info!(model = %spec.name, threads, "solo session ready");
+        }
+        Err(e) => {
+            tracing::warn!(model = %spec.name, error = %e, "no solo session; lone frames run on a worker's session")
+        }
     }
 }
 
@@ -477,7 +581,7 @@ struct Prepared {
 fn process_batch(
     ctx: &WorkerContext,
     backend: &mut dyn Backend,
-    batch: Vec<WorkItem>,
+    Batch { items: batch, solo }: Batch,
     input: &mut [f32],
     chw: usize,
     rgb: &mut RgbImage,
@@ -544,6 +648,11 @@ fn process_batch(
     ctx.shared
         .frames_inferred
         .fetch_add(n as u64, Ordering::Relaxed);
+    if solo {
+        ctx.shared
+            .solo_frames
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
     let t_infer = Instant::now();
     let mut infer_us = 0;
     let mut answers: Vec<Option<FrameOutcome>> = (0..n).map(|_| None).collect();
@@ -596,7 +705,7 @@ fn process_batch(
         };
         let _ = p.item.reply.send(outcome);
     }
-    crate::metrics::batch_ran(&spec.name, n, started.elapsed());
+    crate::metrics::batch_ran(&spec.name, n, started.elapsed(), solo);
 }
 
 fn frame_result(

@@ -215,6 +215,7 @@ fn sim(workers: usize) -> Sim {
         policy: BatchPolicy {
             max_batch: 4,
             max_delay: Duration::from_millis(2),
+            solo: false,
         },
         workers,
         service: Duration::from_millis(4),

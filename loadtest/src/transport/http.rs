@@ -83,7 +83,7 @@ impl HttpTransport {
         let req = self.client.post(&self.url).bearer_auth(&self.key);
         let req = if self.multipart {
             let part = reqwest::multipart::Part::stream(f.image.bytes.clone())
-                .file_name(f.image.name.clone())
+                .file_name(f.image.name.to_string())
                 .mime_str(f.image.media_type())
                 .expect("valid media type");
             req.multipart(reqwest::multipart::Form::new().part("image", part))

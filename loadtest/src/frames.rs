@@ -3,6 +3,7 @@
 //! no file I/O happens while measuring.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -12,8 +13,8 @@ use serde::Serialize;
 /// One encoded image ready to send.
 #[derive(Debug, Clone)]
 pub struct EncodedImage {
-    /// File name or `synthetic-N`.
-    pub name: String,
+    /// File name or `synthetic-N` (shared: a frame is cloned per send).
+    pub name: Arc<str>,
     /// JPEG or PNG.
     pub codec: Codec,
     /// The bytes (cheap to clone).
@@ -88,8 +89,8 @@ impl FrameSet {
             images.push(EncodedImage {
                 name: f
                     .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                    .map(|n| Arc::from(n.to_string_lossy()))
+                    .unwrap_or_else(|| Arc::from("")),
                 codec,
                 bytes: Bytes::from(bytes),
             });
@@ -117,7 +118,7 @@ impl FrameSet {
                     )
                     .context("encode synthetic JPEG")?;
                 Ok(EncodedImage {
-                    name: format!("synthetic-{i}"),
+                    name: Arc::from(format!("synthetic-{i}")),
                     codec: Codec::Jpeg,
                     bytes: Bytes::from(out),
                 })
@@ -165,7 +166,7 @@ mod tests {
         assert_ne!(set.images[0].bytes, set.images[1].bytes);
         let b = &set.images[0].bytes;
         assert!(b.starts_with(&[0xFF, 0xD8, 0xFF]) && b.ends_with(&[0xFF, 0xD9]));
-        assert_eq!(set.pick(1, 2).name, "synthetic-0");
+        assert_eq!(&*set.pick(1, 2).name, "synthetic-0");
     }
 
     #[test]

@@ -45,6 +45,19 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in [`Transport::index`] order.
+    pub const ALL: [Transport; 4] = [
+        Transport::Http,
+        Transport::Ws,
+        Transport::Quic,
+        Transport::WebTransport,
+    ];
+
+    /// Position in [`Transport::ALL`].
+    fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -199,6 +212,11 @@ pub struct Metrics {
     key_lookups: Family<ResultLabel, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     oidc_jwks_fetches: Family<IssuerResultLabels, Counter>,
+    /// Handles into `frames_received`, by [`Transport::index`]: the
+    /// per-frame path counts without building a label or looking it up.
+    received_by_transport: [Counter; 4],
+    /// Handles into `stage_seconds`, in [`STAGES`] order.
+    stage_by_index: [Histogram; 6],
     /// Rate-limit decisions the shared store (Redis) could not make; each
     /// one was decided by `ratelimit.on_store_error` instead.
     pub ratelimit_store_errors: Counter,
@@ -252,6 +270,8 @@ impl Metrics {
             key_lookups: Family::default(),
             rate_limited: Family::default(),
             oidc_jwks_fetches: Family::default(),
+            received_by_transport: Default::default(),
+            stage_by_index: std::array::from_fn(|_| stage_histogram()),
             ratelimit_store_errors: Counter::default(),
             usage_flush_lag: Gauge::default(),
             usage_flush_failures: Counter::default(),
@@ -412,12 +432,23 @@ impl Metrics {
                 });
             }
         }
-        for stage in STAGES {
-            let _ = m.stage_seconds.get_or_create(&StageLabel {
-                stage: stage.into(),
-            });
+        // The metrics are shared handles (an `Arc` inside): the clones kept
+        // here count into the same series the registry exports.
+        let received_by_transport =
+            Transport::ALL.map(|tr| m.frames_received.get_or_create(&t(tr)).clone());
+        let stage_by_index = STAGES.map(|stage| {
+            m.stage_seconds
+                .get_or_create(&StageLabel {
+                    stage: stage.into(),
+                })
+                .clone()
+        });
+        Metrics {
+            registry: r,
+            received_by_transport,
+            stage_by_index,
+            ..m
         }
-        Metrics { registry: r, ..m }
     }
 
     /// Creates the per-model series (at zero) for the configured models.
@@ -484,18 +515,43 @@ impl Drop for SessionGuard {
 
 /// A frame (or one-shot image) arrived.
 pub fn frame_received(transport: Transport) {
-    get().frames_received.get_or_create(&t(transport)).inc();
+    get().received_by_transport[transport.index()].inc();
 }
 
 /// A frame's detections were delivered.
 pub fn frame_answered(transport: Transport, model: &str, timings: &StageTimings) {
+    answered_counter(transport, model).answered(timings);
+}
+
+/// The `frames_answered` series of one transport and model, looked up once
+/// (a session holds one) so each answer costs no label lookup.
+#[derive(Debug, Clone)]
+pub struct AnsweredCounter(Counter);
+
+/// The [`AnsweredCounter`] of `transport` and `model`.
+pub fn answered_counter(transport: Transport, model: &str) -> AnsweredCounter {
+    AnsweredCounter(
+        get()
+            .frames_answered
+            .get_or_create(&AnsweredLabels {
+                transport: transport.as_str().into(),
+                model: model.into(),
+            })
+            .clone(),
+    )
+}
+
+impl AnsweredCounter {
+    /// A frame's detections were delivered on this series' transport and
+    /// model ([`frame_answered`]).
+    pub fn answered(&self, timings: &StageTimings) {
+        self.0.inc();
+        observe_stages(timings);
+    }
+}
+
+fn observe_stages(timings: &StageTimings) {
     let m = get();
-    m.frames_answered
-        .get_or_create(&AnsweredLabels {
-            transport: transport.as_str().into(),
-            model: model.into(),
-        })
-        .inc();
     let values = [
         timings.queue_us,
         timings.decode_us,
@@ -504,12 +560,8 @@ pub fn frame_answered(transport: Transport, model: &str, timings: &StageTimings)
         timings.postprocess_us,
         timings.total_us,
     ];
-    for (stage, us) in STAGES.into_iter().zip(values) {
-        m.stage_seconds
-            .get_or_create(&StageLabel {
-                stage: stage.into(),
-            })
-            .observe(f64::from(us) / 1e6);
+    for (h, us) in m.stage_by_index.iter().zip(values) {
+        h.observe(f64::from(us) / 1e6);
     }
 }
 

@@ -233,12 +233,14 @@ impl SessionRegistry {
     /// plugs in here.
     fn record_delivered(&self, tenant: &str, model: &str, pixels: u64) {
         let _ = (tenant, pixels);
-        *self
-            .billed
-            .lock()
-            .expect("billed lock")
-            .entry(model.to_string())
-            .or_insert(0) += 1;
+        let mut billed = self.billed.lock().expect("billed lock");
+        // The model's entry exists after its first frame: no key to build.
+        match billed.get_mut(model) {
+            Some(n) => *n += 1,
+            None => {
+                billed.insert(model.to_string(), 1);
+            }
+        }
     }
 
     /// Opens a new session, or resumes one when `hello.resume_token` is
@@ -341,6 +343,7 @@ impl SessionRegistry {
         let session_id = random_hex(8);
         let span =
             tracing::info_span!("session", id = %session_id, tenant = %principal.tenant, transport);
+        let pipeline_model_name = pipeline.model().spec.name.clone();
         let task = SessionTask {
             registry: self.clone(),
             gw: gw.clone(),
@@ -361,6 +364,7 @@ impl SessionRegistry {
             meter,
             reservations: HashMap::new(),
             transport: transport_label(transport),
+            answered: metrics::answered_counter(transport_label(transport), &pipeline_model_name),
             _open: metrics::session_opened(transport_label(transport)),
             rate,
             _slot: slot,
@@ -410,6 +414,8 @@ struct SessionTask {
     reservations: HashMap<u64, Reservation>,
     /// The transport the session was opened on (metrics label).
     transport: Transport,
+    /// `frames_answered` of this transport and model, looked up once.
+    answered: metrics::AnsweredCounter,
     /// Keeps `framegate_sessions_open` right for the session's lifetime.
     _open: metrics::SessionGuard,
     /// The caller's rate-limit buckets.
@@ -842,7 +848,7 @@ impl SessionTask {
     fn count(&self, t: &crate::session::core::Transmit) {
         match &t.message {
             ServerMessage::Detections(d) if t.billed.is_some() => {
-                metrics::frame_answered(self.transport, &self.model, &d.timings)
+                self.answered.answered(&d.timings)
             }
             ServerMessage::Dropped(d) => {
                 for _ in &d.seqs {

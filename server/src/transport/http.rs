@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -196,21 +196,23 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
         .to_string();
     match mime.as_str() {
         "multipart/form-data" => {
-            let mut multipart = Multipart::from_request(req, &())
+            // The body is read whole (it is bounded by `limit`) and the
+            // image is a slice of it: no copy of the image, no streaming
+            // parser state per chunk.
+            let raw_type = header_str(req.headers(), header::CONTENT_TYPE).unwrap_or("");
+            let boundary = multipart_boundary(raw_type)?.to_owned();
+            // Room for the part headers and boundaries around an image of
+            // up to `limit` bytes.
+            let body = axum::body::to_bytes(req.into_body(), limit.saturating_add(16 << 10))
                 .await
-                .map_err(|e| GatewayError::BadRequest(format!("bad multipart body: {e}")))?;
-            while let Some(field) = multipart
-                .next_field()
-                .await
-                .map_err(|e| multipart_error(e, limit))?
-            {
-                if field.name() == Some("image") {
-                    return field.bytes().await.map_err(|e| multipart_error(e, limit));
-                }
+                .map_err(|_| GatewayError::PayloadTooLarge { size: limit + 1, limit })?;
+            let image = multipart_field(&body, boundary.as_bytes(), "image")?.ok_or_else(|| {
+                GatewayError::BadRequest("multipart body has no field named \"image\"".into())
+            })?;
+            if image.len() > limit {
+                return Err(GatewayError::PayloadTooLarge { size: image.len(), limit });
             }
-            Err(GatewayError::BadRequest(
-                "multipart body has no field named \"image\"".into(),
-            ))
+            Ok(image)
         }
         "" | "image/jpeg" | "image/jpg" | "image/png" | "application/octet-stream" => {
             axum::body::to_bytes(req.into_body(), limit)
@@ -223,15 +225,95 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
     }
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> GatewayError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        GatewayError::PayloadTooLarge {
-            size: limit + 1,
-            limit,
-        }
+fn bad_multipart(why: &str) -> GatewayError {
+    GatewayError::BadRequest(format!("bad multipart body: {why}"))
+}
+
+/// The `boundary` parameter of a `multipart/form-data` content type (as
+/// sent: boundaries are case-sensitive), unquoted.
+fn multipart_boundary(content_type: &str) -> Result<&str, GatewayError> {
+    content_type
+        .split(';')
+        .skip(1)
+        .find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("boundary")
+                .then(|| v.trim().trim_matches('"'))
+        })
+        .filter(|b| !b.is_empty() && b.len() <= 70)
+        .ok_or_else(|| bad_multipart("no boundary in the content type"))
+}
+
+/// The content of the field `name` of a `multipart/form-data` body
+/// (RFC 7578) with `boundary`, as a slice of `body` (no copy); `None` when
+/// no part has that name.
+fn multipart_field(
+    body: &Bytes,
+    boundary: &[u8],
+    name: &str,
+) -> Result<Option<Bytes>, GatewayError> {
+    let mut delim = Vec::with_capacity(boundary.len() + 4);
+    delim.extend_from_slice(b"\r\n--");
+    delim.extend_from_slice(boundary);
+    let finder = memchr::memmem::Finder::new(&delim);
+    // The first delimiter may open the body (no preamble, no CRLF before it).
+    let mut at = if body.starts_with(&delim[2..]) {
+        delim.len() - 2
     } else {
-        GatewayError::BadRequest(format!("bad multipart body: {}", e.body_text()))
+        finder
+            .find(body)
+            .ok_or_else(|| bad_multipart("no boundary in the body"))?
+            + delim.len()
+    };
+    loop {
+        let rest = &body[at..];
+        if rest.starts_with(b"--") {
+            return Ok(None); // the closing delimiter
+        }
+        // Transport padding, CRLF, then the part's headers up to a blank line.
+        let line_end =
+            memchr::memmem::find(rest, b"\r\n").ok_or_else(|| bad_multipart("truncated part"))?;
+        if rest[..line_end].iter().any(|b| !matches!(b, b' ' | b'\t')) {
+            return Err(bad_multipart("garbage after a boundary"));
+        }
+        let headers_at = at + line_end + 2;
+        let headers_end = if body[headers_at..].starts_with(b"\r\n") {
+            headers_at
+        } else {
+            headers_at
+                + memchr::memmem::find(&body[headers_at..], b"\r\n\r\n")
+                    .ok_or_else(|| bad_multipart("truncated part headers"))?
+                + 2
+        };
+        let content_at = headers_end + 2;
+        let end = content_at
+            + finder
+                .find(&body[content_at..])
+                .ok_or_else(|| bad_multipart("unterminated part"))?;
+        let headers = std::str::from_utf8(&body[headers_at..headers_end])
+            .map_err(|_| bad_multipart("part headers are not UTF-8"))?;
+        if part_name(headers) == Some(name) {
+            return Ok(Some(body.slice(content_at..end)));
+        }
+        at = end + delim.len();
     }
+}
+
+/// The `name` parameter of a part's `Content-Disposition: form-data`.
+fn part_name(headers: &str) -> Option<&str> {
+    headers.split("\r\n").find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        if !key.trim().eq_ignore_ascii_case("content-disposition") {
+            return None;
+        }
+        value.split(';').skip(1).find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("name")
+                .then(|| v.trim().trim_matches('"'))
+        })
+    })
 }
 
 async fn detect(
@@ -437,5 +519,61 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
         Readiness::Failed(f) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {f}\n")).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(boundary: &str, parts: &[(&str, &[u8])]) -> Bytes {
+        let mut b = b"preamble\r\n".to_vec();
+        for (name, content) in parts {
+            b.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            b.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"f.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes(),
+            );
+            b.extend_from_slice(content);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn multipart_field_is_a_slice_of_the_body() {
+        let img: &[u8] = b"\xff\xd8 bytes with\r\n--not-the-boundary\r\n inside";
+        let b = body("XyZ-42", &[("other", b"x"), ("image", img)]);
+        let got = multipart_field(&b, b"XyZ-42", "image").unwrap().unwrap();
+        assert_eq!(&got[..], img);
+        let range = b.as_ptr() as usize..b.as_ptr() as usize + b.len();
+        assert!(range.contains(&(got.as_ptr() as usize)), "copied");
+        assert_eq!(multipart_field(&b, b"XyZ-42", "missing").unwrap(), None);
+        // Without a preamble, and an empty part.
+        let b = Bytes::from_static(
+            b"--b\r\nContent-Disposition: form-data; name=image\r\n\r\n\r\n--b--",
+        );
+        assert_eq!(
+            &multipart_field(&b, b"b", "image").unwrap().unwrap()[..],
+            b""
+        );
+    }
+
+    #[test]
+    fn bad_multipart_bodies_are_refused() {
+        for bad in [
+            &b"no boundary at all"[..],
+            b"--b\r\nContent-Disposition: form-data; name=image\r\n\r\nunterminated",
+            b"--b\r\nContent-Disposition: form-data; name=image",
+            b"--bjunk\r\n\r\nx\r\n--b--",
+        ] {
+            let e = multipart_field(&Bytes::copy_from_slice(bad), b"b", "image").unwrap_err();
+            assert!(matches!(e, GatewayError::BadRequest(_)), "{e:?}");
+        }
+        assert_eq!(
+            multipart_boundary("multipart/form-data; BOUNDARY=\"AbC\"").unwrap(),
+            "AbC"
+        );
+        assert!(multipart_boundary("multipart/form-data").is_err());
     }
 }

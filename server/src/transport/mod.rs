@@ -19,12 +19,22 @@ use crate::gateway::Gateway;
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` resolves, then
 /// stops accepting and lets open requests finish.
+///
+/// Sockets are `TCP_NODELAY` (axum leaves Nagle on): answers are small
+/// writes, already coalesced per batch by the writers, and Nagle would hold
+/// one back until the client's delayed ACK.
 pub async fn serve_http(
     gw: Arc<Gateway>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = http::router(gw);
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

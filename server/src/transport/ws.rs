@@ -266,13 +266,26 @@ async fn read_messages(
 }
 
 async fn write_outbound(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>) {
-    while let Some(out) = rx.recv().await {
-        match out {
-            Outbound::Message(m) => {
-                if !send_msg(&mut sink, &m).await {
-                    return;
+    'recv: while let Some(mut out) = rx.recv().await {
+        // Messages already waiting are buffered and go out with one flush
+        // (one write syscall), not one flush per answer.
+        while let Outbound::Message(m) = out {
+            if sink.feed(Message::Binary(m.encode())).await.is_err() {
+                return;
+            }
+            match rx.try_recv() {
+                Ok(next) => out = next,
+                Err(_) => {
+                    if sink.flush().await.is_err() {
+                        return;
+                    }
+                    continue 'recv;
                 }
             }
+        }
+        // The messages before a closing one are flushed with the close.
+        match out {
+            Outbound::Message(_) => unreachable!("handled above"),
             Outbound::Close(e) => {
                 close_with(&mut sink, &e).await;
                 return;

@@ -86,7 +86,13 @@ async fn main() -> Result<()> {
                     Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
                     _ => break,
                 }
+                // Like the gateway: decode only whole messages (a partial
+                // one would make the decoder reserve, and copy, the buffer).
                 while buf.len() >= LENGTH_PREFIX_BYTES {
+                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if buf.len() < LENGTH_PREFIX_BYTES + len {
+                        break;
+                    }
                     let body = match decoder.decode(&mut buf) {
                         Ok(Some(b)) => b,
                         Ok(None) => break,

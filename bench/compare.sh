@@ -20,7 +20,9 @@
 #      then framegate and the peer at an open-loop rate of half the peer's
 #      capacity (p99), and the peer's no-op endpoint.
 #   4. Gateway only: framegate --backend synthetic vs ws-echo (bare
-#      tokio-tungstenite) over WebSocket; framegate synthetic over HTTP.
+#      tokio-tungstenite) over WebSocket and vs quic-echo (bare quinn +
+#      rustls) over QUIC, each pair back to back with the same sessions,
+#      frames in flight and frames; framegate synthetic over HTTP.
 #   5. 10,000 idle WebSocket sessions with the model loaded (server RSS),
 #      and 10× overload (RSS over time, p99 of admitted frames).
 # Results (JSON + HTML reports, load averages, versions) go to
@@ -42,6 +44,8 @@ DOG="$REPO/server/tests/data/dog.jpg"
 PORT_FG=18080
 PORT_PEER=18090
 PORT_ECHO=18095
+PORT_QUIC=18443
+PORT_ECHO_QUIC=18096
 CORES="$(nproc)"
 
 log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -74,7 +78,8 @@ wait_http() { # url
 SERVER_PID=""
 start_framegate() { # extra args...
     FRAMEGATE_DEV_KEY="$KEY" RUST_LOG=warn "$BIN/framegate" serve \
-        --http-listen "127.0.0.1:$PORT_FG" "$@" > "$OUT/framegate.log" 2>&1 &
+        --http-listen "127.0.0.1:$PORT_FG" --quic-listen "127.0.0.1:$PORT_QUIC" \
+        --data-dir "$OUT/framegate-data" "$@" > "$OUT/framegate.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     wait_http "http://127.0.0.1:$PORT_FG/readyz"
@@ -107,6 +112,17 @@ load() { # name args...
     "$BIN/framegate-load" --key "$KEY" --quiet --warmup "$WARM" --duration "$DUR" \
         --json "$OUT/$name.json" --html "$OUT/$name.html" "$@" > "$OUT/$name.txt"
     log "$name: $(sed -n 's/.*achieved \([0-9.]*\) fps.*/\1 fps/p' "$OUT/$name.txt") $(grep -o 'p50 [0-9.]* p90 [0-9.]* p99 [0-9.]*' "$OUT/$name.txt")"
+}
+# The SHA-256 a QUIC server prints at start ("... certificate sha256 HEX"),
+# pinned by framegate-load --quic-pin.
+quic_pin_of() { # log file
+    for _ in $(seq 1 100); do
+        local fp
+        fp="$(sed -n 's/.*QUIC listening on .*certificate sha256 \([0-9a-f]\{64\}\).*/\1/p; s/.*quic-echo listening on .*certificate sha256 \([0-9a-f]\{64\}\).*/\1/p' "$1" | head -n 1)"
+        if [[ -n "$fp" ]]; then echo "$fp"; return 0; fi
+        sleep 0.1
+    done
+    echo "no QUIC certificate fingerprint in $1" >&2; return 1
 }
 fps_of() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_fps"])' "$OUT/$1.json"; }
 
@@ -200,20 +216,30 @@ load fg-half-ws --transport ws --mode open --sessions "$HALF_SESSIONS" --fps "$H
     --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
 stop_server
 
-# 4. Gateway only (~50 KB synthetic JPEGs).
+# 4. Gateway only (~50 KB synthetic JPEGs). The four streaming points run
+# back to back (gateway WS, gateway QUIC, ws-echo, quic-echo) with the same
+# client settings.
 log "gateway only"
+GW_ONLY=(--mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 65)
 start_framegate --backend synthetic
-load syn-ws --transport ws --mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 65 \
-    --target "http://127.0.0.1:$PORT_FG"
+FG_PIN="$(quic_pin_of "$OUT/framegate.log")"
 load syn-http --transport http --mode closed --sessions 32 --synthetic 640x480 --synthetic-quality 65 \
     --target "http://127.0.0.1:$PORT_FG"
 load syn-http-multipart --transport http --http-multipart --mode closed --sessions 32 --synthetic 640x480 \
     --synthetic-quality 65 --target "http://127.0.0.1:$PORT_FG"
+load syn-ws --transport ws "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_FG"
+load syn-quic --transport quic "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_FG" \
+    --quic-target "127.0.0.1:$PORT_QUIC" --quic-pin "$FG_PIN"
 stop_server
 "$BIN/ws-echo" "127.0.0.1:$PORT_ECHO" > "$OUT/ws-echo.log" 2>&1 &
 SERVER_PID=$!; PIDS+=("$SERVER_PID"); sleep 0.5
-load echo-ws --transport ws --mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 65 \
-    --target "http://127.0.0.1:$PORT_ECHO" --label ws-echo
+load echo-ws --transport ws "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_ECHO" --label ws-echo
+stop_server
+"$BIN/quic-echo" "127.0.0.1:$PORT_ECHO_QUIC" > "$OUT/quic-echo.log" 2>&1 &
+SERVER_PID=$!; PIDS+=("$SERVER_PID")
+ECHO_PIN="$(quic_pin_of "$OUT/quic-echo.log")"
+load echo-quic --transport quic "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_ECHO_QUIC" \
+    --quic-target "127.0.0.1:$PORT_ECHO_QUIC" --quic-pin "$ECHO_PIN" --label quic-echo
 stop_server
 note_load end
 

@@ -141,6 +141,7 @@ fn batcher(c: &mut Criterion) {
     let p = BatchPolicy {
         max_batch: 8,
         max_delay: Duration::from_millis(2),
+        solo: true,
     };
     let now = Instant::now();
     c.bench_function("batcher_decide", |b| {

@@ -208,8 +208,9 @@ async fn session(
             _ = tokio::time::sleep_until(drain_tok) => break,
             ev = h.events.recv() => match ev {
                 Some(SessionEvent::Answer { seq: s, kind, at }) => {
-                    if let Some(sent_at) = in_flight.remove(&s) {
-                        recorder.answer(sent_at, at, &kind);
+                    match in_flight.remove(&s) {
+                        Some(sent_at) => recorder.answer(sent_at, at, &kind),
+                        None => recorder.unmatched(),
                     }
                     if closed_n > 0 && sending {
                         if Instant::now() >= end {
@@ -328,7 +329,7 @@ mod tests {
         assert!(t.sent <= 52, "sent {}", t.sent);
         let dropped: u64 = t.dropped.values().sum();
         assert_eq!(t.answered + dropped + t.lost, t.sent);
-        assert_eq!(t.lost, 0);
+        assert_eq!((t.lost, t.unmatched), (0, 0));
     }
 
     #[tokio::test]

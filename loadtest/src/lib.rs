@@ -1,5 +1,5 @@
-//! framegate's load harness: sessions at a target rate over WebSocket or
-//! HTTP, per-frame latency histograms, and a JSON + HTML report.
+//! framegate's load harness: sessions at a target rate over WebSocket,
+//! QUIC or HTTP, per-frame latency histograms, and a JSON + HTML report.
 //!
 //! The parts, in the order a run uses them:
 //!
@@ -7,10 +7,9 @@
 //! - [`frames`]: the frames to send (a folder of JPEG/PNG files, or
 //!   synthetic JPEGs of a given size);
 //! - [`transport`]: one [`transport::Transport`] per wire protocol
-//!   (WebSocket, HTTP). A transport only opens sessions; a session is a pair
-//!   of channels (frames out, answers in), so QUIC (being built on another
-//!   branch with the client SDK) plugs in as one more implementation without
-//!   touching the drivers;
+//!   (WebSocket, QUIC, HTTP). A transport only opens sessions; a session is
+//!   a pair of channels (frames out, answers in), so the drivers never see
+//!   the wire;
 //! - [`driver`]: open-loop (N sessions × F frames/s, fixed duration),
 //!   closed-loop (fixed frames in flight, as fast as answered) and idle
 //!   (sessions held open) load;

@@ -13,6 +13,7 @@ use framegate_loadtest::recorder::Recorder;
 use framegate_loadtest::report::{rfc3339, Report, RunInfo, ServerInfo};
 use framegate_loadtest::target::Target;
 use framegate_loadtest::transport::http::HttpTransport;
+use framegate_loadtest::transport::quic::{self, QuicTransport};
 use framegate_loadtest::transport::ws::WsTransport;
 use framegate_loadtest::transport::SharedTransport;
 
@@ -20,6 +21,9 @@ use framegate_loadtest::transport::SharedTransport;
 enum TransportArg {
     /// WebSocket sessions (`/v1/stream`).
     Ws,
+    /// QUIC sessions (one connection each, ALPN framegate/1) at
+    /// --quic-target; the certificate pinned by --quic-pin or --quic-cert.
+    Quic,
     /// One-shot HTTP POSTs (`/v1/detect`).
     Http,
 }
@@ -47,7 +51,7 @@ struct Args {
     /// API key (Bearer / Hello credential).
     #[arg(long, env = "FRAMEGATE_KEY", default_value = "")]
     key: String,
-    /// Wire protocol. (QUIC will join when the client SDK lands.)
+    /// Wire protocol.
     #[arg(long, value_enum, default_value = "ws")]
     transport: TransportArg,
     /// Load mode.
@@ -92,6 +96,24 @@ struct Args {
     /// WebSocket path.
     #[arg(long, default_value = "/v1/stream")]
     ws_path: String,
+    /// QUIC: the server's UDP address, host:port (loopback only unless
+    /// --allow-remote) [default: --target's host, port 8443].
+    #[arg(long)]
+    quic_target: Option<String>,
+    /// QUIC: accept only the server certificate with this SHA-256
+    /// fingerprint (hex; `framegate serve` prints it at start).
+    #[arg(long, conflicts_with = "quic_cert")]
+    quic_pin: Option<String>,
+    /// QUIC: accept only this certificate (PEM file, e.g. the gateway's
+    /// DATA_DIR/tls/dev-cert.pem).
+    #[arg(long)]
+    quic_cert: Option<PathBuf>,
+    /// QUIC: TLS server name [default: the --quic-target host].
+    #[arg(long)]
+    quic_server_name: Option<String>,
+    /// QUIC: client UDP sockets the sessions are spread over.
+    #[arg(long, default_value_t = 4)]
+    quic_endpoints: usize,
     /// Model to request (empty: the server's default).
     #[arg(long, default_value = "")]
     model: String,
@@ -124,6 +146,15 @@ fn parse_size(s: &str) -> Result<(u32, u32)> {
         .split_once(['x', 'X'])
         .context("size must look like 640x480")?;
     Ok((w.trim().parse()?, h.trim().parse()?))
+}
+
+/// `[::1]` for an IPv6 literal, the host as it is otherwise.
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
@@ -204,6 +235,29 @@ async fn main() -> Result<()> {
             key: args.key.clone(),
             model: args.model.clone(),
         }),
+        TransportArg::Quic => {
+            let qt = match &args.quic_target {
+                Some(t) => Target::parse(t)?,
+                None => Target::parse(&format!("{}:8443", bracket(&target.host)))?,
+            };
+            let addrs = qt.check_loopback(args.allow_remote).await?;
+            let pin = match (&args.quic_pin, &args.quic_cert) {
+                (Some(p), _) => quic::parse_pin(p)?,
+                (None, Some(f)) => quic::pin_of_pem_file(f)?,
+                (None, None) => bail!(
+                    "--transport quic needs the server's certificate: --quic-pin SHA256 \
+                     (printed by `framegate serve` and `quic-echo` at start) or --quic-cert PEM"
+                ),
+            };
+            Arc::new(QuicTransport::new(
+                addrs[0],
+                args.quic_server_name.clone().unwrap_or(qt.host.clone()),
+                args.key.clone(),
+                args.model.clone(),
+                pin,
+                args.quic_endpoints.min(args.sessions),
+            )?)
+        }
         TransportArg::Http => {
             let path = if args.model.is_empty() {
                 args.http_path.clone()
@@ -298,6 +352,7 @@ async fn main() -> Result<()> {
         target: args.target.clone(),
         transport: match args.transport {
             TransportArg::Ws => "ws",
+            TransportArg::Quic => "quic",
             TransportArg::Http => "http",
         }
         .into(),

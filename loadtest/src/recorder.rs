@@ -73,6 +73,9 @@ pub struct Totals {
     pub errors: BTreeMap<String, u64>,
     /// Frames sent but never answered before the drain deadline.
     pub lost: u64,
+    /// Answers whose seq was not in flight (a second answer for a frame,
+    /// or a seq never sent): a server bug; 0 in a sound run.
+    pub unmatched: u64,
     /// Sessions that could not be opened, by reason.
     pub connect_errors: BTreeMap<String, u64>,
     /// Sessions that ended early, by reason.
@@ -95,6 +98,7 @@ impl Default for Totals {
             dropped: BTreeMap::new(),
             errors: BTreeMap::new(),
             lost: 0,
+            unmatched: 0,
             connect_errors: BTreeMap::new(),
             closed_early: BTreeMap::new(),
             sessions_opened: 0,
@@ -199,6 +203,11 @@ impl Recorder {
     pub fn lost(&self, sent_at: &[Instant]) {
         let n = sent_at.iter().filter(|&&s| s >= self.measure_from).count() as u64;
         self.with(|t| t.lost += n);
+    }
+
+    /// An answer came for a seq that was not in flight.
+    pub fn unmatched(&self) {
+        self.with(|t| t.unmatched += 1);
     }
 
     /// A session opened.

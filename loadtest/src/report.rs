@@ -147,6 +147,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Sent, never answered.
     pub lost: u64,
+    /// Answers for a seq that was not in flight (0 in a sound run).
+    pub unmatched: u64,
     /// Sessions opened.
     pub sessions_opened: u64,
     /// Sessions that failed to open, by reason.
@@ -215,6 +217,7 @@ impl Report {
             dropped: t.dropped.clone(),
             errors: t.errors.clone(),
             lost: t.lost,
+            unmatched: t.unmatched,
             sessions_opened: t.sessions_opened,
             connect_errors: t.connect_errors.clone(),
             closed_early: t.closed_early.clone(),
@@ -261,6 +264,13 @@ impl Report {
             self.lost,
             self.sessions_opened
         );
+        if self.unmatched > 0 {
+            let _ = writeln!(
+                s,
+                "WARNING: {} answers for frames not in flight (duplicates or unknown seqs)",
+                self.unmatched
+            );
+        }
         let _ = write!(
             s,
             "latency ms: p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",

@@ -18,14 +18,16 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `http://host:port` (or `host:port`); a path is ignored.
+    /// Parses `http://host:port` (or `ws://`, `quic://`, or `host:port`); a
+    /// path is ignored.
     pub fn parse(url: &str) -> Result<Self> {
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("ws://"))
+            .or_else(|| url.strip_prefix("quic://"))
             .unwrap_or(url);
         if rest.contains("://") {
-            bail!("only http:// (and ws://) targets are supported, got {url:?}");
+            bail!("only http://, ws:// and quic:// targets are supported, got {url:?}");
         }
         let authority = rest.split('/').next().unwrap_or_default().to_string();
         let (host, port) = match authority.rsplit_once(':') {

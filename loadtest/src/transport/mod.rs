@@ -2,11 +2,10 @@
 //!
 //! A transport only opens sessions. An open session is two bounded channels
 //! — frames out, events in — with tasks behind them that speak the wire
-//! protocol, so the drivers never see WebSocket or HTTP. Adding QUIC (the
-//! control stream of `docs/protocol.md`, on the branch that builds the
-//! client SDK) means one more [`Transport`] implementation here.
+//! protocol, so the drivers never see WebSocket, QUIC or HTTP.
 
 pub mod http;
+pub mod quic;
 pub mod ws;
 
 use std::future::Future;
@@ -14,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use framegate_protocol::StageTimings;
+use framegate_protocol::{ServerMessage, StageTimings};
 use tokio::sync::mpsc;
 
 use crate::frames::EncodedImage;
@@ -78,7 +77,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A way to open sessions to the target.
 pub trait Transport: Send + Sync {
-    /// `ws`, `http`, (later `quic`).
+    /// `ws`, `quic` or `http`.
     fn name(&self) -> &'static str;
 
     /// Opens session number `id` (connect and handshake).
@@ -87,3 +86,58 @@ pub trait Transport: Send + Sync {
 
 /// Shared transport.
 pub type SharedTransport = Arc<dyn Transport>;
+
+/// The session events of one server message of a streaming session (the
+/// same on WebSocket and QUIC); `None` for a message that is no event (a
+/// second `Welcome`).
+pub fn answer_events(msg: ServerMessage, at: Instant) -> Option<Events> {
+    let one = |ev| Events(Some(ev), Vec::new());
+    Some(match msg {
+        // The common case, without a Vec per answer.
+        ServerMessage::Detections(d) => one(SessionEvent::Answer {
+            seq: d.seq,
+            kind: AnswerKind::Detections {
+                boxes: d.detections.len() as u32,
+                timings: Some(d.timings),
+            },
+            at,
+        }),
+        ServerMessage::Dropped(d) => Events(
+            None,
+            d.seqs
+                .iter()
+                .map(|&seq| SessionEvent::Answer {
+                    seq,
+                    kind: AnswerKind::Dropped(d.reason.as_str().to_string()),
+                    at,
+                })
+                .collect(),
+        ),
+        ServerMessage::Error(e) => one(match e.seq {
+            Some(seq) => SessionEvent::Answer {
+                seq,
+                kind: AnswerKind::Error(e.code.as_str().to_string()),
+                at,
+            },
+            None => {
+                SessionEvent::Closed(format!("session error {}: {}", e.code.as_str(), e.message))
+            }
+        }),
+        ServerMessage::Credit(c) => one(SessionEvent::Credit(c.credits)),
+        ServerMessage::Welcome(_) => return None,
+    })
+}
+
+/// The events of one server message: one (no allocation) or several.
+#[derive(Debug)]
+pub struct Events(Option<SessionEvent>, Vec<SessionEvent>);
+
+impl IntoIterator for Events {
+    type Item = SessionEvent;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<SessionEvent>, std::vec::IntoIter<SessionEvent>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().chain(self.1)
+    }
+}

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{AnswerKind, BoxFuture, OutFrame, SessionEvent, SessionHandle, Transport};
+use super::{answer_events, BoxFuture, OutFrame, SessionEvent, SessionHandle, Transport};
 
 /// WebSocket transport.
 #[derive(Debug, Clone)]
@@ -123,45 +123,8 @@ impl WsTransport {
                     Ok(m) => m,
                     Err(e) => break format!("undecodable server message: {e}"),
                 };
-                let events: Vec<SessionEvent> = match msg {
-                    // The common case, without a Vec per answer.
-                    ServerMessage::Detections(d) => {
-                        let ev = SessionEvent::Answer {
-                            seq: d.seq,
-                            kind: AnswerKind::Detections {
-                                boxes: d.detections.len() as u32,
-                                timings: Some(d.timings),
-                            },
-                            at,
-                        };
-                        if events_tx.send(ev).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    ServerMessage::Dropped(d) => d
-                        .seqs
-                        .iter()
-                        .map(|&seq| SessionEvent::Answer {
-                            seq,
-                            kind: AnswerKind::Dropped(d.reason.as_str().to_string()),
-                            at,
-                        })
-                        .collect(),
-                    ServerMessage::Error(e) => match e.seq {
-                        Some(seq) => vec![SessionEvent::Answer {
-                            seq,
-                            kind: AnswerKind::Error(e.code.as_str().to_string()),
-                            at,
-                        }],
-                        None => vec![SessionEvent::Closed(format!(
-                            "session error {}: {}",
-                            e.code.as_str(),
-                            e.message
-                        ))],
-                    },
-                    ServerMessage::Credit(c) => vec![SessionEvent::Credit(c.credits)],
-                    ServerMessage::Welcome(_) => continue,
+                let Some(events) = answer_events(msg, at) else {
+                    continue;
                 };
                 for ev in events {
                     if events_tx.send(ev).await.is_err() {

@@ -88,6 +88,9 @@ fn run_pipeline(max_batch: usize) -> (Vec<FrameResult>, u32) {
         workers: Some(1),
         // Long enough that the 8 frames submitted together leave as one batch.
         max_delay_us: 200_000,
+        // The frames are submitted in one burst on purpose, more than the
+        // latency budget would queue: this test is about batching.
+        max_queue_wait_ms: 0,
         ..PipelineConfig::default()
     };
     let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));

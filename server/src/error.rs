@@ -80,10 +80,12 @@ pub enum GatewayError {
     QueueFull,
     /// A frame queued now would not start within the pipeline's latency
     /// budget (`pipeline.max_queue_wait_ms`): refused at once instead.
-    #[error("overloaded: a frame queued now would wait about {expected_ms} ms, over the {budget_ms} ms queue wait budget")]
+    #[error("overloaded: the queue holds all that its {budget_ms} ms wait budget allows (a frame queued now would wait about {expected_ms} ms)")]
     QueueWait {
         /// Expected wait before a worker would pick the frame up, ms
-        /// (including what it already waited in its session).
+        /// (including what it already waited in its session). Can be a
+        /// little under the budget: a lone tenant leaves the headroom free
+        /// for others (docs/architecture.md).
         expected_ms: u64,
         /// `pipeline.max_queue_wait_ms`.
         budget_ms: u64,

@@ -190,7 +190,7 @@ async fn noisy(ws: Ws) -> Tally {
             ServerMessage::Dropped(d) => {
                 match d.reason {
                     DropReason::Overloaded => {
-                        assert!(d.message.contains("queue wait budget"), "{d:?}");
+                        assert!(d.message.contains("ms wait budget allows"), "{d:?}");
                         t.overloaded += d.seqs.len() as u64;
                     }
                     // Over its share of the (budget-sized) queue while
@@ -340,7 +340,7 @@ async fn http_past_capacity_gets_429_with_retry_after_and_fast_answers() {
                             body["error"]["message"]
                                 .as_str()
                                 .unwrap()
-                                .contains("queue wait budget"),
+                                .contains("ms wait budget allows"),
                             "{body}"
                         );
                         assert_eq!(body["error"]["retryable"], true, "{body}");

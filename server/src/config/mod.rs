@@ -287,8 +287,9 @@ pub struct PipelineConfig {
     /// sessions, credits or tenants there are (see "Admission by expected
     /// queue wait" in docs/architecture.md). Size it to at least one full
     /// batch's service time (`max_batch` × the per-frame time, see
-    /// `framegate_service_seconds_per_frame`): below that batches shrink.
-    /// 0 turns it off (only `queue_capacity` bounds the queue). Default 500.
+    /// `framegate_service_seconds_per_frame`); a shorter budget acts as one
+    /// batch time, so that batches stay full. 0 turns it off (only
+    /// `queue_capacity` bounds the queue). Default 500.
     pub max_queue_wait_ms: u64,
     /// Largest batch handed to a backend. Default 8.
     pub max_batch: usize,

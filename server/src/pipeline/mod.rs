@@ -4,7 +4,8 @@
 //! been checked ([`decode::probe`]) and its tenant's [`fair::TenantShare`].
 //! The frame is admitted within its tenant's bound ([`fair::FairAdmission`])
 //! and the pipeline's latency budget ([`wait`]: a frame expected to wait
-//! longer than `pipeline.max_queue_wait_ms` is refused at once) and handed over through the bounded, lock-free [`queue::IngressQueue`];
+//! longer than `pipeline.max_queue_wait_ms` is refused at once) and handed
+//! over through the bounded, lock-free [`queue::IngressQueue`];
 //! the batcher thread moves it into its tenant's FIFO, picks frames across
 //! tenants by deficit round robin ([`fair::FairScheduler`]) and times
 //! batches by the rule in [`batcher`]; each inference worker (its own OS thread, its own backend

@@ -13,7 +13,8 @@
 //! not counted: it adds at most one batch's service time.
 //!
 //! **The rule.** With budget `B` the queue may hold `D = ⌊B · N / s⌋ + 1`
-//! frames ([`WaitBudget::frames`]): the last one has `D − 1` ahead and an
+//! frames ([`WaitBudget::frames`]; `B` below one batch time counts as one
+//! batch time, see the end): the last one has `D − 1` ahead and an
 //! expected wait of at most `B`. `D` replaces `pipeline.queue_capacity` in
 //! fair admission whenever it is smaller (see [`super::fair`], scaled so that
 //! capacity plus headroom never exceeds `D`), so tenants keep their weighted
@@ -35,8 +36,10 @@
 //! batch of being queued.) A refused frame is answered at once: HTTP 429 with `Retry-After`, a
 //! stream's `Dropped{overloaded}`.
 //!
-//! Size `B` to at least one full batch's service time (`max_batch · s`):
-//! below that, fewer frames wait than one batch holds and batches shrink.
+//! Size `B` to at least one full batch's service time (`max_batch · s`).
+//! A shorter budget acts as one batch time (`max(B, max_batch · s)`): the
+//! queue then still takes a full batch per worker, so batches stay full, and
+//! admitted frames wait up to one batch time instead of `B`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -125,29 +128,40 @@ impl WaitBudget {
         if self.is_off() {
             return None;
         }
-        let Some(remaining) = self.budget.checked_sub(waited).filter(|r| !r.is_zero()) else {
-            return Some(1);
-        };
         let Some(per_frame) = per_frame else {
             // Nothing timed yet: one full batch per worker.
-            return Some(self.workers * self.max_batch);
+            return Some(if waited < self.budget {
+                self.workers * self.max_batch
+            } else {
+                1
+            });
+        };
+        // A budget shorter than one full batch acts as one batch: the queue
+        // then still holds a full batch per worker and batches stay full
+        // (a shorter budget would shrink them, and throughput with them,
+        // just when load is highest).
+        let budget = self
+            .budget
+            .max(per_frame.saturating_mul(self.max_batch as u32));
+        let Some(remaining) = budget.checked_sub(waited).filter(|r| !r.is_zero()) else {
+            return Some(1);
         };
         let fit = remaining.as_nanos() * self.workers as u128 / per_frame.as_nanos().max(1);
         Some((fit.min(usize::MAX as u128 / 2) as usize).saturating_add(1))
     }
 
-    /// Logs once when a full batch takes longer than the budget (batches
-    /// then shrink; see the module docs).
+    /// Logs once when a full batch takes longer than the budget (which
+    /// then acts as one batch time; see the module docs).
     pub fn check_batch(&self, model: &str, per_frame: Option<Duration>) {
         let Some(per_frame) = per_frame else { return };
-        let batch = per_frame * self.max_batch as u32;
+        let batch = per_frame.saturating_mul(self.max_batch as u32);
         if !self.is_off() && batch > self.budget && !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 model,
                 batch_ms = batch.as_millis() as u64,
                 budget_ms = self.budget.as_millis() as u64,
-                "a full batch takes longer than pipeline.max_queue_wait_ms: fewer frames than one \
-                 batch may queue, so batches shrink; raise the budget or lower max_batch"
+                "a full batch takes longer than pipeline.max_queue_wait_ms: the budget acts as \
+                 one batch time so that batches stay full; raise it or lower max_batch"
             );
         }
     }
@@ -188,12 +202,12 @@ mod tests {
         // Used up: only an empty queue takes it.
         assert_eq!(b.frames(250 * MS, s), Some(1));
         assert_eq!(b.frames(Duration::from_secs(9), s), Some(1));
-        // A frame that cannot fit in the budget still gets in when nothing
-        // is queued: the pipeline never stops for a slow model.
-        assert_eq!(
-            b.frames(Duration::ZERO, Some(Duration::from_secs(5))),
-            Some(1)
-        );
+        // A budget shorter than a batch still queues one full batch per
+        // worker for a fresh frame, so batches stay full.
+        let slow = Some(Duration::from_secs(1));
+        assert_eq!(b.frames(Duration::ZERO, slow), Some(17));
+        assert_eq!(b.frames(4 * Duration::from_secs(1), slow), Some(9));
+        assert_eq!(b.frames(8 * Duration::from_secs(1), slow), Some(1));
         // Before anything was timed: one batch per worker.
         assert_eq!(b.frames(Duration::ZERO, None), Some(16));
         assert_eq!(b.frames(300 * MS, None), Some(1));

@@ -6,6 +6,8 @@
 #   bench/compare.sh            # full run (about 8 minutes on 2 cores)
 #   DUR=4 bench/compare.sh      # shorter runs per point (noisier)
 #   NO_DOCS=1 bench/compare.sh  # results only, docs untouched
+#   OVER_WAIT_MS=0 bench/compare.sh  # the 10x overload point without
+#                               # admission by expected queue wait
 #
 # What it runs, every piece with the same client (framegate-load) and the
 # same frames (server/tests/data/dog.jpg, or ~50 KB synthetic JPEGs for the
@@ -33,6 +35,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 
 DUR="${DUR:-8}"
+# pipeline.max_queue_wait_ms of the gateway in the 10x overload point (0: off).
+OVER_WAIT_MS="${OVER_WAIT_MS:-500}"
 WARM="${WARM:-2}"
 KEY="bench-key-0123456789abcdef"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
@@ -135,6 +139,7 @@ fps_of() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["achiev
     echo "rustc=$(rustc --version)"
     echo "framegate_commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo '-dirty')"
     echo "python=$("$PY" --version 2>&1)"
+    echo "over_wait_ms=$OVER_WAIT_MS"
 } > "$OUT/machine.txt"
 "$PY" -m pip freeze > "$OUT/pip-freeze.txt"
 
@@ -170,7 +175,7 @@ stop_server
 start_framegate --workers 1 --threads-per-worker "$CORES"
 load "fg-1x$CORES-http-c8" --transport http --mode closed --sessions 8 --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
 stop_server
-start_framegate
+start_framegate --max-queue-wait-ms "$OVER_WAIT_MS"
 # 10x overload: RSS over time, p99 of what is admitted.
 OVER_SESSIONS=20
 OVER_FPS="$("$PY" -c "print(round(10 * $FG_CAP / $OVER_SESSIONS, 2))")"

@@ -78,6 +78,18 @@ pub enum GatewayError {
     /// The ingress queue is full.
     #[error("overloaded: the ingress queue is full")]
     QueueFull,
+    /// A frame queued now would not start within the pipeline's latency
+    /// budget (`pipeline.max_queue_wait_ms`): refused at once instead.
+    #[error("overloaded: the queue holds all that its {budget_ms} ms wait budget allows (a frame queued now would wait about {expected_ms} ms)")]
+    QueueWait {
+        /// Expected wait before a worker would pick the frame up, ms
+        /// (including what it already waited in its session). Can be a
+        /// little under the budget: a lone tenant leaves the headroom free
+        /// for others (docs/architecture.md).
+        expected_ms: u64,
+        /// `pipeline.max_queue_wait_ms`.
+        budget_ms: u64,
+    },
     /// The model is still loading or warming up.
     #[error("not ready: {0}")]
     NotReady(String),
@@ -146,9 +158,12 @@ impl GatewayError {
             | ResumeRefused(_)
             | BudgetExhausted { .. }
             | RateLimited { .. } => Side::Client,
-            QueueFull | NotReady(_) | DeadlineExceeded | Overloaded(_) | GoingAway => {
-                Side::Capacity
-            }
+            QueueFull
+            | QueueWait { .. }
+            | NotReady(_)
+            | DeadlineExceeded
+            | Overloaded(_)
+            | GoingAway => Side::Capacity,
             Backend(_) => Side::Backend,
             Internal(_) => Side::Internal,
         }
@@ -159,6 +174,7 @@ impl GatewayError {
         matches!(
             self,
             GatewayError::QueueFull
+                | GatewayError::QueueWait { .. }
                 | GatewayError::NotReady(_)
                 | GatewayError::Backend(_)
                 | GatewayError::NoCredit { .. }
@@ -183,7 +199,9 @@ impl GatewayError {
             UnknownModel(_) | ResumeRefused(_) | NotFound(_) => ErrorCode::NotFound,
             NoCredit { .. } => ErrorCode::NoCredit,
             BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
-            QueueFull | DeadlineExceeded | Overloaded(_) => ErrorCode::Overloaded,
+            QueueFull | QueueWait { .. } | DeadlineExceeded | Overloaded(_) => {
+                ErrorCode::Overloaded
+            }
             NotReady(_) => ErrorCode::Unavailable,
             RateLimited { .. } => ErrorCode::RateLimited,
             Backend(_) => ErrorCode::BackendFailure,
@@ -202,7 +220,9 @@ impl GatewayError {
             PayloadTooLarge { .. } | PixelBudget { .. } => 413,
             UnsupportedMedia(_) => 415,
             UnknownModel(_) | ResumeRefused(_) | NotFound(_) => 404,
-            NoCredit { .. } | QueueFull | Overloaded(_) | RateLimited { .. } => 429,
+            NoCredit { .. } | QueueFull | QueueWait { .. } | Overloaded(_) | RateLimited { .. } => {
+                429
+            }
             BudgetExhausted { .. } => 402,
             NotReady(_) | DeadlineExceeded | GoingAway => 503,
             Backend(_) => 502,
@@ -214,6 +234,13 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::QueueFull | GatewayError::NoCredit { .. } => Some(Duration::from_secs(1)),
+            // About when the queue has drained to the budget again.
+            GatewayError::QueueWait {
+                expected_ms,
+                budget_ms,
+            } => Some(Duration::from_millis(
+                expected_ms.saturating_sub(*budget_ms),
+            )),
             GatewayError::NotReady(_) => Some(Duration::from_secs(2)),
             GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
@@ -231,6 +258,7 @@ impl GatewayError {
             UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_)
             | NotFound(_) => 1008,
             QueueFull
+            | QueueWait { .. }
             | NoCredit { .. }
             | NotReady(_)
             | DeadlineExceeded

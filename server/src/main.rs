@@ -89,6 +89,10 @@ struct ServeArgs {
     /// Ingress queue capacity per model [default: 256].
     #[arg(long, env = "FRAMEGATE_QUEUE_CAPACITY")]
     queue_capacity: Option<usize>,
+    /// Latency budget: refuse frames expected to wait longer than this for
+    /// a worker, milliseconds; 0 = off [default: 500].
+    #[arg(long, env = "FRAMEGATE_MAX_QUEUE_WAIT_MS")]
+    max_queue_wait_ms: Option<u64>,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else the install location).
     #[arg(long, env = "FRAMEGATE_ORT_DYLIB")]
     ort_dylib: Option<PathBuf>,
@@ -198,6 +202,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(q) = args.queue_capacity {
         config.pipeline.queue_capacity = q;
+    }
+    if let Some(w) = args.max_queue_wait_ms {
+        config.pipeline.max_queue_wait_ms = w;
     }
     if let Some(p) = args.ort_dylib {
         config.onnxruntime.dylib = Some(p);

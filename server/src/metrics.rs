@@ -149,6 +149,42 @@ struct ModelLabel {
     model: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelReasonLabels {
+    model: String,
+    reason: String,
+}
+
+/// Why the pipeline refused to queue a frame (the `reason` label of
+/// `framegate_admission_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionRefusal {
+    /// Expected wait over `pipeline.max_queue_wait_ms`.
+    QueueWait,
+    /// `pipeline.queue_capacity` (with its headroom) reached.
+    QueueFull,
+    /// The tenant holds its weighted share while others wait.
+    TenantShare,
+}
+
+impl AdmissionRefusal {
+    /// Every reason, for the zero series.
+    pub const ALL: [AdmissionRefusal; 3] = [
+        AdmissionRefusal::QueueWait,
+        AdmissionRefusal::QueueFull,
+        AdmissionRefusal::TenantShare,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionRefusal::QueueWait => "queue-wait",
+            AdmissionRefusal::QueueFull => "queue-full",
+            AdmissionRefusal::TenantShare => "tenant-share",
+        }
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn stage_histogram() -> Histogram {
@@ -177,6 +213,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_ingress_queue_depth",
     "framegate_ingress_queue_capacity",
     "framegate_scheduler_active_tenants",
+    "framegate_admission_refused_total",
+    "framegate_expected_queue_wait_seconds",
+    "framegate_service_seconds_per_frame",
     "framegate_inference_busy_seconds_total",
     "framegate_solo_batches_total",
     "framegate_model_ready",
@@ -205,6 +244,9 @@ pub struct Metrics {
     queue_depth: Family<ModelLabel, Gauge>,
     queue_capacity: Family<ModelLabel, Gauge>,
     active_tenants: Family<ModelLabel, Gauge>,
+    admission_refused: Family<ModelReasonLabels, Counter>,
+    expected_wait: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    service_per_frame: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     inference_busy: Family<ModelLabel, Counter<f64, AtomicU64>>,
     solo_batches: Family<ModelLabel, Counter>,
     model_ready: Family<ModelLabel, Gauge>,
@@ -263,6 +305,9 @@ impl Metrics {
             queue_depth: Family::default(),
             queue_capacity: Family::default(),
             active_tenants: Family::default(),
+            admission_refused: Family::default(),
+            expected_wait: Family::default(),
+            service_per_frame: Family::default(),
             inference_busy: Family::default(),
             solo_batches: Family::default(),
             model_ready: Family::default(),
@@ -332,6 +377,21 @@ impl Metrics {
             "scheduler_active_tenants",
             "Tenants with frames queued, among which the batcher shares by deficit round robin, by model",
             m.active_tenants.clone(),
+        );
+        r.register(
+            "admission_refused",
+            "Frames the pipeline refused to queue, by model and reason: queue-wait (expected wait over pipeline.max_queue_wait_ms), queue-full, tenant-share",
+            m.admission_refused.clone(),
+        );
+        r.register(
+            "expected_queue_wait_seconds",
+            "Expected wait of a frame queued now (frames queued x service time per frame / workers), by model",
+            m.expected_wait.clone(),
+        );
+        r.register(
+            "service_seconds_per_frame",
+            "Measured worker time per frame (weighted mean over recent batches), by model; 0 until the first batch",
+            m.service_per_frame.clone(),
         );
         r.register(
             "inference_busy_seconds",
@@ -463,6 +523,14 @@ impl Metrics {
             drop(self.queue_depth.get_or_create(&label));
             drop(self.queue_capacity.get_or_create(&label));
             drop(self.active_tenants.get_or_create(&label));
+            drop(self.expected_wait.get_or_create(&label));
+            drop(self.service_per_frame.get_or_create(&label));
+            for reason in AdmissionRefusal::ALL {
+                drop(self.admission_refused.get_or_create(&ModelReasonLabels {
+                    model: model.into(),
+                    reason: reason.as_str().into(),
+                }));
+            }
             drop(self.model_ready.get_or_create(&label));
             for tr in [
                 Transport::Http,
@@ -667,6 +735,33 @@ pub fn model_state(model: &str, queue_depth: usize, queue_capacity: usize, ready
     m.model_ready.get_or_create(&label).set(i64::from(ready));
 }
 
+/// The pipeline of `model` refused to queue a frame.
+pub fn admission_refused(model: &str, reason: AdmissionRefusal) {
+    get()
+        .admission_refused
+        .get_or_create(&ModelReasonLabels {
+            model: model.into(),
+            reason: reason.as_str().into(),
+        })
+        .inc();
+}
+
+/// Scrape-time state of a model's latency budget: the expected wait of a
+/// frame queued now and the measured service time per frame (zero until
+/// the first batch).
+pub fn queue_wait_state(model: &str, expected_wait: Duration, per_frame: Duration) {
+    let m = get();
+    let label = ModelLabel {
+        model: model.into(),
+    };
+    m.expected_wait
+        .get_or_create(&label)
+        .set(expected_wait.as_secs_f64());
+    m.service_per_frame
+        .get_or_create(&label)
+        .set(per_frame.as_secs_f64());
+}
+
 /// Scrape-time state of a model's fair scheduler: tenants with frames
 /// queued. (Per-tenant depths are not exported: tenant names are not a
 /// bounded label set.)
@@ -699,6 +794,8 @@ mod tests {
         batch_ran("m", 4, Duration::from_millis(3), true);
         model_state("m", 1, 256, true);
         scheduler_state("m", 2);
+        admission_refused("m", AdmissionRefusal::QueueWait);
+        queue_wait_state("m", Duration::from_millis(40), Duration::from_millis(5));
         let text = get().encode();
         for name in METRIC_NAMES {
             let sampled = text.lines().any(|l| {

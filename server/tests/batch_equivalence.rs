@@ -88,6 +88,9 @@ fn run_pipeline(max_batch: usize) -> (Vec<FrameResult>, u32) {
         workers: Some(1),
         // Long enough that the 8 frames submitted together leave as one batch.
         max_delay_us: 200_000,
+        // The frames are submitted in one burst on purpose, more than the
+        // latency budget would queue: this test is about batching.
+        max_queue_wait_ms: 0,
         ..PipelineConfig::default()
     };
     let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));
@@ -208,6 +211,8 @@ fn a_backlog_runs_side_by_side_not_solo() {
         workers: Some(2),
         solo_threads: Some(2),
         max_batch: 1,
+        // The 16 frames are queued at once on purpose.
+        max_queue_wait_ms: 0,
         ..PipelineConfig::default()
     };
     let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));

@@ -70,6 +70,9 @@ fn run_photos(factory: BackendFactory) -> Vec<FrameResult> {
         workers: Some(1),
         // The frames submitted together leave in batches of up to 4.
         max_delay_us: 100_000,
+        // The frames are submitted in one burst on purpose, more than the
+        // latency budget would queue: this test is about batching.
+        max_queue_wait_ms: 0,
         ..PipelineConfig::default()
     };
     let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, factory);

@@ -277,6 +277,20 @@ pub struct PipelineConfig {
     /// `queue_capacity + queue_headroom` frames are ever queued. Default:
     /// `queue_capacity / 4`, at least `tenant_queue_floor`.
     pub queue_headroom: Option<usize>,
+    /// The latency budget, in milliseconds: the longest a frame is expected
+    /// to wait for an inference worker. A frame that would wait longer (by
+    /// the queue ahead of it × the measured service time per frame ÷
+    /// workers, counting what it already waited in its session) is refused
+    /// at once: HTTP 429 with `Retry-After`, a stream's
+    /// `Dropped{overloaded}`. Admitted frames then start within this budget
+    /// plus the rest of the batch running when they arrived, however many
+    /// sessions, credits or tenants there are (see "Admission by expected
+    /// queue wait" in docs/architecture.md). Size it to at least one full
+    /// batch's service time (`max_batch` × the per-frame time, see
+    /// `framegate_service_seconds_per_frame`); a shorter budget acts as one
+    /// batch time, so that batches stay full. 0 turns it off (only
+    /// `queue_capacity` bounds the queue). Default 500.
+    pub max_queue_wait_ms: u64,
     /// Largest batch handed to a backend. Default 8.
     pub max_batch: usize,
     /// How long, in microseconds, a frame may wait for batch-mates while some
@@ -304,6 +318,7 @@ impl Default for PipelineConfig {
             queue_capacity: 256,
             tenant_queue_floor: 4,
             queue_headroom: None,
+            max_queue_wait_ms: 500,
             max_batch: 8,
             max_delay_us: 2_000,
             workers: None,
@@ -344,6 +359,11 @@ impl PipelineConfig {
     /// `max_delay_us` as a duration.
     pub fn max_delay(&self) -> Duration {
         Duration::from_micros(self.max_delay_us)
+    }
+
+    /// `max_queue_wait_ms` as a duration (zero: off).
+    pub fn max_queue_wait(&self) -> Duration {
+        Duration::from_millis(self.max_queue_wait_ms)
     }
 }
 
@@ -703,6 +723,11 @@ impl Config {
         }
         if p.max_delay_us > 1_000_000 {
             problems.push("pipeline.max_delay_us must be at most 1000000 (1 s)".into());
+        }
+        if p.max_queue_wait_ms > 600_000 {
+            problems.push(
+                "pipeline.max_queue_wait_ms must be at most 600000 (10 min; 0 turns it off)".into(),
+            );
         }
         if self.session.credits == 0 || self.session.credits > 1024 {
             problems.push("session.credits must be in 1..=1024".into());

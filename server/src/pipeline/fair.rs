@@ -46,6 +46,14 @@
 //! same frame waits behind everything the noisy tenant queued: up to
 //! `⌈C / M⌉ · S / N`. `tests::quiet_tenant_delay_is_bounded_*` check the bound
 //! with a tenant offering 100× the quiet one's rate, weights 1:1 and 1:4.
+//!
+//! **Under a latency budget** ([`super::wait`]) the queue may hold at most
+//! `D` frames, the count whose expected wait fits `pipeline.max_queue_wait_ms`.
+//! When `D < C + H`, admission runs with `C' = max(1, ⌊D · C / (C + H)⌋)`
+//! for `C` and `H' = D − C'` for `H` (the floor is capped by `C'` as by
+//! `C`): the same shares and the same headroom for a tenant arriving next to
+//! a noisy one, scaled so that no more than `D` frames are ever queued
+//! ([`FairAdmission::try_admit_within`], [`Refusal::OverBudget`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -104,6 +112,9 @@ pub enum Refusal {
     OverShare,
     /// The queue (with its headroom) is full.
     Full,
+    /// The queue holds every frame the latency budget allows (the budget,
+    /// not `queue_capacity`, set the limit that was reached).
+    OverBudget,
 }
 
 /// Per-tenant admission bounds of one pipeline's queue. Lock-free on the
@@ -169,6 +180,28 @@ impl FairAdmission {
     /// Admits one frame of `t`, or says why not. An admitted frame must be
     /// [`Self::release`]d exactly once when it leaves the queue.
     pub fn try_admit(&self, t: &TenantShare) -> Result<(), Refusal> {
+        self.try_admit_within(t, None)
+    }
+
+    /// Capacity and headroom in force when at most `budget` frames may be
+    /// queued (see the module docs), and whether the budget made them
+    /// smaller than configured.
+    pub fn bounds(&self, budget: Option<usize>) -> (usize, usize, bool) {
+        let (c, h) = (self.capacity, self.headroom);
+        match budget {
+            Some(d) if d < c + h => {
+                let cap = ((d as u128 * c as u128 / (c + h) as u128) as usize).max(1);
+                (cap, d.saturating_sub(cap), true)
+            }
+            _ => (c, h, false),
+        }
+    }
+
+    /// [`Self::try_admit`] with at most `budget` frames queued in all (the
+    /// latency budget's frame count, [`super::wait::WaitBudget::frames`];
+    /// `None`: only the configured capacity).
+    pub fn try_admit_within(&self, t: &TenantShare, budget: Option<usize>) -> Result<(), Refusal> {
+        let (capacity, headroom, budgeted) = self.bounds(budget);
         let w = i64::from(t.weight);
         let before = t.queued.fetch_add(1, Ordering::AcqRel);
         if before == 0 {
@@ -178,19 +211,28 @@ impl FairAdmission {
         // Racing admissions may see a weight a moment stale; the hard limit
         // below holds regardless.
         let others = (self.active_weight.load(Ordering::Acquire) - w).max(0) as u64;
-        if before >= share_limit(self.capacity, self.floor, t.weight, others) {
+        if before >= share_limit(capacity, self.floor, t.weight, others) {
             self.leave(t);
-            return Err(Refusal::OverShare);
+            // Alone, its share is the whole queue.
+            return Err(if others == 0 && budgeted {
+                Refusal::OverBudget
+            } else {
+                Refusal::OverShare
+            });
         }
         let hard = if others == 0 {
-            self.capacity
+            capacity
         } else {
-            self.hard_limit()
+            capacity + headroom
         };
         if self.total.fetch_add(1, Ordering::AcqRel) >= hard {
             self.total.fetch_sub(1, Ordering::AcqRel);
             self.leave(t);
-            return Err(Refusal::Full);
+            return Err(if budgeted {
+                Refusal::OverBudget
+            } else {
+                Refusal::Full
+            });
         }
         Ok(())
     }

@@ -3,7 +3,9 @@
 //! Transports call [`ModelPipeline::submit`] with a frame whose header has
 //! been checked ([`decode::probe`]) and its tenant's [`fair::TenantShare`].
 //! The frame is admitted within its tenant's bound ([`fair::FairAdmission`])
-//! and handed over through the bounded, lock-free [`queue::IngressQueue`];
+//! and the pipeline's latency budget ([`wait`]: a frame expected to wait
+//! longer than `pipeline.max_queue_wait_ms` is refused at once) and handed
+//! over through the bounded, lock-free [`queue::IngressQueue`];
 //! the batcher thread moves it into its tenant's FIFO, picks frames across
 //! tenants by deficit round robin ([`fair::FairScheduler`]) and times
 //! batches by the rule in [`batcher`]; each inference worker (its own OS thread, its own backend
@@ -24,6 +26,7 @@ pub mod fair;
 pub mod postprocess;
 pub mod preprocess;
 pub mod queue;
+pub mod wait;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +47,7 @@ use self::decode::{ProbedFrame, RgbImage};
 use self::fair::{FairAdmission, FairScheduler, TenantShare};
 use self::preprocess::Preprocessor;
 use self::queue::IngressQueue;
+use self::wait::{ServiceTime, WaitBudget};
 
 /// A frame's answer.
 #[derive(Debug, Clone)]
@@ -101,6 +105,8 @@ struct Shared {
     solo_ready: AtomicBool,
     /// Frames run on the solo session.
     solo_frames: std::sync::atomic::AtomicU64,
+    /// Service time per frame, recorded as batches complete.
+    service: ServiceTime,
 }
 
 impl std::fmt::Debug for Shared {
@@ -118,6 +124,7 @@ pub struct ModelPipeline {
     model: Arc<LoadedModel>,
     queue: Arc<IngressQueue<WorkItem>>,
     admission: Arc<FairAdmission>,
+    budget: WaitBudget,
     shared: Arc<Shared>,
     workers: usize,
     max_batch: usize,
@@ -208,6 +215,7 @@ impl ModelPipeline {
             model,
             queue,
             admission,
+            budget: WaitBudget::new(config.max_queue_wait(), workers, config.max_batch),
             shared,
             workers,
             max_batch: config.max_batch,
@@ -241,6 +249,16 @@ impl ModelPipeline {
     /// their share may use `pipeline.queue_headroom` more).
     pub fn queue_capacity(&self) -> usize {
         self.queue_capacity
+    }
+
+    /// Expected wait of a frame queued now (zero before the first batch
+    /// is timed) and the service time per frame behind it (see [`wait`]).
+    pub fn queue_wait(&self) -> (Duration, Duration) {
+        let per_frame = self.shared.service.per_frame().unwrap_or_default();
+        (
+            self.budget.expected_wait(self.queue_depth(), per_frame),
+            per_frame,
+        )
     }
 
     /// Tenants with frames queued now.
@@ -301,25 +319,30 @@ impl ModelPipeline {
     }
 
     /// Queues a frame of `tenant`. Fails at once (never waits) when the
-    /// pipeline is not ready, the queue is full, or the tenant holds its
-    /// share of the queue while others wait (see [`fair`]).
+    /// pipeline is not ready, the queue is full, the tenant holds its share
+    /// of the queue while others wait (see [`fair`]), or the frame would
+    /// wait longer than the latency budget (see [`wait`]).
     pub fn submit(
         &self,
         tenant: &Arc<TenantShare>,
         frame: ProbedFrame,
         received_at: Instant,
     ) -> Result<oneshot::Receiver<FrameOutcome>, GatewayError> {
-        self.submit_with_deadline(tenant, frame, received_at, None)
+        self.submit_with_deadline(tenant, frame, received_at, None, Duration::ZERO)
     }
 
     /// [`Self::submit`] with a deadline: a frame still queued when it passes
     /// is answered `Err(DeadlineExceeded)` without being decoded or computed.
+    /// `waited`: how long the frame already waited in the gateway for its
+    /// turn (a stream's frame behind the session's earlier ones); it counts
+    /// against the latency budget.
     pub fn submit_with_deadline(
         &self,
         tenant: &Arc<TenantShare>,
         frame: ProbedFrame,
         received_at: Instant,
         deadline: Option<Instant>,
+        waited: Duration,
     ) -> Result<oneshot::Receiver<FrameOutcome>, GatewayError> {
         match self.readiness() {
             Readiness::Ready => {}
@@ -336,9 +359,7 @@ impl ModelPipeline {
                 "the gateway is shutting down".into(),
             ));
         }
-        if self.admission.try_admit(tenant).is_err() {
-            return Err(GatewayError::QueueFull);
-        }
+        self.admit(tenant, waited)?;
         let (tx, rx) = oneshot::channel();
         let item = WorkItem {
             frame,
@@ -360,6 +381,47 @@ impl ModelPipeline {
                     Err(GatewayError::QueueFull)
                 }
             }
+        }
+    }
+
+    /// The admission decision: the latency budget ([`wait`]), then the
+    /// tenant's share ([`fair`]) of a queue no longer than the budget allows.
+    fn admit(&self, tenant: &TenantShare, waited: Duration) -> Result<(), GatewayError> {
+        use crate::metrics::{admission_refused, AdmissionRefusal};
+        let per_frame = self.shared.service.per_frame();
+        let refused = |reason| {
+            admission_refused(&self.model.spec.name, reason);
+            match reason {
+                AdmissionRefusal::QueueWait => {
+                    self.budget.check_batch(&self.model.spec.name, per_frame);
+                    let ahead = self.admission.queued();
+                    // Before anything is timed, say at least the budget.
+                    let expected = per_frame.map_or(self.budget.budget(), |s| {
+                        self.budget.expected_wait(ahead, s)
+                    }) + waited;
+                    Err(GatewayError::QueueWait {
+                        expected_ms: expected.as_millis() as u64,
+                        budget_ms: self.budget.budget().as_millis() as u64,
+                    })
+                }
+                _ => Err(GatewayError::QueueFull),
+            }
+        };
+        if !waited.is_zero() {
+            if let Some(limit) = self.budget.frames(waited, per_frame) {
+                if self.admission.queued() >= limit {
+                    return refused(AdmissionRefusal::QueueWait);
+                }
+            }
+        }
+        match self
+            .admission
+            .try_admit_within(tenant, self.budget.frames(Duration::ZERO, per_frame))
+        {
+            Ok(()) => Ok(()),
+            Err(fair::Refusal::OverBudget) => refused(AdmissionRefusal::QueueWait),
+            Err(fair::Refusal::Full) => refused(AdmissionRefusal::QueueFull),
+            Err(fair::Refusal::OverShare) => refused(AdmissionRefusal::TenantShare),
         }
     }
 
@@ -706,6 +768,12 @@ fn process_batch(
         let _ = p.item.reply.send(outcome);
     }
     crate::metrics::batch_ran(&spec.name, n, started.elapsed(), solo);
+    // A solo batch held every worker and ran faster than a worker's session
+    // would: it says nothing about the service time under load, which is
+    // what admission estimates waits from.
+    if !solo {
+        ctx.shared.service.record(n, started.elapsed());
+    }
 }
 
 fn frame_result(

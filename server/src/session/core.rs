@@ -450,6 +450,9 @@ impl<F> SessionCore<F> {
             return;
         };
         let took = now_us.saturating_sub(since_us);
+        // Only computed frames say how long service takes: a refusal comes
+        // back at once and would drag the estimate towards zero.
+        let computed = matches!(outcome, Outcome::Detections(_));
         e.slot = Slot::Ready(match outcome {
             Outcome::Detections(d) => {
                 let pixels = u64::from(d.width) * u64::from(d.height);
@@ -460,11 +463,13 @@ impl<F> SessionCore<F> {
         });
         self.in_pipeline -= 1;
         self.holding_credit -= 1;
-        self.service_us = if self.service_us == 0 {
-            took
-        } else {
-            (self.service_us * 3 + took) / 4
-        };
+        if computed {
+            self.service_us = if self.service_us == 0 {
+                took
+            } else {
+                (self.service_us * 3 + took) / 4
+            };
+        }
     }
 
     /// The next message to write, when a connection is attached: re-sent

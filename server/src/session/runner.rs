@@ -733,11 +733,15 @@ impl SessionTask {
                     continue;
                 }
             }
+            // Time spent waiting here behind the session's earlier frames
+            // counts against the pipeline's latency budget.
+            let waited = d.frame.received_at.elapsed();
             match self.pipeline.submit_with_deadline(
                 &self.share,
                 d.frame.frame,
                 d.frame.received_at,
                 deadline,
+                waited,
             ) {
                 Ok(rx) => self
                     .completions
@@ -751,6 +755,9 @@ impl SessionTask {
                             DropReason::QueueFull,
                             "the ingress queue is full".into(),
                         ),
+                        e @ GatewayError::QueueWait { .. } => {
+                            Outcome::Dropped(DropReason::Overloaded, e.to_string())
+                        }
                         e => Outcome::Failed(e),
                     };
                     self.core.on_outcome(now, seq, outcome);

@@ -3,7 +3,9 @@
 //!
 //! A detect request is authenticated first, checked against its rate limits
 //! (`ratelimit`: 429 with the GCRA's `Retry-After`), its body read up to the limit,
-//! its image header checked against the pixel budget, and only then queued.
+//! its image header checked against the pixel budget, and only then queued —
+//! or refused at once (429 with `Retry-After`) when the queue is full or the
+//! frame would wait longer than `pipeline.max_queue_wait_ms`.
 //! Errors answer JSON `{"error": {"code", "message", "retryable"}}` with the
 //! status from the error taxonomy (429 and 503 carry `Retry-After`).
 
@@ -330,6 +332,9 @@ async fn detect(
             match &e {
                 GatewayError::Unauthorized => metrics::auth_failure(Transport::Http),
                 GatewayError::QueueFull => metrics::frame_dropped(Transport::Http, "queue-full"),
+                GatewayError::QueueWait { .. } => {
+                    metrics::frame_dropped(Transport::Http, "overloaded")
+                }
                 // Counted by the limiter, by limit.
                 GatewayError::RateLimited { .. } => {}
                 other => metrics::frame_failed(Transport::Http, other.code().as_str()),
@@ -403,6 +408,8 @@ async fn metrics_text(State(gw): State<Arc<Gateway>>) -> Response {
             p.readiness() == Readiness::Ready,
         );
         metrics::scheduler_state(name, p.active_tenants());
+        let (expected, per_frame) = p.queue_wait();
+        metrics::queue_wait_state(name, expected, per_frame);
     }
     (
         [(

@@ -76,6 +76,44 @@ fn quiet_tenant_is_admitted_when_a_noisy_one_filled_the_queue() {
 }
 
 #[test]
+fn a_latency_budget_scales_capacity_and_headroom() {
+    let a = FairAdmission::new(16, 2, 4);
+    assert_eq!(a.bounds(None), (16, 4, false));
+    assert_eq!(a.bounds(Some(20)), (16, 4, false), "not binding");
+    assert_eq!(a.bounds(Some(10)), (8, 2, true));
+    assert_eq!(a.bounds(Some(1)), (1, 0, true), "one frame always fits");
+    assert_eq!(a.bounds(Some(0)), (1, 0, true));
+
+    let noisy = a.tenant("noisy", 1);
+    let quiet = a.tenant("quiet", 1);
+    let mut n = 0;
+    while a.try_admit_within(&noisy, Some(10)).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 8, "alone: the budget's capacity");
+    assert_eq!(
+        a.try_admit_within(&noisy, Some(10)),
+        Err(Refusal::OverBudget)
+    );
+    // Without the budget the same tenant could queue more: the refusal
+    // names the budget as the limit.
+    a.try_admit_within(&noisy, None).unwrap();
+    a.release(&noisy);
+    // A second tenant still gets in at once (the scaled headroom), and the
+    // budget's total is never passed, however many tenants ask.
+    a.try_admit_within(&quiet, Some(10)).unwrap();
+    assert_eq!(
+        a.try_admit_within(&noisy, Some(10)),
+        Err(Refusal::OverShare)
+    );
+    let others: Vec<_> = (0..8).map(|i| a.tenant(&format!("t{i}"), 1)).collect();
+    for t in &others {
+        while a.try_admit_within(t, Some(10)).is_ok() {}
+    }
+    assert_eq!(a.queued(), 10);
+}
+
+#[test]
 fn drr_serves_by_weight_and_keeps_turns_across_batches() {
     let mut s = FairScheduler::new();
     let t0 = Instant::now();

@@ -1,0 +1,222 @@
+//! The latency budget of one model's pipeline: a frame that cannot start
+//! within `pipeline.max_queue_wait_ms` is refused at once instead of queued.
+//!
+//! Sans-IO like [`super::fair`]: durations go in, frame counts come out.
+//!
+//! **The estimate.** A frame with `a` frames queued ahead of it is expected
+//! to wait `a · s / N` before a worker picks it up, where `N` is the number
+//! of inference workers and `s` the measured service time per frame: an
+//! exponentially weighted mean (weight ¼ for the newest) of `batch time /
+//! frames in the batch` over recent batches ([`ServiceTime`], recorded by
+//! the workers as each batch completes; decode, preprocess, inference and
+//! postprocess included). A batch already running when the frame arrives is
+//! not counted: it adds at most one batch's service time.
+//!
+//! **The rule.** With budget `B` the queue may hold `D = ⌊B · N / s⌋ + 1`
+//! frames ([`WaitBudget::frames`]; `B` below one batch time counts as one
+//! batch time, see the end): the last one has `D − 1` ahead and an
+//! expected wait of at most `B`. `D` replaces `pipeline.queue_capacity` in
+//! fair admission whenever it is smaller (see [`super::fair`], scaled so that
+//! capacity plus headroom never exceeds `D`), so tenants keep their weighted
+//! shares of a queue whose every frame is expected to start within `B`.
+//! A frame that already waited `w` in its session before reaching the
+//! pipeline (a stream's frames wait for the session's earlier ones) is held
+//! to `B − w`: the budget counts from the moment the gateway took the frame,
+//! so how many frames a session or a tenant keeps in flight does not move
+//! the bound. A frame that finds the queue empty is always admitted: it
+//! starts with the next free worker. Until the first batch has been timed,
+//! the queue holds one full batch per worker.
+//!
+//! **The bound.** An admitted frame starts within `B` of the gateway taking
+//! it, plus the rest of the batch running when it was queued (at most one
+//! batch), as long as the service time does not jump between two batches;
+//! it is answered one batch after that. (The one exception is the frame
+//! admitted to an empty queue after waiting out its budget in its session:
+//! that happens only when nothing else waits, and it starts within one
+//! batch of being queued.) A refused frame is answered at once: HTTP 429 with `Retry-After`, a
+//! stream's `Dropped{overloaded}`.
+//!
+//! Size `B` to at least one full batch's service time (`max_batch · s`).
+//! A shorter budget acts as one batch time (`max(B, max_batch · s)`): the
+//! queue then still takes a full batch per worker, so batches stay full, and
+//! admitted frames wait up to one batch time instead of `B`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Measured service time per frame (see the module docs). Lock-free; the
+/// workers record, the submit path reads.
+#[derive(Debug, Default)]
+pub struct ServiceTime {
+    /// Nanoseconds per frame; 0 until the first batch is recorded.
+    per_frame_ns: AtomicU64,
+}
+
+impl ServiceTime {
+    /// A batch of `frames` frames took `took` on a worker.
+    pub fn record(&self, frames: usize, took: Duration) {
+        if frames == 0 {
+            return;
+        }
+        let sample = (took.as_nanos() / frames as u128).clamp(1, u128::from(u64::MAX)) as u64;
+        let _ = self
+            .per_frame_ns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old / 4 * 3 + sample / 4
+                })
+            });
+    }
+
+    /// The current estimate, once a batch has been recorded.
+    pub fn per_frame(&self) -> Option<Duration> {
+        match self.per_frame_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+}
+
+/// `pipeline.max_queue_wait_ms` of one pipeline, with what turns it into
+/// frame counts.
+#[derive(Debug)]
+pub struct WaitBudget {
+    budget: Duration,
+    workers: usize,
+    max_batch: usize,
+    warned: AtomicBool,
+}
+
+impl WaitBudget {
+    /// A budget of `budget` (zero: off) for `workers` workers taking batches
+    /// of up to `max_batch` frames.
+    pub fn new(budget: Duration, workers: usize, max_batch: usize) -> Self {
+        Self {
+            budget,
+            workers: workers.max(1),
+            max_batch: max_batch.max(1),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// The budget; zero when admission by wait is off.
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// Whether admission by wait is off (`max_queue_wait_ms = 0`).
+    pub fn is_off(&self) -> bool {
+        self.budget.is_zero()
+    }
+
+    /// Expected wait of a frame with `ahead` frames queued before it, given
+    /// the service time per frame.
+    pub fn expected_wait(&self, ahead: usize, per_frame: Duration) -> Duration {
+        let ns = per_frame.as_nanos() * ahead as u128 / self.workers as u128;
+        Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// How many frames may be queued at once for a frame that already
+    /// waited `waited` to be expected to start within the budget: it is
+    /// admitted while fewer than this many are queued. `None` when the
+    /// budget is off. Never 0: a frame that finds the queue empty starts
+    /// with the next free worker, so it is admitted even when `waited`
+    /// used the budget up (refusing it would shorten nobody's wait).
+    pub fn frames(&self, waited: Duration, per_frame: Option<Duration>) -> Option<usize> {
+        if self.is_off() {
+            return None;
+        }
+        let Some(per_frame) = per_frame else {
+            // Nothing timed yet: one full batch per worker.
+            return Some(if waited < self.budget {
+                self.workers * self.max_batch
+            } else {
+                1
+            });
+        };
+        // A budget shorter than one full batch acts as one batch: the queue
+        // then still holds a full batch per worker and batches stay full
+        // (a shorter budget would shrink them, and throughput with them,
+        // just when load is highest).
+        let budget = self
+            .budget
+            .max(per_frame.saturating_mul(self.max_batch as u32));
+        let Some(remaining) = budget.checked_sub(waited).filter(|r| !r.is_zero()) else {
+            return Some(1);
+        };
+        let fit = remaining.as_nanos() * self.workers as u128 / per_frame.as_nanos().max(1);
+        Some((fit.min(usize::MAX as u128 / 2) as usize).saturating_add(1))
+    }
+
+    /// Logs once when a full batch takes longer than the budget (which
+    /// then acts as one batch time; see the module docs).
+    pub fn check_batch(&self, model: &str, per_frame: Option<Duration>) {
+        let Some(per_frame) = per_frame else { return };
+        let batch = per_frame.saturating_mul(self.max_batch as u32);
+        if !self.is_off() && batch > self.budget && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                model,
+                batch_ms = batch.as_millis() as u64,
+                budget_ms = self.budget.as_millis() as u64,
+                "a full batch takes longer than pipeline.max_queue_wait_ms: the budget acts as \
+                 one batch time so that batches stay full; raise it or lower max_batch"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn service_time_is_a_weighted_mean_per_frame() {
+        let s = ServiceTime::default();
+        assert_eq!(s.per_frame(), None);
+        s.record(0, 100 * MS);
+        assert_eq!(s.per_frame(), None, "an empty batch tells nothing");
+        s.record(8, 80 * MS);
+        assert_eq!(s.per_frame(), Some(10 * MS));
+        s.record(4, 80 * MS); // 20 ms per frame
+        assert_eq!(s.per_frame(), Some(Duration::from_micros(12_500)));
+        for _ in 0..40 {
+            s.record(2, 40 * MS);
+        }
+        let now = s.per_frame().unwrap();
+        assert!(now > 19 * MS && now <= 20 * MS, "{now:?}");
+    }
+
+    #[test]
+    fn the_budget_becomes_a_frame_count() {
+        // 2 workers, 10 ms per frame: 5 ms of queue per frame ahead.
+        let b = WaitBudget::new(250 * MS, 2, 8);
+        let s = Some(10 * MS);
+        assert_eq!(b.frames(Duration::ZERO, s), Some(51));
+        assert_eq!(b.expected_wait(50, 10 * MS), 250 * MS);
+        // Time already spent waiting in a session counts.
+        assert_eq!(b.frames(200 * MS, s), Some(11));
+        // Used up: only an empty queue takes it.
+        assert_eq!(b.frames(250 * MS, s), Some(1));
+        assert_eq!(b.frames(Duration::from_secs(9), s), Some(1));
+        // A budget shorter than a batch still queues one full batch per
+        // worker for a fresh frame, so batches stay full.
+        let slow = Some(Duration::from_secs(1));
+        assert_eq!(b.frames(Duration::ZERO, slow), Some(17));
+        assert_eq!(b.frames(4 * Duration::from_secs(1), slow), Some(9));
+        assert_eq!(b.frames(8 * Duration::from_secs(1), slow), Some(1));
+        // Before anything was timed: one batch per worker.
+        assert_eq!(b.frames(Duration::ZERO, None), Some(16));
+        assert_eq!(b.frames(300 * MS, None), Some(1));
+    }
+
+    #[test]
+    fn a_zero_budget_is_off() {
+        let b = WaitBudget::new(Duration::ZERO, 2, 8);
+        assert!(b.is_off());
+        assert_eq!(b.frames(Duration::from_secs(9), Some(MS)), None);
+    }
+}

@@ -63,6 +63,7 @@ async fn quic_echo_answers_every_frame_of_a_closed_loop() {
         drain: Duration::from_secs(5),
         connect_parallelism: 4,
         ignore_credits: false,
+        refusal_backoff: Duration::ZERO,
     };
     let frames = Arc::new(FrameSet::synthetic(64, 48, 80, 2).unwrap());
     let start = Instant::now() + Duration::from_millis(300);
@@ -107,6 +108,7 @@ async fn a_certificate_that_is_not_the_pinned_one_is_refused() {
         drain: Duration::from_secs(1),
         connect_parallelism: 1,
         ignore_credits: false,
+        refusal_backoff: Duration::ZERO,
     };
     let frames = Arc::new(FrameSet::synthetic(16, 16, 50, 1).unwrap());
     let start = Instant::now() + Duration::from_millis(100);

@@ -24,7 +24,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::frames::FrameSet;
 use crate::recorder::Recorder;
-use crate::transport::{OutFrame, SessionEvent, SharedTransport};
+use crate::transport::{AnswerKind, OutFrame, SessionEvent, SharedTransport};
 
 /// What load to apply.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,6 +61,11 @@ pub struct RunPlan {
     /// Open loop: send due frames even without credit (the server then
     /// answers them per its overload policy) — for overload tests.
     pub ignore_credits: bool,
+    /// Closed loop: after a refusal (a `Dropped` answer: overloaded,
+    /// queue-full, HTTP 429) a session waits this long before it sends
+    /// again, as a well-behaved client backs off; zero resends at once (a
+    /// retry storm, whose refusals then take CPU from the server).
+    pub refusal_backoff: Duration,
 }
 
 /// Runs the plan. `start` is when sending begins (sessions are opened
@@ -185,11 +190,29 @@ async fn session(
         _ => 0,
     };
     let mut sending = true;
+    // Closed loop: no sends before this instant (backing off a refusal).
+    let mut backoff_until: Option<tokio::time::Instant> = None;
+    let refill = |seq: &mut u64, in_flight: &mut HashMap<u64, Instant>, credits: usize| {
+        while in_flight.len() < closed_n.min(credits) {
+            *seq += 1;
+            if !send(*seq, in_flight) {
+                break;
+            }
+        }
+    };
     loop {
         if !sending && in_flight.is_empty() {
             break;
         }
         tokio::select! {
+            _ = async { tokio::time::sleep_until(backoff_until.expect("backing off")).await }, if sending && backoff_until.is_some() => {
+                backoff_until = None;
+                if Instant::now() >= end {
+                    sending = false;
+                } else {
+                    refill(&mut seq, &mut in_flight, credits);
+                }
+            }
             _ = async { ticker.as_mut().expect("open loop").tick().await }, if sending && ticker.is_some() => {
                 let now = Instant::now();
                 if now >= end {
@@ -208,6 +231,7 @@ async fn session(
             _ = tokio::time::sleep_until(drain_tok) => break,
             ev = h.events.recv() => match ev {
                 Some(SessionEvent::Answer { seq: s, kind, at }) => {
+                    let refused = matches!(kind, AnswerKind::Dropped(_));
                     match in_flight.remove(&s) {
                         Some(sent_at) => recorder.answer(sent_at, at, &kind),
                         None => recorder.unmatched(),
@@ -215,13 +239,12 @@ async fn session(
                     if closed_n > 0 && sending {
                         if Instant::now() >= end {
                             sending = false;
-                        } else {
-                            while in_flight.len() < closed_n.min(credits) {
-                                seq += 1;
-                                if !send(seq, &mut in_flight) {
-                                    break;
-                                }
-                            }
+                        } else if refused && !plan.refusal_backoff.is_zero() {
+                            backoff_until.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + plan.refusal_backoff
+                            });
+                        } else if backoff_until.is_none() {
+                            refill(&mut seq, &mut in_flight, credits);
                         }
                     }
                 }
@@ -311,6 +334,7 @@ mod tests {
             drain: Duration::from_secs(5),
             connect_parallelism: 4,
             ignore_credits: false,
+            refusal_backoff: Duration::ZERO,
         };
         let frames = Arc::new(FrameSet::synthetic(8, 8, 50, 2).unwrap());
         let start = Instant::now() + Duration::from_millis(20);

@@ -121,6 +121,11 @@ struct Args {
     /// server (it answers the excess with `Error{no-credit}` / HTTP 429).
     #[arg(long)]
     ignore_credits: bool,
+    /// Closed loop: milliseconds a session waits after a refusal
+    /// (overloaded, queue-full, HTTP 429) before sending again, as a
+    /// well-behaved client backs off; 0 resends at once.
+    #[arg(long, default_value_t = 100)]
+    refusal_backoff_ms: u64,
     /// Sessions opened in parallel.
     #[arg(long, default_value_t = 64)]
     connect_parallelism: usize,
@@ -284,6 +289,7 @@ async fn main() -> Result<()> {
         drain: Duration::from_secs_f64(args.drain.max(0.0)),
         connect_parallelism: args.connect_parallelism,
         ignore_credits: args.ignore_credits,
+        refusal_backoff: Duration::from_millis(args.refusal_backoff_ms),
     };
     let started_at = rfc3339(
         SystemTime::now()

@@ -25,6 +25,7 @@ async fn closed_loop(gw: &Gateway, key: &str, sessions: usize, pin: [u8; 32]) ->
         drain: Duration::from_secs(10),
         connect_parallelism: 4,
         ignore_credits: false,
+        refusal_backoff: Duration::ZERO,
     };
     let frames = Arc::new(FrameSet::synthetic(160, 120, 80, 3).unwrap());
     let start = Instant::now() + Duration::from_millis(300);

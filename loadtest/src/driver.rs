@@ -326,6 +326,14 @@ mod tests {
     }
 
     async fn run_mock(load: Load, sessions: usize) -> crate::recorder::Totals {
+        run_mock_backoff(load, sessions, Duration::ZERO).await
+    }
+
+    async fn run_mock_backoff(
+        load: Load,
+        sessions: usize,
+        refusal_backoff: Duration,
+    ) -> crate::recorder::Totals {
         let plan = RunPlan {
             sessions,
             load,
@@ -334,7 +342,7 @@ mod tests {
             drain: Duration::from_secs(5),
             connect_parallelism: 4,
             ignore_credits: false,
-            refusal_backoff: Duration::ZERO,
+            refusal_backoff,
         };
         let frames = Arc::new(FrameSet::synthetic(8, 8, 50, 2).unwrap());
         let start = Instant::now() + Duration::from_millis(20);
@@ -364,6 +372,23 @@ mod tests {
         assert_eq!(t.answered + dropped, t.sent);
         assert!(t.dropped["queue-full"] > 0);
         assert_eq!(t.lost, 0);
+    }
+
+    #[tokio::test]
+    async fn closed_loop_backs_off_after_a_refusal() {
+        // The mock refuses every 10th frame and answers at once: without a
+        // backoff a session resends as fast as the loop turns; with 100 ms
+        // it pauses after each refusal, so in 0.5 s it sends at most about
+        // (0.5 s / 100 ms + 1) × 10 frames.
+        let storm = run_mock(Load::Closed { in_flight: 3 }, 2).await;
+        let polite =
+            run_mock_backoff(Load::Closed { in_flight: 3 }, 2, Duration::from_millis(100)).await;
+        assert!(polite.sent > 0);
+        assert!(polite.sent <= 2 * 6 * 10 + 6, "sent {}", polite.sent);
+        assert!(storm.sent > 5 * polite.sent, "{} vs {}", storm.sent, polite.sent);
+        let dropped: u64 = polite.dropped.values().sum();
+        assert_eq!(polite.answered + dropped, polite.sent);
+        assert_eq!(polite.lost, 0);
     }
 
     #[tokio::test]

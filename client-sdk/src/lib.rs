@@ -39,7 +39,7 @@ mod error;
 mod image;
 mod link;
 mod session;
-mod tls;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -25,11 +25,20 @@ pub(crate) fn parse_pin(pin: &str) -> Result<[u8; 32], ClientError> {
 }
 
 /// Accepts exactly the certificate whose SHA-256 is the pin; signatures
-/// are still verified, so the peer must hold the certificate's key.
+/// are still verified, so the peer must hold the certificate's key. (Also
+/// used by the load harness, `framegate-load --quic-pin`.)
 #[derive(Debug)]
-struct PinnedCertificate {
+pub struct PinnedCertificate {
     pin: [u8; 32],
     provider: Arc<CryptoProvider>,
+}
+
+impl PinnedCertificate {
+    /// Pins the certificate whose SHA-256 is `pin`; `provider` verifies
+    /// the handshake signatures.
+    pub fn new(pin: [u8; 32], provider: Arc<CryptoProvider>) -> Self {
+        Self { pin, provider }
+    }
 }
 
 impl ServerCertVerifier for PinnedCertificate {

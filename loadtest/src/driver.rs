@@ -385,7 +385,12 @@ mod tests {
             run_mock_backoff(Load::Closed { in_flight: 3 }, 2, Duration::from_millis(100)).await;
         assert!(polite.sent > 0);
         assert!(polite.sent <= 2 * 6 * 10 + 6, "sent {}", polite.sent);
-        assert!(storm.sent > 5 * polite.sent, "{} vs {}", storm.sent, polite.sent);
+        assert!(
+            storm.sent > 5 * polite.sent,
+            "{} vs {}",
+            storm.sent,
+            polite.sent
+        );
         let dropped: u64 = polite.dropped.values().sum();
         assert_eq!(polite.answered + dropped, polite.sent);
         assert_eq!(polite.lost, 0);

@@ -81,8 +81,22 @@ fn backend_batch_of_eight_equals_eight_single_runs() {
     );
 }
 
+/// Starts a pipeline of the bundled model on ONNX Runtime (one thread per
+/// worker), waits until it is ready, and makes a runtime to await answers.
+fn start(config: &PipelineConfig) -> (std::sync::Arc<ModelPipeline>, tokio::runtime::Runtime) {
+    init_runtime(None).expect("ONNX Runtime (run scripts/install-onnxruntime.sh)");
+    let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), config, onnx_factory(1));
+    assert_eq!(
+        pipeline.wait_ready(Duration::from_secs(60)),
+        Readiness::Ready
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    (pipeline, rt)
+}
+
 fn run_pipeline(max_batch: usize) -> (Vec<FrameResult>, u32) {
-    init_runtime(None).expect("ONNX Runtime");
     let config = PipelineConfig {
         max_batch,
         workers: Some(1),
@@ -93,14 +107,7 @@ fn run_pipeline(max_batch: usize) -> (Vec<FrameResult>, u32) {
         max_queue_wait_ms: 0,
         ..PipelineConfig::default()
     };
-    let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));
-    assert_eq!(
-        pipeline.wait_ready(Duration::from_secs(60)),
-        Readiness::Ready
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let (pipeline, rt) = start(&config);
     let tenant = pipeline.tenant("test", 1);
     let receivers: Vec<_> = PHOTOS
         .iter()
@@ -148,21 +155,13 @@ fn pipeline_batch_of_eight_equals_eight_single_runs() {
 /// Runs the photos one at a time (each answered before the next is sent)
 /// through two workers; returns the answers and the frames run solo.
 fn run_one_at_a_time(solo_threads: usize) -> (Vec<FrameResult>, u64) {
-    init_runtime(None).expect("ONNX Runtime");
     let config = PipelineConfig {
         workers: Some(2),
         solo_threads: Some(solo_threads),
         ..PipelineConfig::default()
     };
-    let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));
-    assert_eq!(
-        pipeline.wait_ready(Duration::from_secs(60)),
-        Readiness::Ready
-    );
+    let (pipeline, rt) = start(&config);
     assert_eq!(pipeline.has_solo(), solo_threads > 1);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     let tenant = pipeline.tenant("test", 1);
     let results = rt.block_on(async {
         let mut out = Vec::new();
@@ -206,7 +205,6 @@ fn lone_frames_run_solo_with_the_same_answers() {
 
 #[test]
 fn a_backlog_runs_side_by_side_not_solo() {
-    init_runtime(None).expect("ONNX Runtime");
     let config = PipelineConfig {
         workers: Some(2),
         solo_threads: Some(2),
@@ -215,14 +213,7 @@ fn a_backlog_runs_side_by_side_not_solo() {
         max_queue_wait_ms: 0,
         ..PipelineConfig::default()
     };
-    let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, onnx_factory(1));
-    assert_eq!(
-        pipeline.wait_ready(Duration::from_secs(60)),
-        Readiness::Ready
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let (pipeline, rt) = start(&config);
     let tenant = pipeline.tenant("test", 1);
     // 16 frames at once: at most the first runs solo (it may meet idle
     // workers alone); every later one finds a backlog and a worker session.

@@ -26,15 +26,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
+use framegate_client::tls::PinnedCertificate;
 use framegate_protocol::framing::{FrameDecoder, LENGTH_PREFIX_BYTES};
 use framegate_protocol::{
     ClientMessage, DecodeLimits, Frame, Hello, ServerMessage, PROTOCOL_VERSION,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -71,67 +69,6 @@ pub fn pin_of_pem_file(path: &Path) -> Result<[u8; 32]> {
     Ok(Sha256::digest(cert.as_ref()).into())
 }
 
-/// Accepts exactly the certificate whose SHA-256 is the pin; signatures
-/// are still verified.
-#[derive(Debug)]
-struct PinnedCertificate {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if Sha256::digest(end_entity.as_ref()).as_slice() == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the server's certificate does not match the pinned SHA-256 fingerprint".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// The quinn client configuration: TLS 1.3 with the pinned certificate,
 /// ALPN `framegate/1`, keep-alives well inside the gateway's idle timeout
 /// (idle sessions stay open).
@@ -141,7 +78,7 @@ pub fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS set-up")?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCertificate { pin, provider }))
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificate::new(pin, provider)))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("TLS for QUIC")?;

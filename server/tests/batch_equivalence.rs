@@ -90,6 +90,10 @@ fn start(config: &PipelineConfig) -> (std::sync::Arc<ModelPipeline>, tokio::runt
         pipeline.wait_ready(Duration::from_secs(60)),
         Readiness::Ready
     );
+    // The warm-up timed a full batch: admission knows the service time
+    // before the first frame (a burst right after start is not refused on
+    // a guess).
+    assert!(pipeline.queue_wait().1 > Duration::ZERO);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -249,10 +249,10 @@ fn a_dead_endpoint_of_two_loses_no_request() {
 async fn dead_endpoint_of_two() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let (_dir, cfg) = config_file(&format!(
-        // The 12 requests arrive at once, before any batch is timed: the
-        // latency budget then admits one batch per worker (8 here) and
-        // refuses the rest (429) by design. This test is about failover
-        // losing nothing, so admission is by count only.
+        // The 12 requests arrive at once while the dead endpoint is being
+        // found out (a batch can then take seconds): with the latency budget
+        // on, some could be refused (429) by design. This test is about
+        // failover losing nothing, so admission is by count only.
         "[pipeline]\nworkers = 2\nmax_batch = 4\nmax_queue_wait_ms = 0\n\
          [backend]\nkind = \"triton\"\n\
          [backend.triton]\nendpoints = [\"{dead}\", \"{}\"]\nhealth_interval_ms = 200\nconnect_timeout_ms = 5000\n",

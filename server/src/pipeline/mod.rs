@@ -557,12 +557,18 @@ fn run_worker(ctx: WorkerContext) {
     *ctx.shared.backend_kind.lock().expect("lock") = Some(backend.kind());
     let mut input = vec![0f32; chw * ctx.max_batch];
     // Warm up at batch 1 and the largest batch so the first real frames do
-    // not pay for lazy allocation inside the runtime.
+    // not pay for lazy allocation inside the runtime. The largest batch's
+    // time is the first service-time estimate for admission, so a burst
+    // right after start is admitted by what a batch costs, not by a guess.
     for batch in [1, ctx.max_batch] {
+        let t0 = Instant::now();
         if let Err(e) = backend.infer(&input[..chw * batch], batch, &mut |_| Ok(())) {
             tracing::error!(model = %spec.name, error = %e, "warm-up failed");
             *ctx.shared.failure.lock().expect("lock") = Some(format!("warm-up failed: {e}"));
             return;
+        }
+        if batch == ctx.max_batch {
+            ctx.shared.service.record(batch, t0.elapsed());
         }
     }
     if let Some(threads) = ctx.solo_threads {

@@ -122,11 +122,14 @@ impl QuicTransport {
         endpoints: usize,
     ) -> Result<Self> {
         let config = client_config(pin)?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().expect("valid address")
-        } else {
-            "0.0.0.0:0".parse().expect("valid address")
+        // A loopback target (the default; others need --allow-remote) gets
+        // a loopback socket: nothing listens beyond this machine.
+        let ip = match addr.ip() {
+            ip if ip.is_loopback() => ip,
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
         };
+        let bind = SocketAddr::new(ip, 0);
         let endpoints = (0..endpoints.max(1))
             .map(|_| quinn::Endpoint::client(bind).context("cannot open a UDP socket"))
             .collect::<Result<Vec<_>>>()?;

@@ -369,8 +369,22 @@ impl ModelPipeline {
             reply: tx,
             deadline,
         };
-        match self.queue.push(item) {
-            Ok(()) => Ok(rx),
+        match self.queue.push_quiet(item) {
+            Ok(()) => {
+                // Wake the batcher only when it can dispatch: with every
+                // worker busy it would find nothing to do and park again,
+                // two context switches per frame for nothing (the largest
+                // item of a gateway-only profile). The worker that frees up
+                // wakes it. The fence pairs with the workers' SeqCst
+                // `fetch_add` on `idle_workers` (store-load ordering): either
+                // this load sees the freed worker, or that worker's wake-up
+                // comes after the push and the batcher finds the frame.
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if self.shared.idle_workers.load(Ordering::SeqCst) > 0 {
+                    self.queue.wake();
+                }
+                Ok(rx)
+            }
             Err(item) => {
                 self.admission.release(&item.tenant);
                 if self.queue.is_closed() {
@@ -574,7 +588,7 @@ fn run_worker(ctx: WorkerContext) {
     if let Some(threads) = ctx.solo_threads {
         make_solo(&ctx, backend.as_ref(), threads, &input[..chw]);
     }
-    ctx.shared.idle_workers.fetch_add(1, Ordering::AcqRel);
+    ctx.shared.idle_workers.fetch_add(1, Ordering::SeqCst);
     if ctx.shared.ready_workers.fetch_add(1, Ordering::AcqRel) + 1 == ctx.workers {
         ctx.shared.ready.store(true, Ordering::Release);
         tracing::info!(model = %spec.name, workers = ctx.workers, backend = backend.kind(), "model ready");
@@ -609,7 +623,8 @@ fn run_worker(ctx: WorkerContext) {
             );
         }
         let held = if solo { ctx.workers } else { 1 };
-        ctx.shared.idle_workers.fetch_add(held, Ordering::AcqRel);
+        // SeqCst: pairs with the fence in `submit_with_deadline`.
+        ctx.shared.idle_workers.fetch_add(held, Ordering::SeqCst);
         ctx.queue.wake();
     }
 }

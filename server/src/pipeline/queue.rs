@@ -3,8 +3,10 @@
 //!
 //! Producers never block: when the queue is full `push` hands the item back
 //! and the transport answers "overloaded" (HTTP 429 / `Dropped`) for that
-//! frame. The batcher thread parks when there is nothing to do; a push wakes
-//! it. Capacity is fixed at construction, so memory is bounded.
+//! frame. The batcher thread parks when there is nothing to do; the producer
+//! wakes it after a push when it can act on the frame (see
+//! [`IngressQueue::push_quiet`]). Capacity is fixed at construction, so
+//! memory is bounded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -35,14 +37,23 @@ impl<T> IngressQueue<T> {
         let _ = self.consumer.set(thread);
     }
 
-    /// Adds an item, or gives it back when the queue is full or closed.
+    /// Adds an item and wakes the consumer, or gives the item back when the
+    /// queue is full or closed.
     pub fn push(&self, item: T) -> Result<(), T> {
+        self.push_quiet(item)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Adds an item without waking the consumer: the caller wakes it (see
+    /// [`Self::wake`]) only when the consumer could act on the item now. A
+    /// consumer that cannot (every worker busy) is woken by whatever ends
+    /// that state, and finds the item then.
+    pub fn push_quiet(&self, item: T) -> Result<(), T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(item);
         }
-        self.items.push(item)?;
-        self.wake();
-        Ok(())
+        self.items.push(item)
     }
 
     /// Takes the oldest item.

@@ -229,7 +229,8 @@ fn jpeg(c: &mut Criterion) {
 }
 
 /// Shows: antialiased resize 768×576 → 416×416 fused with BGR swap,
-/// mean/std and NCHW layout — the other large non-inference cost.
+/// mean/std and NCHW layout — the other large non-inference cost — and
+/// what the SIMD path saves against the reference loops.
 fn preprocess(c: &mut Criterion) {
     let model = LoadedModel::bundled().unwrap();
     let frame = probe(None, 0, 0, dog(), &LIMITS).unwrap();
@@ -241,6 +242,10 @@ fn preprocess(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("resize_normalise_768x576_to_416", |b| {
         b.iter(|| pre.run(black_box(&img), &model.spec.input, &mut out))
+    });
+    // The reference loops (horizontal pass first, no SIMD): the "before".
+    g.bench_function("resize_normalise_768x576_to_416_reference", |b| {
+        b.iter(|| pre.run_reference(black_box(&img), &model.spec.input, &mut out))
     });
     let big = RgbImage {
         width: 1920,

@@ -291,7 +291,11 @@ pub struct PipelineConfig {
     /// batch time, so that batches stay full. 0 turns it off (only
     /// `queue_capacity` bounds the queue). Default 500.
     pub max_queue_wait_ms: u64,
-    /// Largest batch handed to a backend. Default 8.
+    /// Largest batch handed to a backend. Default 8 (GPU and Triton backends
+    /// gain from large batches). On a CPU-only ONNX Runtime gateway (workers
+    /// with one-thread sessions) 2 keeps the throughput and cuts the p99 at
+    /// saturation to about 0.65× (docs/benchmarks.md, "CPU batch size at
+    /// saturation").
     pub max_batch: usize,
     /// How long, in microseconds, a frame may wait for batch-mates while some
     /// inference worker is busy. When every worker is idle a batch leaves at

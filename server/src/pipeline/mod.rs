@@ -370,7 +370,7 @@ impl ModelPipeline {
             reply: tx,
             deadline,
         };
-        match self.queue.push_quiet(item) {
+        match self.queue.push(item) {
             Ok(()) => {
                 // Wake the batcher only when it can dispatch: with every
                 // worker busy it would find nothing to do and park again,

@@ -5,7 +5,7 @@
 //! and the transport answers "overloaded" (HTTP 429 / `Dropped`) for that
 //! frame. The batcher thread parks when there is nothing to do; the producer
 //! wakes it after a push when it can act on the frame (see
-//! [`IngressQueue::push_quiet`]). Capacity is fixed at construction, so
+//! [`IngressQueue::push`]). Capacity is fixed at construction, so
 //! memory is bounded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,19 +37,12 @@ impl<T> IngressQueue<T> {
         let _ = self.consumer.set(thread);
     }
 
-    /// Adds an item and wakes the consumer, or gives the item back when the
-    /// queue is full or closed.
+    /// Adds an item, or gives it back when the queue is full or closed. It
+    /// does not wake the consumer: the caller wakes it (see [`Self::wake`])
+    /// only when the consumer could act on the item now. A consumer that
+    /// cannot (every worker busy) is woken by whatever ends that state, and
+    /// finds the item then.
     pub fn push(&self, item: T) -> Result<(), T> {
-        self.push_quiet(item)?;
-        self.wake();
-        Ok(())
-    }
-
-    /// Adds an item without waking the consumer: the caller wakes it (see
-    /// [`Self::wake`]) only when the consumer could act on the item now. A
-    /// consumer that cannot (every worker busy) is woken by whatever ends
-    /// that state, and finds the item then.
-    pub fn push_quiet(&self, item: T) -> Result<(), T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(item);
         }

@@ -7,7 +7,7 @@
 //! ```text
 //! transport (http, ws, quic) → auth → ratelimit → session (credits, policy, deadline, resume)
 //!   → pipeline::decode::probe
-//!   → pipeline::queue (bounded, lock-free) → pipeline::batcher
+//!   → pipeline::queue (bounded, lock-free) → pipeline::batcher (run by the free worker)
 //!   → inference worker: pipeline::decode → pipeline::preprocess → backend → pipeline::postprocess
 //!   → answer on the same session / request → metering (accumulator → flusher → usage store)
 //!   → billing (meter reporter → Stripe)

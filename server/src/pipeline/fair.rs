@@ -22,7 +22,7 @@
 //! below its new share. Refused frames are answered at once: HTTP 429, a
 //! stream's `Dropped` (queue-full).
 //!
-//! **Scheduling** (on the batcher thread). Admitted frames wait in one FIFO
+//! **Scheduling** (by the worker forming a batch). Admitted frames wait in one FIFO
 //! per tenant. Batches are filled by deficit round robin with a cost of one
 //! per frame and a quantum of `w` frames per round: the tenant at the head of
 //! the round gets `w` more credit when its turn starts, gives frames while it
@@ -285,7 +285,7 @@ struct TenantFifo<T> {
 }
 
 /// Deficit round robin over per-tenant FIFOs (see the module docs). Driven
-/// by the batcher thread; holds no clock.
+/// by the worker forming a batch, under the former's lock; holds no clock.
 pub struct FairScheduler<T> {
     fifos: Vec<TenantFifo<T>>,
     free: Vec<usize>,

@@ -1,17 +1,22 @@
-//! The pipeline of one model: ingress queue → batcher → inference workers.
+//! The pipeline of one model: ingress queue → inference workers, each of
+//! which forms its own batches.
 //!
 //! Transports call [`ModelPipeline::submit`] with a frame whose header has
 //! been checked ([`decode::probe`]) and its tenant's [`fair::TenantShare`].
 //! The frame is admitted within its tenant's bound ([`fair::FairAdmission`])
 //! and the pipeline's latency budget ([`wait`]: a frame expected to wait
 //! longer than `pipeline.max_queue_wait_ms` is refused at once) and handed
-//! over through the bounded, lock-free [`queue::IngressQueue`];
-//! the batcher thread moves it into its tenant's FIFO, picks frames across
-//! tenants by deficit round robin ([`fair::FairScheduler`]) and times
-//! batches by the rule in [`batcher`]; each inference worker (its own OS thread, its own backend
-//! session) decodes, preprocesses into the batch tensor, runs the backend,
-//! postprocesses and answers every frame through its one-shot channel.
-//! Every frame gets exactly one answer: a result or an error.
+//! over through the bounded, lock-free [`queue::IngressQueue`]. A free
+//! inference worker (its own OS thread, its own backend session) takes the
+//! batch former's lock, moves what the ingress queue holds into the
+//! tenants' FIFOs, picks frames across tenants by deficit round robin
+//! ([`fair::FairScheduler`]) and times its batch by the rule in
+//! [`batcher`]; then, without the lock, it decodes, preprocesses into the
+//! batch tensor, runs the backend, postprocesses and answers every frame
+//! through its one-shot channel. A worker with nothing to run parks, and a
+//! transport wakes one when it queues a frame ([`idle`]). There is no
+//! batcher thread: a frame crosses two threads, the transport's and the
+//! worker's. Every frame gets exactly one answer: a result or an error.
 //!
 //! When the backend can be widened ([`Backend::solo`]) the pipeline also
 //! holds one *solo* session with every inference thread
@@ -23,7 +28,7 @@
 pub mod batcher;
 pub mod decode;
 pub mod fair;
-pub mod handoff;
+pub mod idle;
 pub mod postprocess;
 pub mod preprocess;
 pub mod queue;
@@ -84,7 +89,7 @@ pub struct WorkItem {
 pub type BackendFactory =
     Arc<dyn Fn(&LoadedModel) -> Result<Box<dyn Backend>, GatewayError> + Send + Sync>;
 
-/// A batch on its way from the batcher to a worker.
+/// A batch a worker took from the former.
 #[derive(Debug)]
 struct Batch {
     items: Vec<WorkItem>,
@@ -94,7 +99,15 @@ struct Batch {
 
 #[derive(Default)]
 struct Shared {
+    /// Workers free to take a batch (a solo batch holds all of them).
+    /// Changed down only under the `former` lock, by the worker that takes
+    /// a batch; up by a worker when its batch is done.
     idle_workers: AtomicUsize,
+    /// The frames handed over and not yet in a batch, in their tenants'
+    /// FIFOs. A free worker takes the lock to form its batch.
+    former: Mutex<FairScheduler<WorkItem>>,
+    /// Workers parked for want of work.
+    sleepers: idle::Sleepers,
     ready_workers: AtomicUsize,
     ready: AtomicBool,
     failure: Mutex<Option<String>>,
@@ -154,8 +167,8 @@ pub enum Readiness {
 }
 
 impl ModelPipeline {
-    /// Starts the batcher and `config.worker_count()` workers. Workers load
-    /// and warm up their backend in the background; see [`Self::readiness`].
+    /// Starts `config.worker_count()` workers. Workers load and warm up
+    /// their backend in the background; see [`Self::readiness`].
     pub fn start(
         model: LoadedModel,
         config: &PipelineConfig,
@@ -172,29 +185,19 @@ impl ModelPipeline {
         // so a push after admission never fails for want of room.
         let queue = Arc::new(IngressQueue::new(admission.hard_limit()));
         let shared = Arc::new(Shared::default());
-        let (batch_tx, batch_rx) = handoff::handoff::<Batch>();
         let policy = BatchPolicy {
             max_batch: config.max_batch,
             max_delay: config.max_delay(),
             solo: false,
         };
         let mut threads = Vec::new();
-        let batcher = {
-            let queue = queue.clone();
-            let admission = admission.clone();
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("batcher-{}", model.spec.name))
-                .spawn(move || run_batcher(&queue, &admission, &shared, policy, workers, batch_tx))
-                .expect("spawn batcher thread")
-        };
-        queue.set_consumer(batcher.thread().clone());
         for i in 0..workers {
             let ctx = WorkerContext {
                 model: model.clone(),
                 shared: shared.clone(),
                 queue: queue.clone(),
-                batches: batch_rx.clone(),
+                admission: admission.clone(),
+                policy,
                 factory: factory.clone(),
                 max_batch: config.max_batch,
                 workers,
@@ -211,7 +214,6 @@ impl ModelPipeline {
                 .expect("spawn inference thread");
             threads.push(handle);
         }
-        threads.push(batcher);
         Arc::new(Self {
             model,
             queue,
@@ -372,17 +374,17 @@ impl ModelPipeline {
         };
         match self.queue.push(item) {
             Ok(()) => {
-                // Wake the batcher only when it can dispatch: with every
-                // worker busy it would find nothing to do and park again,
-                // two context switches per frame for nothing (the largest
-                // item of a gateway-only profile). The worker that frees up
-                // wakes it. The fence pairs with the workers' SeqCst
-                // `fetch_add` on `idle_workers` (store-load ordering): either
-                // this load sees the freed worker, or that worker's wake-up
-                // comes after the push and the batcher finds the frame.
+                // Wake a parked worker only when one is free: with every
+                // worker busy it could not take the frame, and the worker
+                // that frees up drains the queue before it parks. The fence
+                // pairs with the workers' SeqCst `fetch_add` on
+                // `idle_workers` (store-load ordering): either this load sees
+                // the freed worker, or that worker looks at the queue after
+                // the push and finds the frame. Among free workers, the
+                // parked-list protocol in [`idle`] loses no wake-up.
                 std::sync::atomic::fence(Ordering::SeqCst);
                 if self.shared.idle_workers.load(Ordering::SeqCst) > 0 {
-                    self.queue.wake();
+                    self.shared.sleepers.wake_one_after_publish();
                 }
                 Ok(rx)
             }
@@ -444,6 +446,7 @@ impl ModelPipeline {
     /// threads.
     pub fn shutdown(&self) {
         self.queue.close();
+        self.shared.sleepers.wake_all();
         let threads = std::mem::take(&mut *self.threads.lock().expect("lock"));
         for t in threads {
             let _ = t.join();
@@ -454,100 +457,117 @@ impl ModelPipeline {
 impl Drop for ModelPipeline {
     fn drop(&mut self) {
         self.queue.close();
+        self.shared.sleepers.wake_all();
     }
 }
 
-/// Yields the batcher tries before parking when it could dispatch at once.
-/// Gateway-only A/B (synthetic backend, WebSocket, 2 cores, two rounds):
-/// 4 yields 28.3–28.4 µs of gateway CPU per frame, 32 yields 33.0–34.5,
-/// none 32.7–33.2 (every frame then parks and wakes the batcher).
+/// Yields a free worker tries before parking when the queue is empty.
+/// Under load the next frame follows within microseconds, and parking costs
+/// two context switches (a park and the producer's wake-up). Gateway-only
+/// A/B with the batcher thread (synthetic backend, WebSocket, 2 cores, two
+/// rounds): 4 yields 28.3–28.4 µs of gateway CPU per frame, 32 yields
+/// 33.0–34.5, none 32.7–33.2.
 const IDLE_YIELDS: usize = 4;
 
-fn run_batcher(
-    queue: &IngressQueue<WorkItem>,
-    admission: &FairAdmission,
-    shared: &Shared,
-    policy: BatchPolicy,
-    workers: usize,
-    batches: handoff::Sender<Batch>,
-) {
-    let mut pending: FairScheduler<WorkItem> = FairScheduler::new();
+/// Longest a free worker parks before it looks at the queue again. Nothing
+/// relies on it ([`idle`] loses no wake-up); it bounds the cost of a bug.
+const IDLE_PARK: Duration = Duration::from_millis(100);
+
+/// Forms the calling worker's next batch: moves what the ingress queue holds
+/// into the tenants' FIFOs (the scheduler must see every tenant waiting to
+/// be fair among them), decides by the batch policy, and parks while there
+/// is nothing to run. `None` once the queue is closed and every frame has
+/// been taken.
+fn next_batch(ctx: &WorkerContext) -> Option<Batch> {
+    let shared = &*ctx.shared;
+    let queue = &*ctx.queue;
     loop {
-        // Everything handed over goes to its tenant's FIFO: the scheduler
-        // must see every tenant waiting to be fair among them.
+        let mut pending = shared.former.lock().expect("former lock");
         while let Some(item) = queue.pop() {
             let (key, weight, at) = (item.tenant.key(), item.tenant.weight(), item.enqueued_at);
             pending.push(key, weight, at, item);
         }
         if queue.is_closed() && pending.is_empty() && queue.is_empty() {
-            break;
+            drop(pending);
+            // The others may be parked; they stop too.
+            shared.sleepers.wake_all();
+            return None;
         }
         let now = Instant::now();
         let idle = shared.idle_workers.load(Ordering::Acquire);
         let policy = BatchPolicy {
             solo: shared.solo_ready.load(Ordering::Acquire),
-            ..policy
+            ..ctx.policy
         };
-        let decision = policy.decide(now, pending.len(), pending.oldest(), idle, workers);
-        match decision {
-            Decision::Dispatch(_) | Decision::Solo => {
-                let (n, solo) = match decision {
-                    Decision::Dispatch(n) => (n, false),
-                    _ => (1, true),
-                };
-                // A solo batch holds every worker (only the batcher takes
-                // workers, so `idle == workers` here means all are free).
-                let held = if solo { workers } else { 1 };
-                shared.idle_workers.fetch_sub(held, Ordering::AcqRel);
-                let mut batch: Vec<WorkItem> = Vec::with_capacity(n);
-                pending.pop_batch(n, &mut batch);
-                // DRR hands out runs of one tenant's frames: release per run.
-                let mut run: Option<(&Arc<TenantShare>, usize)> = None;
-                for item in &batch {
-                    match &mut run {
-                        Some((t, n)) if Arc::ptr_eq(t, &item.tenant) => *n += 1,
-                        _ => {
-                            if let Some((t, n)) = run {
-                                admission.release_n(t, n);
-                            }
-                            run = Some((&item.tenant, 1));
-                        }
-                    }
-                }
-                if let Some((t, n)) = run {
-                    admission.release_n(t, n);
-                }
-                batches.send(Batch { items: batch, solo });
+        let decision = policy.decide(now, pending.len(), pending.oldest(), idle, ctx.workers);
+        let (n, solo) = match decision {
+            Decision::Dispatch(n) => (n, false),
+            Decision::Solo => (1, true),
+            Decision::WaitUntil(t) => {
+                drop(pending);
+                // Batch-mates may come; a producer wakes us for each.
+                shared
+                    .sleepers
+                    .wait(Some(t), || !queue.is_empty() || queue.is_closed());
+                continue;
             }
-            Decision::WaitUntil(t) => std::thread::park_timeout(t.saturating_duration_since(now)),
             Decision::Idle => {
-                // Under load the next frame follows within microseconds, and
-                // parking costs two context switches per frame (the largest
-                // item in a gateway-only profile). While a worker is free to
-                // take it, yield a few times before parking.
-                if idle > 0 && pending.is_empty() {
+                let nothing_pending = pending.is_empty();
+                drop(pending);
+                if idle > 0 && nothing_pending {
                     for _ in 0..IDLE_YIELDS {
                         if !queue.is_empty() || queue.is_closed() {
                             break;
                         }
                         std::thread::yield_now();
                     }
-                    if !queue.is_empty() {
-                        continue;
-                    }
                 }
-                std::thread::park_timeout(Duration::from_millis(100))
+                // With frames pending and no worker free (a solo batch holds
+                // them all), the worker that frees up forms the next batch.
+                shared.sleepers.wait(Some(now + IDLE_PARK), || {
+                    (nothing_pending && !queue.is_empty()) || queue.is_closed()
+                });
+                continue;
+            }
+        };
+        // A solo batch holds every worker (workers are taken only under
+        // this lock, so `idle == workers` here means all are free).
+        let held = if solo { ctx.workers } else { 1 };
+        let left_idle = shared.idle_workers.fetch_sub(held, Ordering::AcqRel) - held;
+        let mut items: Vec<WorkItem> = Vec::with_capacity(n);
+        pending.pop_batch(n, &mut items);
+        let more = !pending.is_empty();
+        drop(pending);
+        // DRR hands out runs of one tenant's frames: release per run.
+        let mut run: Option<(&Arc<TenantShare>, usize)> = None;
+        for item in &items {
+            match &mut run {
+                Some((t, n)) if Arc::ptr_eq(t, &item.tenant) => *n += 1,
+                _ => {
+                    if let Some((t, n)) = run {
+                        ctx.admission.release_n(t, n);
+                    }
+                    run = Some((&item.tenant, 1));
+                }
             }
         }
+        if let Some((t, n)) = run {
+            ctx.admission.release_n(t, n);
+        }
+        // Frames left for another free worker: wake one for them.
+        if left_idle > 0 && (more || !queue.is_empty()) {
+            shared.sleepers.wake_one();
+        }
+        return Some(Batch { items, solo });
     }
-    // Workers see the channel close and stop after their current batch.
 }
 
 struct WorkerContext {
     model: Arc<LoadedModel>,
     shared: Arc<Shared>,
     queue: Arc<IngressQueue<WorkItem>>,
-    batches: handoff::Receiver<Batch>,
+    admission: Arc<FairAdmission>,
+    policy: BatchPolicy,
     factory: BackendFactory,
     max_batch: usize,
     workers: usize,
@@ -595,11 +615,10 @@ fn run_worker(ctx: WorkerContext) {
         ctx.shared.ready.store(true, Ordering::Release);
         tracing::info!(model = %spec.name, workers = ctx.workers, backend = backend.kind(), "model ready");
     }
-    ctx.queue.wake();
 
     let mut rgb = RgbImage::default();
     let mut pre = Preprocessor::default();
-    while let Some(batch) = ctx.batches.recv() {
+    while let Some(batch) = next_batch(&ctx) {
         let solo = batch.solo;
         if solo {
             let mut guard = ctx.shared.solo.lock().expect("lock");
@@ -627,7 +646,6 @@ fn run_worker(ctx: WorkerContext) {
         let held = if solo { ctx.workers } else { 1 };
         // SeqCst: pairs with the fence in `submit_with_deadline`.
         ctx.shared.idle_workers.fetch_add(held, Ordering::SeqCst);
-        ctx.queue.wake();
     }
 }
 
@@ -778,6 +796,15 @@ fn process_batch(
         }
         run
     };
+    // Counted before any answer leaves: whoever has an answer sees its
+    // batch in the metrics.
+    crate::metrics::batch_ran(&spec.name, n, started.elapsed(), solo);
+    // A solo batch held every worker and ran faster than a worker's session
+    // would: it says nothing about the service time under load, which is
+    // what admission estimates waits from.
+    if !solo {
+        ctx.shared.service.record(n, started.elapsed());
+    }
     for (p, answer) in ready.into_iter().zip(answers) {
         let outcome = match (&run, answer) {
             (Err(e), _) => Err(e.clone()),
@@ -789,13 +816,6 @@ fn process_batch(
             (Ok(()), None) => Err(GatewayError::Internal("backend produced no output".into())),
         };
         let _ = p.item.reply.send(outcome);
-    }
-    crate::metrics::batch_ran(&spec.name, n, started.elapsed(), solo);
-    // A solo batch held every worker and ran faster than a worker's session
-    // would: it says nothing about the service time under load, which is
-    // what admission estimates waits from.
-    if !solo {
-        ctx.shared.service.record(n, started.elapsed());
     }
 }
 

@@ -1,24 +1,21 @@
-//! The ingress queue: a bounded, lock-free MPSC hand-off from transports to
-//! the batcher thread.
+//! The ingress queue: a bounded, lock-free MPMC hand-off from transports to
+//! the inference workers.
 //!
 //! Producers never block: when the queue is full `push` hands the item back
 //! and the transport answers "overloaded" (HTTP 429 / `Dropped`) for that
-//! frame. The batcher thread parks when there is nothing to do; the producer
-//! wakes it after a push when it can act on the frame (see
-//! [`IngressQueue::push`]). Capacity is fixed at construction, so
-//! memory is bounded.
+//! frame. A free worker drains the queue when it forms its next batch; one
+//! with nothing to do parks, and the producer wakes it after a push when it
+//! can act on the frame (see [`super::idle`]). Capacity is fixed at
+//! construction, so memory is bounded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-use std::thread::Thread;
 
 use crossbeam_queue::ArrayQueue;
 
-/// Bounded lock-free queue with a wake-up for its single consumer thread.
+/// Bounded lock-free queue that can be closed.
 #[derive(Debug)]
 pub struct IngressQueue<T> {
     items: ArrayQueue<T>,
-    consumer: OnceLock<Thread>,
     closed: AtomicBool,
 }
 
@@ -27,21 +24,14 @@ impl<T> IngressQueue<T> {
     pub fn new(capacity: usize) -> Self {
         Self {
             items: ArrayQueue::new(capacity.max(1)),
-            consumer: OnceLock::new(),
             closed: AtomicBool::new(false),
         }
     }
 
-    /// Registers the thread to wake on push (the batcher).
-    pub fn set_consumer(&self, thread: Thread) {
-        let _ = self.consumer.set(thread);
-    }
-
     /// Adds an item, or gives it back when the queue is full or closed. It
-    /// does not wake the consumer: the caller wakes it (see [`Self::wake`])
-    /// only when the consumer could act on the item now. A consumer that
-    /// cannot (every worker busy) is woken by whatever ends that state, and
-    /// finds the item then.
+    /// wakes nobody: the caller wakes a parked worker only when one could act
+    /// on the item now. A worker that finishes its batch looks here before
+    /// it parks, and finds the item then.
     pub fn push(&self, item: T) -> Result<(), T> {
         if self.closed.load(Ordering::Acquire) {
             return Err(item);
@@ -69,22 +59,15 @@ impl<T> IngressQueue<T> {
         self.items.capacity()
     }
 
-    /// Refuses further pushes and wakes the consumer so it can drain and stop.
+    /// Refuses further pushes; consumers drain what is left and stop (the
+    /// caller wakes them).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.wake();
     }
 
     /// Whether `close` was called.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
-    }
-
-    /// Wakes the consumer thread.
-    pub fn wake(&self) {
-        if let Some(t) = self.consumer.get() {
-            t.unpark();
-        }
     }
 }
 

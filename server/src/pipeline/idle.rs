@@ -47,9 +47,9 @@ impl Sleepers {
                 None => std::thread::park(),
             }
         }
-        // Woken by a producer: it took us off the list. Otherwise (work
-        // found, time up, spurious) leave it, so no producer spends its
-        // wake-up on a worker that is not asleep.
+        // Woken by a producer: it took us off the list already. Otherwise
+        // (work found, time up, spurious) take ourselves off, so no
+        // producer spends its wake-up on a worker that is not asleep.
         let mut parked = self.parked.lock().expect("sleepers lock");
         if let Some(i) = parked.iter().position(|t| t.id() == me.id()) {
             parked.swap_remove(i);

@@ -108,6 +108,12 @@ struct Shared {
     former: Mutex<FairScheduler<WorkItem>>,
     /// Workers parked for want of work.
     sleepers: idle::Sleepers,
+    /// Bumped under the `former` lock when a worker leaves frames in the
+    /// former for another free worker (and when the pipeline stops). A
+    /// worker about to park compares it with what it saw under the lock:
+    /// frames already moved out of the ingress queue are not in the queue
+    /// its wake-up condition looks at.
+    handed_on: std::sync::atomic::AtomicU64,
     ready_workers: AtomicUsize,
     ready: AtomicBool,
     failure: Mutex<Option<String>>,
@@ -482,17 +488,26 @@ fn next_batch(ctx: &WorkerContext) -> Option<Batch> {
     let shared = &*ctx.shared;
     let queue = &*ctx.queue;
     loop {
-        let mut pending = shared.former.lock().expect("former lock");
+        // Nothing under this lock panics; should something, the scheduler's
+        // state is still whole (a FIFO per tenant), so carry on with it.
+        let mut pending = shared
+            .former
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some(item) = queue.pop() {
             let (key, weight, at) = (item.tenant.key(), item.tenant.weight(), item.enqueued_at);
             pending.push(key, weight, at, item);
         }
-        if queue.is_closed() && pending.is_empty() && queue.is_empty() {
+        let closed = queue.is_closed();
+        if closed && pending.is_empty() && queue.is_empty() {
+            shared.handed_on.fetch_add(1, Ordering::SeqCst);
             drop(pending);
             // The others may be parked; they stop too.
             shared.sleepers.wake_all();
             return None;
         }
+        let seen = shared.handed_on.load(Ordering::SeqCst);
+        let handed_on = || shared.handed_on.load(Ordering::SeqCst) != seen;
         let now = Instant::now();
         let idle = shared.idle_workers.load(Ordering::Acquire);
         let policy = BatchPolicy {
@@ -503,12 +518,14 @@ fn next_batch(ctx: &WorkerContext) -> Option<Batch> {
         let (n, solo) = match decision {
             Decision::Dispatch(n) => (n, false),
             Decision::Solo => (1, true),
+            // Stopping: no batch-mates will come.
+            Decision::WaitUntil(_) if closed => (pending.len().min(ctx.policy.max_batch), false),
             Decision::WaitUntil(t) => {
                 drop(pending);
                 // Batch-mates may come; a producer wakes us for each.
-                shared
-                    .sleepers
-                    .wait(Some(t), || !queue.is_empty() || queue.is_closed());
+                shared.sleepers.wait(Some(t), || {
+                    !queue.is_empty() || queue.is_closed() || handed_on()
+                });
                 continue;
             }
             Decision::Idle => {
@@ -523,9 +540,11 @@ fn next_batch(ctx: &WorkerContext) -> Option<Batch> {
                     }
                 }
                 // With frames pending and no worker free (a solo batch holds
-                // them all), the worker that frees up forms the next batch.
+                // them all), the worker that frees up forms the next batch
+                // and, if it leaves frames behind, bumps `handed_on` and
+                // wakes one of us.
                 shared.sleepers.wait(Some(now + IDLE_PARK), || {
-                    (nothing_pending && !queue.is_empty()) || queue.is_closed()
+                    (nothing_pending && (!queue.is_empty() || queue.is_closed())) || handed_on()
                 });
                 continue;
             }
@@ -536,7 +555,14 @@ fn next_batch(ctx: &WorkerContext) -> Option<Batch> {
         let left_idle = shared.idle_workers.fetch_sub(held, Ordering::AcqRel) - held;
         let mut items: Vec<WorkItem> = Vec::with_capacity(n);
         pending.pop_batch(n, &mut items);
-        let more = !pending.is_empty();
+        // Frames left for another free worker: tell the ones on their way
+        // to park (under the lock, before the wake-up below takes the
+        // parked list: either a worker registered before that and is woken,
+        // or it looks at `handed_on` after this and does not park).
+        let wake = left_idle > 0 && (!pending.is_empty() || !queue.is_empty());
+        if wake {
+            shared.handed_on.fetch_add(1, Ordering::SeqCst);
+        }
         drop(pending);
         // DRR hands out runs of one tenant's frames: release per run.
         let mut run: Option<(&Arc<TenantShare>, usize)> = None;
@@ -554,8 +580,7 @@ fn next_batch(ctx: &WorkerContext) -> Option<Batch> {
         if let Some((t, n)) = run {
             ctx.admission.release_n(t, n);
         }
-        // Frames left for another free worker: wake one for them.
-        if left_idle > 0 && (more || !queue.is_empty()) {
+        if wake {
             shared.sleepers.wake_one();
         }
         return Some(Batch { items, solo });

@@ -645,28 +645,41 @@ fn run_worker(ctx: WorkerContext) {
     let mut pre = Preprocessor::default();
     while let Some(batch) = next_batch(&ctx) {
         let solo = batch.solo;
-        if solo {
-            let mut guard = ctx.shared.solo.lock().expect("lock");
-            let solo_backend = guard.as_mut().expect("solo batches only once it is ready");
-            process_batch(
-                &ctx,
-                solo_backend.as_mut(),
-                batch,
-                &mut input,
-                chw,
-                &mut rgb,
-                &mut pre,
-            );
-        } else {
-            process_batch(
-                &ctx,
-                backend.as_mut(),
-                batch,
-                &mut input,
-                chw,
-                &mut rgb,
-                &mut pre,
-            );
+        // A panic in a backend must not take the worker (and, for a solo
+        // batch, every worker's slot) with it: the batch's frames are
+        // answered `internal` (their one-shot senders drop), and the worker
+        // goes on with the next batch.
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if solo {
+                let mut guard = ctx
+                    .shared
+                    .solo
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let solo_backend = guard.as_mut().expect("solo batches only once it is ready");
+                process_batch(
+                    &ctx,
+                    solo_backend.as_mut(),
+                    batch,
+                    &mut input,
+                    chw,
+                    &mut rgb,
+                    &mut pre,
+                );
+            } else {
+                process_batch(
+                    &ctx,
+                    backend.as_mut(),
+                    batch,
+                    &mut input,
+                    chw,
+                    &mut rgb,
+                    &mut pre,
+                );
+            }
+        }));
+        if ran.is_err() {
+            tracing::error!(model = %spec.name, solo, "a batch panicked; its frames were answered with an internal error and the worker goes on");
         }
         let held = if solo { ctx.workers } else { 1 };
         // SeqCst: pairs with the fence in `submit_with_deadline`.
@@ -876,5 +889,96 @@ fn frame_result(
             total_us: 0,
         },
         batch_size: batch as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::spec::LoadedModel;
+    use crate::pipeline::decode::FrameLimits;
+    use crate::pipeline::postprocess::RawDetection;
+
+    /// Takes encoded frames; panics on the frames whose payload ends in
+    /// `PANIC`, answers the others with no boxes.
+    struct Panicky;
+
+    impl Backend for Panicky {
+        fn kind(&self) -> &'static str {
+            "panicky"
+        }
+        fn infer(
+            &mut self,
+            _: &[f32],
+            _: usize,
+            _: &mut dyn FnMut(&[crate::backend::TensorView<'_>]) -> Result<(), GatewayError>,
+        ) -> Result<(), GatewayError> {
+            Ok(())
+        }
+        fn input(&self) -> BackendInput {
+            BackendInput::Encoded { decode: false }
+        }
+        fn detect_encoded(
+            &mut self,
+            frames: &[EncodedFrame<'_>],
+            out: &mut Vec<Vec<RawDetection>>,
+        ) -> Result<(), GatewayError> {
+            for f in frames {
+                assert!(!f.payload.ends_with(b"PANIC"), "the test's panic");
+                out.push(Vec::new());
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_backend_panic_answers_its_batch_and_the_worker_goes_on() {
+        let config = PipelineConfig {
+            workers: Some(1),
+            max_batch: 1,
+            ..PipelineConfig::default()
+        };
+        let factory: BackendFactory = Arc::new(|_| Ok(Box::new(Panicky) as Box<dyn Backend>));
+        let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, factory);
+        assert_eq!(
+            pipeline.wait_ready(Duration::from_secs(30)),
+            Readiness::Ready
+        );
+        let tenant = pipeline.tenant("t", 1);
+        let limits = FrameLimits {
+            max_pixels: 40_000_000,
+            max_side: 16_384,
+        };
+        let dog = include_bytes!("../../tests/data/dog.jpg");
+        let frame = |suffix: &[u8]| {
+            let mut payload = dog.to_vec();
+            payload.extend_from_slice(suffix);
+            decode::probe(None, 0, 0, payload.into(), &limits).unwrap()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // A minute: far beyond any batch here; a dead worker never answers.
+        let answer =
+            |rx| rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), rx).await });
+        for round in 0..3 {
+            let bad = pipeline
+                .submit(&tenant, frame(b"PANIC"), Instant::now())
+                .unwrap();
+            assert!(
+                answer(bad).expect("answered").is_err(),
+                "round {round}: the panicked frame is answered (its sender dropped)"
+            );
+            let good = pipeline
+                .submit(&tenant, frame(b""), Instant::now())
+                .unwrap();
+            let result = answer(good)
+                .unwrap_or_else(|_| panic!("round {round}: no answer in a minute, the worker died"))
+                .expect("answered");
+            assert_eq!(result.unwrap().width, 768, "round {round}");
+        }
+        assert_eq!(pipeline.frames_inferred(), 6);
+        pipeline.shutdown();
     }
 }

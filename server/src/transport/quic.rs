@@ -350,50 +350,58 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
     let mut reader = StreamReader::new(recv, limits);
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let mut writer = tokio::spawn(write_outbound(conn.clone(), send, out_rx));
-    let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
-        Err(_) => return refuse(&out_tx, timeout()).await,
-        Ok(Err(ReadEnd::Closed)) => return,
-        Ok(Err(ReadEnd::Violation(e))) => return refuse(&out_tx, e).await,
-        Ok(Ok(ClientMessage::Hello(h))) => h,
-        Ok(Ok(other)) => {
-            return refuse(
-                &out_tx,
-                GatewayError::Protocol(format!("expected Hello first, got {}", other.kind())),
-            )
-            .await
-        }
-    };
-    let principal = match gw.authenticate(&hello.credential).await {
-        Ok(p) => p,
-        Err(e) => return refuse(&out_tx, e).await,
-    };
-    // A resume continues on the session's model, checked when it opened.
-    let model = hello
-        .resume_token
-        .is_empty()
-        .then_some(hello.model.as_str());
-    if let Err(e) = gw.authorize_stream(&principal, model) {
-        return refuse(&out_tx, e).await;
-    }
-    if hello.protocol_version != PROTOCOL_VERSION {
-        return refuse(
-            &out_tx,
-            GatewayError::Protocol(format!(
+    // Hello, authentication and the session, or the refusal to send (`None`:
+    // the client went away first).
+    let opened: Result<_, Option<GatewayError>> = async {
+        let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
+            Err(_) => return Err(Some(timeout())),
+            Ok(Err(ReadEnd::Closed)) => return Err(None),
+            Ok(Err(ReadEnd::Violation(e))) => return Err(Some(e)),
+            Ok(Ok(ClientMessage::Hello(h))) => h,
+            Ok(Ok(other)) => {
+                return Err(Some(GatewayError::Protocol(format!(
+                    "expected Hello first, got {}",
+                    other.kind()
+                ))))
+            }
+        };
+        let principal = gw.authenticate(&hello.credential).await.map_err(Some)?;
+        // A resume continues on the session's model, checked when it opened.
+        let model = hello
+            .resume_token
+            .is_empty()
+            .then_some(hello.model.as_str());
+        gw.authorize_stream(&principal, model).map_err(Some)?;
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Some(GatewayError::Protocol(format!(
                 "protocol version {} is not supported; this gateway speaks {PROTOCOL_VERSION}",
                 hello.protocol_version
-            )),
-        )
-        .await;
+            ))));
+        }
+        let use_datagrams =
+            hello.datagrams && datagrams.is_some_and(|c| c.max_datagram_size().is_some());
+        let session = gw
+            .sessions
+            .open(&gw, &principal, &hello, transport, out_tx.clone())
+            .await
+            .map_err(Some)?;
+        Ok((session, use_datagrams))
     }
-    let use_datagrams =
-        hello.datagrams && datagrams.is_some_and(|c| c.max_datagram_size().is_some());
-    let session = match gw
-        .sessions
-        .open(&gw, &principal, &hello, transport, out_tx.clone())
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => return refuse(&out_tx, e).await,
+    .await;
+    let (session, use_datagrams) = match opened {
+        Ok(opened) => opened,
+        Err(refusal) => {
+            if let Some(e) = refusal {
+                let _ = out_tx.send(Outbound::Close(e)).await;
+            }
+            drop(out_tx);
+            // Wait for the writer to send the refusal and linger: the caller
+            // drops the connection when this returns (WebTransport closes
+            // its session then), which would otherwise race the writer
+            // task and could close the connection before the Error left.
+            let _ = writer.await;
+            return;
+        }
     };
     drop(out_tx);
     let clean = tokio::select! {
@@ -405,10 +413,6 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
     } else {
         writer.abort();
     }
-}
-
-async fn refuse(out: &mpsc::Sender<Outbound>, e: GatewayError) {
-    let _ = out.send(Outbound::Close(e)).await;
 }
 
 /// Forwards client messages (stream and datagrams); true when the session
@@ -466,9 +470,14 @@ async fn read_datagram(conn: Option<&quinn::Connection>) -> Result<Bytes, quinn:
 }
 
 fn close_connection(conn: &quinn::Connection, e: &GatewayError) {
-    let mut reason = e.to_string();
-    reason.truncate(120);
-    conn.close(e.quic_error_code().into(), reason.as_bytes());
+    // At most 120 bytes, cut at a character boundary (the message may quote
+    // what the client sent).
+    let reason = e.to_string();
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    conn.close(e.quic_error_code().into(), &reason.as_bytes()[..end]);
 }
 
 async fn write_outbound<S: QuinnSend>(

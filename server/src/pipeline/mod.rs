@@ -205,7 +205,6 @@ impl ModelPipeline {
                 admission: admission.clone(),
                 policy,
                 factory: factory.clone(),
-                max_batch: config.max_batch,
                 workers,
                 // Worker 0 makes the solo session (one for the pipeline).
                 solo_threads: if i == 0 && workers > 1 {
@@ -594,7 +593,6 @@ struct WorkerContext {
     admission: Arc<FairAdmission>,
     policy: BatchPolicy,
     factory: BackendFactory,
-    max_batch: usize,
     workers: usize,
     /// Make the solo session with this many threads (worker 0 only).
     solo_threads: Option<usize>,
@@ -616,19 +614,20 @@ fn run_worker(ctx: WorkerContext) {
         }
     };
     *ctx.shared.backend_kind.lock().expect("lock") = Some(backend.kind());
-    let mut input = vec![0f32; chw * ctx.max_batch];
+    let max_batch = ctx.policy.max_batch;
+    let mut input = vec![0f32; chw * max_batch];
     // Warm up at batch 1 and the largest batch so the first real frames do
     // not pay for lazy allocation inside the runtime. The largest batch's
     // time is the first service-time estimate for admission, so a burst
     // right after start is admitted by what a batch costs, not by a guess.
-    for batch in [1, ctx.max_batch] {
+    for batch in [1, max_batch] {
         let t0 = Instant::now();
         if let Err(e) = backend.infer(&input[..chw * batch], batch, &mut |_| Ok(())) {
             tracing::error!(model = %spec.name, error = %e, "warm-up failed");
             *ctx.shared.failure.lock().expect("lock") = Some(format!("warm-up failed: {e}"));
             return;
         }
-        if batch == ctx.max_batch {
+        if batch == max_batch {
             ctx.shared.service.record(batch, t0.elapsed());
         }
     }
@@ -650,33 +649,21 @@ fn run_worker(ctx: WorkerContext) {
         // answered `internal` (their one-shot senders drop), and the worker
         // goes on with the next batch.
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if solo {
-                let mut guard = ctx
+            let mut solo_guard;
+            let runs_on: &mut dyn Backend = if solo {
+                solo_guard = ctx
                     .shared
                     .solo
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let solo_backend = guard.as_mut().expect("solo batches only once it is ready");
-                process_batch(
-                    &ctx,
-                    solo_backend.as_mut(),
-                    batch,
-                    &mut input,
-                    chw,
-                    &mut rgb,
-                    &mut pre,
-                );
+                solo_guard
+                    .as_mut()
+                    .expect("solo batches only once it is ready")
+                    .as_mut()
             } else {
-                process_batch(
-                    &ctx,
-                    backend.as_mut(),
-                    batch,
-                    &mut input,
-                    chw,
-                    &mut rgb,
-                    &mut pre,
-                );
-            }
+                backend.as_mut()
+            };
+            process_batch(&ctx, runs_on, batch, &mut input, chw, &mut rgb, &mut pre);
         }));
         if ran.is_err() {
             tracing::error!(model = %spec.name, solo, "a batch panicked; its frames were answered with an internal error and the worker goes on");

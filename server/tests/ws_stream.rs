@@ -4,7 +4,7 @@
 mod support;
 
 use framegate_protocol::{ClientMessage, ErrorCode, ServerMessage};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -178,6 +178,32 @@ async fn protocol_violations_get_an_error_and_the_server_keeps_serving() {
     let (mut ws, _) = open_session(&gw).await;
     send(&mut ws, &jpeg_frame(1, &data("dog.jpg"))).await;
     assert!(matches!(recv(&mut ws).await, Some(ServerMessage::Detections(d)) if d.seq == 1));
+}
+
+#[tokio::test]
+async fn pings_are_answered_with_their_payload_and_the_session_goes_on() {
+    let gw = Gateway::start(&["--backend", "synthetic"]).await;
+    let (mut ws, _) = open_session(&gw).await;
+    let jpeg = data("dog.jpg");
+    for seq in 1..=3u64 {
+        let payload = format!("ping {seq}");
+        ws.send(Message::Ping(payload.clone().into_bytes().into()))
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(std::time::Duration::from_secs(60), ws.next())
+            .await
+            .expect("a pong within a minute (a hang guard)");
+        let pong = match pong {
+            Some(Ok(Message::Pong(p))) => p,
+            other => panic!("expected a pong, got {other:?}"),
+        };
+        assert_eq!(&pong[..], payload.as_bytes());
+        send(&mut ws, &jpeg_frame(seq, &jpeg)).await;
+        match recv(&mut ws).await {
+            Some(ServerMessage::Detections(d)) => assert_eq!(d.seq, seq),
+            other => panic!("expected Detections {seq}, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ pub mod quic;
 pub mod tls;
 pub mod webtransport;
 pub mod ws;
+pub mod wsframe;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -12,13 +12,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::response::Response;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use framegate_protocol::{ClientMessage, DecodeLimits, ServerMessage, PROTOCOL_VERSION};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use crate::auth::Principal;
@@ -28,19 +30,24 @@ use crate::session::runner::OUTBOUND_CAPACITY;
 use crate::session::Outbound;
 
 use super::http::error_response;
+use super::wsframe::{WsError, WsMessage, WsReader, WsWriter};
 
 /// Room above the protocol limit that the WebSocket layer accepts, so an
 /// oversized message is answered with a protocol Error, not a bare close.
 const WS_SLACK_BYTES: usize = 64 << 10;
 
-/// Handles the upgrade. A key in `Authorization` is checked here (wrong key
-/// → 401, no upgrade); without one, `Hello.credential` must carry it.
-pub async fn upgrade(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let principal = match headers.get(header::AUTHORIZATION) {
+/// Pongs owed to the client, waiting for the writer.
+const PONG_BACKLOG: usize = 4;
+
+/// Handles the upgrade (RFC 6455 over HTTP/1.1). A key in `Authorization`
+/// is checked here (wrong key → 401, no upgrade); without one,
+/// `Hello.credential` must carry it.
+pub async fn upgrade(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let accept = match accept_key(req.method(), req.headers()) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let principal = match req.headers().get(header::AUTHORIZATION) {
         Some(v) => match gw.authenticate_header(v.to_str().ok()).await {
             Ok(p) => Some(p),
             Err(e) => {
@@ -50,35 +57,94 @@ pub async fn upgrade(
         },
         None => None,
     };
-    let limit = gw.config.limits.max_message_bytes + WS_SLACK_BYTES;
-    // tungstenite reserves its read buffer up front (128 KiB by default):
-    // 16 KiB keeps 10,000 idle sessions well under a gigabyte.
-    ws.read_buffer_size(16 << 10)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| async move {
-            let (sink, stream) = socket.split();
-            run_session(gw, sink, stream, principal).await;
-        })
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => run_connection(gw, upgraded, principal).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("static upgrade response")
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-type Stream = SplitStream<WebSocket>;
+/// Checks the upgrade request (RFC 6455 section 4.2.1) and returns the
+/// `Sec-WebSocket-Accept` value, or the refusal to send.
+fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+    let refuse = |status: StatusCode, why: &'static str| Err((status, why));
+    if method != Method::GET {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a WebSocket upgrade is a GET",
+        );
+    }
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has(header::CONNECTION, "upgrade") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        );
+    }
+    if !has(header::UPGRADE, "websocket") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Upgrade header did not include 'websocket'",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) => Ok(accept_for(key.as_bytes())),
+        None => refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header missing"),
+    }
+}
 
-async fn send_msg(sink: &mut Sink, msg: &ServerMessage) -> bool {
-    sink.send(Message::Binary(msg.encode())).await.is_ok()
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`: base64(SHA-1(key ++
+/// the RFC 6455 GUID)).
+fn accept_for(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+type Io = TokioIo<Upgraded>;
+type Sink = WsWriter<WriteHalf<Io>>;
+type Stream = WsReader<ReadHalf<Io>>;
+
+async fn run_connection(gw: Arc<Gateway>, upgraded: Upgraded, principal: Option<Principal>) {
+    let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+    let limit = gw.config.limits.max_message_bytes + WS_SLACK_BYTES;
+    run_session(
+        gw,
+        WsWriter::new(wr),
+        WsReader::new(rd, &[], limit),
+        principal,
+    )
+    .await;
 }
 
 async fn close_with(sink: &mut Sink, error: &GatewayError) {
-    let _ = send_msg(sink, &ServerMessage::Error(error.to_message(None))).await;
-    let mut reason = error.to_string();
-    reason.truncate(120); // close reasons are limited to 123 bytes
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: error.ws_close_code(),
-            reason: Utf8Bytes::from(reason),
-        })))
-        .await;
+    sink.queue_binary(&ServerMessage::Error(error.to_message(None)).encode());
+    sink.queue_close(error.ws_close_code(), &error.to_string());
+    let _ = sink.flush().await;
 }
 
 fn decode_limits(gw: &Gateway) -> DecodeLimits {
@@ -88,50 +154,43 @@ fn decode_limits(gw: &Gateway) -> DecodeLimits {
     }
 }
 
-/// Reads the next protocol message; `Ok(None)` when the client left.
+/// Reads the next protocol message; `Ok(None)` when the client left. Pings
+/// are handed to `pong` (the caller owes the client a pong).
 async fn next_message(
     stream: &mut Stream,
     limits: &DecodeLimits,
+    pong: &mut (dyn FnMut(Bytes) + Send),
 ) -> Result<Option<ClientMessage>, GatewayError> {
     loop {
-        let msg = match stream.next().await {
-            None | Some(Ok(Message::Close(_))) => return Ok(None),
-            Some(Err(e)) => {
-                let text = e.to_string();
-                return if text.contains("too long")
-                    || text.contains("Space limit")
-                    || text.contains("size")
-                {
-                    Err(GatewayError::PayloadTooLarge {
-                        size: limits.max_message_bytes + 1,
-                        limit: limits.max_message_bytes,
-                    })
-                } else {
-                    Ok(None)
-                };
+        let b = match stream.next().await {
+            Ok(None) | Ok(Some(WsMessage::Close(_))) | Err(WsError::Io(_)) => return Ok(None),
+            Err(WsError::TooLarge { size }) => {
+                return Err(GatewayError::PayloadTooLarge {
+                    size: usize::try_from(size).unwrap_or(usize::MAX),
+                    limit: limits.max_message_bytes,
+                })
             }
-            Some(Ok(m)) => m,
-        };
-        match msg {
-            Message::Binary(b) => {
-                if b.len() > limits.max_message_bytes {
-                    return Err(GatewayError::PayloadTooLarge {
-                        size: b.len(),
-                        limit: limits.max_message_bytes,
-                    });
-                }
-                return ClientMessage::decode(&b, limits)
-                    .map(Some)
-                    .map_err(|e| GatewayError::Protocol(format!("undecodable message: {e}")));
+            Err(e @ WsError::Protocol(_)) => return Err(GatewayError::Protocol(e.to_string())),
+            Ok(Some(WsMessage::Ping(p))) => {
+                pong(p);
+                continue;
             }
-            Message::Text(_) => {
+            Ok(Some(WsMessage::Text(_))) => {
                 return Err(GatewayError::Protocol(
                     "text messages are not part of the protocol; send binary FlatBuffers".into(),
                 ))
             }
-            Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => return Ok(None),
+            Ok(Some(WsMessage::Binary(b))) => b,
+        };
+        if b.len() > limits.max_message_bytes {
+            return Err(GatewayError::PayloadTooLarge {
+                size: b.len(),
+                limit: limits.max_message_bytes,
+            });
         }
+        return ClientMessage::decode(&b, limits)
+            .map(Some)
+            .map_err(|e| GatewayError::Protocol(format!("undecodable message: {e}")));
     }
 }
 
@@ -143,7 +202,13 @@ async fn run_session(
 ) {
     let limits = decode_limits(&gw);
     let handshake = Duration::from_secs(gw.config.http.handshake_timeout_secs);
-    let hello = match tokio::time::timeout(handshake, next_message(&mut stream, &limits)).await {
+    let mut early_pongs = Vec::new();
+    let hello = match tokio::time::timeout(
+        handshake,
+        next_message(&mut stream, &limits, &mut |p| early_pongs.push(p)),
+    )
+    .await
+    {
         Err(_) => {
             close_with(
                 &mut sink,
@@ -207,8 +272,12 @@ async fn run_session(
         close_with(&mut sink, &e).await;
         return;
     }
+    for p in early_pongs {
+        sink.queue_pong(&p);
+    }
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let mut writer = tokio::spawn(write_outbound(sink, out_rx));
+    let (pong_tx, pong_rx) = mpsc::channel(PONG_BACKLOG);
+    let mut writer = tokio::spawn(write_outbound(sink, out_rx, pong_rx));
     let conn = match gw
         .sessions
         .open(&gw, &principal, &hello, "ws", out_tx.clone())
@@ -226,7 +295,7 @@ async fn run_session(
     // Read until Bye, a violation, or the socket ends; the writer ends when
     // the session says so or the socket dies.
     let ended_cleanly = tokio::select! {
-        clean = read_messages(&conn, &mut stream, &limits) => clean,
+        clean = read_messages(&conn, &mut stream, &limits, pong_tx) => clean,
         _ = &mut writer => return,
     };
     if ended_cleanly {
@@ -244,9 +313,15 @@ async fn read_messages(
     conn: &crate::session::Connection,
     stream: &mut Stream,
     limits: &DecodeLimits,
+    pongs: mpsc::Sender<Bytes>,
 ) -> bool {
+    // A client that pings faster than the writer answers gets pongs for
+    // some of its pings (RFC 6455 allows answering only the latest).
+    let mut pong = |p| {
+        let _ = pongs.try_send(p);
+    };
     loop {
-        match next_message(stream, limits).await {
+        match next_message(stream, limits, &mut pong).await {
             Ok(Some(msg)) => {
                 let bye = matches!(msg, ClientMessage::Bye(_) | ClientMessage::Hello(_));
                 if !conn.deliver(msg, false).await {
@@ -265,49 +340,57 @@ async fn read_messages(
     }
 }
 
-async fn write_outbound(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>) {
-    'recv: while let Some(mut out) = rx.recv().await {
-        // Messages already waiting are buffered and go out with one flush
-        // (one write syscall), not one flush per answer.
-        while let Outbound::Message(m) = out {
-            if sink.feed(Message::Binary(m.encode())).await.is_err() {
-                return;
+async fn write_outbound(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut pongs: mpsc::Receiver<Bytes>,
+) {
+    loop {
+        let mut out = tokio::select! {
+            biased;
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+            Some(p) = pongs.recv() => {
+                sink.queue_pong(&p);
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Messages already waiting are queued and go out with one write,
+        // not one write per answer; a closing message ends the connection
+        // after them.
+        loop {
+            match out {
+                Outbound::Message(m) => sink.queue_binary(&m.encode()),
+                Outbound::Close(e) => {
+                    close_with(&mut sink, &e).await;
+                    return;
+                }
+                Outbound::Finish => {
+                    sink.queue_close(1000, "bye");
+                    let _ = sink.flush().await;
+                    return;
+                }
+                Outbound::GoneAway => {
+                    sink.queue_close(
+                        GatewayError::GoingAway.ws_close_code(),
+                        crate::error::GOING_AWAY_REASON,
+                    );
+                    let _ = sink.flush().await;
+                    return;
+                }
             }
             match rx.try_recv() {
                 Ok(next) => out = next,
-                Err(_) => {
-                    if sink.flush().await.is_err() {
-                        return;
-                    }
-                    continue 'recv;
-                }
+                Err(_) => break,
             }
         }
-        // The messages before a closing one are flushed with the close.
-        match out {
-            Outbound::Message(_) => unreachable!("handled above"),
-            Outbound::Close(e) => {
-                close_with(&mut sink, &e).await;
-                return;
-            }
-            Outbound::Finish => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 1000,
-                        reason: Utf8Bytes::from_static("bye"),
-                    })))
-                    .await;
-                return;
-            }
-            Outbound::GoneAway => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: GatewayError::GoingAway.ws_close_code(),
-                        reason: Utf8Bytes::from_static(crate::error::GOING_AWAY_REASON),
-                    })))
-                    .await;
-                return;
-            }
+        if sink.flush().await.is_err() {
+            return;
         }
     }
 }

@@ -1,0 +1,554 @@
+//! The server side of RFC 6455 framing for `/v1/stream`.
+//!
+//! Our own codec rather than tungstenite's, for the read path: tungstenite
+//! zero-fills its read buffer before every `read` and reads at most its
+//! buffer size per call (16 KiB here, to keep 10,000 idle sessions small),
+//! so a 50 KB frame cost four `recv` calls and 64 KB of `memset`. This
+//! reader reads into the spare capacity of one `BytesMut` (no zero-fill),
+//! sized to the frame being read plus some read-ahead, so a whole frame (and
+//! the start of the next) usually arrives in one `recv`, and the payload is
+//! unmasked in place and handed on without a copy.
+//!
+//! What it checks, as a server must: client frames are masked, RSV bits are
+//! clear (no extension is negotiated), opcodes are known, control frames are
+//! final and at most 125 bytes, continuation frames continue something, and
+//! a message (all of its fragments) stays under the size limit, checked from
+//! the frame headers before the payload is read. Text messages are returned
+//! as such (the protocol is binary; the caller refuses them) without UTF-8
+//! validation.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bytes read beyond the frame in hand, so the next frame's header (and
+/// usually its start) comes with the same `recv`.
+const READ_AHEAD: usize = 16 << 10;
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// A whole message from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsMessage {
+    /// A binary message (all its fragments, joined).
+    Binary(Bytes),
+    /// A text message (its bytes, not validated as UTF-8).
+    Text(Bytes),
+    /// A ping: the caller owes a pong with the same payload.
+    Ping(Bytes),
+    /// A close frame, with its status code when it had one.
+    Close(Option<u16>),
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum WsError {
+    /// A message larger than the reader's limit: `size` is what its frame
+    /// headers announced so far.
+    TooLarge {
+        /// Bytes announced.
+        size: u64,
+    },
+    /// The client broke RFC 6455.
+    Protocol(&'static str),
+    /// The connection failed or ended inside a frame.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for WsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WsError::TooLarge { size } => {
+                write!(f, "websocket message of {size} bytes is too large")
+            }
+            WsError::Protocol(what) => write!(f, "websocket protocol violation: {what}"),
+            WsError::Io(e) => write!(f, "websocket read failed: {e}"),
+        }
+    }
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    len: u64,
+    /// Bytes the header itself takes.
+    size: usize,
+}
+
+/// Parses a frame header from the start of `buf`; `Ok(None)` when more
+/// bytes are needed.
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    if b0 & 0x70 != 0 {
+        return Err(WsError::Protocol("reserved bits set without an extension"));
+    }
+    let opcode = b0 & 0x0F;
+    let (len, mut size) = match b1 & 0x7F {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let len = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
+            if len >> 63 != 0 {
+                return Err(WsError::Protocol("payload length with its top bit set"));
+            }
+            (len, 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    let mask = if b1 & 0x80 != 0 {
+        if buf.len() < size + 4 {
+            return Ok(None);
+        }
+        let m = [buf[size], buf[size + 1], buf[size + 2], buf[size + 3]];
+        size += 4;
+        Some(m)
+    } else {
+        None
+    };
+    Ok(Some(Header {
+        fin: b0 & 0x80 != 0,
+        opcode,
+        mask,
+        len,
+        size,
+    }))
+}
+
+/// XORs `data` with the 4-byte mask, starting at mask offset 0. Works on
+/// eight bytes at a time (the compiler vectorises the loop).
+pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
+    let m = u32::from_ne_bytes(mask);
+    let wide = u64::from(m) | (u64::from(m) << 32);
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes(c[..].try_into().expect("8 bytes")) ^ wide;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// Reads whole messages from a client.
+pub struct WsReader<R> {
+    io: R,
+    buf: BytesMut,
+    max_message: u64,
+    /// A fragmented data message being collected: its opcode and bytes.
+    partial: Option<(u8, BytesMut)>,
+}
+
+impl<R: AsyncRead + Unpin> WsReader<R> {
+    /// `prefix`: bytes already read past the upgrade request.
+    pub fn new(io: R, prefix: &[u8], max_message: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(prefix.len().max(4 << 10));
+        buf.extend_from_slice(prefix);
+        WsReader {
+            io,
+            buf,
+            max_message: max_message as u64,
+            partial: None,
+        }
+    }
+
+    /// The next message; `Ok(None)` when the client closed the connection
+    /// (a connection that ends inside a frame is an `Io` error).
+    pub async fn next(&mut self) -> Result<Option<WsMessage>, WsError> {
+        loop {
+            let want = match parse_header(&self.buf)? {
+                Some(h) => {
+                    self.check(&h)?;
+                    let total = h.size as u64 + h.len;
+                    if self.buf.len() as u64 >= total {
+                        if let Some(msg) = self.take_frame(h) {
+                            return Ok(Some(msg));
+                        }
+                        continue;
+                    }
+                    // `check` bounded the length by the message limit.
+                    (total - self.buf.len() as u64) as usize + READ_AHEAD
+                }
+                None => READ_AHEAD,
+            };
+            self.buf.reserve(want);
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) if self.buf.is_empty() && self.partial.is_none() => return Ok(None),
+                Ok(0) => {
+                    return Err(WsError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(WsError::Io(e)),
+            }
+        }
+    }
+
+    fn check(&self, h: &Header) -> Result<(), WsError> {
+        if h.mask.is_none() {
+            return Err(WsError::Protocol("client frames must be masked"));
+        }
+        match h.opcode {
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if !h.fin {
+                    return Err(WsError::Protocol("fragmented control frame"));
+                }
+                if h.len > 125 {
+                    return Err(WsError::Protocol("control frame longer than 125 bytes"));
+                }
+            }
+            OP_CONTINUATION => {
+                let Some((_, so_far)) = &self.partial else {
+                    return Err(WsError::Protocol(
+                        "continuation frame with nothing to continue",
+                    ));
+                };
+                let size = so_far.len() as u64 + h.len;
+                if size > self.max_message {
+                    return Err(WsError::TooLarge { size });
+                }
+            }
+            OP_TEXT | OP_BINARY => {
+                if self.partial.is_some() {
+                    return Err(WsError::Protocol(
+                        "new data message before the fragmented one ended",
+                    ));
+                }
+                if h.len > self.max_message {
+                    return Err(WsError::TooLarge { size: h.len });
+                }
+            }
+            _ => return Err(WsError::Protocol("unknown opcode")),
+        }
+        Ok(())
+    }
+
+    /// Takes the (whole, checked) frame off the buffer; a message when it
+    /// completes one.
+    fn take_frame(&mut self, h: Header) -> Option<WsMessage> {
+        self.buf.advance(h.size);
+        let mut payload = self.buf.split_to(h.len as usize);
+        apply_mask(&mut payload, h.mask.expect("checked: masked"));
+        let data = |op: u8, bytes: Bytes| match op {
+            OP_TEXT => WsMessage::Text(bytes),
+            _ => WsMessage::Binary(bytes),
+        };
+        match h.opcode {
+            OP_TEXT | OP_BINARY if h.fin => Some(data(h.opcode, payload.freeze())),
+            OP_TEXT | OP_BINARY => {
+                self.partial = Some((h.opcode, payload));
+                None
+            }
+            OP_CONTINUATION => {
+                let (op, so_far) = self.partial.as_mut().expect("checked: continuing");
+                so_far.extend_from_slice(&payload);
+                if !h.fin {
+                    return None;
+                }
+                let op = *op;
+                let (_, whole) = self.partial.take().expect("just used");
+                Some(data(op, whole.freeze()))
+            }
+            OP_PING => Some(WsMessage::Ping(payload.freeze())),
+            OP_CLOSE => Some(WsMessage::Close(
+                (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+            )),
+            _ => None, // a pong: nothing to do
+        }
+    }
+}
+
+/// Appends one final, unmasked server frame to `out`.
+fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Writes server frames: queued into one buffer, sent with one write.
+pub struct WsWriter<W> {
+    io: W,
+    out: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> WsWriter<W> {
+    /// A writer on the connection's write half.
+    pub fn new(io: W) -> Self {
+        WsWriter {
+            io,
+            out: Vec::new(),
+        }
+    }
+
+    /// A binary message.
+    pub fn queue_binary(&mut self, payload: &[u8]) {
+        push_frame(&mut self.out, OP_BINARY, payload);
+    }
+
+    /// A pong answering a ping's payload.
+    pub fn queue_pong(&mut self, payload: &[u8]) {
+        push_frame(&mut self.out, OP_PONG, payload);
+    }
+
+    /// A close frame; `reason` is cut to the 123 bytes a close frame has
+    /// room for, at a character boundary.
+    pub fn queue_close(&mut self, code: u16, reason: &str) {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut payload = Vec::with_capacity(2 + end);
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        push_frame(&mut self.out, OP_CLOSE, &payload);
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.io.flush().await
+    }
+
+    /// Ends the connection's write side (after a close frame).
+    pub async fn shutdown(&mut self) {
+        let _ = self.io.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// One client frame, masked with [`MASK`].
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_frame(&mut out, opcode, payload);
+        if !fin {
+            out[0] &= 0x7F;
+        }
+        out[1] |= 0x80;
+        let at = out.len() - payload.len();
+        let mut body = out.split_off(at);
+        out.extend_from_slice(&MASK);
+        apply_mask(&mut body, MASK);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads every message from `bytes`, delivered `chunk` bytes per read.
+    async fn read_all(bytes: Vec<u8>, chunk: usize, max: usize) -> Vec<Result<WsMessage, String>> {
+        let (mut client, server) = tokio::io::duplex(chunk);
+        let writer = tokio::spawn(async move {
+            for c in bytes.chunks(chunk) {
+                if client.write_all(c).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut reader = WsReader::new(server, &[], max);
+        let mut got = Vec::new();
+        loop {
+            match reader.next().await {
+                Ok(Some(m)) => got.push(Ok(m)),
+                Ok(None) => break,
+                Err(e) => {
+                    got.push(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+        writer.abort();
+        got
+    }
+
+    #[test]
+    fn masking_matches_the_byte_by_byte_definition() {
+        for len in [0usize, 1, 3, 7, 8, 9, 63, 64, 65, 1000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            let mut fast = data.clone();
+            apply_mask(&mut fast, MASK);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ MASK[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "length {len}");
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_of_every_length_encoding_arrive_whole_in_any_chunking() {
+        let sizes = [0usize, 1, 125, 126, 127, 65_535, 65_536, 200_000];
+        let mut stream = Vec::new();
+        let mut want = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..n).map(|j| (i + j * 13) as u8).collect();
+            stream.extend(client_frame(true, OP_BINARY, &payload));
+            want.push(Ok(WsMessage::Binary(Bytes::from(payload))));
+        }
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let got = read_all(stream.clone(), chunk, 1 << 20).await;
+            assert_eq!(got, want, "delivered {chunk} bytes per read");
+        }
+    }
+
+    #[tokio::test]
+    async fn fragments_are_joined_and_control_frames_may_come_between() {
+        let mut s = client_frame(false, OP_BINARY, b"hel");
+        s.extend(client_frame(true, OP_PING, b"are you there"));
+        s.extend(client_frame(false, OP_CONTINUATION, b"lo "));
+        s.extend(client_frame(true, OP_PONG, b""));
+        s.extend(client_frame(true, OP_CONTINUATION, b"world"));
+        s.extend(client_frame(true, OP_TEXT, b"text"));
+        s.extend(client_frame(true, OP_CLOSE, &1000u16.to_be_bytes()));
+        let got = read_all(s, 5, 1024).await;
+        assert_eq!(
+            got,
+            vec![
+                Ok(WsMessage::Ping(Bytes::from_static(b"are you there"))),
+                Ok(WsMessage::Binary(Bytes::from_static(b"hello world"))),
+                Ok(WsMessage::Text(Bytes::from_static(b"text"))),
+                Ok(WsMessage::Close(Some(1000))),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn rule_breaking_frames_are_refused() {
+        let unmasked = {
+            let mut out = Vec::new();
+            push_frame(&mut out, OP_BINARY, b"abc");
+            out
+        };
+        let mut rsv = client_frame(true, OP_BINARY, b"abc");
+        rsv[0] |= 0x40;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("must be masked", unmasked),
+            ("reserved bits", rsv),
+            ("unknown opcode", client_frame(true, 0x3, b"x")),
+            ("fragmented control", client_frame(false, OP_PING, b"x")),
+            ("longer than 125", client_frame(true, OP_PING, &[0u8; 126])),
+            (
+                "nothing to continue",
+                client_frame(true, OP_CONTINUATION, b"x"),
+            ),
+            ("before the fragmented one ended", {
+                let mut s = client_frame(false, OP_BINARY, b"a");
+                s.extend(client_frame(true, OP_BINARY, b"b"));
+                s
+            }),
+        ];
+        for (what, bytes) in cases {
+            let got = read_all(bytes, 64, 1024).await;
+            let last = got.last().expect("an outcome");
+            assert!(
+                matches!(last, Err(e) if e.contains(what)),
+                "{what}: got {got:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn too_large_is_known_from_the_headers_before_the_payload_is_read() {
+        // Only the header is sent: the reader must not wait for 10 MB.
+        let mut header = client_frame(true, OP_BINARY, &[0u8; 70_000]);
+        header.truncate(14);
+        let got = read_all(header, 64, 65_536).await;
+        assert_eq!(
+            got,
+            vec![Err("websocket message of 70000 bytes is too large".into())]
+        );
+        // Fragments count together.
+        let mut s = client_frame(false, OP_BINARY, &[1u8; 600]);
+        s.extend(client_frame(true, OP_CONTINUATION, &[2u8; 600]));
+        let got = read_all(s, 64, 1000).await;
+        assert_eq!(
+            got,
+            vec![Err("websocket message of 1200 bytes is too large".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_ending_inside_a_frame_is_an_error_and_between_frames_is_not() {
+        let whole = client_frame(true, OP_BINARY, b"abcdef");
+        let got = read_all(whole.clone(), 64, 1024).await;
+        assert_eq!(
+            got,
+            vec![Ok(WsMessage::Binary(Bytes::from_static(b"abcdef")))]
+        );
+        let mut cut = whole;
+        cut.truncate(cut.len() - 2);
+        let got = read_all(cut, 64, 1024).await;
+        assert!(
+            matches!(&got[..], [Err(e)] if e.contains("read failed")),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn server_frames_are_what_a_websocket_client_reads() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        use tokio_tungstenite::tungstenite::Message;
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let mut w = WsWriter::new(server);
+        let big: Vec<u8> = (0..70_000).map(|i| i as u8).collect();
+        w.queue_binary(b"small");
+        w.queue_binary(&big);
+        w.queue_pong(b"p");
+        w.queue_close(1008, &"é".repeat(100));
+        w.flush().await.unwrap();
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Binary("small".into())
+        );
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Binary(big.into())
+        );
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong("p".into()));
+        match ws.next().await.unwrap().unwrap() {
+            Message::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 1008);
+                assert_eq!(
+                    f.reason.len(),
+                    122,
+                    "cut at a character boundary under 123 bytes"
+                );
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}

@@ -21,7 +21,8 @@
 #   3. The FastAPI + uvicorn peer (bench/peers/fastapi_peer.py): saturation,
 #      then framegate and the peer at an open-loop rate of half the peer's
 #      capacity (p99), and the peer's no-op endpoint.
-#   4. Gateway only: framegate --backend synthetic vs ws-echo (bare
+#   4. Gateway only (GW_ROUNDS alternated rounds, median ratio): framegate
+#      --backend synthetic vs ws-echo (bare
 #      tokio-tungstenite) over WebSocket and vs quic-echo (bare quinn +
 #      rustls) over QUIC, each pair back to back with the same sessions,
 #      frames in flight and frames; framegate synthetic over HTTP.
@@ -221,31 +222,39 @@ load fg-half-ws --transport ws --mode open --sessions "$HALF_SESSIONS" --fps "$H
     --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
 stop_server
 
-# 4. Gateway only (~50 KB synthetic JPEGs). The four streaming points run
-# back to back (gateway WS, gateway QUIC, ws-echo, quic-echo) with the same
-# client settings.
+# 4. Gateway only (~50 KB synthetic JPEGs). The gateway and the bare echo
+# servers take turns, GW_ROUNDS rounds (default 3) of gateway WS + QUIC,
+# ws-echo, quic-echo with the same client settings: on two shared cores one
+# pair of points can differ by a third from the next, so each gateway/echo
+# ratio is judged by its median over the rounds (every round is reported).
 log "gateway only"
 GW_ONLY=(--mode closed --sessions 16 --in-flight 8 --synthetic 640x480 --synthetic-quality 65)
-start_framegate --backend synthetic
-FG_PIN="$(quic_pin_of "$OUT/framegate.log")"
-load syn-http --transport http --mode closed --sessions 32 --synthetic 640x480 --synthetic-quality 65 \
-    --target "http://127.0.0.1:$PORT_FG"
-load syn-http-multipart --transport http --http-multipart --mode closed --sessions 32 --synthetic 640x480 \
-    --synthetic-quality 65 --target "http://127.0.0.1:$PORT_FG"
-load syn-ws --transport ws "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_FG"
-load syn-quic --transport quic "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_FG" \
-    --quic-target "127.0.0.1:$PORT_QUIC" --quic-pin "$FG_PIN"
-stop_server
-"$BIN/ws-echo" "127.0.0.1:$PORT_ECHO" > "$OUT/ws-echo.log" 2>&1 &
-SERVER_PID=$!; PIDS+=("$SERVER_PID"); sleep 0.5
-load echo-ws --transport ws "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_ECHO" --label ws-echo
-stop_server
-"$BIN/quic-echo" "127.0.0.1:$PORT_ECHO_QUIC" > "$OUT/quic-echo.log" 2>&1 &
-SERVER_PID=$!; PIDS+=("$SERVER_PID")
-ECHO_PIN="$(quic_pin_of "$OUT/quic-echo.log")"
-load echo-quic --transport quic "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_ECHO_QUIC" \
-    --quic-target "127.0.0.1:$PORT_ECHO_QUIC" --quic-pin "$ECHO_PIN" --label quic-echo
-stop_server
+GW_ROUNDS="${GW_ROUNDS:-3}"
+for round in $(seq 1 "$GW_ROUNDS"); do
+    sfx=""; [[ "$round" -gt 1 ]] && sfx="-r$round"
+    start_framegate --backend synthetic
+    FG_PIN="$(quic_pin_of "$OUT/framegate.log")"
+    if [[ "$round" -eq 1 ]]; then
+        load syn-http --transport http --mode closed --sessions 32 --synthetic 640x480 --synthetic-quality 65 \
+            --target "http://127.0.0.1:$PORT_FG"
+        load syn-http-multipart --transport http --http-multipart --mode closed --sessions 32 --synthetic 640x480 \
+            --synthetic-quality 65 --target "http://127.0.0.1:$PORT_FG"
+    fi
+    load "syn-ws$sfx" --transport ws "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_FG"
+    load "syn-quic$sfx" --transport quic "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_FG" \
+        --quic-target "127.0.0.1:$PORT_QUIC" --quic-pin "$FG_PIN"
+    stop_server
+    "$BIN/ws-echo" "127.0.0.1:$PORT_ECHO" > "$OUT/ws-echo.log" 2>&1 &
+    SERVER_PID=$!; PIDS+=("$SERVER_PID"); sleep 0.5
+    load "echo-ws$sfx" --transport ws "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_ECHO" --label ws-echo
+    stop_server
+    "$BIN/quic-echo" "127.0.0.1:$PORT_ECHO_QUIC" > "$OUT/quic-echo.log" 2>&1 &
+    SERVER_PID=$!; PIDS+=("$SERVER_PID")
+    ECHO_PIN="$(quic_pin_of "$OUT/quic-echo.log")"
+    load "echo-quic$sfx" --transport quic "${GW_ONLY[@]}" --target "http://127.0.0.1:$PORT_ECHO_QUIC" \
+        --quic-target "127.0.0.1:$PORT_ECHO_QUIC" --quic-pin "$ECHO_PIN" --label quic-echo
+    stop_server
+done
 note_load end
 
 log "results in $OUT"

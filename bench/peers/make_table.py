@@ -22,6 +22,16 @@ def load(d, name):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
+def rounds(d, key):
+    """(gateway, echo) result pairs of the alternated gateway-only rounds."""
+    out = []
+    for sfx in [""] + [f"-r{i}" for i in range(2, 10)]:
+        g, e = load(d, f"syn-{key}{sfx}"), load(d, f"echo-{key}{sfx}")
+        if g and e and e["achieved_fps"] > 0:
+            out.append((g, e))
+    return out
+
+
 def kv(path):
     out = {}
     if os.path.exists(path):
@@ -158,9 +168,6 @@ def main():
     syn_ws = load(d, "syn-ws")
     syn_http = load(d, "syn-http")
     syn_mp = load(d, "syn-http-multipart")
-    echo = load(d, "echo-ws")
-    syn_quic = load(d, "syn-quic")
-    echo_quic = load(d, "echo-quic")
     idle = load(d, "idle-10k")
     over = load(d, "fg-overload-10x")
     f50 = load(d, "frames50k")
@@ -191,27 +198,34 @@ def main():
                 rows.append((f"p99 at half the peer's capacity ({ph['offered_fps']:.1f} fps offered), {name}",
                              f"{r['latency_ms']['p99']:.1f} ms", f"{ph['latency_ms']['p99']:.1f} ms",
                              ratio, "≤ 0.5", ratio <= 0.5))
-    if syn_ws and echo:
-        ratio = syn_ws["achieved_fps"] / echo["achieved_fps"]
-        rows.append(("gateway only over WebSocket vs bare tokio-tungstenite echo",
-                     f"{syn_ws['achieved_fps']:.0f} fps", f"{echo['achieved_fps']:.0f} fps", ratio, "≥ 0.8",
+    for key, peer, name in (("ws", "tokio-tungstenite", "WebSocket"), ("quic", "quinn", "QUIC")):
+        pairs = rounds(d, key)
+        if not pairs:
+            rows.append((f"gateway only over {name} vs bare {peer} echo", "not measured", "-", None, "≥ 0.8",
+                         None))
+            continue
+        # The median round by its ratio; every round's ratio is shown.
+        ordered = sorted(pairs, key=lambda p: p[0]["achieved_fps"] / p[1]["achieved_fps"])
+        g, e = ordered[(len(ordered) - 1) // 2]  # the lower middle when even
+        ratio = g["achieved_fps"] / e["achieved_fps"]
+        each = ", ".join(f"{a['achieved_fps'] / b['achieved_fps']:.2f}" for a, b in pairs)
+        label = (f"gateway only over {name} vs bare {peer} echo" +
+                 (f" (median of {len(pairs)} alternated rounds: {each})" if len(pairs) > 1 else ""))
+        rows.append((label, f"{g['achieved_fps']:.0f} fps", f"{e['achieved_fps']:.0f} fps", ratio, "≥ 0.8",
                      ratio >= 0.8))
-    if syn_quic and echo_quic and echo_quic["achieved_fps"] > 0:
-        ratio = syn_quic["achieved_fps"] / echo_quic["achieved_fps"]
-        rows.append(("gateway only over QUIC vs bare quinn echo",
-                     f"{syn_quic['achieved_fps']:.0f} fps", f"{echo_quic['achieved_fps']:.0f} fps", ratio, "≥ 0.8",
-                     ratio >= 0.8))
-    else:
-        rows.append(("gateway only over QUIC vs bare quinn echo", "not measured", "-", None, "≥ 0.8", None))
     if syn_mp and noop:
         ratio = syn_mp["achieved_fps"] / noop["achieved_fps"]
         rows.append(("gateway only (HTTP multipart) vs the peer's no-op endpoint",
                      f"{syn_mp['achieved_fps']:.0f} fps", f"{noop['achieved_fps']:.0f} fps", ratio, "≥ 10",
                      ratio >= 10))
-    if syn_ws and noop:
-        ratio = syn_ws["achieved_fps"] / noop["achieved_fps"]
-        rows.append(("gateway only (WebSocket) vs the peer's no-op endpoint",
-                     f"{syn_ws['achieved_fps']:.0f} fps", f"{noop['achieved_fps']:.0f} fps", ratio, "≥ 10",
+    ws_rounds = sorted(g["achieved_fps"] for g, _ in rounds(d, "ws"))
+    if ws_rounds and noop:
+        # The gateway's median WebSocket round.
+        fps = ws_rounds[(len(ws_rounds) - 1) // 2]
+        ratio = fps / noop["achieved_fps"]
+        rows.append(("gateway only (WebSocket) vs the peer's no-op endpoint" +
+                     (f" (median of {len(ws_rounds)} rounds)" if len(ws_rounds) > 1 else ""),
+                     f"{fps:.0f} fps", f"{noop['achieved_fps']:.0f} fps", ratio, "≥ 10",
                      ratio >= 10))
     if idle:
         rss = idle.get("max_rss_mib") or 0.0
@@ -257,11 +271,13 @@ def main():
             ("-" if ok is None else met(ok))
         w(f"| {name} | {fgv} | {ref} | {'-' if ratio is None else f'{ratio:.2f}'} | {need} | {verdict} |")
     w("")
-    streaming = [(k, n, load(d, k)) for k, n in (
-        ("syn-ws", "framegate synthetic, WebSocket"), ("echo-ws", "ws-echo"),
-        ("syn-quic", "framegate synthetic, QUIC"), ("echo-quic", "quic-echo"))]
+    streaming = [(k + sfx, n + (f" (round {sfx[2:]})" if sfx else ""), load(d, k + sfx))
+                 for sfx in [""] + [f"-r{i}" for i in range(2, 10)]
+                 for k, n in (("syn-ws", "framegate synthetic, WebSocket"), ("echo-ws", "ws-echo"),
+                              ("syn-quic", "framegate synthetic, QUIC"), ("echo-quic", "quic-echo"))]
     if any(r for _, _, r in streaming):
-        w("Gateway-only streaming points (closed loop, same client settings, back to back):")
+        w("Gateway-only streaming points (closed loop, same client settings; each round runs the gateway, "
+          "then ws-echo, then quic-echo):")
         w("")
         for key, name, r in streaming:
             if r:

@@ -1,14 +1,34 @@
 //! One-shot HTTP: each frame is a `POST` (raw body, or a multipart field
-//! named `image`) on a shared connection pool; a session is a caller with
-//! up to `in_flight` requests outstanding.
+//! named `image`); a session is a caller with up to `in_flight` requests
+//! outstanding, each on its own kept-alive HTTP/1.1 connection.
+//!
+//! A lean client on hyper's HTTP/1.1 connection API, not reqwest: the load
+//! client shares the machine's cores with the server it measures, so every
+//! microsecond it spends per request is taken from the server. It keeps
+//! connections per session (no shared pool lock), builds each image's
+//! multipart body once and reuses it (the same `Bytes`, no copy per
+//! request), and needs no task per request. A connection that fails is
+//! dropped and the next request opens a new one.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use bytes::Bytes;
 use framegate_protocol::StageTimings;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::{AnswerKind, BoxFuture, OutFrame, SessionEvent, SessionHandle, Transport};
+
+/// The multipart boundary (never inside a JPEG/PNG body we send: checked
+/// when the body is built).
+const BOUNDARY: &str = "framegate-load-boundary-7f3a9c2e51d84b06";
 
 /// HTTP transport.
 #[derive(Debug, Clone)]
@@ -21,28 +41,34 @@ pub struct HttpTransport {
     pub multipart: bool,
     /// Requests a session keeps outstanding at most.
     pub in_flight: u32,
-    /// The shared client (connection pool).
-    pub client: reqwest::Client,
-    /// `url`, parsed once: parsing it per request (IDNA included) was a
-    /// visible part of the client's profile.
-    parsed: reqwest::Url,
+    /// `host:port` to connect to.
+    authority: String,
+    /// Path and query of `url`.
+    path: String,
+    /// `Bearer <key>`.
+    bearer: HeaderValue,
 }
 
 impl HttpTransport {
-    /// A transport with its own connection pool.
+    /// A transport for `url` (`http://host:port/path?query`).
     pub fn new(url: String, key: String, multipart: bool, in_flight: u32) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(4096)
-            .tcp_nodelay(true)
-            .build()?;
-        let parsed = reqwest::Url::parse(&url)?;
+        let rest = url
+            .strip_prefix("http://")
+            .with_context(|| format!("only http:// URLs are supported, got {url:?}"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+            None => (rest.to_string(), "/".to_string()),
+        };
+        let bearer = HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the key is not a valid header value")?;
         Ok(Self {
-            parsed,
             url,
             key,
             multipart,
             in_flight: in_flight.max(1),
-            client,
+            authority,
+            path,
+            bearer,
         })
     }
 }
@@ -54,25 +80,9 @@ impl Transport for HttpTransport {
 
     fn open(&self, _id: usize) -> BoxFuture<'_, Result<SessionHandle>> {
         let credits = self.in_flight;
-        let (frames_tx, mut frames_rx) = mpsc::channel::<OutFrame>(credits as usize * 4 + 16);
+        let (frames_tx, frames_rx) = mpsc::channel::<OutFrame>(credits as usize * 4 + 16);
         let (events_tx, events_rx) = mpsc::channel::<SessionEvent>(credits as usize * 4 + 16);
-        let this = self.clone();
-        tokio::spawn(async move {
-            while let Some(f) = frames_rx.recv().await {
-                let this = this.clone();
-                let events_tx = events_tx.clone();
-                tokio::spawn(async move {
-                    let kind = this.post(&f).await;
-                    let _ = events_tx
-                        .send(SessionEvent::Answer {
-                            seq: f.seq,
-                            kind,
-                            at: Instant::now(),
-                        })
-                        .await;
-                });
-            }
-        });
+        tokio::spawn(self.clone().run(frames_rx, events_tx));
         Box::pin(async move {
             Ok(SessionHandle {
                 frames: frames_tx,
@@ -83,45 +93,154 @@ impl Transport for HttpTransport {
     }
 }
 
+type Conn = SendRequest<Full<Bytes>>;
+
+/// A request's outcome, and its connection when it can be used again.
+type Done = (u64, AnswerKind, Option<Conn>);
+
 impl HttpTransport {
-    async fn post(&self, f: &OutFrame) -> AnswerKind {
-        let req = self.client.post(self.parsed.clone()).bearer_auth(&self.key);
-        let req = if self.multipart {
-            let part = reqwest::multipart::Part::stream(f.image.bytes.clone())
-                .file_name(f.image.name.to_string())
-                .mime_str(f.image.media_type())
-                .expect("valid media type");
-            req.multipart(reqwest::multipart::Form::new().part("image", part))
-        } else {
-            req.header("content-type", f.image.media_type())
-                .body(f.image.bytes.clone())
+    /// One session: sends each frame on an idle connection (opening one
+    /// when none is idle) and reports each answer.
+    async fn run(self, mut frames: mpsc::Receiver<OutFrame>, events: mpsc::Sender<SessionEvent>) {
+        let mut idle: Vec<Conn> = Vec::new();
+        let mut bodies: HashMap<(usize, usize), (Bytes, HeaderValue)> = HashMap::new();
+        let mut pending = FuturesUnordered::new();
+        let mut open = true;
+        while open || !pending.is_empty() {
+            tokio::select! {
+                f = frames.recv(), if open => match f {
+                    Some(f) => {
+                        let (body, content_type) = bodies
+                            .entry((f.image.bytes.as_ptr() as usize, f.image.bytes.len()))
+                            .or_insert_with(|| self.body_of(&f))
+                            .clone();
+                        let conn = idle.pop();
+                        pending.push(self.post(conn, f.seq, body, content_type));
+                    }
+                    None => open = false,
+                },
+                Some((seq, kind, conn)) = pending.next(), if !pending.is_empty() => {
+                    if let Some(c) = conn {
+                        idle.push(c);
+                    }
+                    let at = Instant::now();
+                    if events.send(SessionEvent::Answer { seq, kind, at }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The request body and its content type for one image.
+    fn body_of(&self, f: &OutFrame) -> (Bytes, HeaderValue) {
+        let img = &f.image;
+        if !self.multipart {
+            return (
+                img.bytes.clone(),
+                HeaderValue::from_static(img.media_type()),
+            );
+        }
+        assert!(
+            !img.bytes
+                .windows(BOUNDARY.len())
+                .any(|w| w == BOUNDARY.as_bytes()),
+            "the multipart boundary occurs in image {}",
+            img.name
+        );
+        let head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{}\"\r\n\
+             Content-Type: {}\r\n\r\n",
+            img.name.replace(['"', '\r', '\n'], "_"),
+            img.media_type()
+        );
+        let tail = format!("\r\n--{BOUNDARY}--\r\n");
+        let mut body = Vec::with_capacity(head.len() + img.bytes.len() + tail.len());
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(&img.bytes);
+        body.extend_from_slice(tail.as_bytes());
+        let ct = HeaderValue::from_str(&format!("multipart/form-data; boundary={BOUNDARY}"))
+            .expect("a valid header value");
+        (Bytes::from(body), ct)
+    }
+
+    async fn connect(&self) -> Result<Conn, &'static str> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|_| "connect")?;
+        let _ = tcp.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|_| "connect")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(send)
+    }
+
+    async fn post(
+        &self,
+        conn: Option<Conn>,
+        seq: u64,
+        body: Bytes,
+        content_type: HeaderValue,
+    ) -> Done {
+        let (kind, conn) = self.exchange(conn, body, content_type).await;
+        (seq, kind, conn)
+    }
+
+    async fn exchange(
+        &self,
+        conn: Option<Conn>,
+        body: Bytes,
+        content_type: HeaderValue,
+    ) -> (AnswerKind, Option<Conn>) {
+        // A kept-alive connection the server has closed since (its idle
+        // timeout, `Connection: close`) is replaced by a new one.
+        let reused = match conn {
+            Some(mut c) if !c.is_closed() => c.ready().await.is_ok().then_some(c),
+            _ => None,
         };
-        let resp = match req.send().await {
+        let mut conn = match reused {
+            Some(c) => c,
+            None => match self.connect().await {
+                Ok(c) => c,
+                Err(e) => return (AnswerKind::Error(format!("request: {e}")), None),
+            },
+        };
+        if conn.ready().await.is_err() {
+            return (AnswerKind::Error("request: other".into()), None);
+        }
+        let mut req = hyper::Request::new(Full::new(body));
+        *req.method_mut() = hyper::Method::POST;
+        *req.uri_mut() = match self.path.parse() {
+            Ok(u) => u,
+            Err(_) => return (AnswerKind::Error("request: bad path".into()), Some(conn)),
+        };
+        let h = req.headers_mut();
+        h.insert(
+            HOST,
+            HeaderValue::from_str(&self.authority).expect("valid authority"),
+        );
+        h.insert(AUTHORIZATION, self.bearer.clone());
+        h.insert(CONTENT_TYPE, content_type);
+        let resp = match conn.send_request(req).await {
             Ok(r) => r,
-            Err(e) => return AnswerKind::Error(format!("request: {}", short(&e))),
+            Err(_) => return (AnswerKind::Error("request: other".into()), None),
         };
         let status = resp.status();
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => return AnswerKind::Error(format!("body: {}", short(&e))),
+        let body = match resp.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return (AnswerKind::Error("body: other".into()), None),
         };
-        if status.as_u16() == 429 {
-            return AnswerKind::Dropped("http-429".into());
-        }
-        if !status.is_success() {
-            return AnswerKind::Error(format!("http-{}", status.as_u16()));
-        }
-        parse_answer(&body)
-    }
-}
-
-fn short(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "other"
+        let kind = if status.as_u16() == 429 {
+            AnswerKind::Dropped("http-429".into())
+        } else if !status.is_success() {
+            AnswerKind::Error(format!("http-{}", status.as_u16()))
+        } else {
+            parse_answer(&body)
+        };
+        (kind, Some(conn))
     }
 }
 

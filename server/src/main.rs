@@ -72,6 +72,10 @@ struct ServeArgs {
     /// Inference workers [default: 2 on small machines].
     #[arg(long, env = "FRAMEGATE_WORKERS")]
     workers: Option<usize>,
+    /// Threads of the async runtime (network side) [default: half the
+    /// cores, at least 1].
+    #[arg(long, env = "FRAMEGATE_IO_THREADS")]
+    io_threads: Option<usize>,
     /// ONNX Runtime intra-op threads per worker [default: 1].
     #[arg(long, env = "FRAMEGATE_THREADS_PER_WORKER")]
     threads_per_worker: Option<usize>,
@@ -188,6 +192,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(w) = args.workers {
         config.pipeline.workers = Some(w);
     }
+    if let Some(n) = args.io_threads {
+        config.pipeline.io_threads = Some(n);
+    }
     if let Some(t) = args.threads_per_worker {
         config.pipeline.threads_per_worker = t;
     }
@@ -264,6 +271,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     config.validate()?;
     init_logging(&config);
+    tracing::info!(
+        io_threads = config.pipeline.io_thread_count(),
+        inference_workers = config.pipeline.worker_count(),
+        "threads"
+    );
 
     let factory = match config.backend.kind {
         BackendKind::Onnx => {
@@ -620,7 +632,17 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             keep_freed_memory();
+            // The runtime is built before `serve` reads the configuration
+            // for good (and reports its problems): only the thread count is
+            // taken from it here.
+            let io_threads = match args.io_threads {
+                Some(n) => n,
+                None => load_config(args.config.as_ref())
+                    .map(|c| c.pipeline.io_thread_count())
+                    .unwrap_or(1),
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(io_threads.max(1))
                 .enable_all()
                 .build()?;
             rt.block_on(serve(args))

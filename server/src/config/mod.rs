@@ -314,6 +314,14 @@ pub struct PipelineConfig {
     /// 0 or 1 (or not above `threads_per_worker`) turns it off. Default:
     /// `workers × threads_per_worker`, at most 8.
     pub solo_threads: Option<usize>,
+    /// Threads of the async runtime that runs the network side: sockets,
+    /// HTTP, WebSocket and QUIC sessions, metering (image work is on the
+    /// inference workers). Default: half the cores, at least 1, so the
+    /// network side and the inference workers do not take turns on the same
+    /// cores. On 2 cores, 1 thread answered 15–50 % more gateway-only
+    /// WebSocket frames than 2 with the same inference rate and latency
+    /// (docs/benchmarks.md, "Threads for the network side").
+    pub io_threads: Option<usize>,
 }
 
 impl Default for PipelineConfig {
@@ -328,6 +336,7 @@ impl Default for PipelineConfig {
             workers: None,
             threads_per_worker: 1,
             solo_threads: None,
+            io_threads: None,
         }
     }
 }
@@ -342,6 +351,14 @@ impl PipelineConfig {
             } else {
                 cores / 2
             }
+        })
+    }
+
+    /// Threads of the async runtime, after applying the default.
+    pub fn io_thread_count(&self) -> usize {
+        self.io_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (cores / 2).max(1)
         })
     }
 
@@ -722,6 +739,9 @@ impl Config {
         if p.workers == Some(0) {
             problems.push("pipeline.workers must be at least 1".into());
         }
+        if p.io_threads == Some(0) {
+            problems.push("pipeline.io_threads must be at least 1".into());
+        }
         if p.threads_per_worker == 0 {
             problems.push("pipeline.threads_per_worker must be at least 1".into());
         }
@@ -932,6 +952,18 @@ mod tests {
         assert!(err.to_string().contains("tenant_queue_floor"), "{err}");
         let config: Config = toml::from_str("[pipeline]\nqueue_capacity = 100\n").unwrap();
         assert_eq!(config.pipeline.headroom(), 25);
+    }
+
+    #[test]
+    fn io_threads_default_to_half_the_cores_and_zero_is_refused() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let config = Config::default();
+        assert_eq!(config.pipeline.io_thread_count(), (cores / 2).max(1));
+        let config: Config = toml::from_str("[pipeline]\nio_threads = 3\n").unwrap();
+        assert_eq!(config.pipeline.io_thread_count(), 3);
+        let config: Config = toml::from_str("[pipeline]\nio_threads = 0\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("io_threads"), "{err}");
     }
 
     #[test]

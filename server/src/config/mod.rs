@@ -318,7 +318,7 @@ pub struct PipelineConfig {
     /// HTTP, WebSocket and QUIC sessions, metering (image work is on the
     /// inference workers). Default: half the cores, at least 1, so the
     /// network side and the inference workers do not take turns on the same
-    /// cores. On 2 cores, 1 thread answered 15–50 % more gateway-only
+    /// cores. On 2 cores, 1 thread answered 11–58 % more gateway-only
     /// WebSocket frames than 2 with the same inference rate and latency
     /// (docs/benchmarks.md, "Threads for the network side").
     pub io_threads: Option<usize>,

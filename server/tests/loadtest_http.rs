@@ -6,34 +6,13 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use framegate_loadtest::driver::{self, Load, RunPlan};
-use framegate_loadtest::frames::FrameSet;
-use framegate_loadtest::recorder::{Recorder, Totals, STAGES};
+use framegate_loadtest::recorder::{Totals, STAGES};
 use framegate_loadtest::transport::http::HttpTransport;
 use support::{Gateway, KEY};
 
 async fn closed_loop(url: String, key: &str, multipart: bool, sessions: usize) -> Totals {
     let transport = HttpTransport::new(url, key.into(), multipart, 3).unwrap();
-    let plan = RunPlan {
-        sessions,
-        load: Load::Closed { in_flight: 3 },
-        duration: Duration::from_secs(1),
-        warmup: Duration::ZERO,
-        drain: Duration::from_secs(10),
-        connect_parallelism: 4,
-        ignore_credits: false,
-        refusal_backoff: Duration::ZERO,
-    };
-    let frames = Arc::new(FrameSet::synthetic(160, 120, 80, 3).unwrap());
-    let start = Instant::now() + Duration::from_millis(200);
-    let rec = Arc::new(Recorder::new(start));
-    let t0 = Instant::now();
-    driver::run(&plan, Arc::new(transport), frames, rec.clone(), start).await;
-    assert!(t0.elapsed() < Duration::from_secs(15), "bounded run");
-    rec.finish()
+    support::load::closed_loop(transport, sessions, 3).await
 }
 
 fn assert_all_answered(t: &Totals, what: &str) {

@@ -4,12 +4,7 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use framegate_loadtest::driver::{self, Load, RunPlan};
-use framegate_loadtest::frames::FrameSet;
-use framegate_loadtest::recorder::{Recorder, Totals, STAGES};
+use framegate_loadtest::recorder::{Totals, STAGES};
 use framegate_loadtest::transport::quic::{parse_pin, pin_of_pem_file, QuicTransport};
 use support::{Gateway, KEY};
 
@@ -17,23 +12,7 @@ async fn closed_loop(gw: &Gateway, key: &str, sessions: usize, pin: [u8; 32]) ->
     let (addr, _) = gw.quic.clone().expect("QUIC is on");
     let transport =
         QuicTransport::new(addr, "localhost".into(), key.into(), String::new(), pin, 2).unwrap();
-    let plan = RunPlan {
-        sessions,
-        load: Load::Closed { in_flight: 4 },
-        duration: Duration::from_secs(1),
-        warmup: Duration::ZERO,
-        drain: Duration::from_secs(10),
-        connect_parallelism: 4,
-        ignore_credits: false,
-        refusal_backoff: Duration::ZERO,
-    };
-    let frames = Arc::new(FrameSet::synthetic(160, 120, 80, 3).unwrap());
-    let start = Instant::now() + Duration::from_millis(300);
-    let rec = Arc::new(Recorder::new(start));
-    let t0 = Instant::now();
-    driver::run(&plan, Arc::new(transport), frames, rec.clone(), start).await;
-    assert!(t0.elapsed() < Duration::from_secs(15), "bounded run");
-    rec.finish()
+    support::load::closed_loop(transport, sessions, 4).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 
 pub mod fake_stripe;
 pub mod keys;
+pub mod load;
 pub mod redis;
 pub mod usage;
 

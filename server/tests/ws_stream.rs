@@ -158,6 +158,15 @@ async fn protocol_violations_get_an_error_and_the_server_keeps_serving() {
     let msg = expect_close(&mut ws, ErrorCode::PayloadTooLarge, 1009).await;
     assert!(msg.contains("1048576"), "{msg}");
 
+    // Far over the limit (beyond the 64 KiB the WebSocket layer reads past
+    // it): refused from the frame header; the gateway reads and discards
+    // the rest, so the client's send completes and it reads the refusal.
+    let (mut ws, _) = open_session(&gw).await;
+    let huge = vec![0xCD; 4_000_000];
+    send(&mut ws, &jpeg_frame(1, &huge)).await;
+    let msg = expect_close(&mut ws, ErrorCode::PayloadTooLarge, 1009).await;
+    assert!(msg.contains("1048576"), "{msg}");
+
     // Unsupported protocol version and unknown model.
     let mut ws = ws_connect(&gw, None).await;
     let mut h = hello(KEY);

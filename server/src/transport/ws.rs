@@ -294,27 +294,54 @@ async fn run_session(
     drop(out_tx);
     // Read until Bye, a violation, or the socket ends; the writer ends when
     // the session says so or the socket dies.
-    let ended_cleanly = tokio::select! {
-        clean = read_messages(&conn, &mut stream, &limits, pong_tx) => clean,
+    let ended = tokio::select! {
+        ended = read_messages(&conn, &mut stream, &limits, pong_tx) => ended,
         _ = &mut writer => return,
     };
-    if ended_cleanly {
-        let _ = writer.await;
-    } else {
-        // The socket is gone: drop the writer so the session detaches and
-        // waits for a resume.
-        writer.abort();
+    match ended {
+        ReadEnd::Bye => {
+            let _ = writer.await;
+        }
+        ReadEnd::Violation => {
+            // The session answers what it admitted, then the Error and the
+            // close; meanwhile the client may still be sending (the rest of
+            // an oversized message).
+            let _ = writer.await;
+            stream
+                .linger(LINGER_MAX_BYTES, Duration::from_secs(LINGER_MAX_SECS))
+                .await;
+        }
+        ReadEnd::Gone => {
+            // The socket is gone: drop the writer so the session detaches
+            // and waits for a resume.
+            writer.abort();
+        }
     }
 }
 
-/// Forwards client messages; true when the session was ended by the
-/// client (Bye) or by a violation, so answers are still written.
+/// How the reading side of a session ended.
+enum ReadEnd {
+    /// Bye (or a second Hello): answers are still written, then the close.
+    Bye,
+    /// The client broke a rule: the session closes with an Error.
+    Violation,
+    /// The connection ended without Bye: the session may be resumed.
+    Gone,
+}
+
+/// After refusing a client mid-stream, what the gateway still reads and
+/// discards (see [`WsReader::linger`]) at most: bytes and seconds.
+const LINGER_MAX_BYTES: usize = 64 << 20;
+const LINGER_MAX_SECS: u64 = 2;
+
+/// Forwards client messages until Bye, a violation or the end of the
+/// connection.
 async fn read_messages(
     conn: &crate::session::Connection,
     stream: &mut Stream,
     limits: &DecodeLimits,
     pongs: mpsc::Sender<Bytes>,
-) -> bool {
+) -> ReadEnd {
     // A client that pings faster than the writer answers gets pongs for
     // some of its pings (RFC 6455 allows answering only the latest).
     let mut pong = |p| {
@@ -324,17 +351,14 @@ async fn read_messages(
         match next_message(stream, limits, &mut pong).await {
             Ok(Some(msg)) => {
                 let bye = matches!(msg, ClientMessage::Bye(_) | ClientMessage::Hello(_));
-                if !conn.deliver(msg, false).await {
-                    return true;
-                }
-                if bye {
-                    return true;
+                if !conn.deliver(msg, false).await || bye {
+                    return ReadEnd::Bye;
                 }
             }
-            Ok(None) => return false,
+            Ok(None) => return ReadEnd::Gone,
             Err(e) => {
                 conn.fatal(e).await;
-                return true;
+                return ReadEnd::Violation;
             }
         }
     }

@@ -199,6 +199,30 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         }
     }
 
+    /// After the server refused the client and sent its close frame:
+    /// reads and discards what the client still sends until it closes,
+    /// `max_bytes` have gone or `max_time` has passed. A client still
+    /// writing (the rest of a refused oversized message) then gets to read
+    /// the refusal; closing with its bytes unread would reset the
+    /// connection and could lose the refusal on the way.
+    pub async fn linger(&mut self, max_bytes: usize, max_time: std::time::Duration) {
+        self.partial = None;
+        self.buf.clear();
+        let _ = tokio::time::timeout(max_time, async {
+            let mut left = max_bytes;
+            while left > 0 {
+                self.buf.clear();
+                self.buf.reserve(READ_AHEAD);
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+        self.buf = BytesMut::new();
+    }
+
     fn check(&self, h: &Header) -> Result<(), WsError> {
         if h.mask.is_none() {
             return Err(WsError::Protocol("client frames must be masked"));

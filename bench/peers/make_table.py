@@ -22,10 +22,15 @@ def load(d, name):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
+# Result-name suffixes of bench/compare.sh's gateway-only rounds: round 1
+# has none, round N "-rN".
+ROUND_SUFFIXES = [""] + [f"-r{i}" for i in range(2, 10)]
+
+
 def rounds(d, key):
     """(gateway, echo) result pairs of the alternated gateway-only rounds."""
     out = []
-    for sfx in [""] + [f"-r{i}" for i in range(2, 10)]:
+    for sfx in ROUND_SUFFIXES:
         g, e = load(d, f"syn-{key}{sfx}"), load(d, f"echo-{key}{sfx}")
         if g and e and e["achieved_fps"] > 0:
             out.append((g, e))
@@ -272,7 +277,7 @@ def main():
         w(f"| {name} | {fgv} | {ref} | {'-' if ratio is None else f'{ratio:.2f}'} | {need} | {verdict} |")
     w("")
     streaming = [(k + sfx, n + (f" (round {sfx[2:]})" if sfx else ""), load(d, k + sfx))
-                 for sfx in [""] + [f"-r{i}" for i in range(2, 10)]
+                 for sfx in ROUND_SUFFIXES
                  for k, n in (("syn-ws", "framegate synthetic, WebSocket"), ("echo-ws", "ws-echo"),
                               ("syn-quic", "framegate synthetic, QUIC"), ("echo-quic", "quic-echo"))]
     if any(r for _, _, r in streaming):

@@ -184,8 +184,9 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let mut config = load_config(args.config.as_ref())?;
+/// `config`: the file named by `--config` (or the defaults), before the
+/// command line's overrides.
+async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
     if let Some(a) = args.http_listen {
         config.http.listen = a;
     }
@@ -632,20 +633,16 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             keep_freed_memory();
-            // The runtime is built before `serve` reads the configuration
-            // for good (and reports its problems): only the thread count is
-            // taken from it here.
-            let io_threads = match args.io_threads {
-                Some(n) => n,
-                None => load_config(args.config.as_ref())
-                    .map(|c| c.pipeline.io_thread_count())
-                    .unwrap_or(1),
-            };
+            // Read before the runtime is built: it sizes the runtime.
+            let config = load_config(args.config.as_ref())?;
+            let io_threads = args
+                .io_threads
+                .unwrap_or_else(|| config.pipeline.io_thread_count());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(io_threads.max(1))
                 .enable_all()
                 .build()?;
-            rt.block_on(serve(args))
+            rt.block_on(serve(args, config))
         }
         Command::CheckConfig { config } => {
             let Some(path) = config else {

@@ -178,6 +178,7 @@ impl HttpTransport {
         Ok(send)
     }
 
+    /// Sends one frame's request and reads its answer.
     async fn post(
         &self,
         conn: Option<Conn>,

@@ -40,3 +40,13 @@ pub async fn serve_http(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// The longest start of `text` of at most `max` bytes that ends at a
+/// character boundary (close reasons are short and may quote client input).
+pub(crate) fn cut_at_char_boundary(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

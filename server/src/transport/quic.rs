@@ -473,11 +473,10 @@ fn close_connection(conn: &quinn::Connection, e: &GatewayError) {
     // At most 120 bytes, cut at a character boundary (the message may quote
     // what the client sent).
     let reason = e.to_string();
-    let mut end = reason.len().min(120);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    conn.close(e.quic_error_code().into(), &reason.as_bytes()[..end]);
+    conn.close(
+        e.quic_error_code().into(),
+        super::cut_at_char_boundary(&reason, 120).as_bytes(),
+    );
 }
 
 async fn write_outbound<S: QuinnSend>(

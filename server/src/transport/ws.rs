@@ -132,13 +132,7 @@ type Stream = WsReader<ReadHalf<Io>>;
 async fn run_connection(gw: Arc<Gateway>, upgraded: Upgraded, principal: Option<Principal>) {
     let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
     let limit = gw.config.limits.max_message_bytes + WS_SLACK_BYTES;
-    run_session(
-        gw,
-        WsWriter::new(wr),
-        WsReader::new(rd, &[], limit),
-        principal,
-    )
-    .await;
+    run_session(gw, WsWriter::new(wr), WsReader::new(rd, limit), principal).await;
 }
 
 async fn close_with(sink: &mut Sink, error: &GatewayError) {

@@ -156,13 +156,11 @@ pub struct WsReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
-    /// `prefix`: bytes already read past the upgrade request.
-    pub fn new(io: R, prefix: &[u8], max_message: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(prefix.len().max(4 << 10));
-        buf.extend_from_slice(prefix);
+    /// A reader of messages of at most `max_message` bytes.
+    pub fn new(io: R, max_message: usize) -> Self {
         WsReader {
             io,
-            buf,
+            buf: BytesMut::with_capacity(4 << 10),
             max_message: max_message as u64,
             partial: None,
         }
@@ -342,13 +340,10 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     /// A close frame; `reason` is cut to the 123 bytes a close frame has
     /// room for, at a character boundary.
     pub fn queue_close(&mut self, code: u16, reason: &str) {
-        let mut end = reason.len().min(123);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut payload = Vec::with_capacity(2 + end);
+        let reason = super::cut_at_char_boundary(reason, 123);
+        let mut payload = Vec::with_capacity(2 + reason.len());
         payload.extend_from_slice(&code.to_be_bytes());
-        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        payload.extend_from_slice(reason.as_bytes());
         push_frame(&mut self.out, OP_CLOSE, &payload);
     }
 
@@ -399,7 +394,7 @@ mod tests {
                 }
             }
         });
-        let mut reader = WsReader::new(server, &[], max);
+        let mut reader = WsReader::new(server, max);
         let mut got = Vec::new();
         loop {
             match reader.next().await {

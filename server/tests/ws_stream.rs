@@ -215,6 +215,65 @@ async fn pings_are_answered_with_their_payload_and_the_session_goes_on() {
     }
 }
 
+/// Sends a close frame with `code` and reads until the server's: the code
+/// it answered with (`None` for an empty close frame). Panics when the
+/// connection ends without one.
+async fn close_and_read_the_answer(ws: &mut Ws, code: Option<u16>) -> Option<u16> {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let frame = code.map(|c| CloseFrame {
+        code: c.into(),
+        reason: "".into(),
+    });
+    ws.close(frame).await.expect("send the close frame");
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), ws.next())
+            .await
+            .expect("an answer within a minute (a hang guard)");
+        match next {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(Message::Binary(_))) => continue,
+            other => panic!("the connection ended without answering the close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_clients_close_frame_is_answered_and_its_session_can_be_resumed() {
+    let gw = Gateway::start(&["--backend", "synthetic"]).await;
+    // Before Hello, with and without a status code.
+    let mut ws = ws_connect(&gw, None).await;
+    assert_eq!(
+        close_and_read_the_answer(&mut ws, Some(1000)).await,
+        Some(1000)
+    );
+    let mut ws = ws_connect(&gw, None).await;
+    assert_eq!(close_and_read_the_answer(&mut ws, None).await, None);
+
+    // Mid-session: the code is echoed, and a close without Bye leaves the
+    // session waiting for a resume, like a dropped connection.
+    let (mut ws, welcome) = open_session(&gw).await;
+    let jpeg = data("dog.jpg");
+    send(&mut ws, &jpeg_frame(1, &jpeg)).await;
+    assert!(matches!(recv(&mut ws).await, Some(ServerMessage::Detections(d)) if d.seq == 1));
+    assert_eq!(
+        close_and_read_the_answer(&mut ws, Some(4000)).await,
+        Some(4000)
+    );
+    let mut ws = ws_connect(&gw, None).await;
+    let hello = ClientMessage::Hello(framegate_protocol::Hello {
+        resume_token: welcome.resume_token,
+        last_received_seq: 1,
+        ..framegate_protocol::Hello::new(KEY)
+    });
+    send(&mut ws, &hello).await;
+    match recv(&mut ws).await {
+        Some(ServerMessage::Welcome(w)) => assert_eq!(w.session_id, welcome.session_id),
+        other => panic!("expected the session resumed, got {other:?}"),
+    }
+    send(&mut ws, &jpeg_frame(2, &jpeg)).await;
+    assert!(matches!(recv(&mut ws).await, Some(ServerMessage::Detections(d)) if d.seq == 2));
+}
+
 #[tokio::test]
 async fn frames_beyond_credits_are_refused_not_queued() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,8 +36,22 @@ use super::wsframe::{WsError, WsMessage, WsReader, WsWriter};
 /// oversized message is answered with a protocol Error, not a bare close.
 const WS_SLACK_BYTES: usize = 64 << 10;
 
-/// Pongs owed to the client, waiting for the writer.
-const PONG_BACKLOG: usize = 4;
+/// Control frames owed to the client (pongs, the close answer), waiting
+/// for the writer.
+const CONTROL_BACKLOG: usize = 4;
+
+/// How long the writer gets to answer a client's close frame.
+const CLOSE_ANSWER_SECS: u64 = 2;
+
+/// A control frame the reader owes the client; the writer sends it.
+#[derive(Debug)]
+enum Control {
+    /// Answer a ping with its payload.
+    Pong(Bytes),
+    /// The client sent a close frame (with this status code): answer it and
+    /// end the connection.
+    Close(Option<u16>),
+}
 
 /// Handles the upgrade (RFC 6455 over HTTP/1.1). A key in `Authorization`
 /// is checked here (wrong key → 401, no upgrade); without one,
@@ -149,15 +163,20 @@ fn decode_limits(gw: &Gateway) -> DecodeLimits {
 }
 
 /// Reads the next protocol message; `Ok(None)` when the client left. Pings
-/// are handed to `pong` (the caller owes the client a pong).
+/// and the client's close frame are handed to `control` (the caller owes the
+/// client a pong, or the answer to its close).
 async fn next_message(
     stream: &mut Stream,
     limits: &DecodeLimits,
-    pong: &mut (dyn FnMut(Bytes) + Send),
+    control: &mut (dyn FnMut(Control) + Send),
 ) -> Result<Option<ClientMessage>, GatewayError> {
     loop {
         let b = match stream.next().await {
-            Ok(None) | Ok(Some(WsMessage::Close(_))) | Err(WsError::Io(_)) => return Ok(None),
+            Ok(None) | Err(WsError::Io(_)) => return Ok(None),
+            Ok(Some(WsMessage::Close(code))) => {
+                control(Control::Close(code));
+                return Ok(None);
+            }
             Err(WsError::TooLarge { size }) => {
                 return Err(GatewayError::PayloadTooLarge {
                     size: usize::try_from(size).unwrap_or(usize::MAX),
@@ -166,7 +185,7 @@ async fn next_message(
             }
             Err(e @ WsError::Protocol(_)) => return Err(GatewayError::Protocol(e.to_string())),
             Ok(Some(WsMessage::Ping(p))) => {
-                pong(p);
+                control(Control::Pong(p));
                 continue;
             }
             Ok(Some(WsMessage::Text(_))) => {
@@ -196,10 +215,10 @@ async fn run_session(
 ) {
     let limits = decode_limits(&gw);
     let handshake = Duration::from_secs(gw.config.http.handshake_timeout_secs);
-    let mut early_pongs = Vec::new();
+    let mut early = Vec::new();
     let hello = match tokio::time::timeout(
         handshake,
-        next_message(&mut stream, &limits, &mut |p| early_pongs.push(p)),
+        next_message(&mut stream, &limits, &mut |c| early.push(c)),
     )
     .await
     {
@@ -211,7 +230,14 @@ async fn run_session(
             .await;
             return;
         }
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => {
+            if let Some(Control::Close(code)) = early.pop() {
+                sink.queue_close_answer(code);
+                let _ = sink.flush().await;
+                sink.shutdown().await;
+            }
+            return;
+        }
         Ok(Err(e)) => {
             close_with(&mut sink, &e).await;
             return;
@@ -266,12 +292,14 @@ async fn run_session(
         close_with(&mut sink, &e).await;
         return;
     }
-    for p in early_pongs {
-        sink.queue_pong(&p);
+    for c in early {
+        if let Control::Pong(p) = c {
+            sink.queue_pong(&p);
+        }
     }
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let (pong_tx, pong_rx) = mpsc::channel(PONG_BACKLOG);
-    let mut writer = tokio::spawn(write_outbound(sink, out_rx, pong_rx));
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_BACKLOG);
+    let mut writer = tokio::spawn(write_outbound(sink, out_rx, control_rx));
     let conn = match gw
         .sessions
         .open(&gw, &principal, &hello, "ws", out_tx.clone())
@@ -289,7 +317,7 @@ async fn run_session(
     // Read until Bye, a violation, or the socket ends; the writer ends when
     // the session says so or the socket dies.
     let ended = tokio::select! {
-        ended = read_messages(&conn, &mut stream, &limits, pong_tx) => ended,
+        ended = read_messages(&conn, &mut stream, &limits, control_tx) => ended,
         _ = &mut writer => return,
     };
     match ended {
@@ -305,6 +333,15 @@ async fn run_session(
                 .linger(LINGER_MAX_BYTES, Duration::from_secs(LINGER_MAX_SECS))
                 .await;
         }
+        ReadEnd::Closed => {
+            // The writer answers the close frame and ends the connection;
+            // the session detaches and waits for a resume, as below.
+            let answered =
+                tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), &mut writer).await;
+            if answered.is_err() {
+                writer.abort();
+            }
+        }
         ReadEnd::Gone => {
             // The socket is gone: drop the writer so the session detaches
             // and waits for a resume.
@@ -319,6 +356,9 @@ enum ReadEnd {
     Bye,
     /// The client broke a rule: the session closes with an Error.
     Violation,
+    /// The client sent a close frame without Bye: it gets the close
+    /// answered; the session may be resumed.
+    Closed,
     /// The connection ended without Bye: the session may be resumed.
     Gone,
 }
@@ -334,22 +374,36 @@ async fn read_messages(
     conn: &crate::session::Connection,
     stream: &mut Stream,
     limits: &DecodeLimits,
-    pongs: mpsc::Sender<Bytes>,
+    controls: mpsc::Sender<Control>,
 ) -> ReadEnd {
-    // A client that pings faster than the writer answers gets pongs for
-    // some of its pings (RFC 6455 allows answering only the latest).
-    let mut pong = |p| {
-        let _ = pongs.try_send(p);
-    };
     loop {
-        match next_message(stream, limits, &mut pong).await {
+        let mut closed = None;
+        // A client that pings faster than the writer answers gets pongs for
+        // some of its pings (RFC 6455 allows answering only the latest).
+        let mut control = |c| match c {
+            Control::Pong(p) => {
+                let _ = controls.try_send(Control::Pong(p));
+            }
+            Control::Close(code) => closed = Some(code),
+        };
+        match next_message(stream, limits, &mut control).await {
             Ok(Some(msg)) => {
                 let bye = matches!(msg, ClientMessage::Bye(_) | ClientMessage::Hello(_));
                 if !conn.deliver(msg, false).await || bye {
                     return ReadEnd::Bye;
                 }
             }
-            Ok(None) => return ReadEnd::Gone,
+            Ok(None) => {
+                let Some(code) = closed else {
+                    return ReadEnd::Gone;
+                };
+                // Sent even when pongs fill the backlog: the writer takes
+                // control frames first.
+                return match controls.send(Control::Close(code)).await {
+                    Ok(()) => ReadEnd::Closed,
+                    Err(_) => ReadEnd::Gone,
+                };
+            }
             Err(e) => {
                 conn.fatal(e).await;
                 return ReadEnd::Violation;
@@ -361,22 +415,32 @@ async fn read_messages(
 async fn write_outbound(
     mut sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
-    mut pongs: mpsc::Receiver<Bytes>,
+    mut controls: mpsc::Receiver<Control>,
 ) {
     loop {
         let mut out = tokio::select! {
             biased;
-            out = rx.recv() => match out {
-                Some(out) => out,
-                None => return,
-            },
-            Some(p) = pongs.recv() => {
-                sink.queue_pong(&p);
+            Some(c) = controls.recv() => {
+                match c {
+                    Control::Pong(p) => sink.queue_pong(&p),
+                    Control::Close(code) => {
+                        // Answers still queued are not sent: the client
+                        // has closed its side of the conversation.
+                        sink.queue_close_answer(code);
+                        let _ = sink.flush().await;
+                        sink.shutdown().await;
+                        return;
+                    }
+                }
                 if sink.flush().await.is_err() {
                     return;
                 }
                 continue;
             }
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
         };
         // Messages already waiting are queued and go out with one write,
         // not one write per answer; a closing message ends the connection

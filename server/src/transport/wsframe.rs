@@ -2,12 +2,12 @@
 //!
 //! Our own codec rather than tungstenite's, for the read path: tungstenite
 //! zero-fills its read buffer before every `read` and reads at most its
-//! buffer size per call (16 KiB here, to keep 10,000 idle sessions small),
-//! so a 50 KB frame cost four `recv` calls and 64 KB of `memset`. This
-//! reader reads into the spare capacity of one `BytesMut` (no zero-fill),
-//! sized to the frame being read plus some read-ahead, so a whole frame (and
-//! the start of the next) usually arrives in one `recv`, and the payload is
-//! unmasked in place and handed on without a copy.
+//! buffer size per call (we had set 16 KiB, to keep 10,000 idle sessions
+//! small), so a 50 KB frame cost four `recv` calls and 64 KB of `memset`.
+//! This reader reads into the spare capacity of one `BytesMut` (no
+//! zero-fill), sized to the frame being read plus a little read-ahead, so a
+//! whole frame (and the start of the next) usually arrives in one `recv`,
+//! and the payload is unmasked in place and handed on without a copy.
 //!
 //! What it checks, as a server must: client frames are masked, RSV bits are
 //! clear (no extension is negotiated), opcodes are known, control frames are
@@ -21,8 +21,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes read beyond the frame in hand, so the next frame's header (and
-/// usually its start) comes with the same `recv`.
-const READ_AHEAD: usize = 16 << 10;
+/// usually its start) comes with the same `recv`; also the size of a read
+/// when no frame is in hand. Small, because what is read beyond a frame is
+/// copied into the next frame's buffer, and because an idle session waits
+/// with a buffer of this size (10,000 idle sessions hold 40 MB of them).
+const READ_AHEAD: usize = 4 << 10;
+
+/// Size of one read while discarding what a refused client still sends.
+const DISCARD_READ: usize = 64 << 10;
 
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -160,7 +166,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
     pub fn new(io: R, max_message: usize) -> Self {
         WsReader {
             io,
-            buf: BytesMut::with_capacity(4 << 10),
+            buf: BytesMut::new(),
             max_message: max_message as u64,
             partial: None,
         }
@@ -183,7 +189,16 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                     // `check` bounded the length by the message limit.
                     (total - self.buf.len() as u64) as usize + READ_AHEAD
                 }
-                None => READ_AHEAD,
+                None => {
+                    if self.buf.is_empty() {
+                        // Whatever is left of the last buffer shares the
+                        // allocation of the frame read into it: drop it,
+                        // so an idle session does not keep its last frame
+                        // alive once the pipeline lets go of it.
+                        self.buf = BytesMut::new();
+                    }
+                    READ_AHEAD
+                }
             };
             self.buf.reserve(want);
             match self.io.read_buf(&mut self.buf).await {
@@ -210,7 +225,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             let mut left = max_bytes;
             while left > 0 {
                 self.buf.clear();
-                self.buf.reserve(READ_AHEAD);
+                self.buf.reserve(DISCARD_READ);
                 match self.io.read_buf(&mut self.buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => left = left.saturating_sub(n),
@@ -295,6 +310,13 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
     }
 }
 
+/// Whether a close frame may carry `code` (RFC 6455 7.4): the defined
+/// codes other than those reserved for reporting (1004-1006, 1015), and the
+/// ranges for libraries (3000-3999) and applications (4000-4999).
+fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Appends one final, unmasked server frame to `out`.
 fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.push(0x80 | opcode);
@@ -345,6 +367,17 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         payload.extend_from_slice(&code.to_be_bytes());
         payload.extend_from_slice(reason.as_bytes());
         push_frame(&mut self.out, OP_CLOSE, &payload);
+    }
+
+    /// The close frame answering a client's close (RFC 6455 5.5.1): its
+    /// status code echoed, none when it gave none, 1002 when it gave one
+    /// that may not be sent.
+    pub fn queue_close_answer(&mut self, client_code: Option<u16>) {
+        match client_code {
+            None => push_frame(&mut self.out, OP_CLOSE, &[]),
+            Some(code) if sendable_close_code(code) => self.queue_close(code, ""),
+            Some(_) => self.queue_close(1002, "invalid close code"),
+        }
     }
 
     /// Sends everything queued.
@@ -532,6 +565,26 @@ mod tests {
             matches!(&got[..], [Err(e)] if e.contains("read failed")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn close_answers_echo_sendable_codes_and_refuse_the_rest() {
+        let answer = |code| {
+            let mut w = WsWriter::new(Vec::new());
+            w.queue_close_answer(code);
+            w.out
+        };
+        assert_eq!(answer(None), vec![0x88, 0]);
+        for code in [1000u16, 1001, 1003, 1007, 1011, 3000, 4000, 4999] {
+            let out = answer(Some(code));
+            assert_eq!(out[..2], [0x88, 2], "{code}");
+            assert_eq!(u16::from_be_bytes([out[2], out[3]]), code);
+        }
+        // Reserved for reporting, undefined, or out of range: 1002.
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000] {
+            let out = answer(Some(code));
+            assert_eq!(u16::from_be_bytes([out[2], out[3]]), 1002, "{code}");
+        }
     }
 
     #[tokio::test]

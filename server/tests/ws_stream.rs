@@ -192,6 +192,32 @@ async fn protocol_violations_get_an_error_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn pings_are_answered_with_their_payload_and_the_session_goes_on() {
     let gw = Gateway::start(&["--backend", "synthetic"]).await;
+    // Pings before Hello: the latest few are answered (not one pong per
+    // ping of a flood), then the Welcome.
+    let mut ws = ws_connect(&gw, None).await;
+    for i in 0..50 {
+        ws.send(Message::Ping(format!("early {i}").into_bytes().into()))
+            .await
+            .unwrap();
+    }
+    send(&mut ws, &hello(KEY)).await;
+    let mut pongs = Vec::new();
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), ws.next())
+            .await
+            .expect("an answer within a minute (a hang guard)");
+        match next {
+            Some(Ok(Message::Pong(p))) => pongs.push(String::from_utf8(p.to_vec()).unwrap()),
+            Some(Ok(Message::Binary(b))) => {
+                let m = ServerMessage::decode(&b, &Default::default()).unwrap();
+                assert!(matches!(m, ServerMessage::Welcome(_)), "{m:?}");
+                break;
+            }
+            other => panic!("expected pongs, then Welcome; got {other:?}"),
+        }
+    }
+    assert_eq!(pongs, ["early 46", "early 47", "early 48", "early 49"]);
+
     let (mut ws, _) = open_session(&gw).await;
     let jpeg = data("dog.jpg");
     for seq in 1..=3u64 {

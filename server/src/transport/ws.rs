@@ -218,7 +218,15 @@ async fn run_session(
     let mut early = Vec::new();
     let hello = match tokio::time::timeout(
         handshake,
-        next_message(&mut stream, &limits, &mut |c| early.push(c)),
+        // Pongs owed before Hello: the latest few (RFC 6455 allows
+        // answering only the latest ping), so a ping flood during the
+        // handshake is not buffered. A close frame ends the reading.
+        next_message(&mut stream, &limits, &mut |c| {
+            if early.len() >= CONTROL_BACKLOG {
+                early.remove(0);
+            }
+            early.push(c);
+        }),
     )
     .await
     {

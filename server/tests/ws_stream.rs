@@ -274,6 +274,12 @@ async fn a_clients_close_frame_is_answered_and_its_session_can_be_resumed() {
     );
     let mut ws = ws_connect(&gw, None).await;
     assert_eq!(close_and_read_the_answer(&mut ws, None).await, None);
+    // A code no endpoint may send: answered with 1002 (protocol error).
+    let mut ws = ws_connect(&gw, None).await;
+    assert_eq!(
+        close_and_read_the_answer(&mut ws, Some(2000)).await,
+        Some(1002)
+    );
 
     // Mid-session: the code is echoed, and a close without Bye leaves the
     // session waiting for a resume, like a dropped connection.

@@ -149,6 +149,13 @@ async fn run_connection(gw: Arc<Gateway>, upgraded: Upgraded, principal: Option<
     run_session(gw, WsWriter::new(wr), WsReader::new(rd, limit), principal).await;
 }
 
+/// Answers the client's close frame and ends the connection's write side.
+async fn answer_close(sink: &mut Sink, client_code: Option<u16>) {
+    sink.queue_close_answer(client_code);
+    let _ = sink.flush().await;
+    sink.shutdown().await;
+}
+
 async fn close_with(sink: &mut Sink, error: &GatewayError) {
     sink.queue_binary(&ServerMessage::Error(error.to_message(None)).encode());
     sink.queue_close(error.ws_close_code(), &error.to_string());
@@ -215,7 +222,7 @@ async fn run_session(
 ) {
     let limits = decode_limits(&gw);
     let handshake = Duration::from_secs(gw.config.http.handshake_timeout_secs);
-    let mut early = Vec::new();
+    let mut early = std::collections::VecDeque::new();
     let hello = match tokio::time::timeout(
         handshake,
         // Pongs owed before Hello: the latest few (RFC 6455 allows
@@ -223,9 +230,9 @@ async fn run_session(
         // handshake is not buffered. A close frame ends the reading.
         next_message(&mut stream, &limits, &mut |c| {
             if early.len() >= CONTROL_BACKLOG {
-                early.remove(0);
+                early.pop_front();
             }
-            early.push(c);
+            early.push_back(c);
         }),
     )
     .await
@@ -239,10 +246,10 @@ async fn run_session(
             return;
         }
         Ok(Ok(None)) => {
-            if let Some(Control::Close(code)) = early.pop() {
-                sink.queue_close_answer(code);
-                let _ = sink.flush().await;
-                sink.shutdown().await;
+            // A close frame ends the reading, so it is the last control
+            // frame; pongs owed before it are not sent (RFC 6455 allows it).
+            if let Some(Control::Close(code)) = early.pop_back() {
+                answer_close(&mut sink, code).await;
             }
             return;
         }
@@ -325,7 +332,7 @@ async fn run_session(
     // Read until Bye, a violation, or the socket ends; the writer ends when
     // the session says so or the socket dies.
     let ended = tokio::select! {
-        ended = read_messages(&conn, &mut stream, &limits, control_tx) => ended,
+        ended = read_messages(&conn, &mut stream, &limits, &control_tx) => ended,
         _ = &mut writer => return,
     };
     match ended {
@@ -341,11 +348,17 @@ async fn run_session(
                 .linger(LINGER_MAX_BYTES, Duration::from_secs(LINGER_MAX_SECS))
                 .await;
         }
-        ReadEnd::Closed => {
+        ReadEnd::Closed(code) => {
             // The writer answers the close frame and ends the connection;
-            // the session detaches and waits for a resume, as below.
-            let answered =
-                tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), &mut writer).await;
+            // the session detaches and waits for a resume, as below. One
+            // bound for both steps: the writer may be stuck writing to a
+            // client that no longer reads, with its control backlog full.
+            let answered = tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), async {
+                if control_tx.send(Control::Close(code)).await.is_ok() {
+                    let _ = (&mut writer).await;
+                }
+            })
+            .await;
             if answered.is_err() {
                 writer.abort();
             }
@@ -364,9 +377,9 @@ enum ReadEnd {
     Bye,
     /// The client broke a rule: the session closes with an Error.
     Violation,
-    /// The client sent a close frame without Bye: it gets the close
-    /// answered; the session may be resumed.
-    Closed,
+    /// The client sent a close frame (with this status code) without Bye:
+    /// it gets the close answered; the session may be resumed.
+    Closed(Option<u16>),
     /// The connection ended without Bye: the session may be resumed.
     Gone,
 }
@@ -382,7 +395,7 @@ async fn read_messages(
     conn: &crate::session::Connection,
     stream: &mut Stream,
     limits: &DecodeLimits,
-    controls: mpsc::Sender<Control>,
+    controls: &mpsc::Sender<Control>,
 ) -> ReadEnd {
     loop {
         let mut closed = None;
@@ -402,15 +415,10 @@ async fn read_messages(
                 }
             }
             Ok(None) => {
-                let Some(code) = closed else {
-                    return ReadEnd::Gone;
-                };
-                // Sent even when pongs fill the backlog: the writer takes
-                // control frames first.
-                return match controls.send(Control::Close(code)).await {
-                    Ok(()) => ReadEnd::Closed,
-                    Err(_) => ReadEnd::Gone,
-                };
+                return match closed {
+                    Some(code) => ReadEnd::Closed(code),
+                    None => ReadEnd::Gone,
+                }
             }
             Err(e) => {
                 conn.fatal(e).await;
@@ -426,17 +434,16 @@ async fn write_outbound(
     mut controls: mpsc::Receiver<Control>,
 ) {
     loop {
+        // Not biased: a client that pings without pause still gets its
+        // answers, and its pongs.
         let mut out = tokio::select! {
-            biased;
             Some(c) = controls.recv() => {
                 match c {
                     Control::Pong(p) => sink.queue_pong(&p),
                     Control::Close(code) => {
                         // Answers still queued are not sent: the client
                         // has closed its side of the conversation.
-                        sink.queue_close_answer(code);
-                        let _ = sink.flush().await;
-                        sink.shutdown().await;
+                        answer_close(&mut sink, code).await;
                         return;
                     }
                 }

@@ -190,13 +190,14 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                     (total - self.buf.len() as u64) as usize + READ_AHEAD
                 }
                 None => {
-                    if self.buf.is_empty() {
-                        // Whatever is left of the last buffer shares the
-                        // allocation of the frame read into it: drop it,
-                        // so an idle session does not keep its last frame
-                        // alive once the pipeline lets go of it.
-                        self.buf = BytesMut::new();
-                    }
+                    // Less than a header in hand. What is left of the last
+                    // buffer shares the allocation of the frame read into
+                    // it: move those few bytes to a fresh buffer, so an
+                    // idle session does not keep its last frame alive once
+                    // the pipeline lets go of it.
+                    let mut fresh = BytesMut::with_capacity(READ_AHEAD + self.buf.len());
+                    fresh.extend_from_slice(&self.buf);
+                    self.buf = fresh;
                     READ_AHEAD
                 }
             };
@@ -247,6 +248,9 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 }
                 if h.len > 125 {
                     return Err(WsError::Protocol("control frame longer than 125 bytes"));
+                }
+                if h.opcode == OP_CLOSE && h.len == 1 {
+                    return Err(WsError::Protocol("close frame with a one-byte payload"));
                 }
             }
             OP_CONTINUATION => {
@@ -510,6 +514,7 @@ mod tests {
             ("unknown opcode", client_frame(true, 0x3, b"x")),
             ("fragmented control", client_frame(false, OP_PING, b"x")),
             ("longer than 125", client_frame(true, OP_PING, &[0u8; 126])),
+            ("one-byte payload", client_frame(true, OP_CLOSE, b"x")),
             (
                 "nothing to continue",
                 client_frame(true, OP_CONTINUATION, b"x"),
@@ -526,6 +531,36 @@ mod tests {
             assert!(
                 matches!(last, Err(e) if e.contains(what)),
                 "{what}: got {got:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_for_more_keeps_no_frame_alive() {
+        use tokio::io::AsyncWriteExt;
+        // Two 50 KB frames (the second read into a buffer split off the
+        // first), then nothing, or less than the next header.
+        for tail in [&b""[..], &[0x82u8, 0x80][..]] {
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let mut bytes = client_frame(true, OP_BINARY, &[7u8; 50_000]);
+            bytes.extend(client_frame(true, OP_BINARY, &[8u8; 50_000]));
+            bytes.extend_from_slice(tail);
+            client.write_all(&bytes).await.unwrap();
+            let mut reader = WsReader::new(server, 1 << 20);
+            let mut payloads = Vec::new();
+            for _ in 0..2 {
+                match reader.next().await.unwrap() {
+                    Some(WsMessage::Binary(p)) => payloads.push(p),
+                    other => panic!("expected a binary message, got {other:?}"),
+                }
+            }
+            let waiting =
+                tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
+            assert!(waiting.is_err(), "nothing more to read yet");
+            drop(payloads.remove(0));
+            assert!(
+                payloads[0].is_unique(),
+                "the waiting reader still holds the last frame's allocation (tail {tail:?})"
             );
         }
     }

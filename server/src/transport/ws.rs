@@ -434,9 +434,15 @@ async fn write_outbound(
     mut controls: mpsc::Receiver<Control>,
 ) {
     loop {
-        // Not biased: a client that pings without pause still gets its
-        // answers, and its pongs.
+        // Answers first: a client that pings without pause does not hold
+        // them up; its pongs and its close's answer wait at most for the
+        // answers already owed (frames stop coming once it closed).
         let mut out = tokio::select! {
+            biased;
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
             Some(c) = controls.recv() => {
                 match c {
                     Control::Pong(p) => sink.queue_pong(&p),
@@ -452,10 +458,6 @@ async fn write_outbound(
                 }
                 continue;
             }
-            out = rx.recv() => match out {
-                Some(out) => out,
-                None => return,
-            },
         };
         // Messages already waiting are queued and go out with one write,
         // not one write per answer; a closing message ends the connection

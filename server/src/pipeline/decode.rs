@@ -339,17 +339,30 @@ fn decode_png(frame: &ProbedFrame, out: &mut RgbImage) -> Result<(), GatewayErro
 fn nv12_to_rgb(data: &[u8], w: usize, h: usize, out: &mut RgbImage) {
     let (y_plane, uv) = data.split_at(w * h);
     out.pixels.resize(w * h * 3, 0);
-    let clamp = |v: f32| v.round().clamp(0.0, 255.0) as u8;
-    for row in 0..h {
-        for col in 0..w {
-            let y = f32::from(y_plane[row * w + col]) - 16.0;
-            let uv_i = (row / 2) * w + (col / 2) * 2;
-            let u = f32::from(uv[uv_i]) - 128.0;
-            let v = f32::from(uv[uv_i + 1]) - 128.0;
-            let o = (row * w + col) * 3;
-            out.pixels[o] = clamp(1.164 * y + 1.596 * v);
-            out.pixels[o + 1] = clamp(1.164 * y - 0.392 * u - 0.813 * v);
-            out.pixels[o + 2] = clamp(1.164 * y + 2.017 * u);
+    // Rounds a value clamped to 0..=255 first: `f32::round` is a libm call
+    // on baseline x86-64, and per pixel it made this loop 20 ms a 1080p frame.
+    let px = |v: f32| (v.clamp(0.0, 255.0) + 0.5) as u8;
+    // Width and height are even (`probe`): each U,V pair serves a 2×2 block.
+    for (row, (ys, rgb)) in y_plane
+        .chunks_exact(w)
+        .zip(out.pixels.chunks_exact_mut(3 * w))
+        .enumerate()
+    {
+        let uvs = &uv[(row / 2) * w..(row / 2) * w + w];
+        for ((y2, uv2), rgb2) in ys
+            .chunks_exact(2)
+            .zip(uvs.chunks_exact(2))
+            .zip(rgb.chunks_exact_mut(6))
+        {
+            let u = f32::from(uv2[0]) - 128.0;
+            let v = f32::from(uv2[1]) - 128.0;
+            let (r, g, b) = (1.596 * v, -0.392 * u - 0.813 * v, 2.017 * u);
+            for (y, o) in y2.iter().zip(rgb2.chunks_exact_mut(3)) {
+                let y = 1.164 * (f32::from(*y) - 16.0);
+                o[0] = px(y + r);
+                o[1] = px(y + g);
+                o[2] = px(y + b);
+            }
         }
     }
 }
@@ -417,6 +430,46 @@ mod tests {
         assert_eq!(img.pixels, vec![3, 2, 1, 6, 5, 4]);
         assert!(probe(Some(Codec::Rgb8), 2, 2, Bytes::from(vec![0; 5]), &LIMITS).is_err());
         assert!(probe(Some(Codec::Nv12), 3, 2, Bytes::from(vec![0; 9]), &LIMITS).is_err());
+    }
+
+    #[test]
+    fn nv12_matches_the_per_pixel_formula() {
+        // BT.601 limited range, pixel by pixel, rounded half away from zero.
+        let (w, h) = (6usize, 4usize);
+        let data: Vec<u8> = (0..w * h * 3 / 2)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+            .collect();
+        let f = probe(
+            Some(Codec::Nv12),
+            w as u32,
+            h as u32,
+            Bytes::from(data.clone()),
+            &LIMITS,
+        )
+        .unwrap();
+        let mut img = RgbImage::default();
+        decode_rgb(&f, &mut img).unwrap();
+        let clamp = |v: f32| v.round().clamp(0.0, 255.0) as i32;
+        for row in 0..h {
+            for col in 0..w {
+                let y = f32::from(data[row * w + col]) - 16.0;
+                let uv = w * h + (row / 2) * w + (col / 2) * 2;
+                let (u, v) = (f32::from(data[uv]) - 128.0, f32::from(data[uv + 1]) - 128.0);
+                let want = [
+                    clamp(1.164 * y + 1.596 * v),
+                    clamp(1.164 * y - 0.392 * u - 0.813 * v),
+                    clamp(1.164 * y + 2.017 * u),
+                ];
+                let o = (row * w + col) * 3;
+                for (c, (got, want)) in img.pixels[o..o + 3].iter().zip(want).enumerate() {
+                    let got = i32::from(*got);
+                    assert!(
+                        (got - want).abs() <= 1,
+                        "({col},{row}) channel {c}: {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, everything cuda-kernels/gpu-check.sh
 # runs on a GPU machine: the test executables of framegate-cuda
-# (`cargo test --no-run`) and the gpu-bench binary, in release mode, copied
+# (`cargo test --no-run`), the gateway's CUDA-preprocessing test and bench
+# (with the ONNX Runtime library they load) and the gpu-bench binary, in
+# release mode, copied
 # into cuda-kernels/.gpu-bin/ (git-ignored through .git/info/exclude, so it
 # can travel with the device tool's `carry`).
 #
@@ -36,14 +38,31 @@ done <"$out/.list"
 rm -f "$out/.list"
 [ "$n" -gt 0 ] || { echo "no test executables found" >&2; exit 1; }
 
+# The gateway's GPU checks: its CUDA-preprocessing test (tests/ too) and the
+# cpu-vs-cuda preprocessing bench, with the ONNX Runtime library they load.
+cargo test --release -p framegate --test cuda_preprocess --no-run --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*cuda_preprocess[^"]*"' | sed 's/"executable":"//; s/"$//' | tail -1 >"$out/.srv"
+[ -s "$out/.srv" ] || { echo "the server's cuda_preprocess test did not build" >&2; exit 1; }
+cp "$(cat "$out/.srv")" "$out/tests/server_cuda_preprocess"
+cargo bench -p framegate-bench --bench preprocess_device --no-run --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*preprocess_device[^"]*"' | sed 's/"executable":"//; s/"$//' | tail -1 >"$out/.bench"
+[ -s "$out/.bench" ] || { echo "the preprocess_device bench did not build" >&2; exit 1; }
+cp "$(cat "$out/.bench")" "$out/preprocess-device-bench"
+rm -f "$out/.srv" "$out/.bench"
+ort="${ORT_DYLIB_PATH:-${XDG_CACHE_HOME:-$HOME/.cache}/framegate/onnxruntime-1.31.1/libonnxruntime.so.1.31.1}"
+[ -f "$ort" ] || { echo "no ONNX Runtime library at $ort: run scripts/install-onnxruntime.sh" >&2; exit 1; }
+mkdir -p "$out/lib"
+# Compressed (29 → 11 MB), so binaries and tree fit the device tool's 64 MiB.
+gzip -9 -c "$ort" >"$out/lib/$(basename "$ort").gz"
+
 cargo build --release -p framegate-cuda --bin gpu-bench
 tdir=${CARGO_TARGET_DIR:-$root/target}
 cp "$tdir/release/gpu-bench" "$out/"
-strip "$out"/gpu-bench "$out"/tests/* 2>/dev/null || true
+strip "$out"/gpu-bench "$out"/preprocess-device-bench "$out"/tests/* 2>/dev/null || true
 
 {
-    echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- cuda-kernels 2>/dev/null || echo '+dirty')"
-    (cd "$out" && ls -l gpu-bench tests/)
+    echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
+    (cd "$out" && ls -l gpu-bench preprocess-device-bench lib/ tests/)
 } >"$out/MANIFEST"
 cat "$out/MANIFEST"
 du -sh "$out"

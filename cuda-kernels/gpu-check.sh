@@ -3,12 +3,16 @@
 # with no network and no Rust toolchain, using the binaries that
 # build-gpu-bins.sh built beforehand into cuda-kernels/.gpu-bin/:
 #   1. finds NVRTC (CUDA toolkit or pip wheel) and the driver,
-#   2. runs every test executable with FRAMEGATE_REQUIRE_GPU=1 (a skip is a failure),
-#   3. runs gpu-bench (D2D bandwidth, each kernel, end to end),
+#   2. runs every test executable with FRAMEGATE_REQUIRE_GPU=1 (a skip is a
+#      failure): the kernels against their CPU references, and the gateway's
+#      pipeline with pipeline.preprocess = "cuda" against its CPU path,
+#   3. runs gpu-bench (D2D bandwidth, each kernel, end to end) and the
+#      gateway's cpu-vs-cuda preprocessing bench (batches of 8 frames),
 #   4. prints the timing table last.
 # Logs go to $OUT (if set) or /tmp/framegate-gpu-check. Takes about 1-2 minutes.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
 bin=${FRAMEGATE_GPU_BIN:-$here/.gpu-bin}
 logs=${OUT:-/tmp/framegate-gpu-check}
 mkdir -p "$logs"
@@ -58,6 +62,12 @@ fi
 
 echo "== tests"
 export FRAMEGATE_REQUIRE_GPU=1 RUST_BACKTRACE=1
+# The gateway's test loads ONNX Runtime and the test photos from here.
+ortdir=$(mktemp -d /tmp/fg-ort.XXXX)
+if [ -f "$bin/lib/libonnxruntime.so.1.31.1.gz" ]; then
+    gunzip -c "$bin/lib/libonnxruntime.so.1.31.1.gz" >"$ortdir/libonnxruntime.so.1.31.1"
+fi
+export ORT_DYLIB_PATH="$ortdir/libonnxruntime.so.1.31.1" FRAMEGATE_REPO_ROOT="$root"
 passed=0; failed=0
 for t in "$bin"/tests/*; do
     name=$(basename "$t")
@@ -68,7 +78,7 @@ for t in "$bin"/tests/*; do
     fi
     summary=$(grep -E '^test result:' "$logs/test-$name.log" | tail -1)
     echo "$name: $res; $summary"
-    grep -E 'max abs error|SKIPPED|NVRTC [0-9]|panicked|^Cubin|^Ptx' "$logs/test-$name.log" | sed 's/^/    /' | head -60
+    grep -E 'max abs error|SKIPPED|NVRTC [0-9]|panicked|^Cubin|^Ptx|boxes, worst|CUDA pipeline|^test .*(ok|FAILED)$' "$logs/test-$name.log" | sed 's/^/    /' | head -60
 done
 echo "tests: $passed executables passed, $failed failed"
 
@@ -90,8 +100,18 @@ timeout 240 "$bin/gpu-bench" "$@" 2>&1 | tee "$logs/bench.log"
 rc=${PIPESTATUS[0]}
 [ "$rc" -eq 0 ] || { echo "gpu-bench failed (rc $rc)"; status=1; }
 
+echo "== gateway preprocessing: cpu (one worker thread) vs cuda, batches of 8"
+brc=0
+if [ -x "$bin/preprocess-device-bench" ]; then
+    (cd "$logs" && timeout 150 "$bin/preprocess-device-bench" --bench --noplot) >"$logs/preprocess-device.log" 2>&1
+    brc=$?
+    grep -E '^CUDA device|SKIPPED|^preprocess_batch8/|time:|thrpt:' "$logs/preprocess-device.log" | sed 's/^/    /'
+    [ "$brc" -eq 0 ] || { echo "preprocess-device-bench failed (rc $brc)"; status=1; }
+    grep -q SKIPPED "$logs/preprocess-device.log" && { echo "preprocess-device-bench skipped the GPU"; status=1; }
+fi
+
 echo
-echo "== summary: tests $passed passed / $failed failed; bench rc $rc"
+echo "== summary: tests $passed passed / $failed failed; bench rc $rc; preprocessing bench rc $brc"
 # The table, last.
 sed -n '/^Device:/,$p' "$logs/bench.log"
 exit $status

@@ -76,6 +76,10 @@ struct ServeArgs {
     /// cores, at least 1].
     #[arg(long, env = "FRAMEGATE_IO_THREADS")]
     io_threads: Option<usize>,
+    /// Where frames are resized and normalised: `cpu` or `cuda` (a GPU,
+    /// kernels compiled at start) [default: cpu].
+    #[arg(long, env = "FRAMEGATE_PREPROCESS", value_enum)]
+    preprocess: Option<framegate::config::PreprocessDevice>,
     /// ONNX Runtime intra-op threads per worker [default: 1].
     #[arg(long, env = "FRAMEGATE_THREADS_PER_WORKER")]
     threads_per_worker: Option<usize>,
@@ -196,6 +200,9 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
     if let Some(n) = args.io_threads {
         config.pipeline.io_threads = Some(n);
     }
+    if let Some(p) = args.preprocess {
+        config.pipeline.preprocess = p;
+    }
     if let Some(t) = args.threads_per_worker {
         config.pipeline.threads_per_worker = t;
     }
@@ -275,6 +282,7 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
     tracing::info!(
         io_threads = config.pipeline.io_thread_count(),
         inference_workers = config.pipeline.worker_count(),
+        preprocess = config.pipeline.preprocess.as_str(),
         "threads"
     );
 
@@ -386,11 +394,13 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
     } else {
         None
     };
-    let remote = config.backend.kind == BackendKind::Triton;
+    // A remote model that does not fit its model.toml, or CUDA
+    // preprocessing on a machine without a usable GPU, is a configuration
+    // error: refuse to start rather than serve with /readyz failing.
+    let must_load = config.backend.kind == BackendKind::Triton
+        || config.pipeline.preprocess == framegate::config::PreprocessDevice::Cuda;
     let gw = Gateway::start(config, auth, factory)?;
-    if remote {
-        // A remote model that does not fit its model.toml is a configuration
-        // error: refuse to start rather than serve with /readyz failing.
+    if must_load {
         let gw = gw.clone();
         let readiness = tokio::task::spawn_blocking(move || loop {
             match gw.readiness() {

@@ -40,6 +40,37 @@ fn missing_onnx_runtime_says_how_to_install_it() {
 }
 
 #[test]
+fn cuda_preprocessing_without_a_gpu_names_what_is_missing() {
+    if let Ok(n) = framegate_cuda::cuda_available() {
+        println!("{n} CUDA device(s) here: the refusal is not exercised (tests/cuda_preprocess.rs runs the GPU path)");
+        return;
+    }
+    // Its own data folder: the gateway opens its key store before the model.
+    let data = tempfile::tempdir().unwrap();
+    let (code, err) = serve(
+        &[
+            "--preprocess",
+            "cuda",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("pipeline.preprocess = \"cuda\""), "{err}");
+    assert!(err.contains("no CUDA driver found"), "{err}");
+    assert!(err.contains("--preprocess cpu"), "{err}");
+    let last = err
+        .lines()
+        .rfind(|l| l.starts_with("Error:"))
+        .unwrap_or_default();
+    assert!(
+        last.contains("pipeline.preprocess") && !last.contains("not ready:"),
+        "{err}"
+    );
+}
+
+#[test]
 fn corrupt_model_file_is_refused_by_its_checksum() {
     let dir = tempfile::tempdir().unwrap();
     let root = support::repo_root().join("models/nanodet-g");

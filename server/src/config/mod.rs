@@ -322,6 +322,50 @@ pub struct PipelineConfig {
     /// WebSocket frames than 2 with the same inference rate and latency
     /// (docs/benchmarks.md, "Threads for the network side").
     pub io_threads: Option<usize>,
+    /// Where decoded frames are resized, normalised and laid out as the
+    /// model's input: `cpu` (the inference worker's thread, antialiased
+    /// bilinear) or `cuda` (the kernels of `framegate-cuda` on the GPU
+    /// `cuda_device`, compiled at start with NVRTC: one launch per batch,
+    /// plain bilinear as OpenCV's `INTER_LINEAR`; raw RGB8, BGR8 and NV12
+    /// frames go to the GPU as they arrived). JPEG and PNG are decoded on
+    /// the CPU either way. With `cuda`, a machine without a usable GPU, driver
+    /// or NVRTC library refuses to start, naming what is missing. Default
+    /// `cpu`.
+    pub preprocess: PreprocessDevice,
+    /// The CUDA device (ordinal) of `preprocess = "cuda"`. Default 0.
+    pub cuda_device: usize,
+}
+
+/// Where frames are preprocessed (`pipeline.preprocess`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessDevice {
+    /// On the inference worker's CPU thread (the default).
+    #[default]
+    Cpu,
+    /// On a CUDA GPU, one kernel launch per batch.
+    Cuda,
+}
+
+impl PreprocessDevice {
+    /// `cpu` or `cuda`, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreprocessDevice::Cpu => "cpu",
+            PreprocessDevice::Cuda => "cuda",
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -337,6 +381,8 @@ impl Default for PipelineConfig {
             threads_per_worker: 1,
             solo_threads: None,
             io_threads: None,
+            preprocess: PreprocessDevice::Cpu,
+            cuda_device: 0,
         }
     }
 }

@@ -26,6 +26,7 @@
 //! the workers' own one-thread sessions, which is the better throughput.
 
 pub mod batcher;
+pub mod cuda;
 pub mod decode;
 pub mod fair;
 pub mod idle;
@@ -45,10 +46,11 @@ use tokio::sync::oneshot;
 
 use crate::backend::spec::LoadedModel;
 use crate::backend::{Backend, BackendInput, EncodedFrame};
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, PreprocessDevice};
 use crate::error::GatewayError;
 
 use self::batcher::{BatchPolicy, Decision};
+use self::cuda::CudaPreprocess;
 use self::decode::{ProbedFrame, RgbImage};
 use self::fair::{FairAdmission, FairScheduler, TenantShare};
 use self::preprocess::Preprocessor;
@@ -206,6 +208,8 @@ impl ModelPipeline {
                 policy,
                 factory: factory.clone(),
                 workers,
+                preprocess: config.preprocess,
+                cuda_device: config.cuda_device,
                 // Worker 0 makes the solo session (one for the pipeline).
                 solo_threads: if i == 0 && workers > 1 {
                     config.solo_thread_count()
@@ -594,6 +598,8 @@ struct WorkerContext {
     policy: BatchPolicy,
     factory: BackendFactory,
     workers: usize,
+    preprocess: PreprocessDevice,
+    cuda_device: usize,
     /// Make the solo session with this many threads (worker 0 only).
     solo_threads: Option<usize>,
 }
@@ -615,6 +621,22 @@ fn run_worker(ctx: WorkerContext) {
     };
     *ctx.shared.backend_kind.lock().expect("lock") = Some(backend.kind());
     let max_batch = ctx.policy.max_batch;
+    let mut pre = match ctx.preprocess {
+        PreprocessDevice::Cpu => Pre::Cpu(Preprocessor::default(), RgbImage::default()),
+        PreprocessDevice::Cuda => {
+            match CudaPreprocess::new(&spec.input, max_batch, ctx.cuda_device) {
+                Ok(c) => {
+                    tracing::info!(model = %spec.name, device = c.device_name(), arch = %c.arch(), "CUDA preprocessing ready");
+                    Pre::Cuda(Box::new(c))
+                }
+                Err(e) => {
+                    tracing::error!(model = %spec.name, error = %e, "cannot start CUDA preprocessing");
+                    *ctx.shared.failure.lock().expect("lock") = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+    };
     let mut input = vec![0f32; chw * max_batch];
     // Warm up at batch 1 and the largest batch so the first real frames do
     // not pay for lazy allocation inside the runtime. The largest batch's
@@ -640,8 +662,6 @@ fn run_worker(ctx: WorkerContext) {
         tracing::info!(model = %spec.name, workers = ctx.workers, backend = backend.kind(), "model ready");
     }
 
-    let mut rgb = RgbImage::default();
-    let mut pre = Preprocessor::default();
     while let Some(batch) = next_batch(&ctx) {
         let solo = batch.solo;
         // A panic in a backend must not take the worker (and, for a solo
@@ -663,7 +683,7 @@ fn run_worker(ctx: WorkerContext) {
             } else {
                 backend.as_mut()
             };
-            process_batch(&ctx, runs_on, batch, &mut input, chw, &mut rgb, &mut pre);
+            process_batch(&ctx, runs_on, batch, &mut input, chw, &mut pre);
         }));
         if ran.is_err() {
             tracing::error!(model = %spec.name, solo, "a batch panicked; its frames were answered with an internal error and the worker goes on");
@@ -706,14 +726,35 @@ struct Prepared {
     preprocess_us: u32,
 }
 
+/// A worker's preprocessing (`pipeline.preprocess`). One per worker thread,
+/// on its stack: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Pre {
+    /// Frame by frame on this thread, through one decode buffer.
+    Cpu(Preprocessor, RgbImage),
+    /// One GPU launch per batch.
+    Cuda(Box<CudaPreprocess>),
+}
+
+/// Decodes `frame` into `rgb`; a decoder panic is the frame's error, not the
+/// worker's.
+fn decode_frame(frame: &ProbedFrame, rgb: &mut RgbImage) -> Result<(), GatewayError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| decode::decode_rgb(frame, rgb))).unwrap_or_else(
+        |_| {
+            Err(GatewayError::InvalidImage(
+                "the decoder failed on this image".into(),
+            ))
+        },
+    )
+}
+
 fn process_batch(
     ctx: &WorkerContext,
     backend: &mut dyn Backend,
     Batch { items: batch, solo }: Batch,
     input: &mut [f32],
     chw: usize,
-    rgb: &mut RgbImage,
-    pre: &mut Preprocessor,
+    pre: &mut Pre,
 ) {
     let spec = &ctx.model.spec;
     let started = Instant::now();
@@ -733,44 +774,59 @@ fn process_batch(
             continue;
         }
         let queue_us = micros(started.saturating_duration_since(item.enqueued_at));
-        if !pixels {
-            let (place, _, _) =
-                preprocess::placement(&spec.input, item.frame.width, item.frame.height);
-            ready.push(Prepared {
+        let k = ready.len();
+        let t0 = Instant::now();
+        // Where the frame lands, and the time its decode and (on the CPU)
+        // preprocessing took.
+        let prepared = match pre {
+            _ if !pixels => Ok((
+                preprocess::placement(&spec.input, item.frame.width, item.frame.height).0,
+                0,
+                0,
+            )),
+            Pre::Cpu(cpu, rgb) => decode_frame(&item.frame, rgb).map(|()| {
+                let t1 = Instant::now();
+                let place = cpu.run(rgb, &spec.input, &mut input[k * chw..(k + 1) * chw]);
+                (place, micros(t1 - t0), micros(t1.elapsed()))
+            }),
+            // Preprocessed with the rest of the batch, below.
+            Pre::Cuda(gpu) => gpu
+                .stage(k, &item.frame, decode_frame)
+                .map(|_| (gpu.placement(&item.frame), micros(t0.elapsed()), 0)),
+        };
+        match prepared {
+            Ok((place, decode_us, preprocess_us)) => ready.push(Prepared {
                 item,
                 place,
                 queue_us,
-                decode_us: 0,
-                preprocess_us: 0,
-            });
-            continue;
+                decode_us,
+                preprocess_us,
+            }),
+            Err(e) => {
+                let _ = item.reply.send(Err(e));
+            }
         }
-        let t0 = Instant::now();
-        let decoded =
-            std::panic::catch_unwind(AssertUnwindSafe(|| decode::decode_rgb(&item.frame, rgb)))
-                .unwrap_or_else(|_| {
-                    Err(GatewayError::InvalidImage(
-                        "the decoder failed on this image".into(),
-                    ))
-                });
-        if let Err(e) = decoded {
-            let _ = item.reply.send(Err(e));
-            continue;
-        }
-        let t1 = Instant::now();
-        let k = ready.len();
-        let place = pre.run(rgb, &spec.input, &mut input[k * chw..(k + 1) * chw]);
-        let t2 = Instant::now();
-        ready.push(Prepared {
-            item,
-            place,
-            queue_us,
-            decode_us: micros(t1 - t0),
-            preprocess_us: micros(t2 - t1),
-        });
     }
     if ready.is_empty() {
         return;
+    }
+    if let (true, Pre::Cuda(gpu)) = (pixels, &mut *pre) {
+        // One launch for the batch; each frame's preprocess time is the
+        // batch's (upload, kernel, copy back), which it waited for.
+        let t0 = Instant::now();
+        let frames: Vec<&ProbedFrame> = ready.iter().map(|p| &p.item.frame).collect();
+        let n = frames.len();
+        if let Err(e) = gpu.run(&frames, &mut input[..n * chw]) {
+            tracing::error!(model = %spec.name, error = %e, frames = n, "CUDA preprocessing failed; the batch is answered with the error");
+            for p in ready {
+                let _ = p.item.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        let us = micros(t0.elapsed());
+        for p in &mut ready {
+            p.preprocess_us = us;
+        }
     }
     let n = ready.len();
     ctx.shared

@@ -24,7 +24,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const KEY: &str = "test-key-0123456789";
 
+/// The checkout's root: `FRAMEGATE_REPO_ROOT` when set (a test executable
+/// run away from its build tree, as `cuda-kernels/gpu-check.sh` does on a GPU
+/// machine), else the tree it was built from.
 pub fn repo_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("FRAMEGATE_REPO_ROOT").filter(|v| !v.is_empty()) {
+        return PathBuf::from(root);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()

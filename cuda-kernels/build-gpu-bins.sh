@@ -52,17 +52,27 @@ rm -f "$out/.srv" "$out/.bench"
 ort="${ORT_DYLIB_PATH:-${XDG_CACHE_HOME:-$HOME/.cache}/framegate/onnxruntime-1.31.1/libonnxruntime.so.1.31.1}"
 [ -f "$ort" ] || { echo "no ONNX Runtime library at $ort: run scripts/install-onnxruntime.sh" >&2; exit 1; }
 mkdir -p "$out/lib"
-# Compressed (29 → 11 MB), so binaries and tree fit the device tool's 64 MiB.
-gzip -9 -c "$ort" >"$out/lib/$(basename "$ort").gz"
+cp "$ort" "$out/lib/"
 
 cargo build --release -p framegate-cuda --bin gpu-bench
 tdir=${CARGO_TARGET_DIR:-$root/target}
 cp "$tdir/release/gpu-bench" "$out/"
+# The gateway and the load harness, stripped and compressed, for the end to
+# end run (FRAMEGATE_GPU_E2E=0 leaves them out).
+if [ "${FRAMEGATE_GPU_E2E:-1}" != 0 ]; then
+    cargo build --release -p framegate --bin framegate -p framegate-loadtest --bin framegate-load
+    for b in framegate framegate-load; do
+        strip -o "$out/$b" "$tdir/release/$b"
+    done
+fi
 strip "$out"/gpu-bench "$out"/preprocess-device-bench "$out"/tests/* 2>/dev/null || true
+# Files over 2 MB are compressed with xz (gpu-check.sh unpacks a copy), so
+# binaries and the working tree fit the device tool's 64 MiB.
+find "$out" -type f -size +2M -exec xz -9 -T0 -f {} +
 
 {
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) from $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
-    (cd "$out" && ls -l gpu-bench preprocess-device-bench lib/ tests/)
+    (cd "$out" && ls -l . lib/ tests/)
 } >"$out/MANIFEST"
 cat "$out/MANIFEST"
 du -sh "$out"

@@ -6,8 +6,10 @@
 #   2. runs every test executable with FRAMEGATE_REQUIRE_GPU=1 (a skip is a
 #      failure): the kernels against their CPU references, and the gateway's
 #      pipeline with pipeline.preprocess = "cuda" against its CPU path,
-#   3. runs gpu-bench (D2D bandwidth, each kernel, end to end) and the
-#      gateway's cpu-vs-cuda preprocessing bench (batches of 8 frames),
+#   3. runs gpu-bench (D2D bandwidth, each kernel, end to end), the
+#      gateway's cpu-vs-cuda preprocessing bench (batches of 8 frames) and,
+#      when built, the gateway itself with --preprocess cpu and cuda under
+#      framegate-load,
 #   4. prints the timing table last.
 # Logs go to $OUT (if set) or /tmp/framegate-gpu-check. Takes about 1-2 minutes.
 set -uo pipefail
@@ -20,6 +22,19 @@ status=0
 
 [ -x "$bin/gpu-bench" ] || { echo "no binaries in $bin: run cuda-kernels/build-gpu-bins.sh first" >&2; exit 1; }
 cat "$bin/MANIFEST" 2>/dev/null | head -1
+# build-gpu-bins.sh compresses the large files with xz (to fit the device tool's
+# 64 MiB): unpack a copy.
+if [ -n "$(find "$bin" -name '*.xz' | head -1)" ]; then
+    unpacked=$(mktemp -d /tmp/fg-gpu-bin.XXXX)
+    cp -r "$bin"/. "$unpacked"/
+    for f in $(find "$unpacked" -name '*.xz'); do
+        xz -d -f "$f" 2>/dev/null ||
+            python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$f"
+        rm -f "$f"
+    done
+    chmod +x "$unpacked"/tests/* "$unpacked"/gpu-bench "$unpacked"/preprocess-device-bench "$unpacked"/framegate* 2>/dev/null
+    bin=$unpacked
+fi
 
 echo "== GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 || echo "(nvidia-smi failed)"
@@ -63,11 +78,7 @@ fi
 echo "== tests"
 export FRAMEGATE_REQUIRE_GPU=1 RUST_BACKTRACE=1
 # The gateway's test loads ONNX Runtime and the test photos from here.
-ortdir=$(mktemp -d /tmp/fg-ort.XXXX)
-if [ -f "$bin/lib/libonnxruntime.so.1.31.1.gz" ]; then
-    gunzip -c "$bin/lib/libonnxruntime.so.1.31.1.gz" >"$ortdir/libonnxruntime.so.1.31.1"
-fi
-export ORT_DYLIB_PATH="$ortdir/libonnxruntime.so.1.31.1" FRAMEGATE_REPO_ROOT="$root"
+export ORT_DYLIB_PATH="$bin/lib/libonnxruntime.so.1.31.1" FRAMEGATE_REPO_ROOT="$root"
 passed=0; failed=0
 for t in "$bin"/tests/*; do
     name=$(basename "$t")
@@ -110,8 +121,55 @@ if [ -x "$bin/preprocess-device-bench" ]; then
     grep -q SKIPPED "$logs/preprocess-device.log" && { echo "preprocess-device-bench skipped the GPU"; status=1; }
 fi
 
+# The gateway itself, started as an operator would, --preprocess cpu then
+# cuda, each loaded by framegate-load (WebSocket, closed loop, 1920x1080
+# JPEG frames) on this machine's cores; ONNX Runtime on the CPU runs the model.
+erc=0
+if [ -x "$bin/framegate" ] && [ -x "$bin/framegate-load" ]; then
+    echo "== gateway end to end: --preprocess cpu vs cuda (WebSocket, closed loop, 1920x1080 JPEG)"
+    e2e=$(mktemp -d /tmp/fg-e2e.XXXX)
+    key=fg_dev_gpucheck_0123456789abcdef
+    # Alternated, two rounds: these machines are shared, compare within a round.
+    round=0
+    for pre in cpu cuda cpu cuda; do
+        [ "$pre" = cpu ] && round=$((round + 1))
+        RUST_BACKTRACE=0 FRAMEGATE_DEV_KEY=$key "$bin/framegate" serve --http-listen 127.0.0.1:18080 \
+            --data-dir "$e2e/data-$pre-$round" --preprocess "$pre" >"$logs/e2e-serve-$pre-$round.log" 2>&1 &
+        pid=$!
+        ready=no
+        for _ in $(seq 1 300); do
+            if python3 -c 'import urllib.request,sys; sys.exit(urllib.request.urlopen("http://127.0.0.1:18080/readyz", timeout=1).status != 200)' 2>/dev/null; then
+                ready=yes; break
+            fi
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        if [ "$ready" != yes ]; then
+            echo "gateway --preprocess $pre did not become ready:"
+            { grep -m1 '^Error' "$logs/e2e-serve-$pre-$round.log" || tail -3 "$logs/e2e-serve-$pre-$round.log"; } | cut -c1-400 | sed 's/^/    /'
+            erc=1; status=1; kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; continue
+        fi
+        grep -E 'CUDA preprocessing ready|io_threads' "$logs/e2e-serve-$pre-$round.log" | head -2 | sed 's/\x1b\[[0-9;]*m//g; s/^/    /'
+        timeout 60 "$bin/framegate-load" --target http://127.0.0.1:18080 --key "$key" --transport ws --mode closed \
+            --sessions 16 --in-flight 2 --warmup 3 --duration 15 --synthetic 1920x1080 \
+            --json "$logs/e2e-$pre-$round.json" --quiet >"$logs/e2e-load-$pre-$round.log" 2>&1 || { echo "framegate-load failed"; erc=1; status=1; }
+        sed 's/^/    /' "$logs/e2e-load-$pre-$round.log" | tail -4
+        python3 - "$logs/e2e-$pre-$round.json" "$pre (round $round)" <<'PY' || true
+import json, sys
+r = json.load(open(sys.argv[1]))
+st = r.get("stages_ms", {})
+print("    %s: %.1f frames/s answered; server stage p50 ms: %s" % (sys.argv[2], r["achieved_fps"],
+      ", ".join("%s %.2f" % (k, v["p50"]) for k, v in st.items())))
+PY
+        # CPU the gateway used, start-up and warm-up included (clock ticks).
+        awk -v t="$(getconf CLK_TCK)" '{printf "    gateway CPU time %.1f s (user + system, whole run)\n", ($14 + $15) / t}' "/proc/$pid/stat"
+        kill -TERM "$pid"; wait "$pid" 2>/dev/null
+    done
+    rm -rf "$e2e"
+fi
+
 echo
-echo "== summary: tests $passed passed / $failed failed; bench rc $rc; preprocessing bench rc $brc"
+echo "== summary: tests $passed passed / $failed failed; bench rc $rc; preprocessing bench rc $brc; end to end rc $erc"
 # The table, last.
 sed -n '/^Device:/,$p' "$logs/bench.log"
 exit $status

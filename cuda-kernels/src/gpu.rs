@@ -1036,6 +1036,18 @@ impl GpuPreprocessor {
         r.result().ctx("poisoning the output")
     }
 
+    /// Makes every wait on this device's primary context (this
+    /// preprocessor's and any other user's in the process) put the waiting
+    /// thread to sleep instead of spinning (`CU_CTX_SCHED_BLOCKING_SYNC`).
+    /// The driver's default spins while there are fewer contexts than
+    /// cores, which burns a core per waiting thread: right for a benchmark,
+    /// wrong for a server whose other threads need the CPU.
+    pub fn set_blocking_sync(&self) -> Result<(), CudaError> {
+        self.ctx
+            .set_blocking_synchronize()
+            .ctx("setting blocking synchronisation")
+    }
+
     /// Waits until everything enqueued on the stream is done.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.stream.synchronize().ctx("synchronizing the stream")

@@ -40,19 +40,24 @@ rm -f "$out/.list"
 
 # The gateway's GPU checks: its CUDA-preprocessing test (tests/ too) and the
 # cpu-vs-cuda preprocessing bench, with the ONNX Runtime library they load.
-cargo test --release -p framegate --test cuda_preprocess --no-run --message-format=json 2>/dev/null |
-    grep -o '"executable":"[^"]*cuda_preprocess[^"]*"' | sed 's/"executable":"//; s/"$//' | tail -1 >"$out/.srv"
-[ -s "$out/.srv" ] || { echo "the server's cuda_preprocess test did not build" >&2; exit 1; }
-cp "$(cat "$out/.srv")" "$out/tests/server_cuda_preprocess"
-cargo bench -p framegate-bench --bench preprocess_device --no-run --message-format=json 2>/dev/null |
-    grep -o '"executable":"[^"]*preprocess_device[^"]*"' | sed 's/"executable":"//; s/"$//' | tail -1 >"$out/.bench"
-[ -s "$out/.bench" ] || { echo "the preprocess_device bench did not build" >&2; exit 1; }
-cp "$(cat "$out/.bench")" "$out/preprocess-device-bench"
-rm -f "$out/.srv" "$out/.bench"
+# `built_executable NAME CARGO-ARGS...`: builds, prints the executable's path.
+built_executable() {
+    local name=$1 log="$out/.build.log" exe
+    shift
+    exe=$(cargo "$@" --no-run --message-format=json 2>"$log" |
+        grep -o "\"executable\":\"[^\"]*$name[^\"]*\"" | sed 's/"executable":"//; s/"$//' | tail -1) || true
+    [ -n "$exe" ] || { cat "$log" >&2; echo "$name did not build" >&2; exit 1; }
+    rm -f "$log"
+    echo "$exe"
+}
+cp "$(built_executable cuda_preprocess test --release -p framegate --test cuda_preprocess)" \
+    "$out/tests/server_cuda_preprocess"
+cp "$(built_executable preprocess_device bench -p framegate-bench --bench preprocess_device)" \
+    "$out/preprocess-device-bench"
 ort="${ORT_DYLIB_PATH:-${XDG_CACHE_HOME:-$HOME/.cache}/framegate/onnxruntime-1.31.1/libonnxruntime.so.1.31.1}"
 [ -f "$ort" ] || { echo "no ONNX Runtime library at $ort: run scripts/install-onnxruntime.sh" >&2; exit 1; }
 mkdir -p "$out/lib"
-cp "$ort" "$out/lib/"
+cp "$ort" "$out/lib/libonnxruntime.so.1.31.1"
 
 cargo build --release -p framegate-cuda --bin gpu-bench
 tdir=${CARGO_TARGET_DIR:-$root/target}

@@ -18,23 +18,35 @@ root=$(cd "$here/.." && pwd)
 bin=${FRAMEGATE_GPU_BIN:-$here/.gpu-bin}
 logs=${OUT:-/tmp/framegate-gpu-check}
 mkdir -p "$logs"
+logs=$(cd "$logs" && pwd)
 status=0
-
-[ -x "$bin/gpu-bench" ] || { echo "no binaries in $bin: run cuda-kernels/build-gpu-bins.sh first" >&2; exit 1; }
-cat "$bin/MANIFEST" 2>/dev/null | head -1
+[ -f "$bin/MANIFEST" ] || { echo "no binaries in $bin: run cuda-kernels/build-gpu-bins.sh first" >&2; exit 1; }
+bin=$(cd "$bin" && pwd)
+cat "$bin/MANIFEST" | head -1
+scratch=()
+trap 'rm -rf "${scratch[@]}"' EXIT
 # build-gpu-bins.sh compresses the large files with xz (to fit the device tool's
 # 64 MiB): unpack a copy.
 if [ -n "$(find "$bin" -name '*.xz' | head -1)" ]; then
     unpacked=$(mktemp -d /tmp/fg-gpu-bin.XXXX)
+    scratch+=("$unpacked")
     cp -r "$bin"/. "$unpacked"/
     for f in $(find "$unpacked" -name '*.xz'); do
-        xz -d -f "$f" 2>/dev/null ||
-            python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$f"
-        rm -f "$f"
+        if xz -d -f "$f" 2>/dev/null ||
+            python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$f"; then
+            rm -f "$f"
+        else
+            echo "cannot unpack $f (no xz, no python3 lzma)"; status=1
+        fi
     done
     chmod +x "$unpacked"/tests/* "$unpacked"/gpu-bench "$unpacked"/preprocess-device-bench "$unpacked"/framegate* 2>/dev/null
     bin=$unpacked
 fi
+# Everything build-gpu-bins.sh makes must be here: a missing piece is a
+# failure, not a skipped check.
+for need in gpu-bench preprocess-device-bench tests/gpu_vs_cpu tests/server_cuda_preprocess lib/libonnxruntime.so.1.31.1; do
+    [ -f "$bin/$need" ] || { echo "missing $need in the binaries"; status=1; }
+done
 
 echo "== GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 || echo "(nvidia-smi failed)"
@@ -66,6 +78,7 @@ if [ -z "$nvrtc" ]; then
 fi
 if [ -n "$nvrtc" ]; then
     shim=$(mktemp -d /tmp/fg-nvrtc.XXXX)
+    scratch+=("$shim")
     ln -sf "$nvrtc" "$shim/libnvrtc.so"
     ln -sf "$nvrtc" "$shim/libnvrtc.so.12"
     export LD_LIBRARY_PATH="$shim:$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -128,6 +141,7 @@ erc=0
 if [ -x "$bin/framegate" ] && [ -x "$bin/framegate-load" ]; then
     echo "== gateway end to end: --preprocess cpu vs cuda (WebSocket, closed loop, 1920x1080 JPEG)"
     e2e=$(mktemp -d /tmp/fg-e2e.XXXX)
+    scratch+=("$e2e")
     key=fg_dev_gpucheck_0123456789abcdef
     # Alternated, two rounds: these machines are shared, compare within a round.
     round=0
@@ -165,7 +179,6 @@ PY
         awk -v t="$(getconf CLK_TCK)" '{printf "    gateway CPU time %.1f s (user + system, whole run)\n", ($14 + $15) / t}' "/proc/$pid/stat"
         kill -TERM "$pid"; wait "$pid" 2>/dev/null
     done
-    rm -rf "$e2e"
 fi
 
 echo

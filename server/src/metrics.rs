@@ -218,6 +218,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_service_seconds_per_frame",
     "framegate_inference_busy_seconds_total",
     "framegate_solo_batches_total",
+    "framegate_cuda_preprocess_fallbacks_total",
     "framegate_model_ready",
     "framegate_auth_failures_total",
     "framegate_auth_key_lookups_total",
@@ -249,6 +250,7 @@ pub struct Metrics {
     service_per_frame: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     inference_busy: Family<ModelLabel, Counter<f64, AtomicU64>>,
     solo_batches: Family<ModelLabel, Counter>,
+    cuda_fallbacks: Family<ModelLabel, Counter>,
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
     key_lookups: Family<ResultLabel, Counter>,
@@ -310,6 +312,7 @@ impl Metrics {
             service_per_frame: Family::default(),
             inference_busy: Family::default(),
             solo_batches: Family::default(),
+            cuda_fallbacks: Family::default(),
             model_ready: Family::default(),
             auth_failures: Family::default(),
             key_lookups: Family::default(),
@@ -402,6 +405,11 @@ impl Metrics {
             "solo_batches",
             "Batches run alone on the solo session (every worker idle, all inference threads on one frame), by model",
             m.solo_batches.clone(),
+        );
+        r.register(
+            "cuda_preprocess_fallbacks",
+            "Batches preprocessed on the CPU because CUDA preprocessing failed on them (pipeline.preprocess = \"cuda\"), by model",
+            m.cuda_fallbacks.clone(),
         );
         r.register(
             "model_ready",
@@ -520,6 +528,7 @@ impl Metrics {
             drop(self.batch_size.get_or_create(&label));
             drop(self.inference_busy.get_or_create(&label));
             drop(self.solo_batches.get_or_create(&label));
+            drop(self.cuda_fallbacks.get_or_create(&label));
             drop(self.queue_depth.get_or_create(&label));
             drop(self.queue_capacity.get_or_create(&label));
             drop(self.active_tenants.get_or_create(&label));
@@ -722,6 +731,16 @@ pub fn batch_ran(model: &str, size: usize, busy: Duration, solo: bool) {
         .inc_by(busy.as_secs_f64());
 }
 
+/// A batch's CUDA preprocessing failed and the CPU did it instead.
+pub fn cuda_fallback(model: &str) {
+    get()
+        .cuda_fallbacks
+        .get_or_create(&ModelLabel {
+            model: model.into(),
+        })
+        .inc();
+}
+
 /// Scrape-time state of a model's pipeline.
 pub fn model_state(model: &str, queue_depth: usize, queue_capacity: usize, ready: bool) {
     let m = get();
@@ -792,6 +811,7 @@ mod tests {
         rate_limited(Transport::Http, LimitKind::Detect, 1);
         get().ratelimit_store_errors.inc();
         batch_ran("m", 4, Duration::from_millis(3), true);
+        cuda_fallback("m");
         model_state("m", 1, 256, true);
         scheduler_state("m", 2);
         admission_refused("m", AdmissionRefusal::QueueWait);

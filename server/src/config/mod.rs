@@ -788,6 +788,15 @@ impl Config {
         if p.io_threads == Some(0) {
             problems.push("pipeline.io_threads must be at least 1".into());
         }
+        if p.preprocess == PreprocessDevice::Cuda
+            && self.limits.max_frame_side > framegate_cuda::MAX_DIM
+        {
+            problems.push(format!(
+                "limits.max_frame_side must be at most {} with pipeline.preprocess = \"cuda\" (the kernels' largest side), got {}",
+                framegate_cuda::MAX_DIM,
+                self.limits.max_frame_side
+            ));
+        }
         if p.threads_per_worker == 0 {
             problems.push("pipeline.threads_per_worker must be at least 1".into());
         }

@@ -24,7 +24,7 @@ use framegate_cuda::{
 use framegate_protocol::Codec;
 
 use super::decode::{ProbedFrame, RgbImage};
-use super::preprocess::Placement;
+use super::preprocess::{Placement, Preprocessor};
 use crate::backend::spec::{ChannelOrder, InputSpec, ResizeMode};
 use crate::error::GatewayError;
 
@@ -72,10 +72,15 @@ pub fn unavailable_message(e: &CudaError) -> String {
 }
 
 /// One worker's GPU preprocessing: the kernels, its stream and buffers, and
-/// one decoded-frame buffer per batch slot.
+/// one decoded-frame buffer per batch slot (each keeps the capacity of the
+/// largest frame it held, as the CPU path's one buffer does; the pinned
+/// staging and device buffers grow to the largest batch's bytes). A CPU
+/// preprocessor stands by for a batch the GPU fails on.
 pub struct CudaPreprocess {
     gpu: GpuPreprocessor,
     images: Vec<RgbImage>,
+    cpu: Preprocessor,
+    scratch: RgbImage,
 }
 
 impl std::fmt::Debug for CudaPreprocess {
@@ -91,17 +96,32 @@ impl CudaPreprocess {
     /// (once per process) and sets up a stream for batches of up to
     /// `max_batch` frames of `input`.
     pub fn new(input: &InputSpec, max_batch: usize, ordinal: usize) -> Result<Self, GatewayError> {
-        let gpu = GpuPreprocessor::new(ordinal, kernel_spec(input), max_batch)
-            .map_err(|e| GatewayError::NotReady(unavailable_message(&e)))?;
-        // A worker waiting for its batch sleeps: a spinning wait took a core
-        // from the other workers' inference (measured on an H200 node with 8
-        // workers: 82 → 72 frames/s, docs/benchmarks.md).
-        gpu.set_blocking_sync()
-            .map_err(|e| GatewayError::NotReady(unavailable_message(&e)))?;
-        Ok(Self {
+        let refuse = |e: CudaError| GatewayError::NotReady(unavailable_message(&e));
+        let gpu = GpuPreprocessor::new(ordinal, kernel_spec(input), max_batch).map_err(refuse)?;
+        // A worker waiting for its batch sleeps: with the driver's spinning
+        // waits, CUDA preprocessing answered 0.87× the CPU path's frames on
+        // an H200 node with 8 workers (docs/benchmarks.md). A driver without
+        // the call (before CUDA 12.1) keeps spinning, with a warning.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gpu.set_blocking_sync())) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "CUDA waits will spin"),
+            Err(_) => tracing::warn!("this CUDA driver cannot make waits block; they will spin"),
+        }
+        let mut me = Self {
             gpu,
             images: (0..max_batch.max(1)).map(|_| RgbImage::default()).collect(),
-        })
+            cpu: Preprocessor::default(),
+            scratch: RgbImage::default(),
+        };
+        // One small batch through the whole path: a GPU that cannot run the
+        // kernels fails here, at start, and the copy-back buffer exists
+        // before the first frame.
+        let chw = kernel_spec(input).image_len();
+        let pixel = FrameRef::rgb8(&[114, 114, 114], 1, 1);
+        me.gpu
+            .run_to_host(&[pixel], &mut vec![0f32; chw])
+            .map_err(refuse)?;
+        Ok(me)
     }
 
     /// The GPU's name.
@@ -166,6 +186,29 @@ impl CudaPreprocess {
         self.gpu
             .run_to_host(&refs, out)
             .map_err(|e| GatewayError::Internal(format!("CUDA preprocessing failed: {e}")))
+    }
+
+    /// Preprocesses staged frame `slot` on the CPU into `out` (one image),
+    /// for a batch the GPU failed on; returns where it landed.
+    pub fn run_on_cpu(
+        &mut self,
+        slot: usize,
+        frame: &ProbedFrame,
+        input: &InputSpec,
+        out: &mut [f32],
+    ) -> Placement {
+        let image = match (raw_format(frame.codec), self.images.get(slot)) {
+            (None, Some(decoded)) => decoded,
+            _ => {
+                // A raw frame: `decode_rgb` only copies or converts it (its
+                // size was checked by `probe`).
+                if let Err(e) = super::decode::decode_rgb(frame, &mut self.scratch) {
+                    tracing::error!(error = %e, "a staged raw frame did not convert");
+                }
+                &self.scratch
+            }
+        };
+        self.cpu.run(image, input, out)
     }
 }
 

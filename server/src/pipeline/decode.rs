@@ -434,7 +434,9 @@ mod tests {
 
     #[test]
     fn nv12_matches_the_per_pixel_formula() {
-        // BT.601 limited range, pixel by pixel, rounded half away from zero.
+        // BT.601 limited range, pixel by pixel: exactly the conversion's
+        // arithmetic (terms grouped as it groups them, rounded half up),
+        // and within 1 of the textbook grouping rounded half away from zero.
         let (w, h) = (6usize, 4usize);
         let data: Vec<u8> = (0..w * h * 3 / 2)
             .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
@@ -449,27 +451,38 @@ mod tests {
         .unwrap();
         let mut img = RgbImage::default();
         decode_rgb(&f, &mut img).unwrap();
-        let clamp = |v: f32| v.round().clamp(0.0, 255.0) as i32;
+        let half_up = |v: f32| (v.clamp(0.0, 255.0) + 0.5) as i32;
+        let textbook = |v: f32| v.round().clamp(0.0, 255.0) as i32;
+        let mut exact = 0;
         for row in 0..h {
             for col in 0..w {
-                let y = f32::from(data[row * w + col]) - 16.0;
+                let yv = f32::from(data[row * w + col]) - 16.0;
                 let uv = w * h + (row / 2) * w + (col / 2) * 2;
                 let (u, v) = (f32::from(data[uv]) - 128.0, f32::from(data[uv + 1]) - 128.0);
+                let y = 1.164 * yv;
                 let want = [
-                    clamp(1.164 * y + 1.596 * v),
-                    clamp(1.164 * y - 0.392 * u - 0.813 * v),
-                    clamp(1.164 * y + 2.017 * u),
+                    half_up(y + 1.596 * v),
+                    half_up(y + (-0.392 * u - 0.813 * v)),
+                    half_up(y + 2.017 * u),
+                ];
+                let book = [
+                    textbook(1.164 * yv + 1.596 * v),
+                    textbook(1.164 * yv - 0.392 * u - 0.813 * v),
+                    textbook(1.164 * yv + 2.017 * u),
                 ];
                 let o = (row * w + col) * 3;
-                for (c, (got, want)) in img.pixels[o..o + 3].iter().zip(want).enumerate() {
-                    let got = i32::from(*got);
-                    assert!(
-                        (got - want).abs() <= 1,
-                        "({col},{row}) channel {c}: {got} vs {want}"
-                    );
+                let got = img.pixels[o..o + 3].iter().map(|&p| i32::from(p));
+                for (c, ((got, want), book)) in got.zip(want).zip(book).enumerate() {
+                    assert_eq!(got, want, "({col},{row}) channel {c}");
+                    assert!((got - book).abs() <= 1, "({col},{row}) channel {c}");
+                    exact += usize::from(got == book);
                 }
             }
         }
+        assert!(
+            exact >= w * h * 3 * 9 / 10,
+            "only {exact} values equal the textbook's"
+        );
     }
 
     #[test]

@@ -624,7 +624,20 @@ fn run_worker(ctx: WorkerContext) {
     let mut pre = match ctx.preprocess {
         PreprocessDevice::Cpu => Pre::Cpu(Preprocessor::default(), RgbImage::default()),
         PreprocessDevice::Cuda => {
-            match CudaPreprocess::new(&spec.input, max_batch, ctx.cuda_device) {
+            // A panic in the driver bindings (a missing symbol in an old
+            // driver) is a failure to start, not a worker that never reports.
+            let made = std::panic::catch_unwind(|| {
+                CudaPreprocess::new(&spec.input, max_batch, ctx.cuda_device)
+            })
+            .unwrap_or_else(|_| {
+                Err(GatewayError::NotReady(
+                    "CUDA preprocessing (pipeline.preprocess = \"cuda\") cannot start: the CUDA \
+                     driver bindings panicked (see the log); set pipeline.preprocess = \"cpu\" \
+                     (--preprocess cpu) to preprocess on the CPU"
+                        .into(),
+                ))
+            });
+            match made {
                 Ok(c) => {
                     tracing::info!(model = %spec.name, device = c.device_name(), arch = %c.arch(), "CUDA preprocessing ready");
                     Pre::Cuda(Box::new(c))
@@ -817,11 +830,18 @@ fn process_batch(
         let frames: Vec<&ProbedFrame> = ready.iter().map(|p| &p.item.frame).collect();
         let n = frames.len();
         if let Err(e) = gpu.run(&frames, &mut input[..n * chw]) {
-            tracing::error!(model = %spec.name, error = %e, frames = n, "CUDA preprocessing failed; the batch is answered with the error");
-            for p in ready {
-                let _ = p.item.reply.send(Err(e.clone()));
+            // The frames are staged: the CPU preprocesses them instead, so
+            // a GPU fault costs time, not answers.
+            tracing::error!(model = %spec.name, error = %e, frames = n, "CUDA preprocessing failed; this batch is preprocessed on the CPU");
+            crate::metrics::cuda_fallback(&spec.name);
+            for (k, p) in ready.iter_mut().enumerate() {
+                p.place = gpu.run_on_cpu(
+                    k,
+                    &p.item.frame,
+                    &spec.input,
+                    &mut input[k * chw..(k + 1) * chw],
+                );
             }
-            return;
         }
         let us = micros(t0.elapsed());
         for p in &mut ready {

@@ -1010,6 +1010,21 @@ mod tests {
     }
 
     #[test]
+    fn cuda_preprocessing_refuses_frames_larger_than_the_kernels_take() {
+        let config: Config = toml::from_str("[pipeline]\npreprocess = \"cuda\"\n").unwrap();
+        assert_eq!(config.pipeline.preprocess, PreprocessDevice::Cuda);
+        config.validate().unwrap();
+        let config: Config = toml::from_str(
+            "[pipeline]\npreprocess = \"cuda\"\n[limits]\nmax_frame_side = 20000\n",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("max_frame_side") && err.contains("16384"), "{err}");
+        let config: Config = toml::from_str("[limits]\nmax_frame_side = 20000\n").unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn io_threads_default_to_half_the_cores_and_zero_is_refused() {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let config = Config::default();

@@ -15,10 +15,7 @@ use framegate::pipeline::preprocess::Preprocessor;
 use framegate::pipeline::{FrameResult, ModelPipeline, Readiness};
 use support::data;
 
-const LIMITS: FrameLimits = FrameLimits {
-    max_pixels: 40_000_000,
-    max_side: 16_384,
-};
+const LIMITS: FrameLimits = support::FRAME_LIMITS;
 const PHOTOS: [&str; 8] = [
     "dog.jpg",
     "person.jpg",

@@ -28,19 +28,9 @@ use framegate::pipeline::preprocess::{Placement, Preprocessor};
 use framegate::pipeline::{FrameOutcome, FrameResult, ModelPipeline, Readiness};
 use framegate_cuda::{preprocess_cpu, FrameRef, PixelFormat};
 use framegate_protocol::Codec;
-use support::data;
+use support::{data, PHOTOS};
 
-const LIMITS: FrameLimits = FrameLimits {
-    max_pixels: 40_000_000,
-    max_side: 16_384,
-};
-const PHOTOS: [&str; 5] = [
-    "dog.jpg",
-    "person.jpg",
-    "horses.jpg",
-    "giraffe.jpg",
-    "kite.jpg",
-];
+const LIMITS: FrameLimits = support::FRAME_LIMITS;
 
 fn require_gpu() -> bool {
     std::env::var_os("FRAMEGATE_REQUIRE_GPU").is_some_and(|v| v == "1")

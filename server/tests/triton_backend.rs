@@ -21,6 +21,7 @@ use framegate::gateway::{onnx_factory, triton_factory};
 use framegate::pipeline::decode::{probe, FrameLimits};
 use framegate::pipeline::{BackendFactory, FrameResult, ModelPipeline, Readiness};
 use mlserver::{config_file, free_port, nanodet_onnx, path_str, Forwarder, MlServer};
+use support::PHOTOS;
 use support::{data, iou, repo_root};
 
 /// One MLServer for the whole file (it takes seconds to start): NanoDet-g,
@@ -55,14 +56,6 @@ fn triton_config(endpoints: Vec<String>) -> TritonConfig {
         ..TritonConfig::default()
     }
 }
-
-const PHOTOS: [&str; 5] = [
-    "dog.jpg",
-    "person.jpg",
-    "horses.jpg",
-    "giraffe.jpg",
-    "kite.jpg",
-];
 
 fn run_photos(factory: BackendFactory) -> Vec<FrameResult> {
     let config = PipelineConfig {

@@ -1014,12 +1014,14 @@ mod tests {
         let config: Config = toml::from_str("[pipeline]\npreprocess = \"cuda\"\n").unwrap();
         assert_eq!(config.pipeline.preprocess, PreprocessDevice::Cuda);
         config.validate().unwrap();
-        let config: Config = toml::from_str(
-            "[pipeline]\npreprocess = \"cuda\"\n[limits]\nmax_frame_side = 20000\n",
-        )
-        .unwrap();
+        let config: Config =
+            toml::from_str("[pipeline]\npreprocess = \"cuda\"\n[limits]\nmax_frame_side = 20000\n")
+                .unwrap();
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("max_frame_side") && err.contains("16384"), "{err}");
+        assert!(
+            err.contains("max_frame_side") && err.contains("16384"),
+            "{err}"
+        );
         let config: Config = toml::from_str("[limits]\nmax_frame_side = 20000\n").unwrap();
         config.validate().unwrap();
     }

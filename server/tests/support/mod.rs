@@ -37,6 +37,22 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The five test photos with reference detections (tests/data/README.md).
+pub const PHOTOS: [&str; 5] = [
+    "dog.jpg",
+    "person.jpg",
+    "horses.jpg",
+    "giraffe.jpg",
+    "kite.jpg",
+];
+
+/// Frame limits roomy enough for every test photo and raw frame.
+pub const FRAME_LIMITS: framegate::pipeline::decode::FrameLimits =
+    framegate::pipeline::decode::FrameLimits {
+        max_pixels: 40_000_000,
+        max_side: 16_384,
+    };
+
 pub fn data(name: &str) -> Vec<u8> {
     let p = repo_root().join("server/tests/data").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))

@@ -98,9 +98,9 @@ impl CudaPreprocess {
     pub fn new(input: &InputSpec, max_batch: usize, ordinal: usize) -> Result<Self, GatewayError> {
         let refuse = |e: CudaError| GatewayError::NotReady(unavailable_message(&e));
         let gpu = GpuPreprocessor::new(ordinal, kernel_spec(input), max_batch).map_err(refuse)?;
-        // A worker waiting for its batch sleeps: with the driver's spinning
-        // waits, CUDA preprocessing answered 0.87× the CPU path's frames on
-        // an H200 node with 8 workers (docs/benchmarks.md). A driver without
+        // A worker waiting for its batch sleeps instead of holding a core
+        // the other workers' inference could use (the driver spins by
+        // default; docs/benchmarks.md, "Spinning waits"). A driver without
         // the call (before CUDA 12.1) keeps spinning, with a warning.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gpu.set_blocking_sync())) {
             Ok(Ok(())) => {}

@@ -6,8 +6,11 @@ use std::process::Command;
 
 fn serve(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_framegate"));
+    // Free ports only: these gateways run side by side, and one that gets
+    // as far as its listeners must not collide with another on QUIC's 8443.
     cmd.arg("serve")
         .args(["--http-listen", "127.0.0.1:0"])
+        .args(["--quic-listen", "127.0.0.1:0"])
         .args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -45,7 +48,8 @@ fn cuda_preprocessing_without_a_gpu_names_what_is_missing() {
         println!("{n} CUDA device(s) here: the refusal is not exercised (tests/cuda_preprocess.rs runs the GPU path)");
         return;
     }
-    // Its own data folder: the gateway opens its key store before the model.
+    // Its own data folder: the gateway opens its key store before it waits
+    // for the model.
     let data = tempfile::tempdir().unwrap();
     let (code, err) = serve(
         &[

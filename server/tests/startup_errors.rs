@@ -2,24 +2,40 @@
 
 mod support;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+/// Runs `framegate serve` and returns its exit code and stderr. A gateway
+/// that starts instead of refusing is killed after 30 s and reported as
+/// exit code -1, so a lost refusal fails the test instead of hanging it.
 fn serve(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_framegate"));
     // Free ports only: these gateways run side by side, and one that gets
     // as far as its listeners must not collide with another on QUIC's 8443.
     cmd.arg("serve")
         .args(["--http-listen", "127.0.0.1:0"])
         .args(["--quic-listen", "127.0.0.1:0"])
-        .args(args);
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(stderr.reopen().unwrap());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut child = cmd.spawn().unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if Instant::now() >= end {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, std::fs::read_to_string(stderr.path()).unwrap())
 }
 
 #[test]

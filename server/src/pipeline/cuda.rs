@@ -64,7 +64,7 @@ pub fn placement(spec: &PreprocessSpec, w: u32, h: u32) -> Placement {
 }
 
 /// The message a gateway that cannot start its CUDA preprocessing fails with.
-pub fn unavailable_message(e: &CudaError) -> String {
+pub fn unavailable_message(e: &dyn std::fmt::Display) -> String {
     format!(
         "CUDA preprocessing (pipeline.preprocess = \"cuda\") cannot start: {e}; to \
          preprocess on the CPU instead, set pipeline.preprocess = \"cpu\" (--preprocess cpu)"

@@ -630,12 +630,9 @@ fn run_worker(ctx: WorkerContext) {
                 CudaPreprocess::new(&spec.input, max_batch, ctx.cuda_device)
             })
             .unwrap_or_else(|_| {
-                Err(GatewayError::NotReady(
-                    "CUDA preprocessing (pipeline.preprocess = \"cuda\") cannot start: the CUDA \
-                     driver bindings panicked (see the log); set pipeline.preprocess = \"cpu\" \
-                     (--preprocess cpu) to preprocess on the CPU"
-                        .into(),
-                ))
+                Err(GatewayError::NotReady(cuda::unavailable_message(
+                    &"the CUDA driver bindings panicked (see the log)",
+                )))
             });
             match made {
                 Ok(c) => {

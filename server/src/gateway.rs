@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
-use crate::backend::onnx::OnnxBackend;
+use crate::backend::onnx::{OnnxBackend, OnnxThreads};
 use crate::backend::spec::LoadedModel;
 use crate::config::Config;
 use crate::error::GatewayError;
@@ -35,9 +35,10 @@ pub struct Gateway {
 }
 
 /// The ONNX Runtime CPU backend factory.
-pub fn onnx_factory(threads: usize) -> BackendFactory {
+pub fn onnx_factory(threads: OnnxThreads) -> BackendFactory {
     Arc::new(move |model: &LoadedModel| {
-        OnnxBackend::new(model, threads).map(|b| Box::new(b) as Box<dyn crate::backend::Backend>)
+        OnnxBackend::with_threads(model, threads)
+            .map(|b| Box::new(b) as Box<dyn crate::backend::Backend>)
     })
 }
 

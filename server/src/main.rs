@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use framegate::auth::{Authenticator, DevKey, DEV_KEY_ENV};
+use framegate::backend::onnx::OnnxThreads;
 use framegate::config::{BackendKind, Config, ModelConfig};
 use framegate::gateway::{onnx_factory, synthetic_factory, triton_factory, Gateway};
 use framegate::pipeline::Readiness;
@@ -88,6 +89,10 @@ struct ServeArgs {
     /// threads per worker, at most 8].
     #[arg(long, env = "FRAMEGATE_SOLO_THREADS")]
     solo_threads: Option<usize>,
+    /// Whether ONNX Runtime's pool threads keep spin-waiting after a run:
+    /// lower tail latency, more CPU at moderate rates [default: true].
+    #[arg(long, env = "FRAMEGATE_SPIN_AFTER_RUN")]
+    spin_after_run: Option<bool>,
     /// Largest batch [default: 8].
     #[arg(long, env = "FRAMEGATE_MAX_BATCH")]
     max_batch: Option<usize>,
@@ -209,6 +214,9 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
     if let Some(t) = args.solo_threads {
         config.pipeline.solo_threads = Some(t);
     }
+    if let Some(s) = args.spin_after_run {
+        config.pipeline.spin_after_run = s;
+    }
     if let Some(b) = args.max_batch {
         config.pipeline.max_batch = b;
     }
@@ -291,7 +299,10 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
             framegate::backend::onnx::init_runtime(config.onnxruntime.dylib.as_deref()).map_err(
                 |e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("not ready: ")),
             )?;
-            onnx_factory(config.pipeline.threads_per_worker)
+            onnx_factory(OnnxThreads {
+                threads: config.pipeline.threads_per_worker,
+                spin_after_run: config.pipeline.spin_after_run,
+            })
         }
         BackendKind::Triton => {
             let triton = config.backend.triton.clone();

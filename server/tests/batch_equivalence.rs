@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use framegate::backend::onnx::{init_runtime, OnnxBackend};
+use framegate::backend::onnx::{init_runtime, OnnxBackend, OnnxThreads};
 use framegate::backend::spec::LoadedModel;
 use framegate::backend::Backend;
 use framegate::config::PipelineConfig;
@@ -82,7 +82,11 @@ fn backend_batch_of_eight_equals_eight_single_runs() {
 /// worker), waits until it is ready, and makes a runtime to await answers.
 fn start(config: &PipelineConfig) -> (std::sync::Arc<ModelPipeline>, tokio::runtime::Runtime) {
     init_runtime(None).expect("ONNX Runtime (run scripts/install-onnxruntime.sh)");
-    let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), config, onnx_factory(1));
+    let pipeline = ModelPipeline::start(
+        LoadedModel::bundled().unwrap(),
+        config,
+        onnx_factory(OnnxThreads::new(1)),
+    );
     assert_eq!(
         pipeline.wait_ready(Duration::from_secs(60)),
         Readiness::Ready

@@ -15,7 +15,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use framegate::backend::onnx::{init_runtime, OnnxBackend};
+use framegate::backend::onnx::{init_runtime, OnnxBackend, OnnxThreads};
 use framegate::backend::spec::LoadedModel;
 use framegate::backend::Backend;
 use framegate::config::{PipelineConfig, PreprocessDevice};
@@ -221,7 +221,7 @@ fn start(model: LoadedModel, preprocess: PreprocessDevice) -> std::sync::Arc<Mod
         preprocess,
         ..PipelineConfig::default()
     };
-    ModelPipeline::start(model, &config, onnx_factory(1))
+    ModelPipeline::start(model, &config, onnx_factory(OnnxThreads::new(1)))
 }
 
 /// Submits `frames` at once and returns their answers, in order.

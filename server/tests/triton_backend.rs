@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use framegate::backend::onnx::init_runtime;
+use framegate::backend::onnx::{init_runtime, OnnxThreads};
 use framegate::backend::spec::LoadedModel;
 use framegate::backend::triton::pool::TritonPool;
 use framegate::backend::triton::TritonBackend;
@@ -103,7 +103,7 @@ fn run_photos(factory: BackendFactory) -> Vec<FrameResult> {
 fn detections_through_triton_equal_the_local_onnx_backend() {
     let _one_at_a_time = serial();
     init_runtime(None).expect("ONNX Runtime (run scripts/install-onnxruntime.sh)");
-    let local = run_photos(onnx_factory(1));
+    let local = run_photos(onnx_factory(OnnxThreads::new(1)));
     let pool = TritonPool::connect(&triton_config(vec![server().grpc_url()])).unwrap();
     let config = TritonConfig::default();
     let remote = run_photos(triton_factory(pool, &config, 4));

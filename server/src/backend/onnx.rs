@@ -117,9 +117,33 @@ fn environment() -> Result<&'static ort::environment::Environment, GatewayError>
     }
 }
 
+/// The intra-op threads of an ONNX Runtime session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnnxThreads {
+    /// Intra-op threads (the calling thread and `threads - 1` pool threads).
+    pub threads: usize,
+    /// Whether the pool threads keep spin-waiting for the next run after a
+    /// run returns (`pipeline.spin_after_run`). Off, ONNX Runtime stops them
+    /// as the run ends (`session.force_spinning_stop`); they still spin
+    /// while a run goes on (without that the two-thread solo session was
+    /// about 40 % slower, docs/benchmarks.md).
+    pub spin_after_run: bool,
+}
+
+impl OnnxThreads {
+    /// `threads` intra-op threads that spin after a run (the default).
+    pub fn new(threads: usize) -> Self {
+        Self {
+            threads,
+            spin_after_run: true,
+        }
+    }
+}
+
 /// A model loaded into one ONNX Runtime session.
 pub struct OnnxBackend {
     session: Session,
+    spin_after_run: bool,
     input_name: String,
     input_dims: [usize; 3],
     output_names: Vec<String>,
@@ -135,8 +159,18 @@ impl std::fmt::Debug for OnnxBackend {
 }
 
 impl OnnxBackend {
-    /// Creates a session for `model` with `threads` intra-op threads.
+    /// Creates a session for `model` with `threads` intra-op threads that
+    /// spin after a run (the default).
     pub fn new(model: &LoadedModel, threads: usize) -> Result<Self, GatewayError> {
+        Self::with_threads(model, OnnxThreads::new(threads))
+    }
+
+    /// Creates a session for `model` with these intra-op threads.
+    pub fn with_threads(model: &LoadedModel, threads: OnnxThreads) -> Result<Self, GatewayError> {
+        let OnnxThreads {
+            threads,
+            spin_after_run,
+        } = threads;
         let env = environment()?;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             GatewayError::NotReady(format!("{what} for model {}: {e}", model.spec.name))
@@ -149,6 +183,11 @@ impl OnnxBackend {
             .map_err(|e| fail("cannot set threads", &e))?
             .with_inter_threads(1)
             .map_err(|e| fail("cannot set threads", &e))?;
+        if !spin_after_run {
+            builder = builder
+                .with_config_entry("session.force_spinning_stop", "1")
+                .map_err(|e| fail("cannot set thread options", &e))?;
+        }
         let session = builder
             .commit_from_memory(&model.onnx)
             .map_err(|e| fail("cannot load ONNX graph", &e))?;
@@ -166,6 +205,7 @@ impl OnnxBackend {
             .collect();
         Ok(Self {
             session,
+            spin_after_run,
             input_name,
             input_dims: [
                 3,
@@ -187,7 +227,11 @@ impl Backend for OnnxBackend {
         model: &LoadedModel,
         threads: usize,
     ) -> Option<Result<Box<dyn Backend>, GatewayError>> {
-        Some(OnnxBackend::new(model, threads).map(|b| Box::new(b) as Box<dyn Backend>))
+        let threads = OnnxThreads {
+            threads,
+            spin_after_run: self.spin_after_run,
+        };
+        Some(OnnxBackend::with_threads(model, threads).map(|b| Box::new(b) as Box<dyn Backend>))
     }
 
     fn infer(

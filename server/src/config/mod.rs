@@ -314,6 +314,15 @@ pub struct PipelineConfig {
     /// 0 or 1 (or not above `threads_per_worker`) turns it off. Default:
     /// `workers × threads_per_worker`, at most 8.
     pub solo_threads: Option<usize>,
+    /// Whether ONNX Runtime's pool threads (sessions with more than one
+    /// intra-op thread, such as the solo session) keep spin-waiting after a
+    /// run returns, ready for the next one. `true` (the default) gives the
+    /// lowest tail latency; `false` stops them as each run ends. On 2 cores
+    /// at 15 lone frames/s, `false` used 0.83–0.88 cores instead of
+    /// 1.32–1.45 (each run was followed by ~45 ms of spinning), with the
+    /// same median latency and a p99 about 4 ms higher (docs/benchmarks.md,
+    /// "ONNX Runtime's spin after a run"). One-thread sessions never spin.
+    pub spin_after_run: bool,
     /// Threads of the async runtime that runs the network side: sockets,
     /// HTTP, WebSocket and QUIC sessions, metering (image work is on the
     /// inference workers). Default: half the cores, at least 1, so the
@@ -380,6 +389,7 @@ impl Default for PipelineConfig {
             workers: None,
             threads_per_worker: 1,
             solo_threads: None,
+            spin_after_run: true,
             io_threads: None,
             preprocess: PreprocessDevice::Cpu,
             cuda_device: 0,

@@ -241,6 +241,58 @@ async fn pings_are_answered_with_their_payload_and_the_session_goes_on() {
     }
 }
 
+#[tokio::test]
+async fn a_ping_flood_mid_session_gets_a_pong_for_its_latest_ping() {
+    let gw = Gateway::start(&["--backend", "synthetic"]).await;
+    let (mut ws, _) = open_session(&gw).await;
+    // Far more pings than the writer answers one by one, sent without
+    // reading, then a frame. Some pongs may be skipped (RFC 6455 allows
+    // answering only the latest ping) but never the latest one's.
+    const PINGS: usize = 300;
+    for i in 0..PINGS {
+        ws.feed(Message::Ping(format!("ping {i}").into_bytes().into()))
+            .await
+            .unwrap();
+    }
+    ws.flush().await.unwrap();
+    send(&mut ws, &jpeg_frame(1, &data("dog.jpg"))).await;
+    let mut pongs: Vec<usize> = Vec::new();
+    let mut answered = false;
+    let last = format!("ping {}", PINGS - 1);
+    while !(answered && pongs.last() == Some(&(PINGS - 1))) {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no pong for {last:?} within 20 s (answered: {answered}; {} pongs, the last {:?})",
+                    pongs.len(),
+                    pongs.last()
+                )
+            });
+        match next {
+            Some(Ok(Message::Pong(p))) => {
+                let p = String::from_utf8(p.to_vec()).unwrap();
+                let i: usize = p.strip_prefix("ping ").unwrap().parse().unwrap();
+                assert!(
+                    pongs.last().is_none_or(|&l| l < i),
+                    "pongs out of order: {pongs:?} then {i}"
+                );
+                pongs.push(i);
+            }
+            Some(Ok(Message::Binary(b))) => {
+                let m = ServerMessage::decode(&b, &Default::default()).unwrap();
+                assert!(
+                    matches!(m, ServerMessage::Detections(ref d) if d.seq == 1),
+                    "{m:?}"
+                );
+                answered = true;
+            }
+            other => panic!("expected pongs and Detections 1, got {other:?}"),
+        }
+    }
+    eprintln!("{} pongs for {PINGS} pings", pongs.len());
+}
+
 /// Sends a close frame with `code` and reads until the server's: the code
 /// it answered with (`None` for an empty close frame). Panics when the
 /// connection ends without one.

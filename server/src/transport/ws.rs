@@ -21,7 +21,7 @@ use framegate_protocol::{ClientMessage, DecodeLimits, ServerMessage, PROTOCOL_VE
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
@@ -36,8 +36,7 @@ use super::wsframe::{WsError, WsMessage, WsReader, WsWriter};
 /// oversized message is answered with a protocol Error, not a bare close.
 const WS_SLACK_BYTES: usize = 64 << 10;
 
-/// Control frames owed to the client (pongs, the close answer), waiting
-/// for the writer.
+/// Pongs owed to the client before Hello: the latest ones.
 const CONTROL_BACKLOG: usize = 4;
 
 /// How long the writer gets to answer a client's close frame.
@@ -313,8 +312,14 @@ async fn run_session(
         }
     }
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_BACKLOG);
-    let mut writer = tokio::spawn(write_outbound(sink, out_rx, control_rx));
+    // The client's close frame (its status code), for the writer to answer.
+    let (close_tx, close_rx) = mpsc::channel::<Option<u16>>(1);
+    // After Hello, the pong owed for the latest ping: one the writer has
+    // not sent yet is replaced, so a ping flood gets pongs for some of its
+    // pings and always for the latest (RFC 6455 5.5.3 allows answering only
+    // the most recent), and costs one payload of memory.
+    let (pong_tx, pong_rx) = watch::channel(None);
+    let mut writer = tokio::spawn(write_outbound(sink, out_rx, close_rx, pong_rx));
     let conn = match gw
         .sessions
         .open(&gw, &principal, &hello, "ws", out_tx.clone())
@@ -332,7 +337,7 @@ async fn run_session(
     // Read until Bye, a violation, or the socket ends; the writer ends when
     // the session says so or the socket dies.
     let ended = tokio::select! {
-        ended = read_messages(&conn, &mut stream, &limits, &control_tx) => ended,
+        ended = read_messages(&conn, &mut stream, &limits, &pong_tx) => ended,
         _ = &mut writer => return,
     };
     match ended {
@@ -352,9 +357,9 @@ async fn run_session(
             // The writer answers the close frame and ends the connection;
             // the session detaches and waits for a resume, as below. One
             // bound for both steps: the writer may be stuck writing to a
-            // client that no longer reads, with its control backlog full.
+            // client that no longer reads.
             let answered = tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), async {
-                if control_tx.send(Control::Close(code)).await.is_ok() {
+                if close_tx.send(code).await.is_ok() {
                     let _ = (&mut writer).await;
                 }
             })
@@ -395,15 +400,13 @@ async fn read_messages(
     conn: &crate::session::Connection,
     stream: &mut Stream,
     limits: &DecodeLimits,
-    controls: &mpsc::Sender<Control>,
+    pongs: &watch::Sender<Option<Bytes>>,
 ) -> ReadEnd {
     loop {
         let mut closed = None;
-        // A client that pings faster than the writer answers gets pongs for
-        // some of its pings (RFC 6455 allows answering only the latest).
         let mut control = |c| match c {
             Control::Pong(p) => {
-                let _ = controls.try_send(Control::Pong(p));
+                pongs.send_replace(Some(p));
             }
             Control::Close(code) => closed = Some(code),
         };
@@ -431,7 +434,8 @@ async fn read_messages(
 async fn write_outbound(
     mut sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
-    mut controls: mpsc::Receiver<Control>,
+    mut closes: mpsc::Receiver<Option<u16>>,
+    mut pongs: watch::Receiver<Option<Bytes>>,
 ) {
     loop {
         // Answers first: a client that pings without pause does not hold
@@ -443,18 +447,20 @@ async fn write_outbound(
                 Some(out) => out,
                 None => return,
             },
-            Some(c) = controls.recv() => {
-                match c {
-                    Control::Pong(p) => sink.queue_pong(&p),
-                    Control::Close(code) => {
-                        // Answers still queued are not sent: the client
-                        // has closed its side of the conversation.
-                        answer_close(&mut sink, code).await;
+            Some(code) = closes.recv() => {
+                // Answers still queued are not sent: the client has closed
+                // its side of the conversation.
+                answer_close(&mut sink, code).await;
+                return;
+            }
+            // Ends (and is disabled) when the reader is gone.
+            Ok(()) = pongs.changed() => {
+                let owed = pongs.borrow_and_update().clone();
+                if let Some(p) = owed {
+                    sink.queue_pong(&p);
+                    if sink.flush().await.is_err() {
                         return;
                     }
-                }
-                if sink.flush().await.is_err() {
-                    return;
                 }
                 continue;
             }

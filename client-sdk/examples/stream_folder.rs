@@ -92,7 +92,17 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             Answer::Dropped { seq, reason, .. } => println!("#{seq:<4} dropped ({reason:?})"),
-            Answer::Error { seq, code, message } => println!("#{seq:<4} error {code:?}: {message}"),
+            Answer::Error {
+                seq,
+                code,
+                message,
+                retry_after,
+            } => match retry_after {
+                Some(after) => {
+                    println!("#{seq:<4} error {code:?}: {message} (retry after {after:?})")
+                }
+                None => println!("#{seq:<4} error {code:?}: {message}"),
+            },
             Answer::Lost { seq } => println!("#{seq:<4} lost"),
         }
     }

@@ -129,7 +129,12 @@ impl FrameOptions {
 ///
 /// ```
 /// use framegate_client::{Answer, DropReason};
-/// let a = Answer::Dropped { seq: 7, reason: DropReason::Superseded, message: String::new() };
+/// let a = Answer::Dropped {
+///     seq: 7,
+///     reason: DropReason::Superseded,
+///     message: String::new(),
+///     retry_after: None,
+/// };
 /// assert_eq!(a.seq(), 7);
 /// ```
 #[derive(Debug, Clone)]
@@ -144,6 +149,10 @@ pub enum Answer {
         reason: DropReason,
         /// The gateway's explanation.
         message: String,
+        /// For the reasons that pass (`queue-full`, `overloaded`,
+        /// `rate-limited`), about how long to wait before sending again,
+        /// when the gateway gave an estimate.
+        retry_after: Option<std::time::Duration>,
     },
     /// The frame was refused or failed (not billed); the session goes on.
     Error {
@@ -153,6 +162,10 @@ pub enum Answer {
         code: ErrorCode,
         /// The gateway's explanation.
         message: String,
+        /// For a refusal that may succeed later (`overloaded`,
+        /// `rate-limited`, …), about how long to wait before sending again,
+        /// when the gateway gave an estimate.
+        retry_after: Option<std::time::Duration>,
     },
     /// A datagram frame that never arrived (a later frame was answered).
     Lost {
@@ -615,6 +628,7 @@ impl Driver {
                 seq: e.seq.unwrap_or_default(),
                 code: e.code,
                 message: e.message,
+                retry_after: e.retry_after_ms.map(millis),
             }],
             ServerMessage::Dropped(d) => d
                 .seqs
@@ -623,6 +637,7 @@ impl Driver {
                     seq,
                     reason: d.reason,
                     message: d.message.clone(),
+                    retry_after: d.retry_after_ms.map(millis),
                 })
                 .collect(),
             ServerMessage::Detections(d) => vec![Answer::Detections(d)],
@@ -813,4 +828,9 @@ impl Driver {
             "no gateway took the session after {attempts} attempts: {last}"
         )))
     }
+}
+
+/// A wire retry hint (milliseconds) as a duration.
+fn millis(ms: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::from(ms))
 }

@@ -203,6 +203,9 @@ pub struct Dropped {
     pub reason: DropReason,
     /// Human-readable detail; may be empty.
     pub message: String,
+    /// About how long to wait before sending again (milliseconds), when
+    /// the gateway has an estimate.
+    pub retry_after_ms: Option<u32>,
 }
 
 /// An error (server → client). With `seq` it answers that frame and the
@@ -217,6 +220,9 @@ pub struct ErrorMessage {
     pub retryable: bool,
     /// The frame this error answers, if any.
     pub seq: Option<u64>,
+    /// For a retryable error, about how long to wait before sending again
+    /// (milliseconds), when the gateway has an estimate.
+    pub retry_after_ms: Option<u32>,
 }
 
 impl ErrorMessage {
@@ -227,6 +233,7 @@ impl ErrorMessage {
             message: message.into(),
             retryable: code.default_retryable(),
             seq: None,
+            retry_after_ms: None,
         }
     }
 
@@ -237,6 +244,7 @@ impl ErrorMessage {
             message: message.into(),
             retryable: code.default_retryable(),
             seq: Some(seq),
+            retry_after_ms: None,
         }
     }
 

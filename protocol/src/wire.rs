@@ -398,6 +398,7 @@ impl ServerMessage {
                     seqs: d.seqs().map(|v| v.iter().collect()).unwrap_or_default(),
                     reason: enum_value::<DropReason>(d.reason())?,
                     message: string(d.message()),
+                    retry_after_ms: d.retry_after_ms(),
                 })
             }
             fb::Message::Error => {
@@ -410,6 +411,7 @@ impl ServerMessage {
                     message: string(e.message()),
                     retryable: e.retryable(),
                     seq: e.seq(),
+                    retry_after_ms: e.retry_after_ms(),
                 })
             }
             other => unreachable!("check_side accepted {other:?}"),
@@ -514,6 +516,7 @@ impl ServerMessage {
                         seqs,
                         reason: d.reason.to_wire(),
                         message,
+                        retry_after_ms: d.retry_after_ms,
                     },
                 );
                 (fb::Message::Dropped, o.as_union_value())
@@ -527,6 +530,7 @@ impl ServerMessage {
                         message,
                         retryable: e.retryable,
                         seq: e.seq,
+                        retry_after_ms: e.retry_after_ms,
                     },
                 );
                 (fb::Message::Error, o.as_union_value())

@@ -74,16 +74,22 @@ fn every_enum_value_round_trips() {
             seqs: vec![4, 5],
             reason,
             message: String::new(),
+            retry_after_ms: Some(250),
         });
         assert_eq!(ServerMessage::decode(&m.encode(), &limits()).unwrap(), m);
     }
     for &code in ErrorCode::ALL {
-        for seq in [None, Some(0), Some(u64::MAX)] {
+        for (seq, retry_after_ms) in [
+            (None, None),
+            (Some(0), Some(0)),
+            (Some(u64::MAX), Some(u32::MAX)),
+        ] {
             let m = ServerMessage::Error(ErrorMessage {
                 code,
                 message: code.to_string(),
                 retryable: true,
                 seq,
+                retry_after_ms,
             });
             assert_eq!(ServerMessage::decode(&m.encode(), &limits()).unwrap(), m);
         }
@@ -191,6 +197,7 @@ fn helpers_are_consistent() {
         seqs: vec![3, 4],
         reason: DropReason::NoCredit,
         message: String::new(),
+        retry_after_ms: None,
     });
     assert_eq!(d.answered_seqs(), &[3, 4]);
     assert_eq!(

@@ -77,6 +77,7 @@ fn absurd_seqs_length_is_refused() {
         seqs: seqs.clone(),
         reason: DropReason::QueueFull,
         message: String::new(),
+        retry_after_ms: None,
     })
     .encode();
     let content: Vec<u8> = seqs.iter().flat_map(|s| s.to_le_bytes()).collect();

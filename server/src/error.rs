@@ -230,10 +230,13 @@ impl GatewayError {
         }
     }
 
-    /// `Retry-After` to send with the HTTP answer, if any.
+    /// About how long to wait before sending again, when the gateway has an
+    /// estimate: HTTP's `Retry-After` and the protocol `Error`'s
+    /// `retry_after_ms`. None for `NoCredit`: a stream's client waits for
+    /// its next `Credit`, which comes with the answers it is owed.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            GatewayError::QueueFull | GatewayError::NoCredit { .. } => Some(Duration::from_secs(1)),
+            GatewayError::QueueFull => Some(Duration::from_secs(1)),
             // About when the queue has drained to the budget again.
             GatewayError::QueueWait {
                 expected_ms,
@@ -276,6 +279,14 @@ impl GatewayError {
         u32::from(self.ws_close_code())
     }
 
+    /// [`Self::retry_after`] in whole milliseconds, rounded up (a client
+    /// that waits this long is not refused for the same reason: a GCRA wait
+    /// of 50.2 ms says 51), at least 1.
+    pub fn retry_after_ms(&self) -> Option<u32> {
+        self.retry_after()
+            .map(|d| u32::try_from(d.as_micros().div_ceil(1_000).max(1)).unwrap_or(u32::MAX))
+    }
+
     /// The protocol `Error` message, about frame `seq` if given.
     pub fn to_message(&self, seq: Option<u64>) -> ErrorMessage {
         ErrorMessage {
@@ -283,6 +294,7 @@ impl GatewayError {
             message: self.to_string(),
             retryable: self.retryable(),
             seq,
+            retry_after_ms: self.retry_after_ms(),
         }
     }
 }

@@ -191,11 +191,19 @@ async fn noisy(ws: Ws) -> Tally {
                 match d.reason {
                     DropReason::Overloaded => {
                         assert!(d.message.contains("ms wait budget allows"), "{d:?}");
+                        // The hint: about when the queue is back within
+                        // its budget, never more than the whole wait.
+                        let wait = expected_wait_ms(&d.message);
+                        let after = d.retry_after_ms.expect("a retry hint") as u64;
+                        assert!((1..=wait.max(1)).contains(&after), "{d:?}");
                         t.overloaded += d.seqs.len() as u64;
                     }
                     // Over its share of the (budget-sized) queue while
                     // the calm tenant has a frame queued.
-                    DropReason::QueueFull => t.queue_full += d.seqs.len() as u64,
+                    DropReason::QueueFull => {
+                        assert_eq!(d.retry_after_ms, Some(1000), "{d:?}");
+                        t.queue_full += d.seqs.len() as u64
+                    }
                     _ => panic!("unexpected reason: {d:?}"),
                 }
                 for s in &d.seqs {
@@ -217,6 +225,14 @@ async fn noisy(ws: Ws) -> Tally {
     );
     drop(writer.await.unwrap());
     t
+}
+
+/// The "would wait about N ms" of an overload refusal.
+fn expected_wait_ms(message: &str) -> u64 {
+    let (_, rest) = message
+        .split_once("would wait about ")
+        .unwrap_or_else(|| panic!("no expected wait in {message:?}"));
+    rest.split(' ').next().unwrap().parse().unwrap()
 }
 
 async fn refused_for_queue_wait(gw: &Gateway) -> u64 {
@@ -351,6 +367,14 @@ async fn http_past_capacity_gets_429_with_retry_after_and_fast_answers() {
                             .parse()
                             .unwrap();
                         assert!(after >= 1, "{after}");
+                        // The same wait in ms in the body; the header
+                        // rounds it up to whole seconds.
+                        let ms = body["error"]["retry_after_ms"]
+                            .as_u64()
+                            .expect("retry_after_ms");
+                        assert_eq!(after, ms.div_ceil(1000).max(1), "{body}");
+                        let wait = expected_wait_ms(body["error"]["message"].as_str().unwrap());
+                        assert!((1..=wait.max(1)).contains(&ms), "{body}");
                         t.overloaded += 1;
                     }
                     other => panic!("unexpected status {other}: {body}"),

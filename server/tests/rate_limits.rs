@@ -90,6 +90,10 @@ async fn a_stream_over_its_rate_gets_dropped_frames_stays_open_and_is_billed_onl
             Some(ServerMessage::Dropped(d)) => {
                 assert_eq!(d.reason, DropReason::RateLimited, "{d:?}");
                 assert!(d.message.contains("frames/s"), "{}", d.message);
+                // The next free slot, at 10 frames/s at most one
+                // emission interval away.
+                let after = d.retry_after_ms.expect("a retry hint");
+                assert!((1..=100).contains(&after), "{d:?}");
                 limited.extend(d.seqs);
             }
             other => panic!("unexpected {other:?}"),
@@ -211,6 +215,7 @@ async fn a_session_over_max_sessions_is_refused_at_hello() {
             assert_eq!(e.code, ErrorCode::RateLimited, "{e:?}");
             assert!(e.retryable);
             assert!(e.seq.is_none());
+            assert_eq!(e.retry_after_ms, Some(1000), "{e:?}");
             assert!(
                 e.message.contains("maximum of 1 streaming sessions"),
                 "{}",

@@ -2551,6 +2551,7 @@ impl<'a> Dropped<'a> {
   pub const VT_SEQS: ::flatbuffers::VOffsetT = 4;
   pub const VT_REASON: ::flatbuffers::VOffsetT = 6;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RETRY_AFTER_MS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2562,6 +2563,7 @@ impl<'a> Dropped<'a> {
     args: &'args DroppedArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Dropped<'bldr>> {
     let mut builder = DroppedBuilder::new(_fbb);
+    if let Some(x) = args.retry_after_ms { builder.add_retry_after_ms(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     if let Some(x) = args.seqs { builder.add_seqs(x); }
     builder.add_reason(args.reason);
@@ -2592,6 +2594,17 @@ impl<'a> Dropped<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Dropped::VT_MESSAGE, None)}
   }
+  /// About how long to wait before sending again, in milliseconds, for the
+  /// reasons that pass (queue-full, overloaded, rate-limited); absent when
+  /// the gateway has no estimate. Appended in protocol 1 (older peers ignore
+  /// it).
+  #[inline]
+  pub fn retry_after_ms(&self) -> Option<u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Dropped::VT_RETRY_AFTER_MS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Dropped<'_> {
@@ -2603,6 +2616,7 @@ impl ::flatbuffers::Verifiable for Dropped<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("seqs", Self::VT_SEQS, false)?
      .visit_field::<DropReason>("reason", Self::VT_REASON, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<u32>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
      .finish();
     Ok(())
   }
@@ -2611,6 +2625,7 @@ pub struct DroppedArgs<'a> {
     pub seqs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub reason: DropReason,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub retry_after_ms: Option<u32>,
 }
 impl<'a> Default for DroppedArgs<'a> {
   #[inline]
@@ -2619,6 +2634,7 @@ impl<'a> Default for DroppedArgs<'a> {
       seqs: None,
       reason: DropReason::Unspecified,
       message: None,
+      retry_after_ms: None,
     }
   }
 }
@@ -2641,6 +2657,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DroppedBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Dropped::VT_MESSAGE, message);
   }
   #[inline]
+  pub fn add_retry_after_ms(&mut self, retry_after_ms: u32) {
+    self.fbb_.push_slot_always::<u32>(Dropped::VT_RETRY_AFTER_MS, retry_after_ms);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DroppedBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     DroppedBuilder {
@@ -2661,6 +2681,7 @@ impl ::core::fmt::Debug for Dropped<'_> {
       ds.field("seqs", &self.seqs());
       ds.field("reason", &self.reason());
       ds.field("message", &self.message());
+      ds.field("retry_after_ms", &self.retry_after_ms());
       ds.finish()
   }
 }
@@ -2686,6 +2707,7 @@ impl<'a> Error<'a> {
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
   pub const VT_RETRYABLE: ::flatbuffers::VOffsetT = 8;
   pub const VT_SEQ: ::flatbuffers::VOffsetT = 10;
+  pub const VT_RETRY_AFTER_MS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2698,6 +2720,7 @@ impl<'a> Error<'a> {
   ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
     let mut builder = ErrorBuilder::new(_fbb);
     if let Some(x) = args.seq { builder.add_seq(x); }
+    if let Some(x) = args.retry_after_ms { builder.add_retry_after_ms(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
     builder.add_retryable(args.retryable);
@@ -2736,6 +2759,17 @@ impl<'a> Error<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Error::VT_SEQ, None)}
   }
+  /// For a retryable error, about how long to wait before sending again, in
+  /// milliseconds (the queue to drain, a rate limit's next slot); absent
+  /// when the gateway has no estimate. Appended in protocol 1 (older peers
+  /// ignore it).
+  #[inline]
+  pub fn retry_after_ms(&self) -> Option<u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Error::VT_RETRY_AFTER_MS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Error<'_> {
@@ -2748,6 +2782,7 @@ impl ::flatbuffers::Verifiable for Error<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<bool>("retryable", Self::VT_RETRYABLE, false)?
      .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .visit_field::<u32>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
      .finish();
     Ok(())
   }
@@ -2757,6 +2792,7 @@ pub struct ErrorArgs<'a> {
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub retryable: bool,
     pub seq: Option<u64>,
+    pub retry_after_ms: Option<u32>,
 }
 impl<'a> Default for ErrorArgs<'a> {
   #[inline]
@@ -2766,6 +2802,7 @@ impl<'a> Default for ErrorArgs<'a> {
       message: None,
       retryable: false,
       seq: None,
+      retry_after_ms: None,
     }
   }
 }
@@ -2792,6 +2829,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<u64>(Error::VT_SEQ, seq);
   }
   #[inline]
+  pub fn add_retry_after_ms(&mut self, retry_after_ms: u32) {
+    self.fbb_.push_slot_always::<u32>(Error::VT_RETRY_AFTER_MS, retry_after_ms);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ErrorBuilder {
@@ -2813,6 +2854,7 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.field("message", &self.message());
       ds.field("retryable", &self.retryable());
       ds.field("seq", &self.seq());
+      ds.field("retry_after_ms", &self.retry_after_ms());
       ds.finish()
   }
 }

@@ -173,6 +173,11 @@ pub fn dropped(r: &mut Rng) -> Dropped {
         seqs: (0..n).map(|_| r.edgy_u64()).collect(),
         reason: r.pick(DropReason::ALL),
         message: r.string(),
+        retry_after_ms: if r.bool() {
+            Some(r.edgy_u64() as u32)
+        } else {
+            None
+        },
     }
 }
 
@@ -182,6 +187,11 @@ pub fn error(r: &mut Rng) -> ErrorMessage {
         message: r.string(),
         retryable: r.bool(),
         seq: if r.bool() { Some(r.edgy_u64()) } else { None },
+        retry_after_ms: if r.bool() {
+            Some(r.edgy_u64() as u32)
+        } else {
+            None
+        },
     }
 }
 
@@ -226,6 +236,7 @@ pub fn one_of_each() -> Vec<(&'static str, Bytes)> {
             seqs: vec![1, 2],
             reason: DropReason::Superseded,
             message: "x".into(),
+            retry_after_ms: None,
         }),
         ServerMessage::Error(ErrorMessage::frame(9, ErrorCode::InvalidImage, "bad jpeg")),
     ] {

@@ -67,8 +67,8 @@ pub struct CoreConfig {
 pub enum Outcome {
     /// Computed: the Detections (its `usage` is filled in at transmit time).
     Detections(Detections),
-    /// Not computed; answered with Dropped.
-    Dropped(DropReason, String),
+    /// Not computed; answered with Dropped (with a retry hint in ms, if any).
+    Dropped(DropReason, String, Option<u32>),
     /// Failed; answered with an Error about the frame.
     Failed(GatewayError),
 }
@@ -83,7 +83,7 @@ enum Slot<F> {
 #[derive(Debug)]
 enum Ready {
     Detections(Detections, u64),
-    Dropped(DropReason, String),
+    Dropped(DropReason, String, Option<u32>),
     Error(ErrorMessage),
 }
 
@@ -305,6 +305,7 @@ impl<F> SessionCore<F> {
                     Ready::Dropped(
                         DropReason::NoCredit,
                         "no credit and no waiting frame to replace".into(),
+                        None,
                     ),
                 );
                 return Ok(true);
@@ -350,11 +351,12 @@ impl<F> SessionCore<F> {
         datagram: bool,
         reason: DropReason,
         message: String,
+        retry_after_ms: Option<u32>,
     ) -> Result<bool, GatewayError> {
         if !self.take_seq(seq, datagram)? {
             return Ok(false);
         }
-        self.push_ready(seq, Ready::Dropped(reason, message));
+        self.push_ready(seq, Ready::Dropped(reason, message, retry_after_ms));
         Ok(true)
     }
 
@@ -395,6 +397,7 @@ impl<F> SessionCore<F> {
                 e.slot = Slot::Ready(Ready::Dropped(
                     DropReason::Superseded,
                     "replaced by a newer frame".into(),
+                    None,
                 ));
                 dropped += 1;
             }
@@ -422,6 +425,7 @@ impl<F> SessionCore<F> {
                         "cannot be answered by its deadline (recent service time {} ms)",
                         service / 1000
                     ),
+                    None,
                 ));
                 self.holding_credit -= 1;
                 continue;
@@ -458,7 +462,7 @@ impl<F> SessionCore<F> {
                 let pixels = u64::from(d.width) * u64::from(d.height);
                 Ready::Detections(d, pixels)
             }
-            Outcome::Dropped(reason, message) => Ready::Dropped(reason, message),
+            Outcome::Dropped(reason, message, after) => Ready::Dropped(reason, message, after),
             Outcome::Failed(e) => Ready::Error(e.to_message(Some(seq))),
         });
         self.in_pipeline -= 1;
@@ -503,16 +507,18 @@ impl<F> SessionCore<F> {
                 (ServerMessage::Detections(d), Some(pixels), first.seq, 1)
             }
             Ready::Error(e) => (ServerMessage::Error(e), None, first.seq, 1),
-            Ready::Dropped(reason, message) => {
+            Ready::Dropped(reason, message, mut retry_after_ms) => {
                 let mut seqs = vec![first.seq];
                 while let Some(Entry {
-                    slot: Slot::Ready(Ready::Dropped(r, _)),
+                    slot: Slot::Ready(Ready::Dropped(r, _, after)),
                     ..
                 }) = self.entries.front()
                 {
                     if *r != reason {
                         break;
                     }
+                    // One answer for all: the longest wait (None < Some).
+                    retry_after_ms = retry_after_ms.max(*after);
                     seqs.push(self.entries.pop_front().expect("checked").seq);
                 }
                 let (max_seq, n) = (*seqs.last().expect("one"), seqs.len() as u32);
@@ -521,6 +527,7 @@ impl<F> SessionCore<F> {
                         seqs,
                         reason,
                         message,
+                        retry_after_ms,
                     }),
                     None,
                     max_seq,
@@ -603,7 +610,7 @@ impl<F> SessionCore<F> {
     pub fn drop_waiting(&mut self, reason: DropReason, message: &str) {
         for e in self.entries.iter_mut() {
             if matches!(e.slot, Slot::Waiting { .. }) {
-                e.slot = Slot::Ready(Ready::Dropped(reason, message.to_string()));
+                e.slot = Slot::Ready(Ready::Dropped(reason, message.to_string(), None));
                 self.holding_credit -= 1;
             }
         }

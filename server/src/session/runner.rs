@@ -674,10 +674,13 @@ impl SessionTask {
                 self.rate.describe_frames(),
                 d.retry_after_us.div_ceil(1000)
             );
-            if let Err(e) =
-                self.core
-                    .on_frame_refused(f.seq, datagram, DropReason::RateLimited, message)
-            {
+            if let Err(e) = self.core.on_frame_refused(
+                f.seq,
+                datagram,
+                DropReason::RateLimited,
+                message,
+                Some(u32::try_from(d.retry_after_us.div_ceil(1000).max(1)).unwrap_or(u32::MAX)),
+            ) {
                 self.end(e);
                 return;
             }
@@ -751,13 +754,16 @@ impl SessionTask {
                         r.release();
                     }
                     let outcome = match e {
-                        GatewayError::QueueFull => Outcome::Dropped(
+                        e @ GatewayError::QueueFull => Outcome::Dropped(
                             DropReason::QueueFull,
                             "the ingress queue is full".into(),
+                            e.retry_after_ms(),
                         ),
-                        e @ GatewayError::QueueWait { .. } => {
-                            Outcome::Dropped(DropReason::Overloaded, e.to_string())
-                        }
+                        e @ GatewayError::QueueWait { .. } => Outcome::Dropped(
+                            DropReason::Overloaded,
+                            e.to_string(),
+                            e.retry_after_ms(),
+                        ),
                         e => Outcome::Failed(e),
                     };
                     self.core.on_outcome(now, seq, outcome);
@@ -781,6 +787,7 @@ impl SessionTask {
             Some(Err(GatewayError::DeadlineExceeded)) => Outcome::Dropped(
                 DropReason::DeadlineExceeded,
                 "its deadline passed while it was queued".into(),
+                None,
             ),
             Some(Err(e)) => Outcome::Failed(e),
             None => Outcome::Failed(GatewayError::Internal(

@@ -67,6 +67,9 @@ struct ErrorDetail<'a> {
     code: &'a str,
     message: String,
     retryable: bool,
+    /// The `Retry-After` header in milliseconds, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u32>,
 }
 
 /// The HTTP answer for an error.
@@ -77,6 +80,7 @@ pub fn error_response(e: &GatewayError) -> Response {
             code: e.code().as_str(),
             message: e.to_string(),
             retryable: e.retryable(),
+            retry_after_ms: e.retry_after_ms(),
         },
     };
     let mut resp = (status, Json(body)).into_response();

@@ -178,11 +178,35 @@ fn refused_frames_keep_their_turn_and_leave_waiting_frames_alone() {
 }
 
 #[test]
+fn refusals_answered_together_carry_the_longest_retry_hint() {
+    let mut c = SessionCore::new(cfg(4, OverloadPolicy::LatestOnly), 0);
+    c.attach(0).unwrap();
+    for (seq, after) in [(1, Some(5)), (2, Some(40)), (3, None), (4, Some(7))] {
+        c.on_frame_refused(seq, false, DropReason::RateLimited, "over".into(), after)
+            .unwrap();
+    }
+    let msgs = drain(&mut c);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(
+        matches!(&msgs[0], ServerMessage::Dropped(x) if x.seqs == [1, 2, 3, 4] && x.retry_after_ms == Some(40)),
+        "{msgs:?}"
+    );
+    // Without any hint, none is made up.
+    c.on_frame_refused(5, false, DropReason::RateLimited, "over".into(), None)
+        .unwrap();
+    let msgs = drain(&mut c);
+    assert!(
+        matches!(&msgs[0], ServerMessage::Dropped(x) if x.retry_after_ms.is_none()),
+        "{msgs:?}"
+    );
+}
+
+#[test]
 fn a_rate_limited_frame_is_dropped_in_order_and_holds_nothing() {
     let mut c = SessionCore::new(cfg(2, OverloadPolicy::LatestOnly), 0);
     c.attach(0).unwrap();
     c.on_frame(0, 1, 0, Ok(1), false).unwrap();
-    c.on_frame_refused(2, false, DropReason::RateLimited, "over".into())
+    c.on_frame_refused(2, false, DropReason::RateLimited, "over".into(), Some(5))
         .unwrap();
     // No credit taken and the waiting frame 1 is not superseded.
     assert_eq!(c.holding_credit(), 1);
@@ -191,14 +215,15 @@ fn a_rate_limited_frame_is_dropped_in_order_and_holds_nothing() {
     c.on_outcome(10, d.seq, det(2, 2));
     let msgs = drain(&mut c);
     assert_eq!(answered(&msgs), vec![1, 2]);
-    assert!(matches!(&msgs[1], ServerMessage::Dropped(x) if x.reason == DropReason::RateLimited));
+    assert!(matches!(&msgs[1], ServerMessage::Dropped(x)
+        if x.reason == DropReason::RateLimited && x.retry_after_ms == Some(5)));
     assert_eq!(c.usage().frames, 1, "only the computed frame is billed");
     // Sequence rules hold for refused frames too.
     assert!(c
-        .on_frame_refused(2, false, DropReason::RateLimited, "over".into())
+        .on_frame_refused(2, false, DropReason::RateLimited, "over".into(), Some(5))
         .is_err());
     assert!(matches!(
-        c.on_frame_refused(1, true, DropReason::RateLimited, "over".into()),
+        c.on_frame_refused(1, true, DropReason::RateLimited, "over".into(), Some(5)),
         Ok(false)
     ));
 }
@@ -403,7 +428,7 @@ impl Sim {
         let seq = self.computing.swap_remove(i);
         let outcome = match rng.below(10) {
             0 => Outcome::Failed(GatewayError::Backend("boom".into())),
-            1 => Outcome::Dropped(DropReason::QueueFull, "full".into()),
+            1 => Outcome::Dropped(DropReason::QueueFull, "full".into(), Some(1000)),
             _ => det(3, 2),
         };
         self.core.on_outcome(self.now, seq, outcome);

@@ -57,8 +57,19 @@ message(optionalEncoding?:any):string|Uint8Array|null {
   return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
 }
 
+/**
+ * About how long to wait before sending again, in milliseconds, for the
+ * reasons that pass (queue-full, overloaded, rate-limited); absent when
+ * the gateway has no estimate. Appended in protocol 1 (older peers ignore
+ * it).
+ */
+retryAfterMs():number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 10);
+  return offset ? this.bb!.readUint32(this.bb_pos + offset) : null;
+}
+
 static startDropped(builder:flatbuffers.Builder) {
-  builder.startObject(3);
+  builder.startObject(4);
 }
 
 static addSeqs(builder:flatbuffers.Builder, seqsOffset:flatbuffers.Offset) {
@@ -85,16 +96,22 @@ static addMessage(builder:flatbuffers.Builder, messageOffset:flatbuffers.Offset)
   builder.addFieldOffset(2, messageOffset, 0);
 }
 
+static addRetryAfterMs(builder:flatbuffers.Builder, retryAfterMs:number) {
+  builder.addFieldInt32(3, retryAfterMs, null);
+}
+
 static endDropped(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createDropped(builder:flatbuffers.Builder, seqsOffset:flatbuffers.Offset, reason:DropReason, messageOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createDropped(builder:flatbuffers.Builder, seqsOffset:flatbuffers.Offset, reason:DropReason, messageOffset:flatbuffers.Offset, retryAfterMs:number|null):flatbuffers.Offset {
   Dropped.startDropped(builder);
   Dropped.addSeqs(builder, seqsOffset);
   Dropped.addReason(builder, reason);
   Dropped.addMessage(builder, messageOffset);
+  if (retryAfterMs !== null)
+    Dropped.addRetryAfterMs(builder, retryAfterMs);
   return Dropped.endDropped(builder);
 }
 }

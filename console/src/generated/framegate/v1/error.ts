@@ -60,8 +60,19 @@ seq():bigint|null {
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : null;
 }
 
+/**
+ * For a retryable error, about how long to wait before sending again, in
+ * milliseconds (the queue to drain, a rate limit's next slot); absent
+ * when the gateway has no estimate. Appended in protocol 1 (older peers
+ * ignore it).
+ */
+retryAfterMs():number|null {
+  const offset = this.bb!.__offset(this.bb_pos, 12);
+  return offset ? this.bb!.readUint32(this.bb_pos + offset) : null;
+}
+
 static startError(builder:flatbuffers.Builder) {
-  builder.startObject(4);
+  builder.startObject(5);
 }
 
 static addCode(builder:flatbuffers.Builder, code:ErrorCode) {
@@ -80,18 +91,24 @@ static addSeq(builder:flatbuffers.Builder, seq:bigint) {
   builder.addFieldInt64(3, seq, null);
 }
 
+static addRetryAfterMs(builder:flatbuffers.Builder, retryAfterMs:number) {
+  builder.addFieldInt32(4, retryAfterMs, null);
+}
+
 static endError(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createError(builder:flatbuffers.Builder, code:ErrorCode, messageOffset:flatbuffers.Offset, retryable:boolean, seq:bigint|null):flatbuffers.Offset {
+static createError(builder:flatbuffers.Builder, code:ErrorCode, messageOffset:flatbuffers.Offset, retryable:boolean, seq:bigint|null, retryAfterMs:number|null):flatbuffers.Offset {
   Error.startError(builder);
   Error.addCode(builder, code);
   Error.addMessage(builder, messageOffset);
   Error.addRetryable(builder, retryable);
   if (seq !== null)
     Error.addSeq(builder, seq);
+  if (retryAfterMs !== null)
+    Error.addRetryAfterMs(builder, retryAfterMs);
   return Error.endError(builder);
 }
 }

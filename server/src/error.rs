@@ -237,12 +237,16 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::QueueFull => Some(Duration::from_secs(1)),
-            // About when the queue has drained to the budget again.
+            // About when the queue has drained to the budget again; at
+            // least 100 ms (a tenant refused for the headroom it leaves
+            // others can be under the budget: no hint of "retry at once").
             GatewayError::QueueWait {
                 expected_ms,
                 budget_ms,
             } => Some(Duration::from_millis(
-                expected_ms.saturating_sub(*budget_ms),
+                expected_ms
+                    .saturating_sub(*budget_ms)
+                    .max(MIN_OVERLOAD_RETRY_MS),
             )),
             GatewayError::NotReady(_) => Some(Duration::from_secs(2)),
             GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
@@ -283,8 +287,7 @@ impl GatewayError {
     /// that waits this long is not refused for the same reason: a GCRA wait
     /// of 50.2 ms says 51), at least 1.
     pub fn retry_after_ms(&self) -> Option<u32> {
-        self.retry_after()
-            .map(|d| u32::try_from(d.as_micros().div_ceil(1_000).max(1)).unwrap_or(u32::MAX))
+        self.retry_after().map(millis_rounded_up)
     }
 
     /// The protocol `Error` message, about frame `seq` if given.
@@ -299,6 +302,15 @@ impl GatewayError {
     }
 }
 
+/// The shortest retry hint of an overload refusal, ms.
+const MIN_OVERLOAD_RETRY_MS: u64 = 100;
+
+/// A wait in whole milliseconds for a retry hint: rounded up, at least 1,
+/// at most `u32::MAX`.
+pub fn millis_rounded_up(d: Duration) -> u32 {
+    u32::try_from(d.as_micros().div_ceil(1_000).max(1)).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +322,30 @@ mod tests {
         assert!(e.retryable());
         assert_eq!(e.side(), Side::Capacity);
         assert!(e.retry_after().is_some());
+    }
+
+    #[test]
+    fn retry_hints_round_up_and_an_overload_hint_is_at_least_100_ms() {
+        assert_eq!(millis_rounded_up(Duration::from_micros(50_200)), 51);
+        assert_eq!(millis_rounded_up(Duration::ZERO), 1);
+        assert_eq!(
+            millis_rounded_up(Duration::from_secs(u64::MAX / 2)),
+            u32::MAX
+        );
+        let wait = |expected_ms, budget_ms| {
+            GatewayError::QueueWait {
+                expected_ms,
+                budget_ms,
+            }
+            .retry_after_ms()
+        };
+        assert_eq!(wait(2_500, 500), Some(2_000));
+        assert_eq!(wait(490, 500), Some(100), "under the budget (headroom)");
+        let no_credit = GatewayError::NoCredit {
+            in_flight: 8,
+            credits: 8,
+        };
+        assert_eq!(no_credit.retry_after_ms(), None, "waits for Credit");
     }
 
     #[test]

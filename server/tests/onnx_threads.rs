@@ -1,6 +1,6 @@
 //! `pipeline.spin_after_run = false`: a session with more than one intra-op
 //! thread (the solo session) stops its pool threads as each run returns.
-//! By default ONNX Runtime keeps them spin-waiting for about 45 ms of CPU
+//! By default ONNX Runtime keeps them spin-waiting for 40-47 ms of CPU
 //! after every run, which at 15 lone frames/s was 0.6 of a core
 //! (docs/benchmarks.md, "ONNX Runtime's spin after a run"). Its own binary,
 //! so no other test's threads share the process.
@@ -66,10 +66,9 @@ fn cpu_after_runs(spin_after_run: bool, widen: bool) -> Duration {
 
 #[test]
 fn without_spin_after_run_a_two_thread_session_is_idle_between_runs() {
-    // A blocked pool costs microseconds (66-68 µs measured); the default
-    // spin-wait 43-45 ms per gap, counted in iterations, so a busy machine
-    // does not shrink it. The solo session, made from a worker's session,
-    // keeps the setting.
+    // A blocked pool costs microseconds (55-72 µs measured; the default
+    // spin-wait 40-47 ms per gap). The solo session, made from a worker's
+    // session, keeps the setting.
     for widen in [false, true] {
         let worst = cpu_after_runs(false, widen);
         assert!(
@@ -83,8 +82,9 @@ fn without_spin_after_run_a_two_thread_session_is_idle_between_runs() {
 #[test]
 fn by_default_the_pool_spins_after_a_run() {
     // What the setting is for: ONNX Runtime's default, kept by
-    // `spin_after_run = true`, spends CPU after a run. Only a lower bound a
-    // loaded machine still clears (43-45 ms measured on an idle one).
+    // `spin_after_run = true`, spends CPU after a run: 40-47 ms of a 150 ms
+    // gap on an idle machine. A low bound, as a thread that spins gets less
+    // CPU on a machine busy with other work.
     let worst = cpu_after_runs(true, false);
     assert!(
         worst > Duration::from_millis(5),

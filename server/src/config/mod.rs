@@ -318,9 +318,9 @@ pub struct PipelineConfig {
     /// intra-op thread, such as the solo session) keep spin-waiting after a
     /// run returns, ready for the next one. `true` (the default) gives the
     /// lowest tail latency; `false` stops them as each run ends. On 2 cores
-    /// at 15 lone frames/s, `false` used 0.83–0.88 cores instead of
+    /// at 15 lone frames/s, `false` used 0.83–0.87 cores instead of
     /// 1.32–1.45 (each run was followed by ~45 ms of spinning), with the
-    /// same median latency and a p99 about 4 ms higher (docs/benchmarks.md,
+    /// same median latency and a p99 3–6 ms higher (docs/benchmarks.md,
     /// "ONNX Runtime's spin after a run"). One-thread sessions never spin.
     pub spin_after_run: bool,
     /// Threads of the async runtime that runs the network side: sockets,

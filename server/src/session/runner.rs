@@ -679,7 +679,9 @@ impl SessionTask {
                 datagram,
                 DropReason::RateLimited,
                 message,
-                Some(u32::try_from(d.retry_after_us.div_ceil(1000).max(1)).unwrap_or(u32::MAX)),
+                Some(crate::error::millis_rounded_up(Duration::from_micros(
+                    d.retry_after_us,
+                ))),
             ) {
                 self.end(e);
                 return;

@@ -405,8 +405,11 @@ async fn read_messages(
     loop {
         let mut closed = None;
         let mut control = |c| match c {
+            // A copy (at most 125 bytes): the payload shares the read
+            // buffer, which may hold a whole frame, and the slot keeps its
+            // value after the pong is sent.
             Control::Pong(p) => {
-                pongs.send_replace(Some(p));
+                pongs.send_replace(Some(Bytes::copy_from_slice(&p)));
             }
             Control::Close(code) => closed = Some(code),
         };

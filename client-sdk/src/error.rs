@@ -45,6 +45,10 @@ pub enum ClientError {
         message: String,
         /// Whether retrying later may succeed.
         retryable: bool,
+        /// For a retryable error, about how long the gateway asks to wait
+        /// before trying again, when it gave an estimate (reconnects wait at
+        /// least this long).
+        retry_after: Option<std::time::Duration>,
     },
     /// The gateway answered a one-shot HTTP request with an error status.
     #[error("HTTP {status}: {message}")]
@@ -72,6 +76,14 @@ impl ClientError {
             ClientError::Gateway { retryable, .. } => *retryable,
             ClientError::Http { status, .. } => *status == 429 || *status >= 500,
             _ => false,
+        }
+    }
+
+    /// The gateway's retry hint, if it gave one.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Gateway { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }

@@ -224,15 +224,25 @@ impl Client {
                 s.finish().await?;
                 match s.next().await {
                     Some(Ok(Answer::Detections(d))) => Ok(d),
-                    Some(Ok(Answer::Error { code, message, .. })) => Err(ClientError::Gateway {
+                    Some(Ok(Answer::Error {
+                        code,
+                        message,
+                        retry_after,
+                        ..
+                    })) => Err(ClientError::Gateway {
                         code,
                         message,
                         retryable: code.default_retryable(),
+                        retry_after,
                     }),
                     Some(Ok(other)) => Err(ClientError::Gateway {
                         code: ErrorCode::Overloaded,
                         message: format!("the frame was not computed: {other:?}"),
                         retryable: true,
+                        retry_after: match other {
+                            Answer::Dropped { retry_after, .. } => retry_after,
+                            _ => None,
+                        },
                     }),
                     Some(Err(e)) => Err(e),
                     None => Err(ClientError::SessionClosed),

@@ -233,6 +233,9 @@ pub(crate) async fn open(
                 code: e.code,
                 message: e.message,
                 retryable: e.retryable,
+                retry_after: e
+                    .retry_after_ms
+                    .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
             }),
             other => Err(ClientError::Protocol(format!(
                 "expected Welcome, got {}",

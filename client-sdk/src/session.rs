@@ -617,6 +617,7 @@ impl Driver {
                     code: e.code,
                     message: e.message,
                     retryable: e.retryable,
+                    retry_after: e.retry_after_ms.map(millis),
                 };
                 return if e.retryable && !self.closing {
                     Step::Reconnect(err)
@@ -718,7 +719,9 @@ impl Driver {
             self.opts.reconnect_attempts
         };
         for _ in 0..attempts {
-            tokio::time::sleep(backoff).await;
+            // At least as long as the gateway asked (a rate limit, a queue
+            // to drain), when it said.
+            tokio::time::sleep(backoff.max(last.retry_after().unwrap_or_default())).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             let hello = Hello {
                 last_received_seq: self.session_received,
@@ -784,7 +787,7 @@ impl Driver {
             // Straight to another gateway; wait before trying the same
             // address again (a load balancer needs a moment to notice).
             if n == 1 || attempt as usize >= n - 1 {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff.max(last.retry_after().unwrap_or_default())).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             let hello = Hello {

@@ -233,6 +233,20 @@ async fn a_session_over_max_sessions_is_refused_at_hello() {
         .await,
         1
     );
+    // The SDK hands the gateway's retry hint on.
+    let sdk = framegate_client::Client::connect(&format!("ws://{}", gw.addr), KEY)
+        .await
+        .unwrap();
+    match sdk
+        .session(framegate_client::SessionOptions::default())
+        .await
+    {
+        Err(e @ framegate_client::ClientError::Gateway { .. }) => {
+            assert!(e.is_retryable(), "{e:?}");
+            assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{e:?}");
+        }
+        other => panic!("expected the session cap's refusal, got {other:?}"),
+    }
 
     // The first session is unaffected; once it ends, a new one opens.
     send(&mut first, &jpeg_frame(1, &data("dog.jpg"))).await;

@@ -87,3 +87,8 @@ impl ClientError {
         }
     }
 }
+
+/// A wire retry hint (milliseconds) as a duration.
+pub(crate) fn millis(ms: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::from(ms))
+}

@@ -233,9 +233,7 @@ pub(crate) async fn open(
                 code: e.code,
                 message: e.message,
                 retryable: e.retryable,
-                retry_after: e
-                    .retry_after_ms
-                    .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
+                retry_after: e.retry_after_ms.map(crate::error::millis),
             }),
             other => Err(ClientError::Protocol(format!(
                 "expected Welcome, got {}",

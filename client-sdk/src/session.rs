@@ -24,6 +24,7 @@ use framegate_protocol::{
 use futures_util::Stream;
 use tokio::sync::{mpsc, Mutex};
 
+use crate::error::millis;
 use crate::link::{self, Endpoint, LinkRx, LinkTx};
 use crate::{ClientError, Image};
 
@@ -831,9 +832,4 @@ impl Driver {
             "no gateway took the session after {attempts} attempts: {last}"
         )))
     }
-}
-
-/// A wire retry hint (milliseconds) as a duration.
-fn millis(ms: u32) -> std::time::Duration {
-    std::time::Duration::from_millis(u64::from(ms))
 }

@@ -669,19 +669,17 @@ impl SessionTask {
                 continue;
             }
             metrics::frame_received(self.transport);
+            let after_ms = crate::error::millis_rounded_up(Duration::from_micros(d.retry_after_us));
             let message = format!(
-                "over {}; the next frame is admitted in {} ms",
+                "over {}; the next frame is admitted in {after_ms} ms",
                 self.rate.describe_frames(),
-                d.retry_after_us.div_ceil(1000)
             );
             if let Err(e) = self.core.on_frame_refused(
                 f.seq,
                 datagram,
                 DropReason::RateLimited,
                 message,
-                Some(crate::error::millis_rounded_up(Duration::from_micros(
-                    d.retry_after_us,
-                ))),
+                Some(after_ms),
             ) {
                 self.end(e);
                 return;

@@ -30,6 +30,11 @@ const READ_AHEAD: usize = 4 << 10;
 /// Most a read waiting for the next frame asks for (see `WsReader::expect`).
 const MAX_EXPECT: usize = 1 << 20;
 
+/// How long a reader waits for the next frame with room for a whole one
+/// before it goes back to the small read-ahead: a session that paused
+/// (a motion-triggered camera) then holds 4 KiB, not a frame's worth.
+const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Size of one read while discarding what a refused client still sends.
 const DISCARD_READ: usize = 64 << 10;
 
@@ -164,7 +169,8 @@ pub struct WsReader<R> {
     partial: Option<(u8, BytesMut)>,
     /// How much to read while no frame header is in hand: the last data
     /// frame's size plus the read-ahead (at most `MAX_EXPECT`), or just the
-    /// read-ahead before the first. Reading a frame's first 4 KiB alone and
+    /// read-ahead before the first, and again after `SHRINK_AFTER` without
+    /// one. Reading a frame's first 4 KiB alone and
     /// the rest after held the 10th 164 KB frame of every fresh connection
     /// back by ~31 ms (strace: the client wrote it in one `sendto`, the
     /// server's reads got it in parts, the last part ~21 ms after the one
@@ -191,6 +197,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
     /// (a connection that ends inside a frame is an `Io` error).
     pub async fn next(&mut self) -> Result<Option<WsMessage>, WsError> {
         loop {
+            let mut between_frames = false;
             let want = match parse_header(&self.buf)? {
                 Some(h) => {
                     self.check(&h)?;
@@ -213,11 +220,25 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                     let mut fresh = BytesMut::with_capacity(self.expect + self.buf.len());
                     fresh.extend_from_slice(&self.buf);
                     self.buf = fresh;
+                    between_frames = self.expect > READ_AHEAD;
                     self.expect
                 }
             };
             self.buf.reserve(want);
-            match self.io.read_buf(&mut self.buf).await {
+            let read = if between_frames {
+                // `read_buf` is cancel-safe: a read that timed out took
+                // nothing from the connection.
+                match tokio::time::timeout(SHRINK_AFTER, self.io.read_buf(&mut self.buf)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        self.expect = READ_AHEAD;
+                        continue;
+                    }
+                }
+            } else {
+                self.io.read_buf(&mut self.buf).await
+            };
+            match read {
                 Ok(0) if self.buf.is_empty() && self.partial.is_none() => return Ok(None),
                 Ok(0) => {
                     return Err(WsError::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -651,6 +672,44 @@ mod tests {
             (MAX_EXPECT..MAX_EXPECT + 2 * READ_AHEAD).contains(&after_3m),
             "{first_offers:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_quiet_for_a_while_waits_with_the_small_read_ahead_again() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        client
+            .write_all(&client_frame(true, OP_BINARY, &[7u8; 100_000]))
+            .await
+            .unwrap();
+        let mut reader = WsReader::new(server, 1 << 20);
+        assert!(reader.next().await.unwrap().is_some());
+        // Just under the pause: still room for a whole frame.
+        let waiting = tokio::time::timeout(SHRINK_AFTER / 2, reader.next()).await;
+        assert!(waiting.is_err(), "nothing more to read yet");
+        assert!(
+            reader.buf.capacity() >= 100_000,
+            "{}",
+            reader.buf.capacity()
+        );
+        // Quiet for longer: back to the read-ahead of a fresh session.
+        let waiting = tokio::time::timeout(SHRINK_AFTER * 3, reader.next()).await;
+        assert!(waiting.is_err(), "nothing more to read yet");
+        assert!(
+            reader.buf.capacity() < 2 * READ_AHEAD,
+            "{}",
+            reader.buf.capacity()
+        );
+        // The next frame is read whole, and sets the guess again.
+        client
+            .write_all(&client_frame(true, OP_BINARY, &[8u8; 100_000]))
+            .await
+            .unwrap();
+        match reader.next().await.unwrap() {
+            Some(WsMessage::Binary(p)) => assert_eq!(&p[..], &[8u8; 100_000][..]),
+            other => panic!("expected the second frame, got {other:?}"),
+        }
+        assert!(reader.expect >= 100_000);
     }
 
     #[tokio::test]

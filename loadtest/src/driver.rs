@@ -233,7 +233,7 @@ async fn session(
                 Some(SessionEvent::Answer { seq: s, kind, at }) => {
                     let refused = matches!(kind, AnswerKind::Dropped(_));
                     match in_flight.remove(&s) {
-                        Some(sent_at) => recorder.answer(sent_at, at, &kind),
+                        Some(sent_at) => recorder.answer((id, s), sent_at, at, &kind),
                         None => recorder.unmatched(),
                     }
                     if closed_n > 0 && sending {
@@ -259,8 +259,9 @@ async fn session(
             },
         }
     }
-    let lost: Vec<Instant> = in_flight.values().copied().collect();
-    recorder.lost(&lost);
+    let mut lost: Vec<(u64, Instant)> = in_flight.into_iter().collect();
+    lost.sort_unstable();
+    recorder.lost(id, &lost);
     drop(h.frames);
 }
 

@@ -141,6 +141,11 @@ struct Args {
     /// Write the HTML report here.
     #[arg(long)]
     html: Option<PathBuf>,
+    /// Write every measured frame here as a CSV row: session, seq, when it
+    /// was sent, its latency, its outcome and the server's stage timings
+    /// (to find which frames were slow, not only how many).
+    #[arg(long)]
+    frame_log: Option<PathBuf>,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -300,7 +305,12 @@ async fn main() -> Result<()> {
     // measure from the start.
     let open_grace = Duration::from_millis(200 + (args.sessions as u64).min(10_000) / 2);
     let start = Instant::now() + open_grace;
-    let recorder = Arc::new(Recorder::new(start + plan.warmup));
+    let mut recorder = Recorder::new(start + plan.warmup);
+    if let Some(p) = &args.frame_log {
+        let file = std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?;
+        recorder = recorder.with_frame_log(Box::new(std::io::BufWriter::new(file)));
+    }
+    let recorder = Arc::new(recorder);
 
     let progress = {
         let recorder = recorder.clone();
@@ -383,6 +393,11 @@ async fn main() -> Result<()> {
     }
     if let Some(p) = &args.html {
         std::fs::write(p, report.to_html()).with_context(|| format!("write {}", p.display()))?;
+    }
+    if let Some(p) = &args.frame_log {
+        recorder
+            .finish_frame_log()
+            .with_context(|| format!("write {}", p.display()))?;
     }
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! What a run measured: send→answer latency in an hdrhistogram (µs, 3
 //! significant digits), server stage timings, counts by outcome, and
 //! one-second windows for the plots. Events before the warm-up ends are not
-//! recorded.
+//! recorded. Optionally every measured frame as a CSV row (`--frame-log`):
+//! the percentiles say how many frames were slow, the rows say which.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -109,11 +111,33 @@ impl Default for Totals {
     }
 }
 
+/// The header of the frame log (`--frame-log`): one row per measured
+/// frame, in the order answers arrived. `sent_ms` counts from the end of
+/// warm-up; `outcome` is `detections`, `dropped:REASON`, `error:CODE` or
+/// `lost` (no answer before the drain deadline; no latency); the server's
+/// stage timings (µs) are empty when the answer carried none.
+pub const FRAME_LOG_HEADER: &str = "session,seq,sent_ms,latency_ms,outcome,queue_us,decode_us,preprocess_us,infer_us,postprocess_us,total_us";
+
+/// Where frame rows go, and the first write error (reported at the end).
+struct FrameLog {
+    out: Box<dyn Write + Send>,
+    error: Option<std::io::Error>,
+}
+
 /// Shared by every session task of a run.
-#[derive(Debug)]
 pub struct Recorder {
     measure_from: Instant,
     inner: Mutex<Totals>,
+    frame_log: Option<Mutex<FrameLog>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("measure_from", &self.measure_from)
+            .field("frame_log", &self.frame_log.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn us(d: Duration) -> u64 {
@@ -126,6 +150,66 @@ impl Recorder {
         Self {
             measure_from,
             inner: Mutex::new(Totals::default()),
+            frame_log: None,
+        }
+    }
+
+    /// Also writes every measured frame to `out` as a CSV row
+    /// ([`FRAME_LOG_HEADER`]); [`Recorder::finish_frame_log`] flushes it.
+    pub fn with_frame_log(mut self, out: Box<dyn Write + Send>) -> Self {
+        let mut log = FrameLog { out, error: None };
+        if let Err(e) = writeln!(log.out, "{FRAME_LOG_HEADER}") {
+            log.error = Some(e);
+        }
+        self.frame_log = Some(Mutex::new(log));
+        self
+    }
+
+    /// Flushes the frame log; the first error any write met.
+    pub fn finish_frame_log(&self) -> std::io::Result<()> {
+        let Some(log) = &self.frame_log else {
+            return Ok(());
+        };
+        let mut log = log.lock().expect("frame log lock");
+        if let Some(e) = log.error.take() {
+            return Err(e);
+        }
+        log.out.flush()
+    }
+
+    fn log_frame(
+        &self,
+        frame: (usize, u64),
+        sent_at: Instant,
+        latency_us: Option<u64>,
+        outcome: &dyn std::fmt::Display,
+        timings: Option<&StageTimings>,
+    ) {
+        let Some(log) = &self.frame_log else { return };
+        let mut log = log.lock().expect("frame log lock");
+        if log.error.is_some() {
+            return;
+        }
+        let sent_ms = sent_at
+            .saturating_duration_since(self.measure_from)
+            .as_secs_f64()
+            * 1e3;
+        let latency = latency_us.map_or(String::new(), |l| format!("{:.3}", l as f64 / 1e3));
+        let stages = timings.map_or(",,,,,".to_string(), |t| {
+            format!(
+                "{},{},{},{},{},{}",
+                t.queue_us, t.decode_us, t.preprocess_us, t.infer_us, t.postprocess_us, t.total_us
+            )
+        });
+        // Reasons and codes are short tokens; keep a stray comma from
+        // shifting the columns.
+        let outcome = outcome.to_string().replace([',', '\n'], " ");
+        let (session, seq) = frame;
+        if let Err(e) = writeln!(
+            log.out,
+            "{session},{seq},{sent_ms:.3},{latency},{outcome},{stages}"
+        ) {
+            log.error = Some(e);
         }
     }
 
@@ -170,13 +254,29 @@ impl Recorder {
         }
     }
 
-    /// A frame sent at `sent_at` was answered.
-    pub fn answer(&self, sent_at: Instant, at: Instant, kind: &AnswerKind) {
+    /// Frame `seq` of session `session`, sent at `sent_at`, was answered.
+    pub fn answer(
+        &self,
+        (session, seq): (usize, u64),
+        sent_at: Instant,
+        at: Instant,
+        kind: &AnswerKind,
+    ) {
         if sent_at < self.measure_from {
             return;
         }
         let Some(s) = self.second(at) else { return };
         let lat = us(at.saturating_duration_since(sent_at));
+        if self.frame_log.is_some() {
+            let (outcome, timings): (Box<dyn std::fmt::Display>, _) = match kind {
+                AnswerKind::Detections { timings, .. } => {
+                    (Box::new("detections"), timings.as_ref())
+                }
+                AnswerKind::Dropped(r) => (Box::new(format!("dropped:{r}")), None),
+                AnswerKind::Error(e) => (Box::new(format!("error:{e}")), None),
+            };
+            self.log_frame((session, seq), sent_at, Some(lat), &outcome, timings);
+        }
         self.with(|t| match kind {
             AnswerKind::Detections { timings, .. } => {
                 t.answered += 1;
@@ -199,9 +299,14 @@ impl Recorder {
         });
     }
 
-    /// Frames sent at or after warm-up that never got an answer.
-    pub fn lost(&self, sent_at: &[Instant]) {
-        let n = sent_at.iter().filter(|&&s| s >= self.measure_from).count() as u64;
+    /// Frames of session `session` sent at or after warm-up that never got
+    /// an answer: (seq, sent at).
+    pub fn lost(&self, session: usize, frames: &[(u64, Instant)]) {
+        let mut n = 0;
+        for &(seq, sent_at) in frames.iter().filter(|(_, s)| *s >= self.measure_from) {
+            n += 1;
+            self.log_frame((session, seq), sent_at, None, &"lost", None);
+        }
         self.with(|t| t.lost += n);
     }
 
@@ -284,16 +389,16 @@ mod tests {
         };
         // Before warm-up ends: ignored.
         r.sent(t0);
-        r.answer(t0, t0 + Duration::from_millis(1500), &det);
+        r.answer((0, 1), t0, t0 + Duration::from_millis(1500), &det);
         // Measured.
         let s = t0 + Duration::from_millis(1100);
         r.sent(s);
-        r.answer(s, s + Duration::from_millis(20), &det);
-        r.answer(s, s + Duration::from_millis(1000), &det);
-        r.answer(s, s, &AnswerKind::Dropped("queue-full".into()));
+        r.answer((0, 2), s, s + Duration::from_millis(20), &det);
+        r.answer((0, 3), s, s + Duration::from_millis(1000), &det);
+        r.answer((0, 4), s, s, &AnswerKind::Dropped("queue-full".into()));
         r.no_credit(s);
-        r.answer(s, s, &AnswerKind::Error("http-500".into()));
-        r.lost(&[t0, s]);
+        r.answer((0, 5), s, s, &AnswerKind::Error("http-500".into()));
+        r.lost(0, &[(1, t0), (6, s)]);
         let t = r.finish();
         assert_eq!((t.sent, t.answered, t.lost), (1, 2, 1));
         assert_eq!(t.dropped["queue-full"], 1);
@@ -305,5 +410,72 @@ mod tests {
         let p50 = t.latency.value_at_quantile(0.5);
         assert!((19_900..=20_100).contains(&p50), "{p50}");
         assert_eq!(t.stages[3].len(), 2);
+    }
+
+    /// A `Write` into a buffer the test keeps.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_frame_log_has_a_row_per_measured_frame() {
+        let t0 = Instant::now();
+        let buf = Shared::default();
+        let r = Recorder::new(t0 + Duration::from_secs(1)).with_frame_log(Box::new(buf.clone()));
+        let det = AnswerKind::Detections {
+            boxes: 2,
+            timings: Some(StageTimings {
+                queue_us: 5,
+                decode_us: 2100,
+                preprocess_us: 600,
+                infer_us: 23_000,
+                postprocess_us: 180,
+                total_us: 25_900,
+            }),
+        };
+        // During warm-up: no row.
+        r.answer((3, 1), t0, t0 + Duration::from_millis(30), &det);
+        let s = t0 + Duration::from_millis(1250);
+        r.answer((3, 2), s, s + Duration::from_micros(26_450), &det);
+        r.answer(
+            (1, 7),
+            s,
+            s + Duration::from_millis(2),
+            &AnswerKind::Dropped("queue-full".into()),
+        );
+        r.answer(
+            (1, 8),
+            s,
+            s + Duration::from_millis(1),
+            &AnswerKind::Error("http-5,00".into()),
+        );
+        r.lost(2, &[(4, t0), (9, s)]);
+        r.finish_frame_log().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            rows,
+            [
+                FRAME_LOG_HEADER,
+                "3,2,250.000,26.450,detections,5,2100,600,23000,180,25900",
+                "1,7,250.000,2.000,dropped:queue-full,,,,,,",
+                "1,8,250.000,1.000,error:http-5 00,,,,,,",
+                "2,9,250.000,,lost,,,,,,",
+            ]
+        );
+        let columns = FRAME_LOG_HEADER.split(',').count();
+        assert!(
+            rows.iter().all(|r| r.split(',').count() == columns),
+            "{rows:?}"
+        );
     }
 }

@@ -598,6 +598,7 @@ mod tests {
             let s = t0 + Duration::from_millis(i * 10);
             r.sent(s);
             r.answer(
+                (0, i),
                 s,
                 s + Duration::from_micros(5_000 + i * 37),
                 &AnswerKind::Detections {

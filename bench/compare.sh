@@ -216,10 +216,12 @@ load peer-noop --transport http --http-path /noop --http-multipart --mode closed
     --synthetic 640x480 --synthetic-quality 65 --target "http://127.0.0.1:$PORT_PEER" --label fastapi-peer
 stop_server
 start_framegate
+# Every frame of the two p99 points (fg-half-*.frames.csv): which frames
+# made the tail, and whether they waited or ran long.
 load fg-half-http --transport http --http-multipart --mode open --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" \
-    --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
+    --frames "$DOG" --target "http://127.0.0.1:$PORT_FG" --frame-log "$OUT/fg-half-http.frames.csv"
 load fg-half-ws --transport ws --mode open --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" \
-    --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
+    --frames "$DOG" --target "http://127.0.0.1:$PORT_FG" --frame-log "$OUT/fg-half-ws.frames.csv"
 stop_server
 
 # 4. Gateway only (~50 KB synthetic JPEGs). The gateway and the bare echo

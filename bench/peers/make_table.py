@@ -27,6 +27,28 @@ def load(d, name):
 ROUND_SUFFIXES = [""] + [f"-r{i}" for i in range(2, 10)]
 
 
+def tail_of(path):
+    """What the frames at or above the p99 of a frame log (framegate-load
+    --frame-log) did: (count, mean ms outside the gateway's stage total,
+    mean queue ms, mean infer ms, median infer ms of all frames), or None."""
+    import csv
+    if not os.path.exists(path):
+        return None
+    rows = [r for r in csv.DictReader(open(path)) if r["outcome"] == "detections" and r["total_us"]]
+    if not rows:
+        return None
+    lat = sorted(float(r["latency_ms"]) for r in rows)
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    slow = [r for r in rows if float(r["latency_ms"]) >= p99]
+    infer = sorted(int(r["infer_us"]) / 1e3 for r in rows)
+    mean = lambda xs: sum(xs) / len(xs)
+    return (len(slow),
+            mean([float(r["latency_ms"]) - int(r["total_us"]) / 1e3 for r in slow]),
+            mean([int(r["queue_us"]) / 1e3 for r in slow]),
+            mean([int(r["infer_us"]) / 1e3 for r in slow]),
+            infer[len(infer) // 2])
+
+
 def rounds(d, key):
     """(gateway, echo) result pairs of the alternated gateway-only rounds."""
     out = []
@@ -289,6 +311,13 @@ def main():
                 w(f"- {name}: {r['achieved_fps']:.0f} fps, p50 {r['latency_ms']['p50']:.1f} ms, "
                   f"p99 {r['latency_ms']['p99']:.1f} ms, errors {sum(r['errors'].values())}, "
                   f"lost {r['lost']}; load avg at start {load_at.get(key, float('nan')):.2f}.")
+        w("")
+    tails = [(name, tail_of(os.path.join(d, f"fg-half-{tr}.frames.csv"))) for tr, name in (("http", "HTTP"), ("ws", "WebSocket"))]
+    if any(t for _, t in tails):
+        w("The p99 points' slowest frames (at or above the p99, from `fg-half-*.frames.csv`): "
+          + "; ".join(f"{name}: {t[0]} frames, on average {t[1]:.1f} ms outside the gateway's own stages, "
+                      f"{t[2]:.2f} ms queued, inference {t[3]:.1f} ms (the run's median {t[4]:.1f} ms)"
+                      for name, t in tails if t) + ".")
         w("")
     if syn_http:
         w(f"Also gateway only over HTTP with a raw body: {syn_http['achieved_fps']:.0f} fps "

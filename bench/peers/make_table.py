@@ -34,7 +34,8 @@ def tail_of(path):
     import csv
     if not os.path.exists(path):
         return None
-    rows = [r for r in csv.DictReader(open(path)) if r["outcome"] == "detections" and r["total_us"]]
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r["outcome"] == "detections" and r["total_us"]]
     if not rows:
         return None
     lat = sorted(float(r["latency_ms"]) for r in rows)

@@ -308,7 +308,9 @@ async fn main() -> Result<()> {
     let mut recorder = Recorder::new(start + plan.warmup);
     if let Some(p) = &args.frame_log {
         let file = std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?;
-        recorder = recorder.with_frame_log(Box::new(std::io::BufWriter::new(file)));
+        // A large buffer: rows are written under the recorder's lock.
+        let out = std::io::BufWriter::with_capacity(1 << 20, file);
+        recorder = recorder.with_frame_log(Box::new(out));
     }
     let recorder = Arc::new(recorder);
 

@@ -186,10 +186,6 @@ impl Recorder {
         timings: Option<&StageTimings>,
     ) {
         let Some(log) = &self.frame_log else { return };
-        let mut log = log.lock().expect("frame log lock");
-        if log.error.is_some() {
-            return;
-        }
         let sent_ms = sent_at
             .saturating_duration_since(self.measure_from)
             .as_secs_f64()
@@ -201,15 +197,18 @@ impl Recorder {
                 t.queue_us, t.decode_us, t.preprocess_us, t.infer_us, t.postprocess_us, t.total_us
             )
         });
-        // Reasons and codes are short tokens; keep a stray comma from
-        // shifting the columns.
-        let outcome = outcome.to_string().replace([',', '\n'], " ");
+        // Reasons and codes are mostly short tokens, but an HTTP error can
+        // carry an OS message: nothing in it may split the row or a field.
+        let outcome = outcome.to_string().replace([',', '\n', '\r', '"'], " ");
         let (session, seq) = frame;
-        if let Err(e) = writeln!(
-            log.out,
-            "{session},{seq},{sent_ms:.3},{latency},{outcome},{stages}"
-        ) {
-            log.error = Some(e);
+        // Formatted before the lock: the lock only covers the copy into the
+        // buffer (and, every so often, its write).
+        let row = format!("{session},{seq},{sent_ms:.3},{latency},{outcome},{stages}\n");
+        let mut log = log.lock().expect("frame log lock");
+        if log.error.is_none() {
+            if let Err(e) = log.out.write_all(row.as_bytes()) {
+                log.error = Some(e);
+            }
         }
     }
 
@@ -456,7 +455,7 @@ mod tests {
             (1, 8),
             s,
             s + Duration::from_millis(1),
-            &AnswerKind::Error("http-5,00".into()),
+            &AnswerKind::Error("request: \"a,b\"\r\nc".into()),
         );
         r.lost(2, &[(4, t0), (9, s)]);
         r.finish_frame_log().unwrap();
@@ -468,7 +467,7 @@ mod tests {
                 FRAME_LOG_HEADER,
                 "3,2,250.000,26.450,detections,5,2100,600,23000,180,25900",
                 "1,7,250.000,2.000,dropped:queue-full,,,,,,",
-                "1,8,250.000,1.000,error:http-5 00,,,,,,",
+                "1,8,250.000,1.000,error:request:  a b   c,,,,,,",
                 "2,9,250.000,,lost,,,,,,",
             ]
         );

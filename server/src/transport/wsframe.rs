@@ -22,9 +22,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes read beyond the frame in hand, so the next frame's header (and
 /// usually its start) comes with the same `recv`; also the size of a read
-/// when no frame is in hand. Small, because what is read beyond a frame is
-/// copied into the next frame's buffer, and because an idle session waits
-/// with a buffer of this size (10,000 idle sessions hold 40 MB of them).
+/// when no frame is in hand before a session's first frame and after
+/// `SHRINK_AFTER` without one (see `WsReader::expect`). Small, because what
+/// is read beyond a frame is copied into the next frame's buffer, and
+/// because an idle session waits with a buffer of this size (10,000 idle
+/// sessions hold 40 MB of them).
 const READ_AHEAD: usize = 4 << 10;
 
 /// Most a read waiting for the next frame asks for (see `WsReader::expect`).
@@ -179,6 +181,12 @@ pub struct WsReader<R> {
     /// stay at 4 KiB, and a larger buffer's pages are only touched as data
     /// arrives.
     expect: usize,
+    /// When the last data frame was taken: `SHRINK_AFTER` counts from here
+    /// (pings or a header arriving in pieces do not restart it).
+    last_data: tokio::time::Instant,
+    /// `buf` was allocated while waiting for this frame (nothing taken out
+    /// of it since): a header arriving in pieces does not allocate again.
+    fresh: bool,
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
@@ -190,6 +198,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             max_message: max_message as u64,
             partial: None,
             expect: READ_AHEAD,
+            last_data: tokio::time::Instant::now(),
+            fresh: false,
         }
     }
 
@@ -217,9 +227,12 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                     // it: move those few bytes to a fresh buffer, so an
                     // idle session does not keep its last frame alive once
                     // the pipeline lets go of it.
-                    let mut fresh = BytesMut::with_capacity(self.expect + self.buf.len());
-                    fresh.extend_from_slice(&self.buf);
-                    self.buf = fresh;
+                    if !self.fresh {
+                        let mut fresh = BytesMut::with_capacity(self.expect + self.buf.len());
+                        fresh.extend_from_slice(&self.buf);
+                        self.buf = fresh;
+                        self.fresh = true;
+                    }
                     between_frames = self.expect > READ_AHEAD;
                     self.expect
                 }
@@ -228,10 +241,14 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             let read = if between_frames {
                 // `read_buf` is cancel-safe: a read that timed out took
                 // nothing from the connection.
-                match tokio::time::timeout(SHRINK_AFTER, self.io.read_buf(&mut self.buf)).await {
+                let until = self.last_data + SHRINK_AFTER;
+                match tokio::time::timeout_at(until, self.io.read_buf(&mut self.buf)).await {
                     Ok(read) => read,
                     Err(_) => {
+                        // Wait on with a small buffer (what is in hand of
+                        // the next header moves into it).
                         self.expect = READ_AHEAD;
+                        self.fresh = false;
                         continue;
                     }
                 }
@@ -321,7 +338,10 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         if matches!(h.opcode, OP_TEXT | OP_BINARY | OP_CONTINUATION) {
             // `check` bounded the length by the message limit.
             self.expect = (h.size + h.len as usize + READ_AHEAD).min(MAX_EXPECT);
+            self.last_data = tokio::time::Instant::now();
         }
+        // The rest of the buffer shares the allocation of what is taken.
+        self.fresh = false;
         self.buf.advance(h.size);
         let mut payload = self.buf.split_to(h.len as usize);
         apply_mask(&mut payload, h.mask.expect("checked: masked"));
@@ -678,36 +698,47 @@ mod tests {
     async fn a_reader_quiet_for_a_while_waits_with_the_small_read_ahead_again() {
         use tokio::io::AsyncWriteExt;
         let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut reader = WsReader::new(server, 1 << 22);
+        let ping = client_frame(true, OP_PING, b"p");
+        // A 100 KB fragment (a data frame: the guess grows), then a ping.
         client
-            .write_all(&client_frame(true, OP_BINARY, &[7u8; 100_000]))
+            .write_all(&client_frame(false, OP_BINARY, &[7u8; 100_000]))
             .await
             .unwrap();
-        let mut reader = WsReader::new(server, 1 << 20);
-        assert!(reader.next().await.unwrap().is_some());
-        // Just under the pause: still room for a whole frame.
-        let waiting = tokio::time::timeout(SHRINK_AFTER / 2, reader.next()).await;
+        client.write_all(&ping).await.unwrap();
+        assert!(matches!(reader.next().await, Ok(Some(WsMessage::Ping(_)))));
+        // Just under the pause, another ping: still room for a whole frame.
+        tokio::time::sleep(SHRINK_AFTER * 2 / 3).await;
+        client.write_all(&ping).await.unwrap();
+        assert!(matches!(reader.next().await, Ok(Some(WsMessage::Ping(_)))));
+        assert!(reader.expect >= 100_000, "{}", reader.expect);
+        // A ping does not restart the pause, which counts from the last
+        // data frame: waiting for as long again as since that ping crosses
+        // it, and the reader goes back to the small read-ahead.
+        let waiting = tokio::time::timeout(SHRINK_AFTER * 2 / 3, reader.next()).await;
         assert!(waiting.is_err(), "nothing more to read yet");
-        assert!(
-            reader.buf.capacity() >= 100_000,
-            "{}",
-            reader.buf.capacity()
-        );
-        // Quiet for longer: back to the read-ahead of a fresh session.
+        assert_eq!(reader.expect, READ_AHEAD);
+        // Two bytes of the next header, then quiet: the reader waits with
+        // the small read-ahead and keeps those bytes.
+        let last = client_frame(true, OP_CONTINUATION, &[8u8; 100_000]);
+        client.write_all(&last[..2]).await.unwrap();
         let waiting = tokio::time::timeout(SHRINK_AFTER * 3, reader.next()).await;
-        assert!(waiting.is_err(), "nothing more to read yet");
+        assert!(waiting.is_err(), "nothing whole to read yet");
         assert!(
-            reader.buf.capacity() < 2 * READ_AHEAD,
+            reader.buf.capacity() <= 2 * READ_AHEAD,
             "{}",
             reader.buf.capacity()
         );
-        // The next frame is read whole, and sets the guess again.
-        client
-            .write_all(&client_frame(true, OP_BINARY, &[8u8; 100_000]))
-            .await
-            .unwrap();
+        // The rest arrives: the fragmented message is whole, and the guess
+        // is a frame's size again.
+        client.write_all(&last[2..]).await.unwrap();
         match reader.next().await.unwrap() {
-            Some(WsMessage::Binary(p)) => assert_eq!(&p[..], &[8u8; 100_000][..]),
-            other => panic!("expected the second frame, got {other:?}"),
+            Some(WsMessage::Binary(p)) => {
+                assert_eq!(p.len(), 200_000);
+                assert!(p[..100_000].iter().all(|&b| b == 7));
+                assert!(p[100_000..].iter().all(|&b| b == 8));
+            }
+            other => panic!("expected the joined message, got {other:?}"),
         }
         assert!(reader.expect >= 100_000);
     }

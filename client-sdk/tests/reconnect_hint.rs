@@ -1,8 +1,8 @@
 //! A session that lost its connection reconnects no sooner than the
-//! gateway's retry hint says. The gateway here is a scripted WebSocket peer
-//! (the real gateway's hints are tested in the server's `rate_limits`): the
-//! first connection is welcomed and then cut, the first reconnect is
-//! refused `rate-limited` with a 700 ms hint, the next is welcomed back.
+//! gateway's retry hint says, when it resumes and when it starts afresh
+//! (failover). The gateway here is a scripted WebSocket peer (the real
+//! gateway's hints are tested in the server's `rate_limits`): each
+//! connection gets the next step of a script.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,11 +16,23 @@ use tokio_tungstenite::tungstenite::Message;
 
 const HINT_MS: u32 = 700;
 
+/// What the scripted gateway does with one connection.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Welcome, then cut the connection.
+    WelcomeThenCut,
+    /// Refuse the Hello with this error and hint.
+    Refuse(ErrorCode, Option<u32>),
+    /// Welcome and hold the connection.
+    Welcome,
+}
+
 /// What the scripted gateway saw: when each connection came, and the
 /// resume token its Hello carried.
 type Seen = Arc<Mutex<Vec<(Instant, String)>>>;
 
-async fn scripted_gateway() -> (std::net::SocketAddr, Seen) {
+/// Connection n gets `script[n - 1]` (the last step once the script ends).
+async fn scripted_gateway(script: Vec<Step>) -> (std::net::SocketAddr, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
@@ -30,6 +42,7 @@ async fn scripted_gateway() -> (std::net::SocketAddr, Seen) {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            let step = script[(n - 1).min(script.len() - 1)];
             let at = Instant::now();
             let log = log.clone();
             tokio::spawn(async move {
@@ -53,21 +66,25 @@ async fn scripted_gateway() -> (std::net::SocketAddr, Seen) {
                     credits: 4,
                     ..Default::default()
                 });
-                let reply = match n {
-                    2 => ServerMessage::Error(ErrorMessage {
-                        code: ErrorCode::RateLimited,
-                        message: "too many sessions, try later".into(),
-                        retryable: true,
+                let reply = match step {
+                    Step::Refuse(code, retry_after_ms) => ServerMessage::Error(ErrorMessage {
+                        code,
+                        message: "not now".into(),
+                        retryable: code != ErrorCode::GoingAway,
                         seq: None,
-                        retry_after_ms: Some(HINT_MS),
+                        retry_after_ms,
                     }),
-                    _ => welcome,
+                    Step::WelcomeThenCut | Step::Welcome => welcome,
                 };
                 ws.send(Message::Binary(reply.encode())).await.unwrap();
-                if n == 1 {
+                match step {
                     // Cut: the client has to come back.
-                    drop(ws);
-                    return;
+                    Step::WelcomeThenCut => return,
+                    Step::Refuse(..) => {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
+                    Step::Welcome => {}
                 }
                 // Hold the connection until the client goes.
                 while let Some(Ok(_)) = ws.next().await {}
@@ -78,8 +95,15 @@ async fn scripted_gateway() -> (std::net::SocketAddr, Seen) {
 }
 
 #[tokio::test]
-async fn a_reconnect_waits_at_least_the_gateways_retry_hint() {
-    let (addr, seen) = scripted_gateway().await;
+async fn a_resume_waits_at_least_the_gateways_retry_hint() {
+    // Welcomed then cut; the resume is refused `rate-limited` with a hint;
+    // the next resume is welcomed.
+    let (addr, seen) = scripted_gateway(vec![
+        Step::WelcomeThenCut,
+        Step::Refuse(ErrorCode::RateLimited, Some(HINT_MS)),
+        Step::Welcome,
+    ])
+    .await;
     let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
         .await
         .unwrap();
@@ -111,5 +135,47 @@ async fn a_reconnect_waits_at_least_the_gateways_retry_hint() {
     assert!(
         waited >= Duration::from_millis(u64::from(HINT_MS)),
         "reconnected {waited:?} after a refusal that asked for {HINT_MS} ms"
+    );
+}
+
+#[tokio::test]
+async fn a_failover_waits_at_least_the_gateways_retry_hint() {
+    // Welcomed then cut; the resume is refused `going-away` (the session
+    // has to start afresh: failover, here to the same gateway); the fresh
+    // session is refused `rate-limited` with a hint; the next is welcomed.
+    let (addr, seen) = scripted_gateway(vec![
+        Step::WelcomeThenCut,
+        Step::Refuse(ErrorCode::GoingAway, None),
+        Step::Refuse(ErrorCode::RateLimited, Some(HINT_MS)),
+        Step::Welcome,
+    ])
+    .await;
+    let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
+        .await
+        .unwrap();
+    let session = client
+        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while session.failovers() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no failover: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let tokens: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        tokens[..4],
+        ["", "resume-me", "", ""],
+        "fresh, resume, then fresh sessions"
+    );
+    let waited = seen[3].0 - seen[2].0;
+    assert!(
+        waited >= Duration::from_millis(u64::from(HINT_MS)),
+        "started afresh {waited:?} after a refusal that asked for {HINT_MS} ms"
     );
 }

@@ -94,48 +94,63 @@ async fn scripted_gateway(script: Vec<Step>) -> (std::net::SocketAddr, Seen) {
     (addr, seen)
 }
 
-#[tokio::test]
-async fn a_resume_waits_at_least_the_gateways_retry_hint() {
-    // Welcomed then cut; the resume is refused `rate-limited` with a hint;
-    // the next resume is welcomed.
-    let (addr, seen) = scripted_gateway(vec![
-        Step::WelcomeThenCut,
-        Step::Refuse(ErrorCode::RateLimited, Some(HINT_MS)),
-        Step::Welcome,
-    ])
-    .await;
+/// Runs one session against `script` until `moved` (resumes or failovers)
+/// counts one, then returns what the gateway saw.
+async fn run(
+    script: Vec<Step>,
+    moved: fn(&framegate_client::Session) -> u64,
+) -> Vec<(Instant, String)> {
+    let (addr, seen) = scripted_gateway(script).await;
     let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
         .await
         .unwrap();
-    let backoff = Duration::from_millis(20);
+    // 20 ms, then 40 ms: far below the hint.
     let session = client
-        .session(SessionOptions::default().reconnect_backoff(backoff))
+        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while session.resumes() < 1 {
+    while moved(&session) < 1 {
         assert!(
             Instant::now() < deadline,
-            "no resume: {:?}",
+            "the session did not move on: {:?}",
             seen.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.len() >= 3, "{seen:?}");
-    assert_eq!(seen[0].1, "", "a fresh session first");
-    assert_eq!(seen[1].1, "resume-me", "then a resume");
-    assert_eq!(
-        seen[2].1, "resume-me",
-        "and a resume again after the refusal"
-    );
-    // The refused try came after the backoff alone; the next one waited for
-    // the hint, far longer than the backoff (20 ms, then 40 ms).
-    let waited = seen[2].0 - seen[1].0;
+    seen
+}
+
+/// Connection `next` came at least the hint after the refused `refused`.
+fn assert_waited_the_hint(seen: &[(Instant, String)], refused: usize, next: usize) {
+    let waited = seen[next].0 - seen[refused].0;
     assert!(
         waited >= Duration::from_millis(u64::from(HINT_MS)),
-        "reconnected {waited:?} after a refusal that asked for {HINT_MS} ms"
+        "came back {waited:?} after a refusal that asked for {HINT_MS} ms"
     );
+}
+
+#[tokio::test]
+async fn a_resume_waits_at_least_the_gateways_retry_hint() {
+    // Welcomed then cut; the resume is refused `rate-limited` with a hint;
+    // the next resume is welcomed.
+    let seen = run(
+        vec![
+            Step::WelcomeThenCut,
+            Step::Refuse(ErrorCode::RateLimited, Some(HINT_MS)),
+            Step::Welcome,
+        ],
+        |s| s.resumes(),
+    )
+    .await;
+    let tokens: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        tokens[..3],
+        ["", "resume-me", "resume-me"],
+        "fresh, then resumes"
+    );
+    assert_waited_the_hint(&seen, 1, 2);
 }
 
 #[tokio::test]
@@ -143,39 +158,21 @@ async fn a_failover_waits_at_least_the_gateways_retry_hint() {
     // Welcomed then cut; the resume is refused `going-away` (the session
     // has to start afresh: failover, here to the same gateway); the fresh
     // session is refused `rate-limited` with a hint; the next is welcomed.
-    let (addr, seen) = scripted_gateway(vec![
-        Step::WelcomeThenCut,
-        Step::Refuse(ErrorCode::GoingAway, None),
-        Step::Refuse(ErrorCode::RateLimited, Some(HINT_MS)),
-        Step::Welcome,
-    ])
+    let seen = run(
+        vec![
+            Step::WelcomeThenCut,
+            Step::Refuse(ErrorCode::GoingAway, None),
+            Step::Refuse(ErrorCode::RateLimited, Some(HINT_MS)),
+            Step::Welcome,
+        ],
+        |s| s.failovers(),
+    )
     .await;
-    let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
-        .await
-        .unwrap();
-    let session = client
-        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while session.failovers() < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "no failover: {:?}",
-            seen.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let seen = seen.lock().unwrap().clone();
     let tokens: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(
         tokens[..4],
         ["", "resume-me", "", ""],
         "fresh, resume, then fresh sessions"
     );
-    let waited = seen[3].0 - seen[2].0;
-    assert!(
-        waited >= Duration::from_millis(u64::from(HINT_MS)),
-        "started afresh {waited:?} after a refusal that asked for {HINT_MS} ms"
-    );
+    assert_waited_the_hint(&seen, 2, 3);
 }

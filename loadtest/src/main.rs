@@ -111,6 +111,21 @@ struct Args {
     /// QUIC: TLS server name [default: the --quic-target host].
     #[arg(long)]
     quic_server_name: Option<String>,
+    /// WebSocket over TLS: connect with `wss://` to the gateway's HTTPS
+    /// listener at HOST:PORT (`framegate serve --https-listen`), accepting
+    /// only the certificate given by --tls-pin or --tls-cert. `--target`
+    /// still names the plain HTTP port, used only to read `/v1/models` for
+    /// the report.
+    #[arg(long)]
+    wss_target: Option<String>,
+    /// wss: accept only the server certificate with this SHA-256
+    /// fingerprint (hex; `framegate serve` prints it at start).
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_pin: Option<String>,
+    /// wss: accept only this certificate (PEM file, e.g. the gateway's
+    /// DATA_DIR/tls/dev-cert.pem).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
     /// QUIC: client UDP sockets the sessions are spread over.
     #[arg(long, default_value_t = 4)]
     quic_endpoints: usize,
@@ -240,11 +255,31 @@ async fn main() -> Result<()> {
     };
     let frames = Arc::new(frames);
     let transport: SharedTransport = match args.transport {
-        TransportArg::Ws => Arc::new(WsTransport {
-            url: target.ws_url(&args.ws_path),
-            key: args.key.clone(),
-            model: args.model.clone(),
-        }),
+        TransportArg::Ws => {
+            let (url, tls) = match &args.wss_target {
+                Some(t) => {
+                    let wt = Target::parse(t)?;
+                    wt.check_loopback(args.allow_remote).await?;
+                    let pin = match (&args.tls_pin, &args.tls_cert) {
+                        (Some(p), _) => quic::parse_pin(p)?,
+                        (None, Some(f)) => quic::pin_of_pem_file(f)?,
+                        (None, None) => bail!(
+                            "--wss-target needs the server's certificate: --tls-pin SHA256 \
+                             (printed by `framegate serve` at start) or --tls-cert PEM"
+                        ),
+                    };
+                    let url = format!("wss://{}{}", wt.authority, args.ws_path);
+                    (url, Some(Arc::new(quic::pinned_tls(pin)?)))
+                }
+                None => (target.ws_url(&args.ws_path), None),
+            };
+            Arc::new(WsTransport {
+                url,
+                tls,
+                key: args.key.clone(),
+                model: args.model.clone(),
+            })
+        }
         TransportArg::Quic => {
             let qt = match &args.quic_target {
                 Some(t) => Target::parse(t)?,

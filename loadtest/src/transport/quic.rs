@@ -69,17 +69,25 @@ pub fn pin_of_pem_file(path: &Path) -> Result<[u8; 32]> {
     Ok(Sha256::digest(cert.as_ref()).into())
 }
 
+/// TLS 1.3 that accepts only the certificate with SHA-256 `pin` (QUIC, and
+/// WebSocket over TLS).
+pub fn pinned_tls(pin: [u8; 32]) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS set-up")?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate::new(pin, provider)))
+            .with_no_client_auth(),
+    )
+}
+
 /// The quinn client configuration: TLS 1.3 with the pinned certificate,
 /// ALPN `framegate/1`, keep-alives well inside the gateway's idle timeout
 /// (idle sessions stay open).
 pub fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS set-up")?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCertificate::new(pin, provider)))
-        .with_no_client_auth();
+    let mut tls = pinned_tls(pin)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("TLS for QUIC")?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

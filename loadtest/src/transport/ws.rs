@@ -18,8 +18,11 @@ use super::{answer_events, BoxFuture, OutFrame, SessionEvent, SessionHandle, Tra
 /// WebSocket transport.
 #[derive(Debug, Clone)]
 pub struct WsTransport {
-    /// `ws://host:port/v1/stream`.
+    /// `ws://host:port/v1/stream`, or `wss://` with `tls`.
     pub url: String,
+    /// For `wss://`: the TLS client configuration (e.g. a pinned
+    /// certificate, [`super::quic::pinned_tls`]).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// The API key (sent in the upgrade's `Authorization` and in `Hello`).
     pub key: String,
     /// Model to request (empty: the default).
@@ -48,7 +51,12 @@ impl WsTransport {
         let config = WebSocketConfig::default().read_buffer_size(8 << 10);
         let (mut ws, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async_with_config(req, Some(config), true),
+            tokio_tungstenite::connect_async_tls_with_config(
+                req,
+                Some(config),
+                true,
+                self.tls.clone().map(tokio_tungstenite::Connector::Rustls),
+            ),
         )
         .await
         .context("WebSocket connect timed out")?

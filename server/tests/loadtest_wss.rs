@@ -1,0 +1,75 @@
+//! The load harness's WebSocket transport (`framegate-load --transport ws`)
+//! against a real `framegate serve --backend synthetic`, over `ws://` and
+//! over `wss://` to the HTTPS listener with the certificate pinned: every
+//! frame is answered once, with stage timings; a wrong pin opens nothing.
+
+mod support;
+
+use std::sync::Arc;
+
+use framegate_loadtest::recorder::{Totals, STAGES};
+use framegate_loadtest::transport::quic::{parse_pin, pinned_tls};
+use framegate_loadtest::transport::ws::WsTransport;
+use support::{Gateway, KEY};
+
+async fn closed_loop(url: String, tls: Option<[u8; 32]>, sessions: usize) -> Totals {
+    let transport = WsTransport {
+        url,
+        tls: tls.map(|pin| Arc::new(pinned_tls(pin).unwrap())),
+        key: KEY.into(),
+        model: String::new(),
+    };
+    support::load::closed_loop(transport, sessions, 4).await
+}
+
+fn every_frame_answered(t: &Totals, what: &str) {
+    assert_eq!(
+        t.sessions_opened, 2,
+        "{what}: connect errors {:?}",
+        t.connect_errors
+    );
+    assert!(t.answered > 0, "{what}: nothing answered");
+    assert_eq!(
+        t.answered, t.sent,
+        "{what}: dropped {:?} errors {:?}",
+        t.dropped, t.errors
+    );
+    assert_eq!((t.lost, t.unmatched), (0, 0), "{what}");
+    assert!(t.closed_early.is_empty(), "{what}: {:?}", t.closed_early);
+    let total = STAGES.iter().position(|s| *s == "total").unwrap();
+    assert_eq!(t.stages[total].len(), t.answered, "{what}: stage timings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_and_wss_closed_loops_against_the_synthetic_backend_answer_every_frame() {
+    let gw = Gateway::start(&["--backend", "synthetic", "--https-listen", "127.0.0.1:0"]).await;
+    let https = gw
+        .stdout
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("HTTPS listening on https://")
+                .nth(1)
+                .map(|r| r.split_whitespace().next().unwrap().to_string())
+        })
+        .expect("HTTPS line");
+    let pin = parse_pin(&gw.fingerprint()).unwrap();
+
+    let t = closed_loop(format!("ws://{}/v1/stream", gw.addr), None, 2).await;
+    every_frame_answered(&t, "ws");
+    let t = closed_loop(format!("wss://{https}/v1/stream"), Some(pin), 2).await;
+    every_frame_answered(&t, "wss");
+
+    // Another certificate's pin: the TLS handshake fails, no session opens.
+    let mut wrong = pin;
+    wrong[0] ^= 0xff;
+    let t = closed_loop(format!("wss://{https}/v1/stream"), Some(wrong), 1).await;
+    assert_eq!((t.sessions_opened, t.sent), (0, 0));
+    assert_eq!(
+        t.connect_errors.values().sum::<u64>(),
+        1,
+        "{:?}",
+        t.connect_errors
+    );
+}

@@ -43,17 +43,7 @@ fn every_frame_answered(t: &Totals, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_and_wss_closed_loops_against_the_synthetic_backend_answer_every_frame() {
     let gw = Gateway::start(&["--backend", "synthetic", "--https-listen", "127.0.0.1:0"]).await;
-    let https = gw
-        .stdout
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            l.split("HTTPS listening on https://")
-                .nth(1)
-                .map(|r| r.split_whitespace().next().unwrap().to_string())
-        })
-        .expect("HTTPS line");
+    let https = gw.https_addr();
     let pin = parse_pin(&gw.fingerprint()).unwrap();
 
     let t = closed_loop(format!("ws://{}/v1/stream", gw.addr), None, 2).await;

@@ -125,17 +125,7 @@ async fn sdk_over_quic_ws_wss_and_http_gives_the_http_detections() {
         same(&d, &reference, "websocket stream");
     }
     // WSS with the same (development) certificate, pinned.
-    let https = gw
-        .stdout
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            l.split("HTTPS listening on https://")
-                .nth(1)
-                .map(|r| r.split_whitespace().next().unwrap().to_string())
-        })
-        .expect("HTTPS line");
+    let https = gw.https_addr();
     let wss = Client::connect(&format!("wss://{https}?pin={}", gw.fingerprint()), KEY)
         .await
         .unwrap();

@@ -204,6 +204,21 @@ impl Gateway {
         )
     }
 
+    /// `HOST:PORT` of the HTTPS listener (started with `--https-listen`),
+    /// from the line the gateway prints.
+    pub fn https_addr(&self) -> String {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| {
+                l.split("HTTPS listening on https://")
+                    .nth(1)
+                    .map(|r| r.split_whitespace().next().unwrap().to_string())
+            })
+            .expect("the gateway printed its HTTPS line (start it with --https-listen)")
+    }
+
     /// Everything the process printed so far (stdout and stderr).
     pub fn logs(&self) -> Vec<String> {
         let mut out = self.stdout.lock().unwrap().clone();

@@ -254,6 +254,12 @@ async fn main() -> Result<()> {
         (None, None) => bail!("give --frames PATH or --synthetic WxH"),
     };
     let frames = Arc::new(frames);
+    if args.wss_target.is_none() && (args.tls_pin.is_some() || args.tls_cert.is_some()) {
+        bail!("--tls-pin and --tls-cert go with --wss-target (WebSocket over TLS); QUIC takes --quic-pin or --quic-cert");
+    }
+    if args.wss_target.is_some() && args.transport != TransportArg::Ws {
+        bail!("--wss-target is for --transport ws");
+    }
     let transport: SharedTransport = match args.transport {
         TransportArg::Ws => {
             let (url, tls) = match &args.wss_target {

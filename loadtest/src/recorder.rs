@@ -182,7 +182,7 @@ impl Recorder {
         frame: (usize, u64),
         sent_at: Instant,
         latency_us: Option<u64>,
-        outcome: &dyn std::fmt::Display,
+        outcome: &str,
         timings: Option<&StageTimings>,
     ) {
         let Some(log) = &self.frame_log else { return };
@@ -199,7 +199,7 @@ impl Recorder {
         });
         // Reasons and codes are mostly short tokens, but an HTTP error can
         // carry an OS message: nothing in it may split the row or a field.
-        let outcome = outcome.to_string().replace([',', '\n', '\r', '"'], " ");
+        let outcome = outcome.replace([',', '\n', '\r', '"'], " ");
         let (session, seq) = frame;
         // Formatted before the lock: the lock only covers the copy into the
         // buffer (and, every so often, its write).
@@ -267,12 +267,12 @@ impl Recorder {
         let Some(s) = self.second(at) else { return };
         let lat = us(at.saturating_duration_since(sent_at));
         if self.frame_log.is_some() {
-            let (outcome, timings): (Box<dyn std::fmt::Display>, _) = match kind {
+            let (outcome, timings) = match kind {
                 AnswerKind::Detections { timings, .. } => {
-                    (Box::new("detections"), timings.as_ref())
+                    ("detections".to_string(), timings.as_ref())
                 }
-                AnswerKind::Dropped(r) => (Box::new(format!("dropped:{r}")), None),
-                AnswerKind::Error(e) => (Box::new(format!("error:{e}")), None),
+                AnswerKind::Dropped(r) => (format!("dropped:{r}"), None),
+                AnswerKind::Error(e) => (format!("error:{e}"), None),
             };
             self.log_frame((session, seq), sent_at, Some(lat), &outcome, timings);
         }
@@ -304,7 +304,7 @@ impl Recorder {
         let mut n = 0;
         for &(seq, sent_at) in frames.iter().filter(|(_, s)| *s >= self.measure_from) {
             n += 1;
-            self.log_frame((session, seq), sent_at, None, &"lost", None);
+            self.log_frame((session, seq), sent_at, None, "lost", None);
         }
         self.with(|t| t.lost += n);
     }

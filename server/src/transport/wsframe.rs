@@ -172,9 +172,8 @@ pub struct WsReader<R> {
     /// How much to read while no frame header is in hand: the last data
     /// frame's size plus the read-ahead (at most `MAX_EXPECT`), or just the
     /// read-ahead before the first, and again after `SHRINK_AFTER` without
-    /// one. Reading a frame's first 4 KiB alone and
-    /// the rest after held the 10th 164 KB frame of every fresh connection
-    /// back by ~31 ms (strace: the client wrote it in one `sendto`, the
+    /// one. Reading a frame's first 4 KiB alone and the rest after held the
+    /// 10th 164 KB frame of every fresh connection back by ~31 ms (strace: the client wrote it in one `sendto`, the
     /// server's reads got it in parts, the last part ~21 ms after the one
     /// before; TCP's receive window); reading what the last frame needed
     /// in one go removed the stall. Idle sessions that never sent a frame

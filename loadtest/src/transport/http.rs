@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -65,7 +65,13 @@ pub struct HttpTransport {
     authority: String,
     /// Path and query of `url`.
     path: String,
+    /// Each image's request, built once for all sessions (one memory file
+    /// per image, not per session).
+    requests: Arc<Mutex<HashMap<ImageKey, Arc<Request>>>>,
 }
+
+/// An image by where its bytes are: the frame set lives for the whole run.
+type ImageKey = (usize, usize);
 
 impl HttpTransport {
     /// A transport for `url` (`http://host:port/path?query`).
@@ -98,6 +104,7 @@ impl HttpTransport {
             in_flight: in_flight.max(1),
             authority,
             path,
+            requests: Arc::default(),
         })
     }
 }
@@ -129,6 +136,7 @@ struct Conn {
 }
 
 /// One image's whole request (head and body), built once and sent as is.
+#[derive(Debug)]
 enum Request {
     /// In a memory file, sent with `sendfile(2)`.
     File { file: File, len: usize },
@@ -213,16 +221,18 @@ impl HttpTransport {
     /// when none is idle) and reports each answer.
     async fn run(self, mut frames: mpsc::Receiver<OutFrame>, events: mpsc::Sender<SessionEvent>) {
         let mut idle: Vec<Conn> = Vec::new();
-        let mut requests: HashMap<(usize, usize), Arc<Request>> = HashMap::new();
+        // This session's own lookups need no lock.
+        let mut requests: HashMap<ImageKey, Arc<Request>> = HashMap::new();
         let mut pending = FuturesUnordered::new();
         let mut open = true;
         while open || !pending.is_empty() {
             tokio::select! {
                 f = frames.recv(), if open => match f {
                     Some(f) => {
+                        let key = (f.image.bytes.as_ptr() as usize, f.image.bytes.len());
                         let req = requests
-                            .entry((f.image.bytes.as_ptr() as usize, f.image.bytes.len()))
-                            .or_insert_with(|| Arc::new(Request::new(self.request_of(&f))))
+                            .entry(key)
+                            .or_insert_with(|| self.shared_request(key, &f))
                             .clone();
                         let conn = idle.pop();
                         pending.push(self.post(conn, f.seq, req));
@@ -240,6 +250,14 @@ impl HttpTransport {
                 }
             }
         }
+    }
+
+    /// The request for an image, from the transport's cache or built.
+    fn shared_request(&self, key: ImageKey, f: &OutFrame) -> Arc<Request> {
+        let mut all = self.requests.lock().expect("requests lock");
+        all.entry(key)
+            .or_insert_with(|| Arc::new(Request::new(self.request_of(f))))
+            .clone()
     }
 
     /// The whole request for one image: head and body.
@@ -765,6 +783,20 @@ mod tests {
         assert_eq!(kind, AnswerKind::Error("http-503".into()));
         assert!(conn.is_none(), "the server said close");
         assert_eq!(server.await.unwrap(), bytes);
+    }
+
+    #[test]
+    fn sessions_share_one_request_per_image() {
+        let t = HttpTransport::new("http://127.0.0.1:1/x".into(), "k".into(), false, 1).unwrap();
+        let f = frame();
+        let key = (f.image.bytes.as_ptr() as usize, f.image.bytes.len());
+        // Sessions are clones of the transport.
+        let (a, b) = (t.clone(), t.clone());
+        assert!(Arc::ptr_eq(
+            &a.shared_request(key, &f),
+            &b.shared_request(key, &f)
+        ));
+        assert_eq!(t.requests.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

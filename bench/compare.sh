@@ -55,7 +55,11 @@ CORES="$(nproc)"
 
 log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-note_load() { printf '%s\t%s\n' "$1" "$(loadavg)" >> "$OUT/loadavg.tsv"; }
+note_load() {
+    printf '%s\t%s\n' "$1" "$(loadavg)" >> "$OUT/loadavg.tsv"
+    # The CPU counters, for the time the host took from this VM (steal).
+    printf '%s\t%s\n' "$1" "$(head -n 1 /proc/stat)" >> "$OUT/cpustat.tsv"
+}
 
 log "building (release)"
 cargo build --release -q -p framegate -p framegate-loadtest -p framegate-bench --bins

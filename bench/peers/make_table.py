@@ -82,6 +82,26 @@ def met(ok):
     return "**met**" if ok else "**not met**"
 
 
+def steal_of(d):
+    """Steal over the run from cpustat.tsv (per point, /proc/stat's cpu line):
+    (overall %, worst % between two points, the point after the worst), or
+    None for runs that did not record it."""
+    path = os.path.join(d, "cpustat.tsv")
+    if not os.path.exists(path):
+        return None
+    rows = []
+    for line in open(path).read().splitlines():
+        name, _, stat = line.partition("\t")
+        f = [int(x) for x in stat.split()[1:9]]
+        if len(f) == 8:
+            rows.append((name, sum(f), f[7]))
+    if len(rows) < 2:
+        return None
+    pct = lambda a, b: 100.0 * (b[2] - a[2]) / max(1, b[1] - a[1])
+    worst = max(zip(rows, rows[1:]), key=lambda p: pct(*p))
+    return pct(rows[0], rows[-1]), pct(*worst), worst[1][0]
+
+
 def main():
     d, doc = sys.argv[1], sys.argv[2]
     m = kv(os.path.join(d, "machine.txt"))
@@ -116,6 +136,16 @@ def main():
           "changed between points, so ratios between points measured minutes apart (the ONNX "
           "Runtime limit first, the gateway later) can be off by tens of percent either way, "
           "and verdicts near a threshold are not reliable. Rerun on a quiet machine to judge them.")
+    steal = steal_of(d)
+    if steal is not None:
+        overall, worst, where = steal
+        w(f"- **CPU time the host took from this machine (steal) during the run:** {overall:.1f} % "
+          f"overall, up to {worst:.1f} % between two points (before {where}). On a virtual machine "
+          "the host's other guests take turns on the same cores; points measured while it takes "
+          "more run slower, and not equally.")
+        if worst > 5:
+            w("- **Caveat:** the host took more than 5 % of the CPU during part of this run: ratios "
+              "between points measured minutes apart can be off by tens of percent either way.")
     w(f"- **Versions:** framegate {m.get('framegate_commit', '?')} ({m.get('rustc', '?')}, release), "
       f"ONNX Runtime {ort['onnxruntime']} (the gateway loads the same 1.31.1 library), "
       f"{m.get('python', '?')}, fastapi {pip.get('fastapi', '?')}, uvicorn {pip.get('uvicorn', '?')} "

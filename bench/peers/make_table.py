@@ -84,7 +84,7 @@ def met(ok):
 
 def steal_of(d):
     """Steal over the run from cpustat.tsv (per point, /proc/stat's cpu line):
-    (overall %, worst % between two points, the point after the worst), or
+    (overall %, worst % during one point, that point), or
     None for runs that did not record it."""
     path = os.path.join(d, "cpustat.tsv")
     if not os.path.exists(path):
@@ -99,7 +99,8 @@ def steal_of(d):
         return None
     pct = lambda a, b: 100.0 * (b[2] - a[2]) / max(1, b[1] - a[1])
     worst = max(zip(rows, rows[1:]), key=lambda p: pct(*p))
-    return pct(rows[0], rows[-1]), pct(*worst), worst[1][0]
+    # A row is written before its point runs: an interval is its first row's point.
+    return pct(rows[0], rows[-1]), pct(*worst), worst[0][0]
 
 
 def main():
@@ -140,7 +141,7 @@ def main():
     if steal is not None:
         overall, worst, where = steal
         w(f"- **CPU time the host took from this machine (steal) during the run:** {overall:.1f} % "
-          f"overall, up to {worst:.1f} % between two points (before {where}). On a virtual machine "
+          f"overall, up to {worst:.1f} % during one point ({where}). On a virtual machine "
           "the host's other guests take turns on the same cores; points measured while it takes "
           "more run slower, and not equally.")
         if worst > 5:

@@ -15,11 +15,13 @@
 //! - The exchange runs in the session's own task (no connection task, no
 //!   channel per request): write the request, read the answer's head and its
 //!   `Content-Length` (or chunked) body.
-//! - Connections are kept per session (no shared pool lock). A connection
-//!   the server closed, or that it said it would close (`Connection:
-//!   close`, HTTP/1.0), is dropped; a kept-alive connection that turns out to
-//!   be closed before any answer byte is replaced and the request sent again
-//!   once (the server never saw it).
+//! - Connections are kept per session (no shared pool lock). One the server
+//!   said it would close (`Connection: close`, HTTP/1.0) is dropped after
+//!   its answer; an idle one is checked before it is used again (a close or
+//!   reset since is found then, and a new connection opened). A request is
+//!   sent once and never again: the server never sees it twice.
+//! - A server that answers before it has read the whole body (a 401 or 429
+//!   on the head) and closes: the answer is still read and counted.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -133,6 +135,8 @@ impl Transport for HttpTransport {
 struct Conn {
     tcp: TcpStream,
     buf: BytesMut,
+    /// When its last answer was read.
+    idle_since: Instant,
 }
 
 /// One image's whole request (head and body), built once and sent as is.
@@ -254,9 +258,17 @@ impl HttpTransport {
 
     /// The request for an image, from the transport's cache or built.
     fn shared_request(&self, key: ImageKey, f: &OutFrame) -> Arc<Request> {
-        let mut all = self.requests.lock().expect("requests lock");
-        all.entry(key)
-            .or_insert_with(|| Arc::new(Request::new(self.request_of(f))))
+        if let Some(r) = self.requests.lock().expect("requests lock").get(&key) {
+            return r.clone();
+        }
+        // Built outside the lock (a panic here must not poison it for the
+        // other sessions); two sessions may both build it, one is kept.
+        let built = Arc::new(Request::new(self.request_of(f)));
+        self.requests
+            .lock()
+            .expect("requests lock")
+            .entry(key)
+            .or_insert(built)
             .clone()
     }
 
@@ -306,6 +318,7 @@ impl HttpTransport {
         Ok(Conn {
             tcp,
             buf: BytesMut::with_capacity(8 * 1024),
+            idle_since: Instant::now(),
         })
     }
 
@@ -316,51 +329,62 @@ impl HttpTransport {
     }
 
     async fn exchange(&self, conn: Option<Conn>, req: &Request) -> (AnswerKind, Option<Conn>) {
-        let mut reused = conn.is_some();
-        let mut conn = conn;
-        loop {
-            let mut c = match conn.take() {
-                Some(c) => c,
-                None => match self.connect().await {
-                    Ok(c) => c,
-                    Err(e) => return (AnswerKind::Error(e.into()), None),
-                },
-            };
-            let answer = match req.send(&c.tcp).await {
-                Ok(()) => read_answer(&mut c).await,
-                Err(_) => Err(Failure::Closed("request: write")),
-            };
-            return match answer {
-                Ok(a) => {
-                    let kind = if a.status == 429 {
-                        AnswerKind::Dropped("http-429".into())
-                    } else if !(200..300).contains(&a.status) {
-                        AnswerKind::Error(format!("http-{}", a.status))
-                    } else {
-                        parse_answer(&a.body)
-                    };
-                    (kind, a.keep.then_some(c))
-                }
-                // A kept-alive connection the server has closed since (its
-                // idle timeout): it never saw the request; once more on a
-                // new connection.
-                Err(Failure::Closed(_)) if reused => {
-                    reused = false;
-                    continue;
-                }
-                Err(Failure::Closed(e) | Failure::Bad(e)) => (AnswerKind::Error(e.into()), None),
-            };
+        // A kept-alive connection the server closed since (its idle
+        // timeout) is found out before the request goes, never after: a
+        // request is sent once, so the server never sees it twice.
+        let mut c = match conn.filter(Conn::still_open) {
+            Some(c) => c,
+            None => match self.connect().await {
+                Ok(c) => c,
+                Err(e) => return (AnswerKind::Error(e.into()), None),
+            },
+        };
+        let answer = match req.send(&c.tcp).await {
+            Ok(()) => read_answer(&mut c).await,
+            // The server may have answered and closed before reading the
+            // whole body (a 401, 413 or 429 refused on its head): that
+            // answer is still readable after the reset.
+            Err(_) => match tokio::time::timeout(EARLY_ANSWER_WAIT, read_answer(&mut c)).await {
+                Ok(Ok(a)) => Ok(Answer { keep: false, ..a }),
+                _ => Err("request: write"),
+            },
+        };
+        match answer {
+            Ok(a) => {
+                let kind = if a.status == 429 {
+                    AnswerKind::Dropped("http-429".into())
+                } else if !(200..300).contains(&a.status) {
+                    AnswerKind::Error(format!("http-{}", a.status))
+                } else {
+                    parse_answer(&a.body)
+                };
+                c.idle_since = Instant::now();
+                (kind, a.keep.then_some(c))
+            }
+            Err(e) => (AnswerKind::Error(e.into()), None),
         }
     }
 }
 
-/// Why no answer was read.
-#[derive(Debug, PartialEq)]
-enum Failure {
-    /// The connection closed (or failed) before any byte of an answer.
-    Closed(&'static str),
-    /// Anything else: a broken or cut-off answer.
-    Bad(&'static str),
+/// Idle time after which a kept-alive connection is checked before use.
+const PROBE_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long an answer is waited for after sending failed.
+const EARLY_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Conn {
+    /// Whether an idle kept-alive connection can carry a request: nothing
+    /// to read on it (a close, a reset, or bytes nobody asked for all mean
+    /// no). Looked at only once it has been idle for `PROBE_AFTER` (a
+    /// syscall per request otherwise): servers close idle connections after
+    /// seconds, not right after an answer they sent as kept alive.
+    fn still_open(&self) -> bool {
+        if self.idle_since.elapsed() < PROBE_AFTER {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 /// An answer read off a connection.
@@ -475,10 +499,10 @@ fn parse_chunked(buf: &[u8]) -> Result<Option<(usize, Vec<u8>)>, &'static str> {
                 }
             }
         }
-        if body.len() + size > MAX_BODY {
+        if size > MAX_BODY - body.len() {
             return Err("answer: body too large");
         }
-        if buf.len() < at + size + 2 {
+        if buf.len() - at < size + 2 {
             return Ok(None);
         }
         body.extend_from_slice(&buf[at..at + size]);
@@ -490,21 +514,19 @@ fn parse_chunked(buf: &[u8]) -> Result<Option<(usize, Vec<u8>)>, &'static str> {
 }
 
 /// Reads more of the answer into `c.buf`; false at the end of the stream.
-async fn read_more(c: &mut Conn) -> Result<bool, Failure> {
+async fn read_more(c: &mut Conn) -> Result<bool, &'static str> {
     c.buf.reserve(8 * 1024);
-    let fresh = c.buf.is_empty();
     match c.tcp.read_buf(&mut c.buf).await {
         Ok(n) => Ok(n > 0),
-        Err(_) if fresh => Err(Failure::Closed("answer: connection failed")),
-        Err(_) => Err(Failure::Bad("answer: connection failed")),
+        Err(_) => Err("answer: connection failed"),
     }
 }
 
 /// Reads one answer off `c` (one request is outstanding on it).
-async fn read_answer(c: &mut Conn) -> Result<Answer, Failure> {
+async fn read_answer(c: &mut Conn) -> Result<Answer, &'static str> {
     c.buf.clear();
     let head = loop {
-        match parse_head(&c.buf).map_err(Failure::Bad)? {
+        match parse_head(&c.buf)? {
             // An interim answer (100 Continue): the real one follows.
             Some(h) if (100..200).contains(&h.status) => {
                 let _ = c.buf.split_to(h.len);
@@ -513,29 +535,27 @@ async fn read_answer(c: &mut Conn) -> Result<Answer, Failure> {
             Some(h) => break h,
             None => {}
         }
-        let empty = c.buf.is_empty();
         if !read_more(c).await? {
-            return Err(if empty {
-                Failure::Closed("answer: connection closed")
-            } else {
-                Failure::Bad("answer: connection closed")
-            });
+            return Err("answer: connection closed");
         }
     };
-    let cut_off = Failure::Bad("answer: cut off");
-    let mut keep = head.keep;
-    let body = match head.framing {
+    let cut_off = "answer: cut off";
+    let (body, used) = match head.framing {
         Framing::Length(n) => {
             while c.buf.len() < head.len + n {
                 if !read_more(c).await? {
                     return Err(cut_off);
                 }
             }
-            c.buf[head.len..head.len + n].to_vec()
+            (c.buf[head.len..head.len + n].to_vec(), head.len + n)
         }
         Framing::Chunked => loop {
-            if let Some((_, body)) = parse_chunked(&c.buf[head.len..]).map_err(Failure::Bad)? {
-                break body;
+            if let Some((used, body)) = parse_chunked(&c.buf[head.len..])? {
+                break (body, head.len + used);
+            }
+            // Chunk extensions and trailers count against the limits too.
+            if c.buf.len() > head.len + MAX_BODY + MAX_HEAD {
+                return Err("answer: body too large");
             }
             if !read_more(c).await? {
                 return Err(cut_off);
@@ -544,19 +564,21 @@ async fn read_answer(c: &mut Conn) -> Result<Answer, Failure> {
         Framing::UntilClose => {
             while read_more(c).await? {
                 if c.buf.len() > head.len + MAX_BODY {
-                    return Err(Failure::Bad("answer: body too large"));
+                    return Err("answer: body too large");
                 }
             }
-            keep = false;
-            c.buf[head.len..].to_vec()
+            (c.buf[head.len..].to_vec(), c.buf.len())
         }
     };
     Ok(Answer {
         status: head.status,
         body,
-        keep,
+        // Bytes past the answer (none were asked for) put the connection
+        // out of step: it is not used again.
+        keep: head.keep && used == c.buf.len(),
     })
 }
+
 /// The fields of an answer the harness reads; the rest is skipped without
 /// building a `serde_json::Value` tree.
 #[derive(serde::Deserialize)]
@@ -655,7 +677,7 @@ mod tests {
             .unwrap();
         assert!(!h.keep);
         // Chunked wins over a length; no framing at all reads to the close.
-        let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!((h.framing, h.keep), (Framing::Chunked, true));
@@ -797,6 +819,122 @@ mod tests {
             &b.shared_request(key, &f)
         ));
         assert_eq!(t.requests.lock().unwrap().len(), 1);
+    }
+
+    /// A server that reads a request's head only, answers 429 and closes
+    /// with the body unread (the gateway's refusals on the head).
+    #[tokio::test]
+    async fn a_refusal_before_the_body_is_read_is_counted_as_such() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut chunk).await.unwrap();
+                got.extend_from_slice(&chunk[..n]);
+            }
+            sock.write_all(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .await
+                .unwrap();
+            // Closed with most of the body unread: a reset for the sender.
+        });
+        let t = HttpTransport::new(format!("http://{addr}/x"), "k".into(), false, 1).unwrap();
+        // Far more than the socket buffers hold: sending fails part way.
+        let big = OutFrame {
+            seq: 1,
+            image: crate::frames::EncodedImage {
+                name: "big.jpg".into(),
+                codec: framegate_protocol::Codec::Jpeg,
+                bytes: bytes::Bytes::from(vec![7u8; 32 << 20]),
+            },
+        };
+        let (kind, conn) = t.exchange(None, &Request::new(t.request_of(&big))).await;
+        assert_eq!(kind, AnswerKind::Dropped("http-429".into()));
+        assert!(conn.is_none());
+    }
+
+    /// A kept-alive connection the server closed while idle is replaced
+    /// before the request goes; the request reaches the server once.
+    #[tokio::test]
+    async fn an_idle_connection_closed_by_the_server_is_replaced_before_sending() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    // One answer, kept alive as far as the client knows,
+                    // then closed.
+                    let mut got = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&chunk[..n]);
+                        if got.ends_with(b"\xFF\xD9") {
+                            break;
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 17\r\n\r\n{\"detections\":[]}",
+                        )
+                        .await;
+                });
+            }
+        });
+        let t = HttpTransport::new(format!("http://{addr}/x"), "k".into(), false, 1).unwrap();
+        let req = Request::new(t.request_of(&frame()));
+        let (kind, conn) = t.exchange(None, &req).await;
+        assert_eq!(
+            kind,
+            AnswerKind::Detections {
+                boxes: 0,
+                timings: None
+            }
+        );
+        let conn = conn.expect("kept alive");
+        // Let the server's close arrive.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!conn.still_open());
+        let (kind, _) = t.exchange(Some(conn), &req).await;
+        assert_eq!(
+            kind,
+            AnswerKind::Detections {
+                boxes: 0,
+                timings: None
+            }
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 2, "each request seen once");
+    }
+
+    #[tokio::test]
+    async fn bytes_past_an_answer_retire_the_connection() {
+        let (url, _server) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}EXTRA").await;
+        let t = HttpTransport::new(url, "k".into(), false, 1).unwrap();
+        let (kind, conn) = t
+            .exchange(None, &Request::new(t.request_of(&frame())))
+            .await;
+        assert!(matches!(kind, AnswerKind::Detections { .. }), "{kind:?}");
+        assert!(conn.is_none());
+    }
+
+    #[test]
+    fn a_huge_chunk_size_is_an_error_not_an_overflow() {
+        let huge = b"1\r\na\r\nffffffffffffffff\r\nb\r\n0\r\n\r\n";
+        assert_eq!(parse_chunked(huge), Err("answer: body too large"));
     }
 
     #[tokio::test]

@@ -919,16 +919,23 @@ mod tests {
         assert_eq!(requests.load(Ordering::SeqCst), 2, "each request seen once");
     }
 
-    #[tokio::test]
-    async fn bytes_past_an_answer_retire_the_connection() {
-        let (url, _server) =
-            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}EXTRA").await;
+    /// One request to a server that answers `reply`: the outcome, and
+    /// whether the connection was kept.
+    async fn one_exchange(reply: &'static [u8]) -> (AnswerKind, bool) {
+        let (url, _server) = serve_once(reply).await;
         let t = HttpTransport::new(url, "k".into(), false, 1).unwrap();
         let (kind, conn) = t
             .exchange(None, &Request::new(t.request_of(&frame())))
             .await;
+        (kind, conn.is_some())
+    }
+
+    #[tokio::test]
+    async fn bytes_past_an_answer_retire_the_connection() {
+        let (kind, kept) =
+            one_exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}EXTRA").await;
         assert!(matches!(kind, AnswerKind::Detections { .. }), "{kind:?}");
-        assert!(conn.is_none());
+        assert!(!kept);
     }
 
     #[test]
@@ -939,14 +946,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_off_answer_is_an_error() {
-        let (url, _server) =
-            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"detections\"").await;
-        let t = HttpTransport::new(url, "k".into(), false, 1).unwrap();
-        let (kind, conn) = t
-            .exchange(None, &Request::new(t.request_of(&frame())))
-            .await;
+        let (kind, kept) =
+            one_exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"detections\"").await;
         assert_eq!(kind, AnswerKind::Error("answer: cut off".into()));
-        assert!(conn.is_none());
+        assert!(!kept);
     }
 
     #[test]

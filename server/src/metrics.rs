@@ -393,7 +393,7 @@ impl Metrics {
         );
         r.register(
             "service_seconds_per_frame",
-            "Measured worker time per frame (weighted mean over recent batches), by model; 0 until the first batch",
+            "Measured worker time per frame (the larger of the weighted mean over recent batches and the newest batch), by model; 0 until the first batch",
             m.service_per_frame.clone(),
         );
         r.register(

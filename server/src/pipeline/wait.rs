@@ -5,12 +5,17 @@
 //!
 //! **The estimate.** A frame with `a` frames queued ahead of it is expected
 //! to wait `a · s / N` before a worker picks it up, where `N` is the number
-//! of inference workers and `s` the measured service time per frame: an
-//! exponentially weighted mean (weight ¼ for the newest) of `batch time /
-//! frames in the batch` over recent batches ([`ServiceTime`], recorded by
-//! the workers as each batch completes; decode, preprocess, inference and
-//! postprocess included). A batch already running when the frame arrives is
-//! not counted: it adds at most one batch's service time.
+//! of inference workers and `s` the measured service time per frame: the
+//! larger of an exponentially weighted mean (weight ¼ for the newest) of
+//! `batch time / frames in the batch` over recent batches and the newest
+//! batch's own figure ([`ServiceTime`], recorded by the workers as each
+//! batch completes; decode, preprocess, inference and postprocess
+//! included). The mean alone would take several batches to follow a machine
+//! that slows down, and admit frames on the old speed meanwhile; with the
+//! newest batch in the estimate, one slow batch shortens the queue at once,
+//! and the mean brings it back as batches speed up again. A batch already
+//! running when the frame arrives is not counted: it adds at most one
+//! batch's service time.
 //!
 //! **The rule.** With budget `B` the queue may hold `D = ⌊B · N / s⌋ + 1`
 //! frames ([`WaitBudget::frames`]; `B` below one batch time counts as one
@@ -48,8 +53,11 @@ use std::time::Duration;
 /// workers record, the submit path reads.
 #[derive(Debug, Default)]
 pub struct ServiceTime {
-    /// Nanoseconds per frame; 0 until the first batch is recorded.
+    /// Weighted mean, nanoseconds per frame; 0 until the first batch is
+    /// recorded.
     per_frame_ns: AtomicU64,
+    /// The newest batch's nanoseconds per frame; 0 until then.
+    latest_ns: AtomicU64,
 }
 
 impl ServiceTime {
@@ -68,11 +76,15 @@ impl ServiceTime {
                     old / 4 * 3 + sample / 4
                 })
             });
+        self.latest_ns.store(sample, Ordering::Release);
     }
 
-    /// The current estimate, once a batch has been recorded.
+    /// The current estimate, once a batch has been recorded: the larger of
+    /// the weighted mean and the newest batch (see the module docs).
     pub fn per_frame(&self) -> Option<Duration> {
-        match self.per_frame_ns.load(Ordering::Acquire) {
+        let mean = self.per_frame_ns.load(Ordering::Acquire);
+        let latest = self.latest_ns.load(Ordering::Acquire);
+        match mean.max(latest) {
             0 => None,
             ns => Some(Duration::from_nanos(ns)),
         }
@@ -174,20 +186,30 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn service_time_is_a_weighted_mean_per_frame() {
+    fn service_time_is_a_weighted_mean_per_frame_or_the_newest_batch() {
         let s = ServiceTime::default();
         assert_eq!(s.per_frame(), None);
         s.record(0, 100 * MS);
         assert_eq!(s.per_frame(), None, "an empty batch tells nothing");
         s.record(8, 80 * MS);
         assert_eq!(s.per_frame(), Some(10 * MS));
+        // A slower batch counts in full at once: the mean (12.5 ms) would
+        // admit frames on the old speed for several batches.
         s.record(4, 80 * MS); // 20 ms per frame
-        assert_eq!(s.per_frame(), Some(Duration::from_micros(12_500)));
+        assert_eq!(s.per_frame(), Some(20 * MS));
+        // A faster one brings the estimate down by the mean's weight only.
+        s.record(8, 80 * MS); // 10 ms per frame; mean 12.5 → 11.875 ms
+        assert_eq!(s.per_frame(), Some(Duration::from_micros(11_875)));
         for _ in 0..40 {
             s.record(2, 40 * MS);
         }
         let now = s.per_frame().unwrap();
         assert!(now > 19 * MS && now <= 20 * MS, "{now:?}");
+        for _ in 0..40 {
+            s.record(8, 40 * MS);
+        }
+        let now = s.per_frame().unwrap();
+        assert!(now >= 5 * MS && now < 6 * MS, "{now:?}");
     }
 
     #[test]

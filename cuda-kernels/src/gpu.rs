@@ -7,7 +7,13 @@
 //! launch processes the whole batch. The staging and device input buffers
 //! grow geometrically to the largest batch seen (or [`GpuPreprocessor::reserve_input`]),
 //! the output and descriptor buffers are sized for `max_batch` once: no
-//! allocation per frame or per batch in the steady state.
+//! allocation per frame or per batch in the steady state. Input buffers
+//! that a burst of large frames grew are given back once
+//! [`SHRINK_AFTER_BATCHES`] batches in a row have used at most a quarter of
+//! them, unless they hold no more than [`INPUT_KEEP_BYTES`]
+//! ([`GpuPreprocessor::set_input_keep`]): pinned host memory cannot be
+//! swapped out, and a few batches of 40-megapixel frames would otherwise
+//! pin about a gigabyte per worker for the life of the process.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
@@ -27,6 +33,14 @@ use crate::InputError;
 
 /// The CUDA C source of the kernels (compiled at run time by NVRTC).
 pub const KERNEL_SOURCE: &str = include_str!("../kernels/preprocess.cu");
+
+/// Input buffers up to this size (pinned staging and device, each) are
+/// kept whatever the batches use; larger ones shrink (see the module docs).
+pub const INPUT_KEEP_BYTES: usize = 64 << 20;
+
+/// Batches in a row that must use at most a quarter of an input buffer
+/// larger than the keep size before it is given back.
+pub const SHRINK_AFTER_BATCHES: u32 = 32;
 
 /// Threads per block: 32 output columns by 8 rows.
 const BLOCK: (u32, u32) = (32, 8);
@@ -577,6 +591,10 @@ pub struct GpuPreprocessor {
     /// Recorded after the last upload of a batch: the staging buffers are
     /// free again once it completes.
     uploaded: CudaEvent,
+    /// Input buffers up to this many bytes are never shrunk.
+    input_keep: usize,
+    /// Batches in a row that used at most a quarter of the input buffers.
+    small_batches: u32,
 }
 
 impl std::fmt::Debug for GpuPreprocessor {
@@ -667,6 +685,8 @@ impl GpuPreprocessor {
             output,
             host_out: None,
             uploaded,
+            input_keep: INPUT_KEEP_BYTES,
+            small_batches: 0,
         })
     }
 
@@ -739,6 +759,37 @@ impl GpuPreprocessor {
         Ok(())
     }
 
+    /// Input buffers up to `bytes` (each) are kept whatever the batches use;
+    /// larger ones are given back after [`SHRINK_AFTER_BATCHES`] batches in a
+    /// row that used at most a quarter of them. Default [`INPUT_KEEP_BYTES`].
+    pub fn set_input_keep(&mut self, bytes: usize) {
+        self.input_keep = bytes;
+    }
+
+    /// Sizes the input buffers for a batch of `bytes` input bytes: grows
+    /// them if needed ([`Self::reserve_input`]), or gives back buffers that
+    /// have been at least four times too large for [`SHRINK_AFTER_BATCHES`]
+    /// batches in a row (when larger than the keep size), so that a burst
+    /// of huge frames does not pin their memory for good. The caller has
+    /// waited for `uploaded`.
+    fn fit_input(&mut self, bytes: usize) -> Result<(), CudaError> {
+        let cap = self.input_capacity();
+        if cap > self.input_keep && bytes <= cap / 4 {
+            self.small_batches += 1;
+            if self.small_batches >= SHRINK_AFTER_BATCHES {
+                // The last batch's uploads are done (the caller waited);
+                // the device buffer is freed in stream order, after the
+                // kernel that reads it.
+                self.staging = None;
+                self.input = None;
+                self.small_batches = 0;
+            }
+        } else {
+            self.small_batches = 0;
+        }
+        self.reserve_input(bytes)
+    }
+
     /// Bytes of the device input buffer a batch uses (each frame's used
     /// bytes, each rounded up to a 256-byte boundary).
     pub fn batch_input_bytes(frames: &[FrameRef<'_>]) -> usize {
@@ -775,7 +826,7 @@ impl GpuPreprocessor {
             self.uploaded
                 .synchronize()
                 .ctx("waiting for earlier uploads")?;
-            self.reserve_input(total)?;
+            self.fit_input(total)?;
             let GpuPreprocessor {
                 staging,
                 input,

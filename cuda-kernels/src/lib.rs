@@ -61,7 +61,8 @@ pub use cpu::{
 };
 pub use gpu::{
     compile_kernels, cuda_available, nvrtc_version, pick_arch, ArchChoice, CudaError, DeviceFrame,
-    DeviceOutput, GpuPreprocessor, KernelImage, KERNEL_SOURCE,
+    DeviceOutput, GpuPreprocessor, KernelImage, INPUT_KEEP_BYTES, KERNEL_SOURCE,
+    SHRINK_AFTER_BATCHES,
 };
 pub use spec::{
     ChannelOrder, FrameError, FrameRef, OutputDType, PixelFormat, Placement, PreprocessSpec,

@@ -298,6 +298,59 @@ fn repeated_batches_reuse_and_grow_buffers() {
 }
 
 #[test]
+fn input_buffers_grown_by_large_frames_are_given_back() {
+    use framegate_cuda::SHRINK_AFTER_BATCHES;
+    let mut rng = rng();
+    let spec = PreprocessSpec::yolo(96, 96, OutputDType::F32);
+    let Some(mut pre) = gpu(spec, 4) else { return };
+    // A keep size the test can pass with small frames: 2 MiB.
+    pre.set_input_keep(2 << 20);
+    let run = |pre: &mut GpuPreprocessor, frames: &[Owned], what: &str| {
+        let refs: Vec<FrameRef<'_>> = frames.iter().map(Owned::frame).collect();
+        pre.poison_output().unwrap();
+        let mut out = vec![f32::NAN; frames.len() * spec.image_len()];
+        pre.run_to_host(&refs, &mut out).unwrap();
+        let mut want = vec![f32::NAN; out.len()];
+        preprocess_cpu_into(&refs, &spec, &mut want).unwrap();
+        assert!(compare(&out, &want, what) <= 1e-3);
+    };
+    // 4 × 1920×1080 RGB8: about 24 MiB of input.
+    let big: Vec<Owned> = (0..4)
+        .map(|_| Owned::random(&mut rng, 1920, 1080, PixelFormat::Rgb8))
+        .collect();
+    run(&mut pre, &big, "large batch");
+    let grown = pre.input_capacity();
+    assert!(grown >= 4 * 1920 * 1080 * 3, "{grown}");
+    let small = vec![Owned::random(&mut rng, 320, 240, PixelFormat::Bgr8)];
+    // One batch short of the count, the buffers stay (a burst that comes
+    // back soon does not pay for a new allocation) ...
+    for i in 0..SHRINK_AFTER_BATCHES - 1 {
+        run(&mut pre, &small, &format!("small batch {i}"));
+        assert_eq!(pre.input_capacity(), grown);
+    }
+    // ... a large batch in between starts the count again ...
+    run(&mut pre, &big[..2], "two large frames");
+    for i in 0..SHRINK_AFTER_BATCHES - 1 {
+        run(&mut pre, &small, &format!("small batch {i} after"));
+        assert_eq!(pre.input_capacity(), grown);
+    }
+    // ... and the count's last small batch runs on buffers its own size.
+    run(&mut pre, &small, "the batch that shrinks");
+    let shrunk = pre.input_capacity();
+    assert!(shrunk <= 1 << 20, "{shrunk} after {grown}");
+    println!("    input buffers: {grown} bytes after the large batch, {shrunk} after {SHRINK_AFTER_BATCHES} small ones");
+    // Large frames again: they grow back and are right.
+    run(&mut pre, &big, "large batch again");
+    assert!(pre.input_capacity() >= grown);
+    // Buffers within the keep size never shrink.
+    pre.set_input_keep(usize::MAX);
+    for i in 0..SHRINK_AFTER_BATCHES + 1 {
+        run(&mut pre, &small, &format!("kept {i}"));
+    }
+    assert!(pre.input_capacity() >= grown);
+}
+
+#[test]
 fn device_output_is_usable_in_stream_order() {
     let mut rng = rng();
     let spec = PreprocessSpec::yolo(64, 64, OutputDType::F32);

@@ -8,9 +8,10 @@
 //! grow geometrically to the largest batch seen (or [`GpuPreprocessor::reserve_input`]),
 //! the output and descriptor buffers are sized for `max_batch` once: no
 //! allocation per frame or per batch in the steady state. Input buffers
-//! that a burst of large frames grew are given back once
-//! [`SHRINK_AFTER_BATCHES`] batches in a row have used at most a quarter of
-//! them, unless they hold no more than [`INPUT_KEEP_BYTES`]
+//! that a burst of large frames grew are given back on the
+//! [`SHRINK_AFTER_BATCHES`]th batch in a row that uses at most a quarter of
+//! them (that batch runs on new buffers of its own size), unless they hold
+//! no more than [`INPUT_KEEP_BYTES`]
 //! ([`GpuPreprocessor::set_input_keep`]): pinned host memory cannot be
 //! swapped out, and a few batches of 40-megapixel frames would otherwise
 //! pin about a gigabyte per worker for the life of the process.
@@ -38,8 +39,8 @@ pub const KERNEL_SOURCE: &str = include_str!("../kernels/preprocess.cu");
 /// kept whatever the batches use; larger ones shrink (see the module docs).
 pub const INPUT_KEEP_BYTES: usize = 64 << 20;
 
-/// Batches in a row that must use at most a quarter of an input buffer
-/// larger than the keep size before it is given back.
+/// On this many batches in a row that use at most a quarter of an input
+/// buffer larger than the keep size, the last of them gives it back.
 pub const SHRINK_AFTER_BATCHES: u32 = 32;
 
 /// Threads per block: 32 output columns by 8 rows.
@@ -760,18 +761,18 @@ impl GpuPreprocessor {
     }
 
     /// Input buffers up to `bytes` (each) are kept whatever the batches use;
-    /// larger ones are given back after [`SHRINK_AFTER_BATCHES`] batches in a
-    /// row that used at most a quarter of them. Default [`INPUT_KEEP_BYTES`].
+    /// larger ones are given back on the [`SHRINK_AFTER_BATCHES`]th batch in
+    /// a row that uses at most a quarter of them. Default [`INPUT_KEEP_BYTES`].
     pub fn set_input_keep(&mut self, bytes: usize) {
         self.input_keep = bytes;
     }
 
     /// Sizes the input buffers for a batch of `bytes` input bytes: grows
-    /// them if needed ([`Self::reserve_input`]), or gives back buffers that
-    /// have been at least four times too large for [`SHRINK_AFTER_BATCHES`]
-    /// batches in a row (when larger than the keep size), so that a burst
-    /// of huge frames does not pin their memory for good. The caller has
-    /// waited for `uploaded`.
+    /// them if needed ([`Self::reserve_input`]), or, on the
+    /// [`SHRINK_AFTER_BATCHES`]th batch in a row for which they are at least
+    /// four times too large (and larger than the keep size), replaces them
+    /// with buffers of this batch's size, so that a burst of huge frames does
+    /// not pin their memory for good. The caller has waited for `uploaded`.
     fn fit_input(&mut self, bytes: usize) -> Result<(), CudaError> {
         let cap = self.input_capacity();
         if cap > self.input_keep && bytes <= cap / 4 {

@@ -73,9 +73,11 @@ pub fn unavailable_message(e: &dyn std::fmt::Display) -> String {
 
 /// One worker's GPU preprocessing: the kernels, its stream and buffers, and
 /// one decoded-frame buffer per batch slot (each keeps the capacity of the
-/// largest frame it held, as the CPU path's one buffer does; the pinned
-/// staging and device buffers grow to the largest batch's bytes). A CPU
-/// preprocessor stands by for a batch the GPU fails on.
+/// largest frame it held up to [`KEEP_DECODE_BYTES`](super::decode::KEEP_DECODE_BYTES), as the CPU path's one
+/// buffer does; the pinned staging and device buffers grow to the largest
+/// batch's bytes and shrink when batches stay much smaller, see
+/// [`GpuPreprocessor`]). A CPU preprocessor stands by for a batch the GPU
+/// fails on.
 pub struct CudaPreprocess {
     gpu: GpuPreprocessor,
     images: Vec<RgbImage>,
@@ -186,6 +188,15 @@ impl CudaPreprocess {
         self.gpu
             .run_to_host(&refs, out)
             .map_err(|e| GatewayError::Internal(format!("CUDA preprocessing failed: {e}")))
+    }
+
+    /// Gives back the decode buffers that huge frames grew (over
+    /// [`KEEP_DECODE_BYTES`](super::decode::KEEP_DECODE_BYTES)), once their batch is preprocessed.
+    pub fn release_large_buffers(&mut self) {
+        for image in &mut self.images {
+            image.release_if_large();
+        }
+        self.scratch.release_if_large();
     }
 
     /// Preprocesses staged frame `slot` on the CPU into `out` (one image),

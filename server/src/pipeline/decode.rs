@@ -188,6 +188,13 @@ fn jpeg_size(b: &[u8]) -> Result<(u32, u32), GatewayError> {
     }
 }
 
+/// Decode buffers up to this many bytes keep their memory from frame to
+/// frame (a 4K frame needs 24.9 MB, 5K 44 MB); a larger one is given back
+/// once its frame is preprocessed ([`RgbImage::release_if_large`]), so a
+/// few huge frames (up to `limits.max_frame_pixels`, 120 MB at the default
+/// 40 megapixels) do not hold that memory for the life of a worker.
+pub const KEEP_DECODE_BYTES: usize = 64 << 20;
+
 /// A decoded frame: packed RGB8, row-major, no padding.
 #[derive(Debug, Default, Clone)]
 pub struct RgbImage {
@@ -197,6 +204,16 @@ pub struct RgbImage {
     pub height: u32,
     /// `width * height * 3` bytes.
     pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    /// Gives the buffer's memory back if it holds more than
+    /// [`KEEP_DECODE_BYTES`]; the next frame allocates what it needs.
+    pub fn release_if_large(&mut self) {
+        if self.pixels.capacity() > KEEP_DECODE_BYTES {
+            self.pixels = Vec::new();
+        }
+    }
 }
 
 /// Decodes a probed frame into `out` (its buffer is reused).
@@ -418,6 +435,27 @@ mod tests {
             matches!(err, GatewayError::PixelBudget { width: 30000, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_large_decode_buffers_are_given_back() {
+        let raw = |w: u32, h: u32| {
+            let bytes = Bytes::from(vec![7u8; (w * h * 3) as usize]);
+            probe(Some(Codec::Rgb8), w, h, bytes, &LIMITS).unwrap()
+        };
+        let mut img = RgbImage::default();
+        // A 4K frame keeps its buffer for the next frame.
+        decode_rgb(&raw(3840, 2160), &mut img).unwrap();
+        img.release_if_large();
+        assert!(img.pixels.capacity() >= 3840 * 2160 * 3);
+        // 5000 × 5000 (75 MB) is given back after its frame ...
+        decode_rgb(&raw(5000, 5000), &mut img).unwrap();
+        assert_eq!(img.pixels.len(), 75_000_000);
+        img.release_if_large();
+        assert_eq!(img.pixels.capacity(), 0);
+        // ... and the next frame decodes as before.
+        decode_rgb(&raw(2, 1), &mut img).unwrap();
+        assert_eq!(img.pixels, vec![7; 6]);
     }
 
     #[test]

@@ -660,7 +660,7 @@ fn run_worker(ctx: WorkerContext) {
             return;
         }
         if batch == max_batch {
-            ctx.shared.service.record(batch, t0.elapsed());
+            ctx.shared.service.record(batch, max_batch, t0.elapsed());
         }
     }
     if let Some(threads) = ctx.solo_threads {
@@ -804,6 +804,9 @@ fn process_batch(
                 .stage(k, &item.frame, decode_frame)
                 .map(|_| (gpu.placement(&item.frame), micros(t0.elapsed()), 0)),
         };
+        if let Pre::Cpu(_, rgb) = pre {
+            rgb.release_if_large();
+        }
         match prepared {
             Ok((place, decode_us, preprocess_us)) => ready.push(Prepared {
                 item,
@@ -844,6 +847,9 @@ fn process_batch(
         for p in &mut ready {
             p.preprocess_us = us;
         }
+    }
+    if let Pre::Cuda(gpu) = pre {
+        gpu.release_large_buffers();
     }
     let n = ready.len();
     ctx.shared
@@ -899,9 +905,12 @@ fn process_batch(
     crate::metrics::batch_ran(&spec.name, n, started.elapsed(), solo);
     // A solo batch held every worker and ran faster than a worker's session
     // would: it says nothing about the service time under load, which is
-    // what admission estimates waits from.
-    if !solo {
-        ctx.shared.service.record(n, started.elapsed());
+    // what admission estimates waits from. Nor does a batch that failed (a
+    // backend error or timeout).
+    if !solo && run.is_ok() {
+        ctx.shared
+            .service
+            .record(n, ctx.policy.max_batch, started.elapsed());
     }
     for (p, answer) in ready.into_iter().zip(answers) {
         let outcome = match (&run, answer) {

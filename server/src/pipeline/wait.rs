@@ -8,14 +8,19 @@
 //! of inference workers and `s` the measured service time per frame: the
 //! larger of an exponentially weighted mean (weight ¼ for the newest) of
 //! `batch time / frames in the batch` over recent batches and the newest
-//! batch's own figure ([`ServiceTime`], recorded by the workers as each
-//! batch completes; decode, preprocess, inference and postprocess
-//! included). The mean alone would take several batches to follow a machine
-//! that slows down, and admit frames on the old speed meanwhile; with the
-//! newest batch in the estimate, one slow batch shortens the queue at once,
-//! and the mean brings it back as batches speed up again. A batch already
-//! running when the frame arrives is not counted: it adds at most one
-//! batch's service time.
+//! batch's time divided by a full batch's frame count ([`ServiceTime`],
+//! recorded by the workers as each batch that ran completes; decode,
+//! preprocess, inference and postprocess included; a failed batch is not
+//! recorded). The mean alone would take several batches to follow a
+//! machine that slows down, and admit frames on the old speed meanwhile;
+//! with the newest batch in the estimate, one slow full batch shortens the
+//! queue at once, and the mean brings it back as batches speed up again.
+//! The newest batch counts as if it were full, so a batch of one frame,
+//! which on a GPU takes about as long as a full one, does not pass for a
+//! slow machine (a partial batch on a slower machine then goes unseen until
+//! a full one, which is what overload brings). A batch already running when
+//! the frame arrives is not counted: it adds at most one batch's service
+//! time.
 //!
 //! **The rule.** With budget `B` the queue may hold `D = ⌊B · N / s⌋ + 1`
 //! frames ([`WaitBudget::frames`]; `B` below one batch time counts as one
@@ -56,17 +61,20 @@ pub struct ServiceTime {
     /// Weighted mean, nanoseconds per frame; 0 until the first batch is
     /// recorded.
     per_frame_ns: AtomicU64,
-    /// The newest batch's nanoseconds per frame; 0 until then.
+    /// The newest batch's time divided by a full batch's frames, in
+    /// nanoseconds; 0 until then.
     latest_ns: AtomicU64,
 }
 
 impl ServiceTime {
-    /// A batch of `frames` frames took `took` on a worker.
-    pub fn record(&self, frames: usize, took: Duration) {
+    /// A batch of `frames` frames (of at most `max_batch`) took `took` on a
+    /// worker.
+    pub fn record(&self, frames: usize, max_batch: usize, took: Duration) {
         if frames == 0 {
             return;
         }
-        let sample = (took.as_nanos() / frames as u128).clamp(1, u128::from(u64::MAX)) as u64;
+        let per = |n: usize| (took.as_nanos() / n as u128).clamp(1, u128::from(u64::MAX)) as u64;
+        let sample = per(frames);
         let _ = self
             .per_frame_ns
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
@@ -76,11 +84,13 @@ impl ServiceTime {
                     old / 4 * 3 + sample / 4
                 })
             });
-        self.latest_ns.store(sample, Ordering::Release);
+        self.latest_ns
+            .store(per(frames.max(max_batch)), Ordering::Release);
     }
 
     /// The current estimate, once a batch has been recorded: the larger of
-    /// the weighted mean and the newest batch (see the module docs).
+    /// the weighted mean and the newest batch as if full (see the module
+    /// docs).
     pub fn per_frame(&self) -> Option<Duration> {
         let mean = self.per_frame_ns.load(Ordering::Acquire);
         let latest = self.latest_ns.load(Ordering::Acquire);
@@ -189,24 +199,31 @@ mod tests {
     fn service_time_is_a_weighted_mean_per_frame_or_the_newest_batch() {
         let s = ServiceTime::default();
         assert_eq!(s.per_frame(), None);
-        s.record(0, 100 * MS);
+        s.record(0, 8, 100 * MS);
         assert_eq!(s.per_frame(), None, "an empty batch tells nothing");
-        s.record(8, 80 * MS);
+        s.record(8, 8, 80 * MS);
         assert_eq!(s.per_frame(), Some(10 * MS));
-        // A slower batch counts in full at once: the mean (12.5 ms) would
-        // admit frames on the old speed for several batches.
-        s.record(4, 80 * MS); // 20 ms per frame
+        // A slower full batch counts in full at once: the mean (12.5 ms)
+        // would admit frames on the old speed for several batches.
+        s.record(8, 8, 160 * MS); // 20 ms per frame
         assert_eq!(s.per_frame(), Some(20 * MS));
         // A faster one brings the estimate down by the mean's weight only.
-        s.record(8, 80 * MS); // 10 ms per frame; mean 12.5 → 11.875 ms
+        s.record(8, 8, 80 * MS); // 10 ms per frame; mean 12.5 → 11.875 ms
         assert_eq!(s.per_frame(), Some(Duration::from_micros(11_875)));
+        // A partial batch counts as if full for the newest figure: one frame
+        // in 40 ms (a GPU's batch of one costs about a full batch's time)
+        // is 5 ms a frame there, not 40, so the mean (18.9 ms, which counts
+        // it per frame as before) stands.
+        s.record(1, 8, 40 * MS);
+        assert_eq!(s.per_frame(), Some(Duration::from_nanos(18_906_250)));
+        // The mean follows batches of two at 20 ms a frame.
         for _ in 0..40 {
-            s.record(2, 40 * MS);
+            s.record(2, 8, 40 * MS);
         }
         let now = s.per_frame().unwrap();
         assert!(now > 19 * MS && now <= 20 * MS, "{now:?}");
         for _ in 0..40 {
-            s.record(8, 40 * MS);
+            s.record(8, 8, 40 * MS);
         }
         let now = s.per_frame().unwrap();
         assert!(now >= 5 * MS && now < 6 * MS, "{now:?}");

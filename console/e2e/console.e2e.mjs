@@ -10,7 +10,8 @@
 // time; stop; wait until /v1/usage has the session's frames, open the usage
 // page and read what it shows; one-shot detect by setting the file input;
 // open the keys and plan pages; with FRAMEGATE_E2E_ALSO set, a second live
-// run over that transport (same fps, width and time). Screenshots and results.json go to
+// run over that transport (same fps, width and time); with FRAMEGATE_E2E_ONLY_LIVE
+// set, only the sign-in and the first live run. Screenshots and results.json go to
 // FRAMEGATE_E2E_OUT; the last stdout line is `RESULT {json}`. Exits non-zero
 // with a message when a step fails.
 
@@ -36,6 +37,8 @@ const STREAM_SECS = Number(env('FRAMEGATE_E2E_SECONDS', '15'));
 // The live demo's transport selector: auto | webtransport | websocket.
 const TRANSPORT = env('FRAMEGATE_E2E_TRANSPORT', 'auto');
 const ALSO = env('FRAMEGATE_E2E_ALSO', '');
+// Set: sign in and one live run, nothing else (the gateway-asks-to-wait test).
+const ONLY_LIVE = env('FRAMEGATE_E2E_ONLY_LIVE', '') !== '';
 // Extra Chromium flags, space-separated.
 const EXTRA_ARGS = env('FRAMEGATE_E2E_CHROMIUM_ARGS', '').split(' ').filter(Boolean);
 // A busy 2-core machine: every wait is generous.
@@ -145,12 +148,14 @@ try {
       p99: await page.textContent('#stat-p99'),
       usage: await page.textContent('#stat-usage'),
       transport: await page.textContent('#stat-transport'),
+      held: await page.textContent('#stat-held'),
+      message: await page.textContent('#live-message'),
       labels: await page.$$eval('#live-boxes tr[data-label]', (rows) => rows.map((r) => r.dataset.label)),
     };
     await page.click('#stop');
     await page.waitForFunction(() => !window.__framegate.live.running, null, { timeout: 30_000 });
     const live = (await st()).live;
-    log('live:', JSON.stringify({ transport: live.transport, sent: live.sent, answered: live.answered, dropped: live.dropped, skipped: live.skipped, fps: live.fps, latencyMs: live.latencyMs, usageFrames: live.usageFrames }));
+    log('live:', JSON.stringify({ transport: live.transport, sent: live.sent, answered: live.answered, dropped: live.dropped, skipped: live.skipped, held: live.held, heldMs: Math.round(live.heldMs), fps: live.fps, latencyMs: live.latencyMs, usageFrames: live.usageFrames }));
     if (!(live.answered > 0 && live.fps > 0 && live.latencyMs.count > 0)) throw new Error('live demo showed no answers, fps or latency');
     if (!/ms$/.test(shown.p50 ?? '')) throw new Error(`latency not shown: ${shown.p50}`);
     if (!shown.labels.some((l) => l === 'dog' || l === 'bicycle')) throw new Error(`no dog/bicycle row in the page: ${shown.labels}`);
@@ -158,94 +163,95 @@ try {
   };
   result.live = await liveRun(TRANSPORT, 'live.png');
   const live = result.live;
-
-  // ---- usage: the page shows what /v1/usage says, once the session is flushed ----
-  const now = Math.floor(Date.now() / 1000);
-  const to = (Math.floor(now / 3600) + 1) * 3600;
-  const from = to - 24 * 3600;
-  const deadline = Date.now() + 30_000;
-  let api;
-  for (;;) {
-    api = await usageApi(from, to, 'hour');
-    if (api.frames >= live.usageFrames || Date.now() > deadline) break;
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  await page.evaluate(() => (location.hash = '#/usage'));
-  await page.waitForSelector('#usage-totals');
-  await page.screenshot({ path: join(OUT, 'usage.png') });
-  const usage = (await st()).usage;
-  const usageAgain = await usageApi(usage.from, usage.to, usage.granularity);
-  result.usage = {
-    page: {
-      from: usage.from,
-      to: usage.to,
-      granularity: usage.granularity,
-      frames: usage.frames,
-      pixels: usage.pixels,
-      framesText: await page.textContent('#usage-frames'),
-      pixelsText: await page.textContent('#usage-pixels'),
-      bars: await page.$$eval('#usage-chart rect[data-frames]', (rs) => rs.map((r) => Number(r.dataset.frames))),
-    },
-    api: { frames: usageAgain.frames, pixels: usageAgain.pixels, buckets: usageAgain.buckets },
-  };
-  log('usage page:', usage.frames, 'frames; API:', usageAgain.frames);
-  if (usage.frames !== usageAgain.frames || usage.pixels !== usageAgain.pixels) throw new Error('usage page differs from /v1/usage');
-
-  // ---- one-shot detect by file ----
-  await page.evaluate(() => (location.hash = '#/detect'));
-  await page.setInputFiles('#detect-file', IMAGE);
-  await page.waitForSelector('#detect-result table.boxes');
-  await page.screenshot({ path: join(OUT, 'detect.png') });
-  result.detect = {
-    state: (await st()).detect,
-    labels: await page.$$eval('#detect-result tr[data-label]', (rows) => rows.map((r) => r.dataset.label)),
-  };
-  log('detect labels:', result.detect.labels.join(', '));
-
-  // ---- keys and plan (self-service endpoints may be absent: a clear message) ----
-  await page.evaluate(() => (location.hash = '#/keys'));
-  await page.waitForSelector('#keys-table, #keys-list .notice, #keys-unsupported, #keys-message .notice');
-  result.keys = {
-    unsupported: (await page.$('#keys-unsupported')) !== null,
-    text: (await page.textContent('#app'))?.slice(0, 400),
-  };
-  if (!result.keys.unsupported) {
-    // Self-service keys exist: create one (shown once), then revoke it.
-    page.on('dialog', (d) => void d.accept());
-    await page.fill('#key-name', 'console-e2e');
-    await page.click('#key-form button[type=submit]');
-    await page.waitForSelector('#new-key');
-    const newKey = (await page.textContent('#new-key')) ?? '';
-    const newId = (await page.textContent('#key-created p')) ?? '';
-    await page.waitForSelector('#keys-table');
-    const rows = await page.$$eval('#keys-table tr[data-key-id]', (rs) =>
-      rs.map((r) => ({ id: r.dataset.keyId, name: r.cells[1].textContent, revoked: r.cells[5].textContent })),
-    );
-    const mine = rows.find((r) => r.name === 'console-e2e' && newId.includes(r.id));
-    result.keys.created = { keyLength: newKey.length, listed: Boolean(mine) };
-    if (!newKey || !mine) throw new Error(`created key not shown/listed: ${JSON.stringify(rows)}`);
-    await page.click(`#keys-table tr[data-key-id="${mine.id}"] button.revoke`);
-    await page.waitForFunction(
-      (id) => {
-        const r = document.querySelector(`#keys-table tr[data-key-id="${id}"]`);
-        return !r || r.cells[5].textContent !== '–'; // gone, or marked revoked
+  if (!ONLY_LIVE) {
+    // ---- usage: the page shows what /v1/usage says, once the session is flushed ----
+    const now = Math.floor(Date.now() / 1000);
+    const to = (Math.floor(now / 3600) + 1) * 3600;
+    const from = to - 24 * 3600;
+    const deadline = Date.now() + 30_000;
+    let api;
+    for (;;) {
+      api = await usageApi(from, to, 'hour');
+      if (api.frames >= live.usageFrames || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    await page.evaluate(() => (location.hash = '#/usage'));
+    await page.waitForSelector('#usage-totals');
+    await page.screenshot({ path: join(OUT, 'usage.png') });
+    const usage = (await st()).usage;
+    const usageAgain = await usageApi(usage.from, usage.to, usage.granularity);
+    result.usage = {
+      page: {
+        from: usage.from,
+        to: usage.to,
+        granularity: usage.granularity,
+        frames: usage.frames,
+        pixels: usage.pixels,
+        framesText: await page.textContent('#usage-frames'),
+        pixelsText: await page.textContent('#usage-pixels'),
+        bars: await page.$$eval('#usage-chart rect[data-frames]', (rs) => rs.map((r) => Number(r.dataset.frames))),
       },
-      mine.id,
-      { timeout: 30_000 },
-    );
-    result.keys.revoked = true;
-  }
-  await page.screenshot({ path: join(OUT, 'keys.png') });
-  await page.evaluate(() => (location.hash = '#/plan'));
-  await page.waitForSelector('#plan-table, #plan-unsupported, #plan-result .notice.error');
-  result.plan = {
-    unsupported: (await page.$('#plan-unsupported')) !== null,
-    text: (await page.textContent('#plan-result'))?.slice(0, 400),
-  };
-  await page.screenshot({ path: join(OUT, 'plan.png') });
+      api: { frames: usageAgain.frames, pixels: usageAgain.pixels, buckets: usageAgain.buckets },
+    };
+    log('usage page:', usage.frames, 'frames; API:', usageAgain.frames);
+    if (usage.frames !== usageAgain.frames || usage.pixels !== usageAgain.pixels) throw new Error('usage page differs from /v1/usage');
 
-  // ---- the live demo again, over the other transport ----
-  if (ALSO) result.liveAlso = await liveRun(ALSO, `live-${ALSO}.png`);
+    // ---- one-shot detect by file ----
+    await page.evaluate(() => (location.hash = '#/detect'));
+    await page.setInputFiles('#detect-file', IMAGE);
+    await page.waitForSelector('#detect-result table.boxes');
+    await page.screenshot({ path: join(OUT, 'detect.png') });
+    result.detect = {
+      state: (await st()).detect,
+      labels: await page.$$eval('#detect-result tr[data-label]', (rows) => rows.map((r) => r.dataset.label)),
+    };
+    log('detect labels:', result.detect.labels.join(', '));
+
+    // ---- keys and plan (self-service endpoints may be absent: a clear message) ----
+    await page.evaluate(() => (location.hash = '#/keys'));
+    await page.waitForSelector('#keys-table, #keys-list .notice, #keys-unsupported, #keys-message .notice');
+    result.keys = {
+      unsupported: (await page.$('#keys-unsupported')) !== null,
+      text: (await page.textContent('#app'))?.slice(0, 400),
+    };
+    if (!result.keys.unsupported) {
+      // Self-service keys exist: create one (shown once), then revoke it.
+      page.on('dialog', (d) => void d.accept());
+      await page.fill('#key-name', 'console-e2e');
+      await page.click('#key-form button[type=submit]');
+      await page.waitForSelector('#new-key');
+      const newKey = (await page.textContent('#new-key')) ?? '';
+      const newId = (await page.textContent('#key-created p')) ?? '';
+      await page.waitForSelector('#keys-table');
+      const rows = await page.$$eval('#keys-table tr[data-key-id]', (rs) =>
+        rs.map((r) => ({ id: r.dataset.keyId, name: r.cells[1].textContent, revoked: r.cells[5].textContent })),
+      );
+      const mine = rows.find((r) => r.name === 'console-e2e' && newId.includes(r.id));
+      result.keys.created = { keyLength: newKey.length, listed: Boolean(mine) };
+      if (!newKey || !mine) throw new Error(`created key not shown/listed: ${JSON.stringify(rows)}`);
+      await page.click(`#keys-table tr[data-key-id="${mine.id}"] button.revoke`);
+      await page.waitForFunction(
+        (id) => {
+          const r = document.querySelector(`#keys-table tr[data-key-id="${id}"]`);
+          return !r || r.cells[5].textContent !== '–'; // gone, or marked revoked
+        },
+        mine.id,
+        { timeout: 30_000 },
+      );
+      result.keys.revoked = true;
+    }
+    await page.screenshot({ path: join(OUT, 'keys.png') });
+    await page.evaluate(() => (location.hash = '#/plan'));
+    await page.waitForSelector('#plan-table, #plan-unsupported, #plan-result .notice.error');
+    result.plan = {
+      unsupported: (await page.$('#plan-unsupported')) !== null,
+      text: (await page.textContent('#plan-result'))?.slice(0, 400),
+    };
+    await page.screenshot({ path: join(OUT, 'plan.png') });
+
+    // ---- the live demo again, over the other transport ----
+    if (ALSO) result.liveAlso = await liveRun(ALSO, `live-${ALSO}.png`);
+  }
 } catch (e) {
   failed = e;
   try {

@@ -17,6 +17,10 @@ export interface LiveState {
   answered: number;
   dropped: number;
   skipped: number;
+  /** Capture ticks not sent because the gateway asked to wait (`retry_after_ms`). */
+  held: number;
+  /** The waits the gateway asked for, summed (overlapping ones counted once). */
+  heldMs: number;
   errors: number;
   /** Capture → answer, measured in the browser. */
   latencyMs: { p50: number; p95: number; p99: number; count: number };
@@ -48,6 +52,8 @@ export const state: ConsoleState = {
     answered: 0,
     dropped: 0,
     skipped: 0,
+    held: 0,
+    heldMs: 0,
     errors: 0,
     latencyMs: { p50: 0, p95: 0, p99: 0, count: 0 },
     gatewayMsP50: 0,

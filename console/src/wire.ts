@@ -95,8 +95,15 @@ export type ServerMessage =
       usagePixels: number;
     }
   | { kind: 'credit'; credits: number }
-  | { kind: 'dropped'; seqs: number[]; reason: string; message: string }
-  | { kind: 'error'; code: string; message: string; retryable: boolean; seq: number | null };
+  | { kind: 'dropped'; seqs: number[]; reason: string; message: string; retryAfterMs: number | null }
+  | {
+      kind: 'error';
+      code: string;
+      message: string;
+      retryable: boolean;
+      seq: number | null;
+      retryAfterMs: number | null;
+    };
 
 function dropReasonName(r: DropReason): string {
   return (DropReason[r] ?? `reason-${r}`).replace(/([a-z])([A-Z])/g, '$1-$2').toLowerCase();
@@ -157,7 +164,13 @@ export function decodeServer(data: ArrayBuffer): ServerMessage {
       const d = env.message(new Dropped()) as Dropped;
       const seqs: number[] = [];
       for (let i = 0; i < d.seqsLength(); i++) seqs.push(Number(d.seqs(i)));
-      return { kind: 'dropped', seqs, reason: dropReasonName(d.reason()), message: d.message() ?? '' };
+      return {
+        kind: 'dropped',
+        seqs,
+        reason: dropReasonName(d.reason()),
+        message: d.message() ?? '',
+        retryAfterMs: d.retryAfterMs(),
+      };
     }
     case Message.Error: {
       const e = env.message(new ErrorMsg()) as ErrorMsg;
@@ -168,6 +181,7 @@ export function decodeServer(data: ArrayBuffer): ServerMessage {
         message: e.message() ?? '',
         retryable: e.retryable(),
         seq: seq === null ? null : Number(seq),
+        retryAfterMs: e.retryAfterMs(),
       };
     }
     default:

@@ -114,32 +114,17 @@ async fn usage_frames(gw: &Gateway, from: u64, to: u64) -> (u64, u64) {
     (v["frames"].as_u64().unwrap(), v["pixels"].as_u64().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_streams_the_camera_and_shows_detections_and_usage() {
+/// Runs `console/e2e/console.e2e.mjs` in Chromium against `gw` (dog.jpg
+/// as the fake camera's clip, 320-pixel frames, artefacts in `out`) with
+/// the extra environment `env`, and returns its `RESULT` JSON. Bounded:
+/// killed at 5 minutes.
+async fn run_console_e2e(gw: &Gateway, out: &Path, env: &[(&str, &str)]) -> serde_json::Value {
     let chromium = chromium();
     check_node_modules();
-    // The dev tenant's plan allows self-service keys, so the keys page can
-    // create and revoke one.
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let cfg = tmp.path().join("framegate.toml");
-    std::fs::write(&cfg, "[plans.default]\nmax_keys = 3\n").expect("write config");
-    let gw = Gateway::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--quic-listen",
-        "off",
-        "--webtransport-listen",
-        "127.0.0.1:0",
-    ])
-    .await;
-
-    let clip = tmp.path().join("dog.y4m");
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).expect("artefact dir");
+    let clip = out.join("dog.y4m");
     std::fs::write(&clip, y4m_from_jpeg(&data("dog.jpg"))).expect("write y4m");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-e2e");
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).expect("artefact dir");
-
-    // Bounded: 15 s of streaming plus start-up; killed at 5 minutes.
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(repo_root().join("console/e2e/console.e2e.mjs"))
         .current_dir(repo_root())
@@ -150,13 +135,10 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
             "FRAMEGATE_IMAGE",
             repo_root().join("server/tests/data/dog.jpg"),
         )
-        .env("FRAMEGATE_E2E_OUT", &out)
+        .env("FRAMEGATE_E2E_OUT", out)
         .env("FRAMEGATE_CHROMIUM", &chromium)
-        .env("FRAMEGATE_E2E_FPS", "4")
         .env("FRAMEGATE_E2E_WIDTH", "320")
-        .env("FRAMEGATE_E2E_SECONDS", "15")
-        .env("FRAMEGATE_E2E_TRANSPORT", "auto")
-        .env("FRAMEGATE_E2E_ALSO", "websocket")
+        .envs(env.iter().copied())
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(300), cmd.output())
         .await
@@ -174,11 +156,42 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
         out.display(),
         gw.logs().join("\n")
     );
-    let result: serde_json::Value = stdout
+    stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
         .map(|j| serde_json::from_str(j).expect("RESULT json"))
-        .expect("a RESULT line");
+        .expect("a RESULT line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_streams_the_camera_and_shows_detections_and_usage() {
+    // The dev tenant's plan allows self-service keys, so the keys page can
+    // create and revoke one.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("framegate.toml");
+    std::fs::write(&cfg, "[plans.default]\nmax_keys = 3\n").expect("write config");
+    let gw = Gateway::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--quic-listen",
+        "off",
+        "--webtransport-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-e2e");
+    let result = run_console_e2e(
+        &gw,
+        &out,
+        &[
+            ("FRAMEGATE_E2E_FPS", "4"),
+            ("FRAMEGATE_E2E_SECONDS", "15"),
+            ("FRAMEGATE_E2E_TRANSPORT", "auto"),
+            ("FRAMEGATE_E2E_ALSO", "websocket"),
+        ],
+    )
+    .await;
 
     // ---- transports: auto took WebTransport; the second run WebSocket ----
     let live = &result["live"];
@@ -394,4 +407,56 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
             f(&run["fps"])
         );
     }
+}
+
+/// When the gateway refuses frames with a wait (`retry_after_ms`: here a
+/// plan of 1 frame a second, burst 1, against a camera at 8 fps), the live
+/// demo sends nothing until the wait has passed, instead of sending frames
+/// that would be refused too; the page says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_waits_when_the_gateway_asks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("framegate.toml");
+    std::fs::write(&cfg, "[plans.default]\nframes_per_sec = 1.0\nburst = 1\n")
+        .expect("write config");
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap(), "--quic-listen", "off"]).await;
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-e2e-wait");
+    let result = run_console_e2e(
+        &gw,
+        &out,
+        &[
+            ("FRAMEGATE_E2E_FPS", "8"),
+            ("FRAMEGATE_E2E_SECONDS", "10"),
+            ("FRAMEGATE_E2E_TRANSPORT", "websocket"),
+            ("FRAMEGATE_E2E_ONLY_LIVE", "1"),
+        ],
+    )
+    .await;
+    let live = &result["live"];
+    let n = |k: &str| live[k].as_u64().unwrap_or_else(|| panic!("{k} in {live}"));
+    let (sent, answered, dropped, held) = (n("sent"), n("answered"), n("dropped"), n("held"));
+    eprintln!(
+        "console at 8 fps against 1 frame/s: sent {sent}, answered {answered}, dropped {dropped}, held {held} ticks ({:.1} s)",
+        f(&live["heldMs"]) / 1000.0
+    );
+    // Without the wait the page would send at 8 fps and see about seven
+    // refusals a second; holding, it sends about one frame a second plus
+    // one refused frame per wait.
+    assert!(held > 0, "the page never held a tick: {live}");
+    assert!(answered >= 5, "{live}");
+    assert!(
+        dropped <= answered + 2,
+        "the page kept sending frames the gateway refused: {live}"
+    );
+    assert!(
+        live["shown"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("The gateway is busy (rate-limited)"),
+        "{live}"
+    );
+    assert!(
+        live["shown"]["held"].as_str().unwrap_or("0") != "0",
+        "{live}"
+    );
 }

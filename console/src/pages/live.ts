@@ -7,7 +7,11 @@
 // Flow control follows the protocol's credits: a frame is captured only
 // while the session has credit (otherwise the tick is counted as skipped);
 // the session runs `latest-only`, so a frame still waiting at the gateway is
-// replaced by a newer one (reported as Dropped, never billed).
+// replaced by a newer one (reported as Dropped, never billed). When the
+// gateway refuses a frame with a wait (`retry_after_ms` on Dropped or Error:
+// overloaded, rate-limited, queue full), no frame is captured until that
+// wait has passed (the ticks are counted as held), instead of sending frames
+// it would refuse too.
 
 import { currentKey } from '../api.js';
 import { boxTable, drawBoxes } from '../draw.js';
@@ -48,6 +52,8 @@ export class LivePage {
   private statsTimer: number | undefined;
   private credits = 0;
   private seq = 0;
+  /** performance.now() before which no frame is sent (the gateway asked to wait). */
+  private holdUntil = 0;
   private encoding = false;
   private stopping = false;
   private sentAt = new Map<number, number>();
@@ -73,6 +79,7 @@ export class LivePage {
     statRow('stat-answered', 'detections');
     statRow('stat-dropped', 'dropped (gateway)');
     statRow('stat-skipped', 'skipped (no credit)');
+    statRow('stat-held', 'held (gateway asked to wait)');
     statRow('stat-p50', 'latency p50');
     statRow('stat-p95', 'latency p95');
     statRow('stat-p99', 'latency p99');
@@ -211,6 +218,7 @@ export class LivePage {
         this.credits += msg.seqs.length;
         live.dropped += msg.seqs.length;
         for (const s of msg.seqs) this.sentAt.delete(s);
+        if (msg.retryAfterMs !== null) this.hold(msg.retryAfterMs, msg.reason);
         break;
       case 'error':
         if (msg.seq !== null) {
@@ -221,14 +229,29 @@ export class LivePage {
         } else {
           this.setMessage('error', `Session error ${msg.code}: ${msg.message}`);
         }
+        if (msg.retryAfterMs !== null) this.hold(msg.retryAfterMs, msg.code);
         break;
     }
+  }
+
+  /** The gateway asked for `ms` of quiet (reason `why`): no capture until then. */
+  private hold(ms: number, why: string): void {
+    const now = performance.now();
+    const until = now + ms;
+    if (until <= this.holdUntil) return;
+    state.live.heldMs += until - Math.max(now, this.holdUntil);
+    this.holdUntil = until;
+    this.setMessage('warn', `The gateway is busy (${why}): sending again in ${Math.ceil(ms)} ms`);
   }
 
   /** One capture: draw the video into the encoder canvas, JPEG it, send it. */
   private async tick(width: number): Promise<void> {
     const channel = this.channel;
     if (!channel || !channel.isOpen() || this.stopping) return;
+    if (performance.now() < this.holdUntil) {
+      state.live.held += 1;
+      return;
+    }
     if (this.credits <= 0 || this.encoding || this.video.videoWidth === 0) {
       state.live.skipped += 1;
       return;
@@ -289,6 +312,7 @@ export class LivePage {
     set('stat-answered', fmtInt(live.answered));
     set('stat-dropped', fmtInt(live.dropped + live.errors));
     set('stat-skipped', fmtInt(live.skipped));
+    set('stat-held', live.held ? `${fmtInt(live.held)} (${(live.heldMs / 1000).toFixed(1)} s)` : '0');
     set('stat-p50', ms(live.latencyMs.p50));
     set('stat-p95', ms(live.latencyMs.p95));
     set('stat-p99', ms(live.latencyMs.p99));
@@ -314,6 +338,8 @@ export class LivePage {
       answered: 0,
       dropped: 0,
       skipped: 0,
+      held: 0,
+      heldMs: 0,
       errors: 0,
       lastBoxes: [],
       usageFrames: 0,
@@ -328,6 +354,7 @@ export class LivePage {
     this.rate.clear();
     this.sentAt.clear();
     this.seq = 0;
+    this.holdUntil = 0;
     this.credits = 0;
   }
 

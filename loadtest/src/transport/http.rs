@@ -474,42 +474,57 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     }))
 }
 
-/// Decodes a chunked body at the start of `buf`: `None` while incomplete,
-/// else the bytes it took (trailers included) and the body.
-fn parse_chunked(buf: &[u8]) -> Result<Option<(usize, Vec<u8>)>, &'static str> {
-    let mut body = Vec::new();
-    let mut at = 0;
+/// Where the decoding of a chunked body stands between reads, so that each
+/// read's bytes are looked at once (not the whole body again).
+#[derive(Debug, Default)]
+struct Chunked {
+    /// Offset of the next chunk-size line (or trailer line).
+    at: usize,
+    /// The chunks decoded so far.
+    body: Vec<u8>,
+    /// Past the last chunk: reading trailers up to the blank line.
+    trailers: bool,
+}
+
+/// Goes on decoding the chunked body at the start of `buf` (the same bytes
+/// as the last call, and maybe more): `None` while incomplete, else the
+/// bytes it took (trailers included) and the body.
+fn parse_chunked(buf: &[u8], st: &mut Chunked) -> Result<Option<(usize, Vec<u8>)>, &'static str> {
     loop {
-        let (used, size) = match httparse::parse_chunk_size(&buf[at..]) {
+        if st.trailers {
+            // Trailers, then a blank line.
+            let Some(end) = buf[st.at..].windows(2).position(|w| w == b"\r\n") else {
+                return Ok(None);
+            };
+            st.at += end + 2;
+            if end == 0 {
+                return Ok(Some((st.at, std::mem::take(&mut st.body))));
+            }
+            continue;
+        }
+        let (used, size) = match httparse::parse_chunk_size(&buf[st.at..]) {
             Ok(httparse::Status::Complete(c)) => c,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err("answer: bad chunk"),
         };
-        at += used;
         let size = usize::try_from(size).map_err(|_| "answer: body too large")?;
         if size == 0 {
-            // Trailers, then a blank line.
-            loop {
-                let Some(end) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
-                    return Ok(None);
-                };
-                at += end + 2;
-                if end == 0 {
-                    return Ok(Some((at, body)));
-                }
-            }
+            st.at += used;
+            st.trailers = true;
+            continue;
         }
-        if size > MAX_BODY - body.len() {
+        if size > MAX_BODY - st.body.len() {
             return Err("answer: body too large");
         }
-        if buf.len() - at < size + 2 {
+        let data = st.at + used;
+        if buf.len() - data < size + 2 {
             return Ok(None);
         }
-        body.extend_from_slice(&buf[at..at + size]);
-        if &buf[at + size..at + size + 2] != b"\r\n" {
+        if &buf[data + size..data + size + 2] != b"\r\n" {
             return Err("answer: bad chunk");
         }
-        at += size + 2;
+        st.body.extend_from_slice(&buf[data..data + size]);
+        st.at = data + size + 2;
     }
 }
 
@@ -549,18 +564,21 @@ async fn read_answer(c: &mut Conn) -> Result<Answer, &'static str> {
             }
             (c.buf[head.len..head.len + n].to_vec(), head.len + n)
         }
-        Framing::Chunked => loop {
-            if let Some((used, body)) = parse_chunked(&c.buf[head.len..])? {
-                break (body, head.len + used);
+        Framing::Chunked => {
+            let mut st = Chunked::default();
+            loop {
+                if let Some((used, body)) = parse_chunked(&c.buf[head.len..], &mut st)? {
+                    break (body, head.len + used);
+                }
+                // Chunk extensions and trailers count against the limits too.
+                if c.buf.len() > head.len + MAX_BODY + MAX_HEAD {
+                    return Err("answer: body too large");
+                }
+                if !read_more(c).await? {
+                    return Err(cut_off);
+                }
             }
-            // Chunk extensions and trailers count against the limits too.
-            if c.buf.len() > head.len + MAX_BODY + MAX_HEAD {
-                return Err("answer: body too large");
-            }
-            if !read_more(c).await? {
-                return Err(cut_off);
-            }
-        },
+        }
         Framing::UntilClose => {
             while read_more(c).await? {
                 if c.buf.len() > head.len + MAX_BODY {
@@ -699,19 +717,35 @@ mod tests {
         assert_eq!(head(&long), Err("answer: head too large"));
     }
 
+    /// `parse_chunked` on `buf` from a fresh state.
+    fn chunked_once(buf: &[u8]) -> Result<Option<(usize, Vec<u8>)>, &'static str> {
+        parse_chunked(buf, &mut Chunked::default())
+    }
+
     #[test]
     fn chunked_bodies_decode_whole_or_wait_for_more() {
         let full = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
-        let (used, body) = parse_chunked(full).unwrap().unwrap();
+        let (used, body) = chunked_once(full).unwrap().unwrap();
         assert_eq!(body, b"Wikipedia");
         assert_eq!(&full[used..], b"NEXT");
         // Every cut short of the end is incomplete, never an error.
         let end = full.len() - 4;
         for cut in 0..end {
-            assert_eq!(parse_chunked(&full[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(chunked_once(&full[..cut]), Ok(None), "cut at {cut}");
         }
-        assert!(parse_chunked(b"4\r\nWikiXX").is_err());
-        assert!(parse_chunked(b"zz\r\n").is_err());
+        // Fed a byte at a time with one state, it goes on where it stopped
+        // (each chunk is taken once) and ends at the same place.
+        let mut st = Chunked::default();
+        for cut in 0..end {
+            assert_eq!(parse_chunked(&full[..cut], &mut st), Ok(None), "fed {cut}");
+        }
+        assert_eq!(st.body, b"Wikipedia", "both chunks taken before the end");
+        assert_eq!(
+            parse_chunked(&full[..end], &mut st),
+            Ok(Some((used, b"Wikipedia".to_vec())))
+        );
+        assert!(chunked_once(b"4\r\nWikiXX").is_err());
+        assert!(chunked_once(b"zz\r\n").is_err());
     }
 
     /// A one-connection server that reads a request and answers `reply`.
@@ -941,7 +975,7 @@ mod tests {
     #[test]
     fn a_huge_chunk_size_is_an_error_not_an_overflow() {
         let huge = b"1\r\na\r\nffffffffffffffff\r\nb\r\n0\r\n\r\n";
-        assert_eq!(parse_chunked(huge), Err("answer: body too large"));
+        assert_eq!(chunked_once(huge), Err("answer: body too large"));
     }
 
     #[tokio::test]

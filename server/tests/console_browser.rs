@@ -114,6 +114,10 @@ async fn usage_frames(gw: &Gateway, from: u64, to: u64) -> (u64, u64) {
     (v["frames"].as_u64().unwrap(), v["pixels"].as_u64().unwrap())
 }
 
+/// The browser tests take turns: each runs a gateway with the model and a
+/// Chromium, and both measure rates on two cores.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs `console/e2e/console.e2e.mjs` in Chromium against `gw` (dog.jpg
 /// as the fake camera's clip, 320-pixel frames, artefacts in `out`) with
 /// the extra environment `env`, and returns its `RESULT` JSON. Bounded:
@@ -165,6 +169,7 @@ async fn run_console_e2e(gw: &Gateway, out: &Path, env: &[(&str, &str)]) -> serd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_streams_the_camera_and_shows_detections_and_usage() {
+    let _one_browser = ONE_BROWSER.lock().await;
     // The dev tenant's plan allows self-service keys, so the keys page can
     // create and revoke one.
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -415,6 +420,7 @@ async fn console_streams_the_camera_and_shows_detections_and_usage() {
 /// that would be refused too; the page says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_waits_when_the_gateway_asks() {
+    let _one_browser = ONE_BROWSER.lock().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = tmp.path().join("framegate.toml");
     std::fs::write(&cfg, "[plans.default]\nframes_per_sec = 1.0\nburst = 1\n")
@@ -444,8 +450,11 @@ async fn console_waits_when_the_gateway_asks() {
     // one refused frame per wait.
     assert!(held > 0, "the page never held a tick: {live}");
     assert!(answered >= 5, "{live}");
+    // About one refused frame per answered one (the tick after an answer
+    // goes out before the refusal's wait is known); twice that allows for
+    // slow refusals on a busy machine. Without the hold: about seven.
     assert!(
-        dropped <= answered + 2,
+        dropped <= 2 * answered + 4,
         "the page kept sending frames the gateway refused: {live}"
     );
     assert!(

@@ -226,16 +226,19 @@ export class LivePage {
           live.errors += 1;
           this.sentAt.delete(msg.seq);
           this.setMessage('warn', `Frame ${msg.seq}: ${msg.code}: ${msg.message}`);
+          if (msg.retryAfterMs !== null) this.hold(msg.retryAfterMs, msg.code);
         } else {
-          this.setMessage('error', `Session error ${msg.code}: ${msg.message}`);
+          // The session ends: a hint here is a wait before starting again.
+          const wait = msg.retryAfterMs !== null ? ` (try again in ${Math.ceil(msg.retryAfterMs / 1000)} s)` : '';
+          this.setMessage('error', `Session error ${msg.code}: ${msg.message}${wait}`);
         }
-        if (msg.retryAfterMs !== null) this.hold(msg.retryAfterMs, msg.code);
         break;
     }
   }
 
   /** The gateway asked for `ms` of quiet (reason `why`): no capture until then. */
   private hold(ms: number, why: string): void {
+    if (ms <= 0) return;
     const now = performance.now();
     const until = now + ms;
     if (until <= this.holdUntil) return;
@@ -268,6 +271,11 @@ export class LivePage {
       this.encoder.getContext('2d')!.drawImage(this.video, 0, 0, w, hgt);
       const jpeg = new Uint8Array(await (await toBlob(this.encoder, 0.8)).arrayBuffer());
       if (!channel.isOpen() || this.stopping) return;
+      if (performance.now() < this.holdUntil) {
+        // The gateway asked to wait while this frame was being encoded.
+        state.live.held += 1;
+        return;
+      }
       this.seq += 1;
       this.sentAt.set(this.seq, captured);
       this.credits -= 1;

@@ -247,14 +247,18 @@ export class LivePage {
     this.setMessage('warn', `The gateway is busy (${why}): sending again in ${Math.ceil(ms)} ms`);
   }
 
+  /** Whether the gateway's wait is still running; if so the tick counts as held. */
+  private holding(): boolean {
+    if (performance.now() >= this.holdUntil) return false;
+    state.live.held += 1;
+    return true;
+  }
+
   /** One capture: draw the video into the encoder canvas, JPEG it, send it. */
   private async tick(width: number): Promise<void> {
     const channel = this.channel;
     if (!channel || !channel.isOpen() || this.stopping) return;
-    if (performance.now() < this.holdUntil) {
-      state.live.held += 1;
-      return;
-    }
+    if (this.holding()) return;
     if (this.credits <= 0 || this.encoding || this.video.videoWidth === 0) {
       state.live.skipped += 1;
       return;
@@ -271,11 +275,8 @@ export class LivePage {
       this.encoder.getContext('2d')!.drawImage(this.video, 0, 0, w, hgt);
       const jpeg = new Uint8Array(await (await toBlob(this.encoder, 0.8)).arrayBuffer());
       if (!channel.isOpen() || this.stopping) return;
-      if (performance.now() < this.holdUntil) {
-        // The gateway asked to wait while this frame was being encoded.
-        state.live.held += 1;
-        return;
-      }
+      // The gateway may have asked to wait while this frame was being encoded.
+      if (this.holding()) return;
       this.seq += 1;
       this.sentAt.set(this.seq, captured);
       this.credits -= 1;

@@ -53,6 +53,15 @@ fn protocol(c: &mut Criterion) {
     g.bench_function("frame_decode_164KB", |b| {
         b.iter(|| ClientMessage::decode(black_box(&encoded), &limits).unwrap())
     });
+    // What the WebSocket reader does to every client frame before decoding
+    // it (RFC 6455 masking), on a ~51 KB gateway-only frame.
+    let mut masked = vec![0x5au8; 51_200];
+    g.throughput(Throughput::Bytes(masked.len() as u64));
+    g.bench_function("ws_unmask_51KB", |b| {
+        b.iter(|| {
+            framegate::transport::wsframe::apply_mask(black_box(&mut masked), [1, 2, 3, 4])
+        })
+    });
     let det = ServerMessage::Detections(Detections {
         seq: 42,
         model: "nanodet-g".into(),

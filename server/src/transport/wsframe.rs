@@ -147,15 +147,42 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
     }))
 }
 
-/// XORs `data` with the 4-byte mask, starting at mask offset 0. Works on
-/// eight bytes at a time (the compiler vectorises the loop).
+/// XORs `data` with the 4-byte mask, starting at mask offset 0.
+///
+/// Every client frame passes through here (RFC 6455 masks them all), so
+/// on x86-64 with AVX2 the loop is compiled for 32-byte registers; elsewhere
+/// the same loop gets the baseline's 16-byte ones. Eight bytes at a time,
+/// as before, took 2.2 µs per 51 KB frame on the Intel Xeon machine
+/// (`cargo bench --bench data_path -- ws_unmask`), about a tenth of the
+/// gateway's CPU per gateway-only WebSocket frame.
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let m = u32::from_ne_bytes(mask);
-    let wide = u64::from(m) | (u64::from(m) << 32);
-    let mut chunks = data.chunks_exact_mut(8);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU was just checked for AVX2.
+        unsafe { apply_mask_avx2(data, mask) };
+        return;
+    }
+    apply_mask_wide(data, mask);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn apply_mask_avx2(data: &mut [u8], mask: [u8; 4]) {
+    apply_mask_wide(data, mask);
+}
+
+/// 64 bytes a step against the mask repeated 16 times (a multiple of 4, so
+/// every step and the tail start at mask offset 0); the fixed-size inner
+/// loop is what the compiler turns into vector XORs.
+#[inline(always)]
+fn apply_mask_wide(data: &mut [u8], mask: [u8; 4]) {
+    const STEP: usize = 64;
+    let wide: [u8; STEP] = std::array::from_fn(|i| mask[i & 3]);
+    let mut chunks = data.chunks_exact_mut(STEP);
     for c in &mut chunks {
-        let v = u64::from_ne_bytes(c[..].try_into().expect("8 bytes")) ^ wide;
-        c.copy_from_slice(&v.to_ne_bytes());
+        for (b, m) in c.iter_mut().zip(wide.iter()) {
+            *b ^= m;
+        }
     }
     for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
         *b ^= mask[i & 3];
@@ -508,7 +535,7 @@ mod tests {
 
     #[test]
     fn masking_matches_the_byte_by_byte_definition() {
-        for len in [0usize, 1, 3, 7, 8, 9, 63, 64, 65, 1000] {
+        for len in [0usize, 1, 3, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 128, 131, 1000, 51_203] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
             let mut fast = data.clone();
             apply_mask(&mut fast, MASK);

@@ -155,7 +155,7 @@ try {
     await page.click('#stop');
     await page.waitForFunction(() => !window.__framegate.live.running, null, { timeout: 30_000 });
     const live = (await st()).live;
-    log('live:', JSON.stringify({ transport: live.transport, sent: live.sent, answered: live.answered, dropped: live.dropped, skipped: live.skipped, held: live.held, heldMs: Math.round(live.heldMs), fps: live.fps, latencyMs: live.latencyMs, usageFrames: live.usageFrames }));
+    log('live:', JSON.stringify({ transport: live.transport, sent: live.sent, answered: live.answered, dropped: live.dropped, skipped: live.skipped, held: live.held, heldMs: Math.round(live.heldMs), resumed: live.resumed, fps: live.fps, latencyMs: live.latencyMs, usageFrames: live.usageFrames }));
     if (!(live.answered > 0 && live.fps > 0 && live.latencyMs.count > 0)) throw new Error('live demo showed no answers, fps or latency');
     if (!/ms$/.test(shown.p50 ?? '')) throw new Error(`latency not shown: ${shown.p50}`);
     if (!shown.labels.some((l) => l === 'dog' || l === 'bicycle')) throw new Error(`no dog/bicycle row in the page: ${shown.labels}`);

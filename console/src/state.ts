@@ -21,6 +21,8 @@ export interface LiveState {
   held: number;
   /** The waits the gateway asked for, summed (overlapping ones counted once). */
   heldMs: number;
+  /** Answers to frames sent after a wait had passed: each clears the busy notice. */
+  resumed: number;
   errors: number;
   /** Capture → answer, measured in the browser. */
   latencyMs: { p50: number; p95: number; p99: number; count: number };
@@ -54,6 +56,7 @@ export const state: ConsoleState = {
     skipped: 0,
     held: 0,
     heldMs: 0,
+    resumed: 0,
     errors: 0,
     latencyMs: { p50: 0, p95: 0, p99: 0, count: 0 },
     gatewayMsP50: 0,

@@ -54,6 +54,8 @@ export class LivePage {
   private seq = 0;
   /** performance.now() before which no frame is sent (the gateway asked to wait). */
   private holdUntil = 0;
+  /** The message shown is the busy notice of a wait (cleared once answers resume). */
+  private busyNotice = false;
   private encoding = false;
   private stopping = false;
   private sentAt = new Map<number, number>();
@@ -127,6 +129,7 @@ export class LivePage {
 
   private setMessage(kind: 'info' | 'error' | 'warn', text: string): void {
     this.message.replaceChildren(notice(kind, text));
+    this.busyNotice = false;
     if (kind === 'error') state.live.lastError = text;
   }
 
@@ -207,6 +210,14 @@ export class LivePage {
         live.frameHeight = msg.height;
         live.usageFrames = msg.usageFrames;
         live.usagePixels = msg.usagePixels;
+        // The first answer after a wait has passed: the gateway takes frames
+        // again, so its busy notice no longer holds. (An answer to a frame
+        // sent before the wait began leaves it up.)
+        if (this.busyNotice && now >= this.holdUntil) {
+          this.busyNotice = false;
+          this.message.replaceChildren();
+          live.resumed += 1;
+        }
         if (this.channel?.isOpen()) this.channel.send(encodeAck(msg.seq));
         this.drawOverlay();
         break;
@@ -245,6 +256,7 @@ export class LivePage {
     state.live.heldMs += until - Math.max(now, this.holdUntil);
     this.holdUntil = until;
     this.setMessage('warn', `The gateway is busy (${why}): sending again in ${Math.ceil(ms)} ms`);
+    this.busyNotice = true;
   }
 
   /** Whether the gateway's wait is still running; if so the tick counts as held. */
@@ -349,6 +361,7 @@ export class LivePage {
       skipped: 0,
       held: 0,
       heldMs: 0,
+      resumed: 0,
       errors: 0,
       lastBoxes: [],
       usageFrames: 0,

@@ -153,9 +153,13 @@ def main():
       f"(uvloop {pip.get('uvloop', '?')}, httptools {pip.get('httptools', '?')}), "
       f"starlette {pip.get('starlette', '?')}, python-multipart {pip.get('python-multipart', '?')}, "
       f"opencv-python-headless {pip.get('opencv-python-headless', '?')}, numpy {pip.get('numpy', '?')}.")
+    served = (load(d, "models") or {}).get("models") or [{}]
+    workers = served[0].get("workers", 2)
+    # Runs from before models.json was recorded used the old default.
+    max_batch = served[0].get("max_batch", 8)
     w("- **Model:** NanoDet-g 416×416 (bundled), frame `server/tests/data/dog.jpg` (768×576, 164 KB) "
-      "unless noted. framegate on its defaults: 2 workers × 1 ONNX Runtime thread, max_batch 8, "
-      "credits 8.")
+      f"unless noted. framegate on its defaults: {workers} workers × 1 ONNX Runtime thread, "
+      f"max_batch {max_batch}, credits 8.")
     w("- **Command:** `bench/compare.sh` (`DUR` seconds measured per point after a warm-up; "
       "each point is a `framegate-load` command recorded in its JSON report's `run.command`).")
     w("")
@@ -299,27 +303,26 @@ def main():
         # Admission by expected queue wait (docs/architecture.md): an admitted
         # frame starts within max_queue_wait plus the rest of the batch running
         # when it was queued, then runs in its own batch. One batch is what a
-        # worker's batch of 8 took in this point, from the gateway's own stage
-        # timings (inference of the batch + 8 × decode, preprocess and
+        # worker's batch of max_batch frames took in this point, from the
+        # gateway's own stage timings (inference of the batch + max_batch ×
+        # decode, preprocess and
         # postprocess, means over the admitted frames): under 10× overload the
         # gateway also reads and refuses nine frames in ten on the same cores,
         # so its batches are slower than at closed-loop saturation, and the
         # admission rule works from the service time it measures then. The
-        # figure from the best closed-loop rate (8 × workers / capacity) is
-        # shown beside it.
-        cores = int(m.get("cores", "2") or 2)
-        workers = 2 if cores <= 4 else cores // 2
+        # figure from the best closed-loop rate (max_batch × workers /
+        # capacity) is shown beside it.
         wait_ms = float(m.get("over_wait_ms", "500") or 0)
-        cap_batch_ms = 8 * workers / cap * 1000
+        cap_batch_ms = max_batch * workers / cap * 1000
         st = over.get("stages_ms", {})
         if all(k in st for k in ("infer", "decode", "preprocess", "postprocess")):
-            batch_ms = st["infer"]["mean"] + 8 * sum(st[k]["mean"] for k in ("decode", "preprocess", "postprocess"))
+            batch_ms = st["infer"]["mean"] + max_batch * sum(st[k]["mean"] for k in ("decode", "preprocess", "postprocess"))
             batch_src = (f"one batch = {batch_ms:.0f} ms, the gateway's own mean in this point: inference "
-                         f"of the batch + 8 × decode, preprocess and postprocess; 8 × {workers} workers / "
-                         f"best closed-loop capacity would say {cap_batch_ms:.0f} ms")
+                         f"of the batch + {max_batch} × decode, preprocess and postprocess; {max_batch} × "
+                         f"{workers} workers / best closed-loop capacity would say {cap_batch_ms:.0f} ms")
         else:
             batch_ms = cap_batch_ms
-            batch_src = f"one batch = 8 × {workers} workers / capacity = {batch_ms:.0f} ms"
+            batch_src = f"one batch = {max_batch} × {workers} workers / capacity = {batch_ms:.0f} ms"
         if wait_ms > 0:
             # A budget shorter than one batch acts as one batch (pipeline/wait.rs).
             eff_ms = max(wait_ms, batch_ms)

@@ -122,6 +122,18 @@ try {
     await page.selectOption('#fps', FPS);
     await page.selectOption('#width', WIDTH);
     await page.selectOption('#transport', transport);
+    // What the message line showed while streaming: each time the gateway's
+    // busy notice went up, and each time the line was emptied (the notice
+    // taken down once answers resume).
+    await page.evaluate(() => {
+      const el = document.querySelector('#live-message');
+      window.__messageSeen = { busy: 0, cleared: 0 };
+      new MutationObserver(() => {
+        const text = el.textContent ?? '';
+        if (text.includes('The gateway is busy')) window.__messageSeen.busy += 1;
+        else if (text.trim() === '') window.__messageSeen.cleared += 1;
+      }).observe(el, { childList: true, subtree: true, characterData: true });
+    });
     await page.click('#start');
     await page.waitForFunction(
       () => window.__framegate.live.answered >= 3 || window.__framegate.live.lastError !== '',
@@ -150,6 +162,7 @@ try {
       transport: await page.textContent('#stat-transport'),
       held: await page.textContent('#stat-held'),
       message: await page.textContent('#live-message'),
+      messageSeen: await page.evaluate(() => window.__messageSeen),
       labels: await page.$$eval('#live-boxes tr[data-label]', (rows) => rows.map((r) => r.dataset.label)),
     };
     await page.click('#stop');

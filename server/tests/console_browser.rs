@@ -442,9 +442,10 @@ async fn console_waits_when_the_gateway_asks() {
     let n = |k: &str| live[k].as_u64().unwrap_or_else(|| panic!("{k} in {live}"));
     let (sent, answered, dropped, held) = (n("sent"), n("answered"), n("dropped"), n("held"));
     eprintln!(
-        "console at 8 fps against 1 frame/s: sent {sent}, answered {answered}, dropped {dropped}, held {held} ticks ({:.1} s), resumed {}",
+        "console at 8 fps against 1 frame/s: sent {sent}, answered {answered}, dropped {dropped}, held {held} ticks ({:.1} s), resumed {}, message line {}",
         f(&live["heldMs"]) / 1000.0,
-        live["resumed"]
+        live["resumed"],
+        live["shown"]["messageSeen"]
     );
     // Without the wait the page would send at 8 fps and see about seven
     // refusals a second; holding, it sends about one frame a second plus
@@ -460,13 +461,20 @@ async fn console_waits_when_the_gateway_asks() {
     );
     // The page says why while it waits, and takes the notice down once
     // the gateway answers a frame sent after the wait: about one resume per
-    // answered frame (the first answer comes before any wait). The notice
-    // is read at one instant, between a refusal and the next answer or
-    // after one: shown, or taken down.
+    // answered frame (the first answer comes before any wait), each seen by
+    // a MutationObserver on the message line as the notice going up and the
+    // line being emptied.
     let resumed = n("resumed");
     assert!(
-        resumed >= 1 && resumed < answered,
+        resumed * 2 >= answered && resumed < answered,
         "answered {answered}, resumed {resumed}: the busy notice was not taken down when answers came back: {live}"
+    );
+    let seen = &live["shown"]["messageSeen"];
+    let (busy, cleared) = (f(&seen["busy"]), f(&seen["cleared"]));
+    assert!(busy >= 1.0, "the busy notice never showed: {live}");
+    assert!(
+        cleared >= 1.0,
+        "the page never took the busy notice down: {live}"
     );
     let message = live["shown"]["message"].as_str().unwrap_or("");
     assert!(

@@ -210,10 +210,11 @@ export class LivePage {
         live.frameHeight = msg.height;
         live.usageFrames = msg.usageFrames;
         live.usagePixels = msg.usagePixels;
-        // The first answer after a wait has passed: the gateway takes frames
-        // again, so its busy notice no longer holds. (An answer to a frame
-        // sent before the wait began leaves it up.)
-        if (this.busyNotice && now >= this.holdUntil) {
+        // The first answer to a frame captured after the wait had passed:
+        // the gateway takes frames again, so its busy notice no longer
+        // holds. (An answer to a frame sent before or during the wait leaves
+        // it up: the gateway may still be refusing.)
+        if (this.busyNotice && sent !== undefined && sent >= this.holdUntil) {
           this.busyNotice = false;
           this.message.replaceChildren();
           live.resumed += 1;

@@ -165,7 +165,11 @@ log "idle: $(tail -n 2 "$OUT/idle-10k.txt" | tr '\n' ' ')"
 stop_server
 start_framegate
 # What the gateway runs on its defaults (workers, max_batch), for the table.
-curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT_FG/v1/models" > "$OUT/models.json" || true
+if curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT_FG/v1/models" > "$OUT/models.json.part"; then
+    mv "$OUT/models.json.part" "$OUT/models.json"
+else
+    rm -f "$OUT/models.json.part"
+fi
 for c in 1 2 4 8 16; do
     load "fg-http-c$c" --transport http --mode closed --sessions "$c" --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"
 done

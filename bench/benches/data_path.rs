@@ -58,9 +58,7 @@ fn protocol(c: &mut Criterion) {
     let mut masked = vec![0x5au8; 51_200];
     g.throughput(Throughput::Bytes(masked.len() as u64));
     g.bench_function("ws_unmask_51KB", |b| {
-        b.iter(|| {
-            framegate::transport::wsframe::apply_mask(black_box(&mut masked), [1, 2, 3, 4])
-        })
+        b.iter(|| framegate::transport::wsframe::apply_mask(black_box(&mut masked), [1, 2, 3, 4]))
     });
     let det = ServerMessage::Detections(Detections {
         seq: 42,

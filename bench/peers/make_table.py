@@ -154,8 +154,9 @@ def main():
       f"starlette {pip.get('starlette', '?')}, python-multipart {pip.get('python-multipart', '?')}, "
       f"opencv-python-headless {pip.get('opencv-python-headless', '?')}, numpy {pip.get('numpy', '?')}.")
     served = (load(d, "models") or {}).get("models") or [{}]
-    workers = served[0].get("workers", 2)
-    # Runs from before models.json was recorded used the old default.
+    # Runs from before models.json was recorded: the defaults of then.
+    cores = int(m.get("cores", "2") or 2)
+    workers = served[0].get("workers", 2 if cores <= 4 else cores // 2)
     max_batch = served[0].get("max_batch", 8)
     w("- **Model:** NanoDet-g 416×416 (bundled), frame `server/tests/data/dog.jpg` (768×576, 164 KB) "
       f"unless noted. framegate on its defaults: {workers} workers × 1 ONNX Runtime thread, "
@@ -324,10 +325,12 @@ def main():
             batch_ms = cap_batch_ms
             batch_src = f"one batch = {max_batch} × {workers} workers / capacity = {batch_ms:.0f} ms"
         if wait_ms > 0:
-            # A budget shorter than one batch acts as one batch (pipeline/wait.rs).
-            eff_ms = max(wait_ms, batch_ms)
+            # A budget shorter than max(max_batch, 8) frames' time acts as
+            # that time (pipeline/wait.rs, the queue's floor).
+            eff_ms = max(wait_ms, batch_ms / max_batch * max(max_batch, 8))
             bound_ms = eff_ms + 2 * batch_ms
-            bound_txt = (f"bound {bound_ms:.0f} ms (max(max_queue_wait {wait_ms:.0f} ms, one batch) + the batch "
+            bound_txt = (f"bound {bound_ms:.0f} ms (max(max_queue_wait {wait_ms:.0f} ms, the queue's floor of "
+                         f"{max(max_batch, 8)} frames a worker) + the batch "
                          f"running when queued + its own batch; {batch_src})")
         else:
             bound_ms = 2 * 20 * 8 / cap * 1000

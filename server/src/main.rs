@@ -93,7 +93,7 @@ struct ServeArgs {
     /// lower tail latency, more CPU at moderate rates [default: true].
     #[arg(long, env = "FRAMEGATE_SPIN_AFTER_RUN")]
     spin_after_run: Option<bool>,
-    /// Largest batch [default: 2 with the onnx backend and CPU preprocessing, else 8].
+    /// Largest batch [default: 2 with the onnx backend (CPU inference), else 8].
     #[arg(long, env = "FRAMEGATE_MAX_BATCH")]
     max_batch: Option<usize>,
     /// Longest wait for batch-mates while a worker is busy, microseconds [default: 2000].
@@ -671,7 +671,8 @@ fn main() -> Result<()> {
             let Some(path) = config else {
                 bail!("give a file with --config");
             };
-            let c = load_config(Some(&path))?;
+            let mut c = load_config(Some(&path))?;
+            c.resolve_defaults();
             println!("{}", toml::to_string_pretty(&c)?);
             Ok(())
         }

@@ -253,10 +253,9 @@ impl Default for SessionConfig {
 }
 
 /// `pipeline.max_batch` where inference runs on this machine's CPU (the
-/// `onnx` backend with CPU preprocessing).
+/// `onnx` backend, whatever the preprocessing device).
 pub const CPU_MAX_BATCH: usize = 2;
-/// `pipeline.max_batch` everywhere else (GPU preprocessing, Triton, the
-/// synthetic backend).
+/// `pipeline.max_batch` everywhere else (Triton, the synthetic backend).
 pub const DEFAULT_MAX_BATCH: usize = 8;
 
 /// Pipeline settings.
@@ -292,16 +291,17 @@ pub struct PipelineConfig {
     /// `Dropped{overloaded}`. Admitted frames then start within this budget
     /// plus the rest of the batch running when they arrived, however many
     /// sessions, credits or tenants there are (see "Admission by expected
-    /// queue wait" in docs/architecture.md). Size it to at least one full
-    /// batch's service time (`max_batch` × the per-frame time, see
-    /// `framegate_service_seconds_per_frame`); a shorter budget acts as one
-    /// batch time, so that batches stay full. 0 turns it off (only
-    /// `queue_capacity` bounds the queue). Default 500.
+    /// queue wait" in docs/architecture.md). Size it to at least the
+    /// service time of max(`max_batch`, 8) frames (× the per-frame time, see
+    /// `framegate_service_seconds_per_frame`); a shorter budget acts as that
+    /// time, so that batches stay full and a session at the default 8 credits
+    /// is not refused on a slow model. 0 turns it off (only `queue_capacity`
+    /// bounds the queue). Default 500.
     pub max_queue_wait_ms: u64,
     /// Largest batch handed to a backend. Default: 2 with the `onnx`
-    /// backend and `preprocess = "cpu"` (inference on this machine's CPU),
-    /// 8 otherwise (GPU preprocessing, Triton and the synthetic backend gain
-    /// from large batches). One-thread ONNX Runtime sessions run no faster per
+    /// backend (inference on this machine's CPU, also with `preprocess =
+    /// "cuda"`), 8 with `triton` (a GPU server gains from large batches) and
+    /// `synthetic`. One-thread ONNX Runtime sessions run no faster per
     /// frame at batch 8 than at 1–2, and every frame of a batch waits for
     /// the whole batch (~350 ms for NanoDet-g at 416 on one core): at 10×
     /// overload batches of 2 cut the admitted frames' p99 to about 0.6× and
@@ -428,12 +428,12 @@ impl PipelineConfig {
         self.max_batch.unwrap_or(DEFAULT_MAX_BATCH)
     }
 
-    /// The default `max_batch` for inference on `backend` with this
-    /// preprocessing device (see the field's docs).
-    pub fn default_max_batch(&self, backend: BackendKind) -> usize {
-        match (backend, self.preprocess) {
-            (BackendKind::Onnx, PreprocessDevice::Cpu) => CPU_MAX_BATCH,
-            _ => DEFAULT_MAX_BATCH,
+    /// The default `max_batch` for inference on `backend` (see the
+    /// field's docs).
+    pub fn default_max_batch(backend: BackendKind) -> usize {
+        match backend {
+            BackendKind::Onnx => CPU_MAX_BATCH,
+            BackendKind::Triton | BackendKind::Synthetic => DEFAULT_MAX_BATCH,
         }
     }
 
@@ -798,13 +798,13 @@ impl Config {
     }
 
     /// Fills the defaults that depend on other sections (today
-    /// `pipeline.max_batch`, by backend and preprocessing device). Call it
+    /// `pipeline.max_batch`, by backend). Call it
     /// once the file and the command line have been applied.
     pub fn resolve_defaults(&mut self) {
         let backend = self.backend.kind;
         let p = &mut self.pipeline;
         if p.max_batch.is_none() {
-            p.max_batch = Some(p.default_max_batch(backend));
+            p.max_batch = Some(PipelineConfig::default_max_batch(backend));
         }
     }
 
@@ -1018,9 +1018,19 @@ mod tests {
             c.pipeline.max_batch()
         };
         assert_eq!(resolved(""), CPU_MAX_BATCH);
-        assert_eq!(resolved("[pipeline]\npreprocess = \"cuda\"\n"), DEFAULT_MAX_BATCH);
-        assert_eq!(resolved("[backend]\nkind = \"triton\"\n"), DEFAULT_MAX_BATCH);
-        assert_eq!(resolved("[backend]\nkind = \"synthetic\"\n"), DEFAULT_MAX_BATCH);
+        // ONNX Runtime runs on the CPU with GPU preprocessing too.
+        assert_eq!(
+            resolved("[pipeline]\npreprocess = \"cuda\"\n"),
+            CPU_MAX_BATCH
+        );
+        assert_eq!(
+            resolved("[backend]\nkind = \"triton\"\n"),
+            DEFAULT_MAX_BATCH
+        );
+        assert_eq!(
+            resolved("[backend]\nkind = \"synthetic\"\n"),
+            DEFAULT_MAX_BATCH
+        );
         // A value that was set stays, whatever the backend.
         assert_eq!(resolved("[pipeline]\nmax_batch = 8\n"), 8);
         assert_eq!(

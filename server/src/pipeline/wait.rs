@@ -23,8 +23,8 @@
 //! time.
 //!
 //! **The rule.** With budget `B` the queue may hold `D = ⌊B · N / s⌋ + 1`
-//! frames ([`WaitBudget::frames`]; `B` below one batch time counts as one
-//! batch time, see the end): the last one has `D − 1` ahead and an
+//! frames ([`WaitBudget::frames`]; `B` below the floor's time `F · s` counts
+//! as `F · s`, see the end): the last one has `D − 1` ahead and an
 //! expected wait of at most `B`. `D` replaces `pipeline.queue_capacity` in
 //! fair admission whenever it is smaller (see [`super::fair`], scaled so that
 //! capacity plus headroom never exceeds `D`), so tenants keep their weighted
@@ -35,7 +35,7 @@
 //! so how many frames a session or a tenant keeps in flight does not move
 //! the bound. A frame that finds the queue empty is always admitted: it
 //! starts with the next free worker. Until the first batch has been timed,
-//! the queue holds one full batch per worker.
+//! the queue holds `F` frames per worker.
 //!
 //! **The bound.** An admitted frame starts within `B` of the gateway taking
 //! it, plus the rest of the batch running when it was queued (at most one
@@ -46,10 +46,13 @@
 //! batch of being queued.) A refused frame is answered at once: HTTP 429 with `Retry-After`, a
 //! stream's `Dropped{overloaded}`.
 //!
-//! Size `B` to at least one full batch's service time (`max_batch · s`).
-//! A shorter budget acts as one batch time (`max(B, max_batch · s)`): the
-//! queue then still takes a full batch per worker, so batches stay full, and
-//! admitted frames wait up to one batch time instead of `B`.
+//! Size `B` to at least `F · s`, where `F = max(max_batch, 8)`
+//! ([`QUEUE_FLOOR_PER_WORKER`]). A shorter budget acts as `F · s`: the queue
+//! then still takes `F` frames per worker, so batches stay full and one
+//! session streaming at the default credit of 8 is not refused because the
+//! model or the machine is slow, and admitted frames wait up to `F · s`
+//! instead of `B`. (With CPU inference's batches of 2, a budget of 2 · s
+//! would have left a slow model a queue of a few frames.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -107,18 +110,28 @@ impl ServiceTime {
 pub struct WaitBudget {
     budget: Duration,
     workers: usize,
-    max_batch: usize,
+    /// Frames per worker the queue holds whatever the budget:
+    /// `max(max_batch, QUEUE_FLOOR_PER_WORKER)`.
+    floor: usize,
     warned: AtomicBool,
 }
 
+/// The least the queue holds per worker, in frames, when the budget is
+/// shorter than that many frames' service time: the default
+/// `session.credits`, so one session streaming at it is not refused on a
+/// slow model or machine (see the module docs).
+pub const QUEUE_FLOOR_PER_WORKER: usize = 8;
+
 impl WaitBudget {
     /// A budget of `budget` (zero: off) for `workers` workers taking batches
-    /// of up to `max_batch` frames.
+    /// of up to `max_batch` frames. The queue holds at least
+    /// `max(max_batch, QUEUE_FLOOR_PER_WORKER)` frames per worker (module
+    /// docs).
     pub fn new(budget: Duration, workers: usize, max_batch: usize) -> Self {
         Self {
             budget,
             workers: workers.max(1),
-            max_batch: max_batch.max(1),
+            floor: max_batch.max(QUEUE_FLOOR_PER_WORKER),
             warned: AtomicBool::new(false),
         }
     }
@@ -151,20 +164,18 @@ impl WaitBudget {
             return None;
         }
         let Some(per_frame) = per_frame else {
-            // Nothing timed yet: one full batch per worker.
+            // Nothing timed yet: the floor (at least a full batch) per worker.
             return Some(if waited < self.budget {
-                self.workers * self.max_batch
+                self.workers * self.floor
             } else {
                 1
             });
         };
-        // A budget shorter than one full batch acts as one batch: the queue
-        // then still holds a full batch per worker and batches stay full
-        // (a shorter budget would shrink them, and throughput with them,
-        // just when load is highest).
-        let budget = self
-            .budget
-            .max(per_frame.saturating_mul(self.max_batch as u32));
+        // A budget shorter than the floor's service time acts as that time:
+        // the queue then still holds a full batch per worker and batches
+        // stay full (a shorter budget would shrink them, and throughput with
+        // them, just when load is highest), and at least 8 frames per worker.
+        let budget = self.budget.max(per_frame.saturating_mul(self.floor as u32));
         let Some(remaining) = budget.checked_sub(waited).filter(|r| !r.is_zero()) else {
             return Some(1);
         };
@@ -172,18 +183,20 @@ impl WaitBudget {
         Some((fit.min(usize::MAX as u128 / 2) as usize).saturating_add(1))
     }
 
-    /// Logs once when a full batch takes longer than the budget (which
-    /// then acts as one batch time; see the module docs).
+    /// Logs once when the floor's frames (a full batch, at least 8) take
+    /// longer than the budget, which then acts as their time (module docs).
     pub fn check_batch(&self, model: &str, per_frame: Option<Duration>) {
         let Some(per_frame) = per_frame else { return };
-        let batch = per_frame.saturating_mul(self.max_batch as u32);
+        let batch = per_frame.saturating_mul(self.floor as u32);
         if !self.is_off() && batch > self.budget && !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 model,
                 batch_ms = batch.as_millis() as u64,
                 budget_ms = self.budget.as_millis() as u64,
-                "a full batch takes longer than pipeline.max_queue_wait_ms: the budget acts as \
-                 one batch time so that batches stay full; raise it or lower max_batch"
+                floor_frames = self.floor,
+                "the queue's floor of frames per worker (max_batch, at least 8) takes longer \
+                 than pipeline.max_queue_wait_ms: the budget acts as that time so that batches \
+                 stay full; raise it (or lower max_batch, where it is above 8)"
             );
         }
     }
@@ -242,7 +255,7 @@ mod tests {
         assert_eq!(b.frames(250 * MS, s), Some(1));
         assert_eq!(b.frames(Duration::from_secs(9), s), Some(1));
         // A budget shorter than a batch still queues one full batch per
-        // worker for a fresh frame, so batches stay full.
+        // worker (here 8, the floor) for a fresh frame, so batches stay full.
         let slow = Some(Duration::from_secs(1));
         assert_eq!(b.frames(Duration::ZERO, slow), Some(17));
         assert_eq!(b.frames(4 * Duration::from_secs(1), slow), Some(9));
@@ -250,6 +263,23 @@ mod tests {
         // Before anything was timed: one batch per worker.
         assert_eq!(b.frames(Duration::ZERO, None), Some(16));
         assert_eq!(b.frames(300 * MS, None), Some(1));
+    }
+
+    #[test]
+    fn small_batches_keep_a_floor_of_eight_frames_per_worker() {
+        // CPU inference's batches of 2: the queue still holds 8 frames per
+        // worker when the budget is shorter than their time.
+        let b = WaitBudget::new(250 * MS, 2, 2);
+        let slow = Some(Duration::from_secs(1));
+        assert_eq!(b.frames(Duration::ZERO, slow), Some(17));
+        assert_eq!(b.frames(Duration::ZERO, None), Some(16));
+        // Where the budget allows more, the budget decides, as for any batch.
+        assert_eq!(b.frames(Duration::ZERO, Some(10 * MS)), Some(51));
+        // A batch above the floor is the floor.
+        assert_eq!(
+            WaitBudget::new(250 * MS, 2, 16).frames(Duration::ZERO, slow),
+            Some(33)
+        );
     }
 
     #[test]

@@ -535,7 +535,9 @@ mod tests {
 
     #[test]
     fn masking_matches_the_byte_by_byte_definition() {
-        for len in [0usize, 1, 3, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 128, 131, 1000, 51_203] {
+        for len in [
+            0usize, 1, 3, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 128, 131, 1000, 51_203,
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
             let mut fast = data.clone();
             apply_mask(&mut fast, MASK);

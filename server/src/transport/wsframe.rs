@@ -547,6 +547,11 @@ mod tests {
                 .map(|(i, b)| b ^ MASK[i % 4])
                 .collect();
             assert_eq!(fast, slow, "length {len}");
+            // The portable loop too (on an AVX2 machine `apply_mask` takes
+            // the other path).
+            let mut wide = data.clone();
+            apply_mask_wide(&mut wide, MASK);
+            assert_eq!(wide, slow, "length {len}, portable loop");
         }
     }
 

@@ -144,14 +144,11 @@ if [ -x "$bin/framegate" ] && [ -x "$bin/framegate-load" ]; then
     scratch+=("$e2e")
     key=fg_dev_gpucheck_0123456789abcdef
     # Alternated, two rounds: these machines are shared, compare within a round.
-    # Both with batches of 8: max_batch's default differs by preprocessing
-    # device (2 with CPU preprocessing, 8 with CUDA), and this compares the
-    # preprocessing alone.
     round=0
     for pre in cpu cuda cpu cuda; do
         [ "$pre" = cpu ] && round=$((round + 1))
         RUST_BACKTRACE=0 FRAMEGATE_DEV_KEY=$key "$bin/framegate" serve --http-listen 127.0.0.1:18080 \
-            --data-dir "$e2e/data-$pre-$round" --preprocess "$pre" --max-batch 8 >"$logs/e2e-serve-$pre-$round.log" 2>&1 &
+            --data-dir "$e2e/data-$pre-$round" --preprocess "$pre" >"$logs/e2e-serve-$pre-$round.log" 2>&1 &
         pid=$!
         ready=no
         for _ in $(seq 1 300); do

@@ -93,7 +93,7 @@ struct ServeArgs {
     /// lower tail latency, more CPU at moderate rates [default: true].
     #[arg(long, env = "FRAMEGATE_SPIN_AFTER_RUN")]
     spin_after_run: Option<bool>,
-    /// Largest batch [default: 2 with the onnx backend (CPU inference), else 8].
+    /// Largest batch [default: 8].
     #[arg(long, env = "FRAMEGATE_MAX_BATCH")]
     max_batch: Option<usize>,
     /// Longest wait for batch-mates while a worker is busy, microseconds [default: 2000].
@@ -218,7 +218,7 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
         config.pipeline.spin_after_run = s;
     }
     if let Some(b) = args.max_batch {
-        config.pipeline.max_batch = Some(b);
+        config.pipeline.max_batch = b;
     }
     if let Some(d) = args.max_delay_us {
         config.pipeline.max_delay_us = d;
@@ -285,13 +285,12 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
             name: None,
         });
     }
-    config.resolve_defaults();
     config.validate()?;
     init_logging(&config);
     tracing::info!(
         io_threads = config.pipeline.io_thread_count(),
         inference_workers = config.pipeline.worker_count(),
-        max_batch = config.pipeline.max_batch(),
+        max_batch = config.pipeline.max_batch,
         preprocess = config.pipeline.preprocess.as_str(),
         "threads"
     );
@@ -312,7 +311,7 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
                 framegate::backend::triton::pool::TritonPool::connect(&triton)
             })
             .await??;
-            triton_factory(pool, &config.backend.triton, config.pipeline.max_batch())
+            triton_factory(pool, &config.backend.triton, config.pipeline.max_batch)
         }
         BackendKind::Synthetic => {
             println!("framegate: SYNTHETIC backend: made-up boxes, no model inference");
@@ -671,8 +670,7 @@ fn main() -> Result<()> {
             let Some(path) = config else {
                 bail!("give a file with --config");
             };
-            let mut c = load_config(Some(&path))?;
-            c.resolve_defaults();
+            let c = load_config(Some(&path))?;
             println!("{}", toml::to_string_pretty(&c)?);
             Ok(())
         }

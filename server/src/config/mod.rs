@@ -252,12 +252,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// `pipeline.max_batch` where inference runs on this machine's CPU (the
-/// `onnx` backend, whatever the preprocessing device).
-pub const CPU_MAX_BATCH: usize = 2;
-/// `pipeline.max_batch` everywhere else (Triton, the synthetic backend).
-pub const DEFAULT_MAX_BATCH: usize = 8;
-
 /// Pipeline settings.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -298,16 +292,14 @@ pub struct PipelineConfig {
     /// is not refused on a slow model. 0 turns it off (only `queue_capacity`
     /// bounds the queue). Default 500.
     pub max_queue_wait_ms: u64,
-    /// Largest batch handed to a backend. Default: 2 with the `onnx`
-    /// backend (inference on this machine's CPU, also with `preprocess =
-    /// "cuda"`), 8 with `triton` (a GPU server gains from large batches) and
-    /// `synthetic`. One-thread ONNX Runtime sessions run no faster per
-    /// frame at batch 8 than at 1–2, and every frame of a batch waits for
-    /// the whole batch (~350 ms for NanoDet-g at 416 on one core): at 10×
-    /// overload batches of 2 cut the admitted frames' p99 to about 0.6× and
-    /// the RSS to less than half (docs/benchmarks.md, "CPU batch size at
-    /// saturation").
-    pub max_batch: Option<usize>,
+    /// Largest batch handed to a backend. Default 8 (GPU and Triton backends
+    /// gain from large batches). On a CPU-only ONNX Runtime gateway (workers
+    /// with one-thread sessions) 2 keeps the throughput and cuts the p99 of
+    /// a saturated or overloaded gateway (at 10× overload to about 0.6×, in
+    /// less than half the memory) but raised the p99 at half load by about
+    /// 40 % (docs/benchmarks.md, "CPU batch size at saturation"): set it for
+    /// a gateway that runs saturated.
+    pub max_batch: usize,
     /// How long, in microseconds, a frame may wait for batch-mates while some
     /// inference worker is busy. When every worker is idle a batch leaves at
     /// once. Default 2000 (2 ms).
@@ -395,7 +387,7 @@ impl Default for PipelineConfig {
             tenant_queue_floor: 4,
             queue_headroom: None,
             max_queue_wait_ms: 500,
-            max_batch: None,
+            max_batch: 8,
             max_delay_us: 2_000,
             workers: None,
             threads_per_worker: 1,
@@ -419,22 +411,6 @@ impl PipelineConfig {
                 cores / 2
             }
         })
-    }
-
-    /// `max_batch`, or [`DEFAULT_MAX_BATCH`] where it was left unset and
-    /// not resolved by [`Config::resolve_defaults`] (a pipeline configured
-    /// in code).
-    pub fn max_batch(&self) -> usize {
-        self.max_batch.unwrap_or(DEFAULT_MAX_BATCH)
-    }
-
-    /// The default `max_batch` for inference on `backend` (see the
-    /// field's docs).
-    pub fn default_max_batch(backend: BackendKind) -> usize {
-        match backend {
-            BackendKind::Onnx => CPU_MAX_BATCH,
-            BackendKind::Triton | BackendKind::Synthetic => DEFAULT_MAX_BATCH,
-        }
     }
 
     /// Threads of the async runtime, after applying the default.
@@ -797,17 +773,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Fills the defaults that depend on other sections (today
-    /// `pipeline.max_batch`, by backend). Call it
-    /// once the file and the command line have been applied.
-    pub fn resolve_defaults(&mut self) {
-        let backend = self.backend.kind;
-        let p = &mut self.pipeline;
-        if p.max_batch.is_none() {
-            p.max_batch = Some(PipelineConfig::default_max_batch(backend));
-        }
-    }
-
     /// Checks every field, collecting all problems.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = tenancy::problems(&self.plans, &self.tenants);
@@ -824,8 +789,11 @@ impl Config {
         if p.queue_headroom.is_some_and(|h| h > 1_000_000) {
             problems.push("pipeline.queue_headroom must be at most 1000000".into());
         }
-        if let Some(b) = p.max_batch.filter(|b| !(1..=256).contains(b)) {
-            problems.push(format!("pipeline.max_batch must be in 1..=256, got {b}"));
+        if p.max_batch == 0 || p.max_batch > 256 {
+            problems.push(format!(
+                "pipeline.max_batch must be in 1..=256, got {}",
+                p.max_batch
+            ));
         }
         if p.workers == Some(0) {
             problems.push("pipeline.workers must be at least 1".into());
@@ -1007,39 +975,6 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
-    }
-
-    #[test]
-    fn max_batch_defaults_to_two_only_for_cpu_inference() {
-        let resolved = |text: &str| {
-            let mut c: Config = toml::from_str(text).unwrap();
-            c.resolve_defaults();
-            c.validate().unwrap();
-            c.pipeline.max_batch()
-        };
-        assert_eq!(resolved(""), CPU_MAX_BATCH);
-        // ONNX Runtime runs on the CPU with GPU preprocessing too.
-        assert_eq!(
-            resolved("[pipeline]\npreprocess = \"cuda\"\n"),
-            CPU_MAX_BATCH
-        );
-        assert_eq!(
-            resolved("[backend]\nkind = \"triton\"\n"),
-            DEFAULT_MAX_BATCH
-        );
-        assert_eq!(
-            resolved("[backend]\nkind = \"synthetic\"\n"),
-            DEFAULT_MAX_BATCH
-        );
-        // A value that was set stays, whatever the backend.
-        assert_eq!(resolved("[pipeline]\nmax_batch = 8\n"), 8);
-        assert_eq!(
-            resolved("[backend]\nkind = \"triton\"\n[pipeline]\nmax_batch = 1\n"),
-            1
-        );
-        // A pipeline configured in code without resolving keeps the old default.
-        assert_eq!(PipelineConfig::default().max_batch(), DEFAULT_MAX_BATCH);
-        assert_ne!(CPU_MAX_BATCH, DEFAULT_MAX_BATCH);
     }
 
     #[test]

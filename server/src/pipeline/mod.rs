@@ -194,7 +194,7 @@ impl ModelPipeline {
         let queue = Arc::new(IngressQueue::new(admission.hard_limit()));
         let shared = Arc::new(Shared::default());
         let policy = BatchPolicy {
-            max_batch: config.max_batch(),
+            max_batch: config.max_batch,
             max_delay: config.max_delay(),
             solo: false,
         };
@@ -227,10 +227,10 @@ impl ModelPipeline {
             model,
             queue,
             admission,
-            budget: WaitBudget::new(config.max_queue_wait(), workers, config.max_batch()),
+            budget: WaitBudget::new(config.max_queue_wait(), workers, config.max_batch),
             shared,
             workers,
-            max_batch: config.max_batch(),
+            max_batch: config.max_batch,
             queue_capacity: config.queue_capacity,
             threads: Mutex::new(threads),
         })
@@ -1004,7 +1004,7 @@ mod tests {
     fn a_backend_panic_answers_its_batch_and_the_worker_goes_on() {
         let config = PipelineConfig {
             workers: Some(1),
-            max_batch: Some(1),
+            max_batch: 1,
             ..PipelineConfig::default()
         };
         let factory: BackendFactory = Arc::new(|_| Ok(Box::new(Panicky) as Box<dyn Backend>));

@@ -51,8 +51,8 @@
 //! then still takes `F` frames per worker, so batches stay full and one
 //! session streaming at the default credit of 8 is not refused because the
 //! model or the machine is slow, and admitted frames wait up to `F · s`
-//! instead of `B`. (With CPU inference's batches of 2, a budget of 2 · s
-//! would have left a slow model a queue of a few frames.)
+//! instead of `B`. (With batches of 2, a budget of 2 · s would leave a
+//! slow model a queue of a few frames.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn small_batches_keep_a_floor_of_eight_frames_per_worker() {
-        // CPU inference's batches of 2: the queue still holds 8 frames per
+        // Batches of 2 (`max_batch = 2`): the queue still holds 8 frames per
         // worker when the budget is shorter than their time.
         let b = WaitBudget::new(250 * MS, 2, 2);
         let slow = Some(Duration::from_secs(1));

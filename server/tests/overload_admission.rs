@@ -16,7 +16,8 @@
 //! share while the calm one has a frame queued, `Error{no-credit}` beyond
 //! the window; HTTP 429 with `Retry-After`); the calm tenant gets every
 //! frame computed; and each computed frame's own stage timings show it
-//! started within the budget plus one batch (`queue_us`, and `total_us` less
+//! started within the budget (at least the queue floor's 8 frames, two
+//! batches here) plus one batch (`queue_us`, and `total_us` less
 //! its own batch for the time since the gateway took it, session wait
 //! included) — plus slack for a shared test machine. Before the budget the
 //! flood queued 16 sessions × 4 frames in the pipeline: about 320 ms of
@@ -109,9 +110,15 @@ impl Tally {
         self.longest_batch_us = self.longest_batch_us.max(other.longest_batch_us);
     }
 
-    /// Every computed frame started within the budget plus one batch.
+    /// Every computed frame started within the budget plus one batch. The
+    /// budget is at least the queue's floor of 8 frames a worker: two of
+    /// this test's batches of 4 (`pipeline::wait`), which a busy test
+    /// machine can make longer than `BUDGET`.
     fn check_waits(&self, who: &str) {
-        let bound = (BUDGET + SLACK).as_micros() as u64 + self.longest_batch_us;
+        let floor_us = 2 * self.longest_batch_us;
+        let bound = (BUDGET.as_micros() as u64).max(floor_us)
+            + SLACK.as_micros() as u64
+            + self.longest_batch_us;
         let worst_queue = self.waits.iter().map(|w| w.0).max().unwrap_or(0);
         let worst_start = self.waits.iter().map(|w| w.1).max().unwrap_or(0);
         eprintln!(

@@ -187,11 +187,11 @@ impl WaitBudget {
     /// longer than the budget, which then acts as their time (module docs).
     pub fn check_batch(&self, model: &str, per_frame: Option<Duration>) {
         let Some(per_frame) = per_frame else { return };
-        let batch = per_frame.saturating_mul(self.floor as u32);
-        if !self.is_off() && batch > self.budget && !self.warned.swap(true, Ordering::Relaxed) {
+        let floor = per_frame.saturating_mul(self.floor as u32);
+        if !self.is_off() && floor > self.budget && !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 model,
-                batch_ms = batch.as_millis() as u64,
+                floor_ms = floor.as_millis() as u64,
                 budget_ms = self.budget.as_millis() as u64,
                 floor_frames = self.floor,
                 "the queue's floor of frames per worker (max_batch, at least 8) takes longer \
@@ -279,6 +279,11 @@ mod tests {
         assert_eq!(
             WaitBudget::new(250 * MS, 2, 16).frames(Duration::ZERO, slow),
             Some(33)
+        );
+        // The floor is one session's default credits.
+        assert_eq!(
+            QUEUE_FLOOR_PER_WORKER,
+            crate::config::SessionConfig::default().credits as usize
         );
     }
 

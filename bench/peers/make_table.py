@@ -103,6 +103,17 @@ def steal_of(d):
     return pct(rows[0], rows[-1]), pct(*worst), worst[0][0]
 
 
+def stalls_of(d):
+    """The stall probe's summaries, [("before", {...}), ("after", {...})], for
+    the runs that have them."""
+    out = []
+    for when in ("before", "after"):
+        path = os.path.join(d, f"stalls-{when}.json")
+        if os.path.exists(path):
+            out.append((when, json.load(open(path))))
+    return out
+
+
 def main():
     d, doc = sys.argv[1], sys.argv[2]
     m = kv(os.path.join(d, "machine.txt"))
@@ -147,6 +158,18 @@ def main():
         if worst > 5:
             w("- **Caveat:** the host took more than 5 % of the CPU during part of this run: ratios "
               "between points measured minutes apart can be off by tens of percent either way.")
+    stalls = stalls_of(d)
+    if stalls:
+        w("- **Host stalls on the idle machine** (`bench/peers/stall_probe.py`: a ~2 ms piece of "
+          "arithmetic timed over and over on every core for 10 s; pieces that took 2× the median or "
+          "more lost their core to the host, which the steal counter does not show): "
+          + "; ".join(f"{when} the run {s['slow_share_pct']:.1f} % of the pieces (worst "
+                      f"{s['worst_ratio']:.1f}×, {s['lost_pct']:.1f} % of the time lost), "
+                      f"{s['episodes']} episodes" + (f" about every {s['median_gap_s']:.1f} s"
+                                                      if s.get("median_gap_s") else "")
+                      for when, s in stalls)
+          + ". A frame in the gateway or the peer during an episode runs 2–8× slower; the p99 "
+          "points at half load are set by how many frames meet one.")
     w(f"- **Versions:** framegate {m.get('framegate_commit', '?')} ({m.get('rustc', '?')}, release), "
       f"ONNX Runtime {ort['onnxruntime']} (the gateway loads the same 1.31.1 library), "
       f"{m.get('python', '?')}, fastapi {pip.get('fastapi', '?')}, uvicorn {pip.get('uvicorn', '?')} "
@@ -259,7 +282,8 @@ def main():
         for r, name in ((fh_http, "HTTP"), (fh_ws, "WebSocket")):
             if r:
                 ratio = r["latency_ms"]["p99"] / max(ph["latency_ms"]["p99"], 1e-9)
-                rows.append((f"p99 at half the peer's capacity ({ph['offered_fps']:.1f} fps offered), {name}",
+                rows.append((f"p99 at half the peer's capacity ({ph['offered_fps']:.1f} fps offered, "
+                             f"{r['run']['duration_s']:.0f} s, {r['answered']} frames), {name}",
                              f"{r['latency_ms']['p99']:.1f} ms", f"{ph['latency_ms']['p99']:.1f} ms",
                              ratio, "≤ 0.5", ratio <= 0.5))
     for key, peer, name in (("ws", "tokio-tungstenite", "WebSocket"), ("quic", "quinn", "QUIC")):

@@ -160,10 +160,11 @@ def main():
               "between points measured minutes apart can be off by tens of percent either way.")
     stalls = stalls_of(d)
     if stalls:
-        w("- **Host stalls on the idle machine** (`bench/peers/stall_probe.py`: a ~2 ms piece of "
+        w("- **Host stalls on the idle machine** (`bench/peers/stall_probe.py`: a short piece of "
           "arithmetic timed over and over on every core for 10 s; pieces that took 2× the median or "
           "more lost their core to the host, which the steal counter does not show): "
-          + "; ".join(f"{when} the run {s['slow_share_pct']:.1f} % of the pieces (worst "
+          + "; ".join(f"{when} the run {s['slow_share_pct']:.1f} % of the {s['median_piece_ms']:.1f} ms "
+                      f"pieces (worst "
                       f"{s['worst_ratio']:.1f}×, {s['lost_pct']:.1f} % of the time lost), "
                       f"{s['episodes']} episodes" + (f" about every {s['median_gap_s']:.1f} s"
                                                       if s.get("median_gap_s") else "")

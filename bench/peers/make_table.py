@@ -177,7 +177,10 @@ def main():
       f"(uvloop {pip.get('uvloop', '?')}, httptools {pip.get('httptools', '?')}), "
       f"starlette {pip.get('starlette', '?')}, python-multipart {pip.get('python-multipart', '?')}, "
       f"opencv-python-headless {pip.get('opencv-python-headless', '?')}, numpy {pip.get('numpy', '?')}.")
-    served = (load(d, "models") or {}).get("models") or [{}]
+    listed = load(d, "models") or {}
+    # The model the points ran on: the gateway's default (dog.jpg frames name none).
+    served = [x for x in listed.get("models") or [] if x.get("default") or x.get("name") == listed.get("default")]
+    served = served or listed.get("models") or [{}]
     # Runs from before models.json was recorded: the defaults of then.
     cores = int(m.get("cores", "2") or 2)
     workers = served[0].get("workers", 2 if cores <= 4 else cores // 2)

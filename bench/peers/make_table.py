@@ -171,6 +171,10 @@ def main():
                       for when, s in stalls)
           + ". A frame in the gateway or the peer during an episode runs 2–8× slower; the p99 "
           "points at half load are set by how many frames meet one.")
+        if max(s["lost_pct"] for _, s in stalls) > 2:
+            w("- **Caveat:** the host stalled the idle machine's cores for more than 2 % of the time: "
+              "points measured minutes apart met different numbers of stalls, so verdicts within a few "
+              "percent of a threshold can go either way from one run to the next.")
     w(f"- **Versions:** framegate {m.get('framegate_commit', '?')} ({m.get('rustc', '?')}, release), "
       f"ONNX Runtime {ort['onnxruntime']} (the gateway loads the same 1.31.1 library), "
       f"{m.get('python', '?')}, fastapi {pip.get('fastapi', '?')}, uvicorn {pip.get('uvicorn', '?')} "

@@ -160,20 +160,22 @@ def main():
               "between points measured minutes apart can be off by tens of percent either way.")
     stalls = stalls_of(d)
     if stalls:
-        w("- **Host stalls on the idle machine** (`bench/peers/stall_probe.py`: a short piece of "
-          "arithmetic timed over and over on every core for 10 s; pieces that took 2× the median or "
-          "more lost their core to the host, which the steal counter does not show): "
+        def guest(s):
+            g = s.get("guest_wait_pct_of_lost")
+            return "" if g is None else f", {g:.0f} % of it seen by the guest as waiting for a CPU"
+        w(f"- **Stalls on the idle machine** (`bench/peers/stall_probe.py`: a short piece of "
+          f"arithmetic timed over and over on every core for {stalls[0][1].get('seconds', 10):.0f} s; "
+          "a piece that took 2× the median or more was held up, and what the guest did not see as "
+          "waiting for a CPU happened below it, in the host): "
           + "; ".join(f"{when} the run {s['slow_share_pct']:.1f} % of the {s['median_piece_ms']:.1f} ms "
-                      f"pieces (worst "
-                      f"{s['worst_ratio']:.1f}×, {s['lost_pct']:.1f} % of the time lost), "
-                      f"{s['episodes']} episodes" + (f" about every {s['median_gap_s']:.1f} s"
-                                                      if s.get("median_gap_s") else "")
+                      f"pieces (worst {s['worst_ratio']:.1f}×, {s['lost_pct']:.1f} % of the time lost"
+                      f"{guest(s)}), {s['episodes']} episodes"
+                      + (f" about every {s['median_gap_s']:.1f} s" if s.get("median_gap_s") else "")
                       for when, s in stalls)
-          + ". A frame in the gateway or the peer during an episode runs 2–8× slower; the p99 "
-          "points at half load are set by how many frames meet one.")
+          + ". Frames in flight during an episode are slowed with everything else.")
         if max(s["lost_pct"] for _, s in stalls) > 2:
-            w("- **Caveat:** the host stalled the idle machine's cores for more than 2 % of the time: "
-              "points measured minutes apart met different numbers of stalls, so verdicts within a few "
+            w("- **Caveat:** the probe lost more than 2 % of its time on the idle machine: points "
+              "measured minutes apart met different numbers of episodes, so verdicts within a few "
               "percent of a threshold can go either way from one run to the next.")
     w(f"- **Versions:** framegate {m.get('framegate_commit', '?')} ({m.get('rustc', '?')}, release), "
       f"ONNX Runtime {ort['onnxruntime']} (the gateway loads the same 1.31.1 library), "
@@ -183,7 +185,8 @@ def main():
       f"opencv-python-headless {pip.get('opencv-python-headless', '?')}, numpy {pip.get('numpy', '?')}.")
     listed = load(d, "models") or {}
     # The model the points ran on: the gateway's default (dog.jpg frames name none).
-    served = [x for x in listed.get("models") or [] if x.get("default") or x.get("name") == listed.get("default")]
+    served = [x for x in listed.get("models") or []
+              if x.get("default") or (listed.get("default") is not None and x.get("name") == listed.get("default"))]
     served = served or listed.get("models") or [{}]
     # Runs from before models.json was recorded: the defaults of then.
     cores = int(m.get("cores", "2") or 2)

@@ -346,6 +346,11 @@ async fn main() -> Result<()> {
     // measure from the start.
     let open_grace = Duration::from_millis(200 + (args.sessions as u64).min(10_000) / 2);
     let start = Instant::now() + open_grace;
+    let measure_start_monotonic_s = monotonic_now_s().map(|now| {
+        now + (start + plan.warmup)
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+    });
     let mut recorder = Recorder::new(start + plan.warmup);
     if let Some(p) = &args.frame_log {
         let file = std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?;
@@ -426,6 +431,7 @@ async fn main() -> Result<()> {
         in_flight_per_session: (args.mode == ModeArg::Closed).then_some(args.in_flight),
         duration_s: args.duration,
         warmup_s: args.warmup,
+        measure_start_monotonic_s,
         frames: frames.info.clone(),
         command,
     };
@@ -443,4 +449,41 @@ async fn main() -> Result<()> {
             .with_context(|| format!("write {}", p.display()))?;
     }
     Ok(())
+}
+
+/// This machine's `CLOCK_MONOTONIC` now, in seconds (the clock `Instant`
+/// reads on Linux, and `perf record -k CLOCK_MONOTONIC` stamps samples
+/// with).
+fn monotonic_now_s() -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report's `measure_start_monotonic_s` is only useful if it is on
+    /// the clock `Instant` reads: two readings must be as far apart as the
+    /// `Instant`s taken between them (to within the time the reads take).
+    #[test]
+    fn the_monotonic_clock_in_seconds_keeps_pace_with_instant() {
+        let a = monotonic_now_s().expect("CLOCK_MONOTONIC");
+        let i0 = Instant::now();
+        std::thread::sleep(Duration::from_millis(60));
+        let i1 = Instant::now();
+        let b = monotonic_now_s().expect("CLOCK_MONOTONIC");
+        let clock = b - a;
+        let instant = (i1 - i0).as_secs_f64();
+        assert!(
+            clock >= instant && clock - instant < 0.02,
+            "CLOCK_MONOTONIC moved {clock:.6} s around an Instant span of {instant:.6} s"
+        );
+        assert!(a > 0.0, "seconds, not a zero clock: {a}");
+    }
 }

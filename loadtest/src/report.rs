@@ -107,6 +107,11 @@ pub struct RunInfo {
     pub duration_s: f64,
     /// Warm-up seconds (not measured).
     pub warmup_s: f64,
+    /// When measuring started (the end of the warm-up) on this machine's
+    /// `CLOCK_MONOTONIC`, in seconds: the frame log's `sent_ms` counts from
+    /// here, so its rows can be matched with other records on that clock
+    /// (`perf record -k CLOCK_MONOTONIC`, as `bench/half-load-who.sh` does).
+    pub measure_start_monotonic_s: Option<f64>,
     /// The frames.
     pub frames: FrameSetInfo,
     /// The command line.
@@ -619,6 +624,7 @@ mod tests {
             in_flight_per_session: None,
             duration_s: 2.0,
             warmup_s: 0.0,
+            measure_start_monotonic_s: None,
             frames: FrameSetInfo {
                 source: "<test>".into(),
                 count: 1,

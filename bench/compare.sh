@@ -30,7 +30,8 @@
 #   5. 10,000 idle WebSocket sessions with the model loaded (server RSS),
 #      and 10× overload (RSS over time, p99 of admitted frames).
 # Before the first point and after the last, bench/peers/stall_probe.py
-# measures how often the host stalled the idle machine's cores.
+# measures how often the idle machine's cores were held up (and how much of it
+# the guest saw as waiting for a CPU; the rest happened below it).
 # Results (JSON + HTML reports, load averages, versions) go to
 # .cache/bench-results/<UTC timestamp>/; bench/peers/make_table.py turns them
 # into the table.
@@ -162,9 +163,9 @@ stall_probe() { # before|after  (a failed probe is reported, not fatal)
     local line
     if line="$("$PY" bench/peers/stall_probe.py --seconds "${STALL_SECONDS:-10}" --procs "$CORES" \
         --out "$OUT/stalls-$1.json")"; then
-        log "host stalls $1: $line"
+        log "stalls $1: $line"
     else
-        log "host stalls $1: the probe failed (the table goes without it)"
+        log "stalls $1: the probe failed (the table goes without it)"
         rm -f "$OUT/stalls-$1.json"
     fi
 }

@@ -149,6 +149,7 @@ fn batcher(c: &mut Criterion) {
         max_batch: 8,
         max_delay: Duration::from_millis(2),
         solo: true,
+        solo_backlog: 1,
     };
     let now = Instant::now();
     c.bench_function("batcher_decide", |b| {

@@ -89,6 +89,10 @@ struct ServeArgs {
     /// threads per worker, at most 8].
     #[arg(long, env = "FRAMEGATE_SOLO_THREADS")]
     solo_threads: Option<usize>,
+    /// With every worker idle, how many waiting frames still go to the solo
+    /// session one at a time [default: 1].
+    #[arg(long, env = "FRAMEGATE_SOLO_BACKLOG")]
+    solo_backlog: Option<usize>,
     /// Whether ONNX Runtime's pool threads keep spin-waiting after a run:
     /// lower tail latency, more CPU at moderate rates [default: true].
     #[arg(long, env = "FRAMEGATE_SPIN_AFTER_RUN")]
@@ -213,6 +217,9 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
     }
     if let Some(t) = args.solo_threads {
         config.pipeline.solo_threads = Some(t);
+    }
+    if let Some(b) = args.solo_backlog {
+        config.pipeline.solo_backlog = b;
     }
     if let Some(s) = args.spin_after_run {
         config.pipeline.spin_after_run = s;

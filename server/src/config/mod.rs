@@ -317,6 +317,17 @@ pub struct PipelineConfig {
     /// 0 or 1 (or not above `threads_per_worker`) turns it off. Default:
     /// `workers × threads_per_worker`, at most 8.
     pub solo_threads: Option<usize>,
+    /// How many frames may be waiting, with every worker idle, for the solo
+    /// session still to be used: the oldest runs solo and the others wait
+    /// for it, one after another, instead of running side by side on the
+    /// workers' one-thread sessions (on 2 cores each of two side-by-side
+    /// runs took about twice as long as a solo run). 1 runs only a lone
+    /// frame solo. On 2 cores at 21 frames/s from 4 sessions, 3 gave a p99
+    /// of 117 ms instead of 149 over WebSocket and 137 instead of 151 over
+    /// HTTP, but 3 % fewer frames/s with 4 in flight (docs/benchmarks.md,
+    /// "Solo backlog"): set it where the latency at moderate load matters
+    /// more than the last few percent of throughput. Default 1.
+    pub solo_backlog: usize,
     /// Whether ONNX Runtime's pool threads (sessions with more than one
     /// intra-op thread, such as the solo session) keep spin-waiting after a
     /// run returns, ready for the next one. `true` (the default) gives the
@@ -392,6 +403,7 @@ impl Default for PipelineConfig {
             workers: None,
             threads_per_worker: 1,
             solo_threads: None,
+            solo_backlog: 1,
             spin_after_run: true,
             io_threads: None,
             preprocess: PreprocessDevice::Cpu,
@@ -809,6 +821,9 @@ impl Config {
                 framegate_cuda::MAX_DIM,
                 self.limits.max_frame_side
             ));
+        }
+        if p.solo_backlog == 0 {
+            problems.push("pipeline.solo_backlog must be at least 1".into());
         }
         if p.threads_per_worker == 0 {
             problems.push("pipeline.threads_per_worker must be at least 1".into());

@@ -6,9 +6,11 @@
 //!
 //! * no idle worker → wait; frames keep collecting (up to `max_batch`);
 //! * `max_batch` frames waiting → send a full batch;
-//! * every worker idle and one frame waiting → run it solo, with every
-//!   inference thread (when the pipeline has a solo session): at light load
-//!   the frame's latency is what matters, and nothing else needs the cores;
+//! * every worker idle and one frame waiting (up to `solo_backlog`) → run
+//!   the oldest solo, with every inference thread (when the pipeline has a
+//!   solo session): at light load the frame's latency is what matters, and
+//!   nothing else needs the cores; the others wait for it rather than run
+//!   side by side at a fraction of the speed each;
 //! * every worker idle → send what is there now, spread over the idle
 //!   workers: waiting for batch-mates while the backend sits idle only adds
 //!   latency;
@@ -26,6 +28,9 @@ pub struct BatchPolicy {
     pub max_delay: Duration,
     /// A solo session exists: a lone frame meeting idle workers runs on it.
     pub solo: bool,
+    /// Most frames waiting (every worker idle) that still go to the solo
+    /// session, the oldest first; 1 runs only a lone frame solo.
+    pub solo_backlog: usize,
 }
 
 /// What the batcher should do now.
@@ -33,8 +38,8 @@ pub struct BatchPolicy {
 pub enum Decision {
     /// Send the first `n` waiting frames to an idle worker.
     Dispatch(usize),
-    /// Run the one waiting frame on the solo session; it holds every worker
-    /// until it is done.
+    /// Run the oldest waiting frame on the solo session; it holds every
+    /// worker until it is done.
     Solo,
     /// Nothing to send before this instant (or an earlier wake-up).
     WaitUntil(Instant),
@@ -60,7 +65,7 @@ impl BatchPolicy {
             return Decision::Dispatch(self.max_batch);
         }
         if idle >= workers {
-            if waiting == 1 && self.solo {
+            if waiting <= self.solo_backlog && self.solo {
                 return Decision::Solo;
             }
             return Decision::Dispatch(waiting.div_ceil(idle).min(self.max_batch));
@@ -82,6 +87,7 @@ mod tests {
         max_batch: 8,
         max_delay: Duration::from_millis(2),
         solo: false,
+        solo_backlog: 1,
     };
     const SOLO: BatchPolicy = BatchPolicy { solo: true, ..P };
 
@@ -105,10 +111,36 @@ mod tests {
         assert_eq!(SOLO.decide(now, 1, Some(now), 2, 2), Decision::Solo);
         // One worker busy: the frame takes the other worker's own session.
         assert_ne!(SOLO.decide(now, 1, Some(now), 1, 2), Decision::Solo);
-        // Two frames: side by side on two sessions beats one after the other.
+        // Two frames, solo_backlog 1: side by side on the workers' sessions.
         assert_eq!(SOLO.decide(now, 2, Some(now), 2, 2), Decision::Dispatch(1));
         // No solo session: the plain rule.
         assert_eq!(P.decide(now, 1, Some(now), 2, 2), Decision::Dispatch(1));
+    }
+
+    #[test]
+    fn a_short_backlog_runs_solo_one_frame_at_a_time() {
+        let now = Instant::now();
+        let b3 = BatchPolicy {
+            solo_backlog: 3,
+            ..SOLO
+        };
+        assert_eq!(b3.decide(now, 2, Some(now), 2, 2), Decision::Solo);
+        assert_eq!(b3.decide(now, 3, Some(now), 2, 2), Decision::Solo);
+        // A longer backlog goes to the workers side by side.
+        assert_eq!(b3.decide(now, 4, Some(now), 2, 2), Decision::Dispatch(2));
+        // Only with every worker idle, and only with a solo session.
+        assert_ne!(b3.decide(now, 2, Some(now), 1, 2), Decision::Solo);
+        let no_solo = BatchPolicy { solo: false, ..b3 };
+        assert_eq!(
+            no_solo.decide(now, 2, Some(now), 2, 2),
+            Decision::Dispatch(1)
+        );
+        // A full batch still leaves as one, whatever the backlog setting.
+        let big = BatchPolicy {
+            solo_backlog: 20,
+            ..SOLO
+        };
+        assert_eq!(big.decide(now, 8, Some(now), 2, 2), Decision::Dispatch(8));
     }
 
     #[test]
@@ -141,7 +173,11 @@ mod tests {
         // dispatch is within bounds, and with an idle worker a wait ends by
         // the oldest frame's deadline.
         let t0 = Instant::now();
-        for policy in [P, SOLO] {
+        let b3 = BatchPolicy {
+            solo_backlog: 3,
+            ..SOLO
+        };
+        for policy in [P, SOLO, b3] {
             for waiting in 0..20 {
                 for workers in 1..4 {
                     for idle in 0..=workers {
@@ -153,7 +189,8 @@ mod tests {
                                     assert!(idle > 0);
                                 }
                                 Decision::Solo => {
-                                    assert!(policy.solo && waiting == 1 && idle == workers);
+                                    assert!(policy.solo && idle == workers);
+                                    assert!(waiting >= 1 && waiting <= policy.solo_backlog);
                                 }
                                 Decision::WaitUntil(t) => {
                                     assert!(t <= t0 + P.max_delay && t > now);

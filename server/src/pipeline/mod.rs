@@ -21,7 +21,8 @@
 //! When the backend can be widened ([`Backend::solo`]) the pipeline also
 //! holds one *solo* session with every inference thread
 //! (`pipeline.solo_threads`): a lone frame that finds every worker idle runs
-//! on it, and holds all workers until it is done. Light load gets the
+//! on it (or the oldest of up to `pipeline.solo_backlog` waiting frames),
+//! and holds all workers until it is done. Light load gets the
 //! latency of all cores on one frame; under load frames run side by side on
 //! the workers' own one-thread sessions, which is the better throughput.
 
@@ -197,6 +198,7 @@ impl ModelPipeline {
             max_batch: config.max_batch,
             max_delay: config.max_delay(),
             solo: false,
+            solo_backlog: config.solo_backlog,
         };
         let mut threads = Vec::new();
         for i in 0..workers {

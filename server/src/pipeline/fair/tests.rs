@@ -254,6 +254,7 @@ fn sim(workers: usize) -> Sim {
             max_batch: 4,
             max_delay: Duration::from_millis(2),
             solo: false,
+            solo_backlog: 1,
         },
         workers,
         service: Duration::from_millis(4),

@@ -18,7 +18,9 @@
 #      full in-process pipeline (cv2 decode, resize, normalise, inference,
 #      decode + NMS).
 #   2. framegate (ONNX backend): closed loop over HTTP and WebSocket at
-#      several concurrencies (saturation, p50/p99).
+#      several concurrencies (saturation, p50/p99); then SAT_ROUNDS
+#      alternated rounds of ONNX Runtime alone at its best row and the
+#      gateway at its best concurrencies (the saturation ratios' medians).
 #   3. The FastAPI + uvicorn peer (bench/peers/fastapi_peer.py): saturation,
 #      then framegate and the peer at an open-loop rate of half the peer's
 #      capacity (p99), and the peer's no-op endpoint.
@@ -205,6 +207,36 @@ print(max(json.load(open(p))["achieved_fps"] for p in glob.glob(sys.argv[1] + "/
 EOF
 )"
 stop_server
+# Saturation, alternated (SAT_ROUNDS rounds, default 3): the sweeps above
+# take the best of several short points, minutes apart, and on two shared
+# cores the machine's speed drifts between them. Each round re-measures
+# ONNX Runtime alone at the sweep's best layout and batch (the gateway
+# stopped), then the gateway at each transport's best concurrency, DUR
+# seconds each; each saturation ratio is judged by its median over the
+# rounds (every round is reported).
+read -r SAT_ORT SAT_HTTP_C SAT_WS_C <<<"$("$PY" - "$OUT" <<'EOF'
+import glob, json, re, sys
+d = sys.argv[1]
+b = json.load(open(d + "/ort.json"))["best"]
+def best_c(tr):
+    best = max(glob.glob(f"{d}/fg-{tr}-c*.json"), key=lambda p: json.load(open(p))["achieved_fps"])
+    return re.search(r"-c(\d+)\.json$", best).group(1)
+print(f"{b['sessions']}x{b['threads']}:{b['batch']}", best_c("http"), best_c("ws"))
+EOF
+)"
+log "saturation rounds: ONNX Runtime $SAT_ORT, HTTP c$SAT_HTTP_C, WebSocket c$SAT_WS_C"
+for round in $(seq 1 "${SAT_ROUNDS:-3}"); do
+    note_load "ort-sat-r$round"
+    "$PY" bench/peers/ort_bench.py --only "$SAT_ORT" --seconds "$DUR" --cores "$CORES" > "$OUT/ort-sat-r$round.json"
+    log "ort-sat-r$round: $("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["best"]["images_per_s"])' \
+        "$OUT/ort-sat-r$round.json") images/s"
+    start_framegate
+    load "fg-sat-http-r$round" --transport http --mode closed --sessions "$SAT_HTTP_C" --frames "$DOG" \
+        --target "http://127.0.0.1:$PORT_FG"
+    load "fg-sat-ws-r$round" --transport ws --mode closed --sessions "$SAT_WS_C" --frames "$DOG" \
+        --target "http://127.0.0.1:$PORT_FG"
+    stop_server
+done
 # ONNX Runtime layout inside the gateway: 1 worker x N threads (default is N x 1).
 start_framegate --workers 1 --threads-per-worker "$CORES"
 load "fg-1x$CORES-http-c8" --transport http --mode closed --sessions 8 --frames "$DOG" --target "http://127.0.0.1:$PORT_FG"

@@ -50,6 +50,17 @@ def tail_of(path):
             infer[len(infer) // 2])
 
 
+def sat_rounds(d, tr):
+    """(gateway, ONNX Runtime) result pairs of compare.sh's alternated
+    saturation rounds for transport tr: fg-sat-{tr}-rN and ort-sat-rN."""
+    out = []
+    for i in range(1, 10):
+        g, o = load(d, f"fg-sat-{tr}-r{i}"), load(d, f"ort-sat-r{i}")
+        if g and o and o["best"]["images_per_s"] > 0:
+            out.append((g, o))
+    return out
+
+
 def rounds(d, key):
     """(gateway, echo) result pairs of the alternated gateway-only rounds."""
     out = []
@@ -282,8 +293,23 @@ def main():
     rows = []
     for tr, name in (("http", "HTTP"), ("ws", "WebSocket")):
         v = sat.get(tr, 0.0)
-        rows.append((f"saturation over {name} vs ONNX Runtime inference only",
-                     f"{v:.1f} fps", f"{ort_best:.1f} images/s", v / ort_best, "≥ 0.90", v / ort_best >= 0.90))
+        pairs = sat_rounds(d, tr)
+        if not pairs:
+            rows.append((f"saturation over {name} vs ONNX Runtime inference only",
+                         f"{v:.1f} fps", f"{ort_best:.1f} images/s", v / ort_best, "≥ 0.90", v / ort_best >= 0.90))
+            continue
+        # The median round by its ratio (the lower middle when even); every
+        # round's ratio and the sweeps' best points are shown.
+        ratio_of = lambda p: p[0]["achieved_fps"] / p[1]["best"]["images_per_s"]
+        g, o = sorted(pairs, key=ratio_of)[(len(pairs) - 1) // 2]
+        ratio = ratio_of((g, o))
+        each = ", ".join(f"{ratio_of(p):.2f}" for p in pairs)
+        conc = g["run"].get("sessions", "?")
+        rows.append((f"saturation over {name} vs ONNX Runtime inference only (median of {len(pairs)} alternated "
+                     f"rounds at concurrency {conc} and {o['best']['layout']} batch {o['best']['batch']}: {each}; "
+                     f"the sweeps' best points: {v:.1f} fps vs {ort_best:.1f} images/s, {v / ort_best:.2f})",
+                     f"{g['achieved_fps']:.1f} fps", f"{o['best']['images_per_s']:.1f} images/s", ratio, "≥ 0.90",
+                     ratio >= 0.90))
     fg_sat = max(sat.values())
     for tr, name in (("http", "HTTP"), ("ws", "WebSocket")):
         v = sat.get(tr, 0.0)

@@ -8,6 +8,10 @@
 2. the full in-process pipeline at the best layout: cv2.imdecode, resize,
    normalise, inference, the reference decode + NMS — where the rest goes.
 
+With --only SESSIONSxTHREADS:BATCH (e.g. 2x1:4) it measures that one
+inference-only row for --seconds and stops (bench/compare.sh's alternated
+saturation rounds re-measure the sweep's best row that way).
+
 Prints one JSON object.
 """
 import argparse
@@ -60,14 +64,23 @@ def main():
     ap.add_argument("--image", default=os.path.join(REPO, "server/tests/data/dog.jpg"))
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--cores", type=int, default=os.cpu_count())
+    ap.add_argument("--only", metavar="SxT:B", help="measure only this row: S sessions x T threads, batch B")
     args = ap.parse_args()
     cores = max(1, args.cores)
     jpeg = open(args.image, "rb").read()
     layouts = [("1x%d" % cores, 1, cores)] + ([("%dx1" % cores, cores, 1)] if cores > 1 else [])
+    batches = (1, 2, 4, 8)
+    if args.only:
+        try:
+            layout, batch = args.only.split(":")
+            n_sessions, threads = (int(v) for v in layout.split("x"))
+            layouts, batches = [(layout, n_sessions, threads)], (int(batch),)
+        except ValueError:
+            ap.error("--only wants SESSIONSxTHREADS:BATCH, e.g. 2x1:4, got %r" % args.only)
     results = []
     for name, n_sessions, threads in layouts:
         sessions = [make_session(threads) for _ in range(n_sessions)]
-        for batch in (1, 2, 4, 8):
+        for batch in batches:
             x = np.random.default_rng(0).standard_normal((batch, 3, 416, 416)).astype(np.float32)
             for s in sessions:
                 s.run(None, {"images": x})  # warm-up
@@ -75,6 +88,10 @@ def main():
             results.append({"layout": name, "sessions": n_sessions, "threads": threads, "batch": batch,
                             "images_per_s": round(fps, 2)})
     best = max(results, key=lambda r: r["images_per_s"])
+    if args.only:
+        print(json.dumps({"onnxruntime": ort.__version__, "seconds": args.seconds, "inference_only": results,
+                          "best": best}))
+        return
     names = None
 
     def full(s):

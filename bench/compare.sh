@@ -3,10 +3,12 @@
 # its peers on this machine, in one run, then a dated table in
 # docs/benchmarks.md.
 #
-#   bench/compare.sh            # full run (about 10 minutes on 2 cores)
+#   bench/compare.sh            # full run (about 12 minutes on 2 cores)
 #   DUR=4 bench/compare.sh      # shorter runs per point (noisier)
 #   HALF_DUR=8 bench/compare.sh # shorter half-load (p99) points (default 24 s)
 #   NO_DOCS=1 bench/compare.sh  # results only, docs untouched
+#   SAT_ROUNDS=5 GW_ROUNDS=5 bench/compare.sh  # more alternated rounds
+#                               # (saturation; gateway only), default 3
 #   OVER_WAIT_MS=0 bench/compare.sh  # the 10x overload point without
 #                               # admission by expected queue wait
 #
@@ -224,6 +226,9 @@ def best_c(tr):
 print(f"{b['sessions']}x{b['threads']}:{b['batch']}", best_c("http"), best_c("ws"))
 EOF
 )"
+if [[ -z "$SAT_WS_C" ]]; then
+    log "saturation rounds: could not read the sweeps' best points"; exit 1
+fi
 log "saturation rounds: ONNX Runtime $SAT_ORT, HTTP c$SAT_HTTP_C, WebSocket c$SAT_WS_C"
 for round in $(seq 1 "${SAT_ROUNDS:-3}"); do
     note_load "ort-sat-r$round"

@@ -70,11 +70,13 @@ def main():
     jpeg = open(args.image, "rb").read()
     layouts = [("1x%d" % cores, 1, cores)] + ([("%dx1" % cores, cores, 1)] if cores > 1 else [])
     batches = (1, 2, 4, 8)
-    if args.only:
+    if args.only is not None:
         try:
             layout, batch = args.only.split(":")
             n_sessions, threads = (int(v) for v in layout.split("x"))
             layouts, batches = [(layout, n_sessions, threads)], (int(batch),)
+            if min(n_sessions, threads, int(batch)) < 1:
+                raise ValueError
         except ValueError:
             ap.error("--only wants SESSIONSxTHREADS:BATCH, e.g. 2x1:4, got %r" % args.only)
     results = []
@@ -88,7 +90,7 @@ def main():
             results.append({"layout": name, "sessions": n_sessions, "threads": threads, "batch": batch,
                             "images_per_s": round(fps, 2)})
     best = max(results, key=lambda r: r["images_per_s"])
-    if args.only:
+    if args.only is not None:
         print(json.dumps({"onnxruntime": ort.__version__, "seconds": args.seconds, "inference_only": results,
                           "best": best}))
         return

@@ -118,12 +118,17 @@ fn invalid_config_lists_every_problem() {
     let cfg = dir.path().join("framegate.toml");
     std::fs::write(
         &cfg,
-        "[pipeline]\nmax_batch = 0\nworkers = 0\n[session]\ncredits = 0\n",
+        "[pipeline]\nmax_batch = 0\nworkers = 0\nsolo_backlog = 0\n[session]\ncredits = 0\n",
     )
     .unwrap();
     let (code, err) = serve(&["--config", cfg.to_str().unwrap()], &[]);
     assert_ne!(code, 0);
-    for field in ["pipeline.max_batch", "pipeline.workers", "session.credits"] {
+    for field in [
+        "pipeline.max_batch",
+        "pipeline.workers",
+        "pipeline.solo_backlog",
+        "session.credits",
+    ] {
         assert!(err.contains(field), "{field} not reported: {err}");
     }
 }

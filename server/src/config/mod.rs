@@ -310,7 +310,8 @@ pub struct PipelineConfig {
     /// Intra-op threads per worker's ONNX Runtime session. Default 1.
     pub threads_per_worker: usize,
     /// Intra-op threads of the solo session: one extra ONNX Runtime session
-    /// that runs a lone frame arriving while every worker is idle, so at
+    /// that runs a lone frame arriving while every worker is idle (or each
+    /// of a short backlog in turn, see `solo_backlog`), so at
     /// light load a frame gets every inference thread (lower latency) while
     /// under load the workers' own sessions run frames side by side (higher
     /// throughput). No other batch is started while a solo batch runs.
@@ -318,15 +319,18 @@ pub struct PipelineConfig {
     /// `workers × threads_per_worker`, at most 8.
     pub solo_threads: Option<usize>,
     /// How many frames may be waiting, with every worker idle, for the solo
-    /// session still to be used: the oldest runs solo and the others wait
-    /// for it, one after another, instead of running side by side on the
-    /// workers' one-thread sessions (on 2 cores each of two side-by-side
-    /// runs took about twice as long as a solo run). 1 runs only a lone
-    /// frame solo. On 2 cores at 21 frames/s from 4 sessions, 3 gave a p99
+    /// session still to be used: the next one (in fair order; the oldest
+    /// with one tenant) runs solo and the others wait for it, one after
+    /// another, instead of running side by side on the workers' one-thread
+    /// sessions (on 2 cores each of two side-by-side runs took about twice
+    /// as long as a solo run). 1 runs only a lone frame solo. Without a solo
+    /// session (one worker, `solo_threads` off, a backend without a thread
+    /// setting) it has no effect. Measured on 2 cores only, at 21 frames/s
+    /// from 4 sessions, pooled over five alternated 10 s runs: 3 gave a p99
     /// of 117 ms instead of 149 over WebSocket and 137 instead of 151 over
-    /// HTTP, but 3 % fewer frames/s with 4 in flight (docs/benchmarks.md,
-    /// "Solo backlog"): set it where the latency at moderate load matters
-    /// more than the last few percent of throughput. Default 1.
+    /// HTTP, but run by run the p99s overlapped, and closed loop with 2 or
+    /// 4 frames in flight gave 3–6 % fewer frames/s in a few pairs, within
+    /// the noise (docs/benchmarks.md, "Solo backlog"). Default 1.
     pub solo_backlog: usize,
     /// Whether ONNX Runtime's pool threads (sessions with more than one
     /// intra-op thread, such as the solo session) keep spin-waiting after a

@@ -5,12 +5,14 @@
 //! rule:
 //!
 //! * no idle worker → wait; frames keep collecting (up to `max_batch`);
+//! * every worker idle and at most `solo_backlog` frames waiting (default
+//!   1: a lone frame) → run the next one solo, with every inference thread
+//!   (when the pipeline has a solo session): at light load the frame's
+//!   latency is what matters, and nothing else needs the cores; the others
+//!   wait for it rather than run side by side at a fraction of the speed
+//!   each. The next frame is the next in fair order (the oldest, with one
+//!   tenant);
 //! * `max_batch` frames waiting → send a full batch;
-//! * every worker idle and one frame waiting (up to `solo_backlog`) → run
-//!   the oldest solo, with every inference thread (when the pipeline has a
-//!   solo session): at light load the frame's latency is what matters, and
-//!   nothing else needs the cores; the others wait for it rather than run
-//!   side by side at a fraction of the speed each;
 //! * every worker idle → send what is there now, spread over the idle
 //!   workers: waiting for batch-mates while the backend sits idle only adds
 //!   latency;
@@ -26,10 +28,11 @@ pub struct BatchPolicy {
     pub max_batch: usize,
     /// Longest a frame waits for batch-mates while some worker is busy.
     pub max_delay: Duration,
-    /// A solo session exists: a lone frame meeting idle workers runs on it.
+    /// A solo session exists: a frame meeting idle workers (with at most
+    /// `solo_backlog` waiting) runs on it.
     pub solo: bool,
     /// Most frames waiting (every worker idle) that still go to the solo
-    /// session, the oldest first; 1 runs only a lone frame solo.
+    /// session, one at a time; 1 runs only a lone frame solo.
     pub solo_backlog: usize,
 }
 
@@ -38,8 +41,8 @@ pub struct BatchPolicy {
 pub enum Decision {
     /// Send the first `n` waiting frames to an idle worker.
     Dispatch(usize),
-    /// Run the oldest waiting frame on the solo session; it holds every
-    /// worker until it is done.
+    /// Run the next waiting frame (in fair order) on the solo session; it
+    /// holds every worker until it is done.
     Solo,
     /// Nothing to send before this instant (or an earlier wake-up).
     WaitUntil(Instant),
@@ -61,13 +64,13 @@ impl BatchPolicy {
         if waiting == 0 || idle == 0 {
             return Decision::Idle;
         }
+        if idle >= workers && self.solo && waiting <= self.solo_backlog {
+            return Decision::Solo;
+        }
         if waiting >= self.max_batch {
             return Decision::Dispatch(self.max_batch);
         }
         if idle >= workers {
-            if waiting <= self.solo_backlog && self.solo {
-                return Decision::Solo;
-            }
             return Decision::Dispatch(waiting.div_ceil(idle).min(self.max_batch));
         }
         let deadline = oldest.unwrap_or(now) + self.max_delay;
@@ -135,12 +138,11 @@ mod tests {
             no_solo.decide(now, 2, Some(now), 2, 2),
             Decision::Dispatch(1)
         );
-        // A full batch still leaves as one, whatever the backlog setting.
-        let big = BatchPolicy {
-            solo_backlog: 20,
-            ..SOLO
-        };
-        assert_eq!(big.decide(now, 8, Some(now), 2, 2), Decision::Dispatch(8));
+        // The backlog setting holds with small batches too: two frames with
+        // max_batch 2 run solo in turn, not as one batch on one worker.
+        let small = BatchPolicy { max_batch: 2, ..b3 };
+        assert_eq!(small.decide(now, 2, Some(now), 2, 2), Decision::Solo);
+        assert_eq!(small.decide(now, 4, Some(now), 2, 2), Decision::Dispatch(2));
     }
 
     #[test]

@@ -21,8 +21,8 @@
 //! When the backend can be widened ([`Backend::solo`]) the pipeline also
 //! holds one *solo* session with every inference thread
 //! (`pipeline.solo_threads`): a lone frame that finds every worker idle runs
-//! on it (or the oldest of up to `pipeline.solo_backlog` waiting frames),
-//! and holds all workers until it is done. Light load gets the
+//! on it (or, with up to `pipeline.solo_backlog` frames waiting, each in
+//! turn, in fair order), and holds all workers until it is done. Light load gets the
 //! latency of all cores on one frame; under load frames run side by side on
 //! the workers' own one-thread sessions, which is the better throughput.
 

@@ -153,7 +153,8 @@ fn an_emptied_tenant_leaves_and_a_new_one_joins_the_round() {
 
 /// A fake-clock simulation of one pipeline: the real admission, the real
 /// DRR scheduler and the real batch policy, `workers` workers that take
-/// `service` per batch. Tenant 0 is noisy (an arrival every `noisy_every`),
+/// `service` per batch (a solo batch, one frame, also takes `service` and
+/// holds every worker, as in the pipeline). Tenant 0 is noisy (an arrival every `noisy_every`),
 /// tenant 1 quiet (every `quiet_every`). Returns per tenant (admitted,
 /// refused, max queueing delay).
 struct Sim {
@@ -226,6 +227,15 @@ impl Sim {
                         }
                         busy_until[idle[0]] = now + self.service;
                     }
+                    Decision::Solo => {
+                        batch.clear();
+                        sched.pop_batch(1, &mut batch);
+                        assert_eq!(batch.len(), 1, "a solo decision with nothing waiting");
+                        let (i, at) = batch[0];
+                        adm.release(&shares[i]);
+                        seen[i].max_delay = seen[i].max_delay.max(now - at);
+                        busy_until.iter_mut().for_each(|b| *b = now + self.service);
+                    }
                     _ => break,
                 }
             }
@@ -263,7 +273,11 @@ fn sim(workers: usize) -> Sim {
 }
 
 fn check_quiet_bound(weights: &[u32], workers: usize) {
-    let sim = sim(workers);
+    check_quiet_bound_in(&sim(workers), weights);
+}
+
+fn check_quiet_bound_in(sim: &Sim, weights: &[u32]) {
+    let workers = sim.workers;
     // Capacity is workers × 4 frames / 4 ms = 1000 fps per worker. The
     // quiet tenant (last) sends 20 fps; each noisy one 100× that, together
     // far beyond capacity.
@@ -322,6 +336,55 @@ fn quiet_tenant_delay_is_bounded_1_to_4() {
 fn quiet_tenant_delay_is_bounded_among_several_noisy_ones() {
     check_quiet_bound(&[1, 2, 4, 1], 1);
     check_quiet_bound(&[4, 4, 4, 1], 2);
+}
+
+#[test]
+fn quiet_tenant_delay_is_bounded_with_a_solo_backlog() {
+    // Overloaded, the backlog is far beyond solo_backlog: batches go to the
+    // workers side by side and the fairness bound holds as without solo.
+    let mut s = sim(2);
+    s.policy.solo = true;
+    s.policy.solo_backlog = 3;
+    check_quiet_bound_in(&s, &[1, 1]);
+    check_quiet_bound_in(&s, &[4, 1]);
+}
+
+#[test]
+fn a_solo_backlog_runs_a_burst_one_frame_at_a_time() {
+    // Two tenants send at the same instants, 10 ms apart: a burst of two
+    // frames meets two idle workers. With solo_backlog 1 they run side by
+    // side (the second after at most max_delay, waiting for batch-mates
+    // once the first worker is busy); with 2 the second waits for the
+    // first's solo run (one service time). Nothing is refused either way.
+    let tenants = [
+        (1, Duration::from_millis(10)),
+        (1, Duration::from_millis(10)),
+    ];
+    let horizon = Duration::from_millis(500);
+    for (backlog, waits) in [(1, false), (2, true)] {
+        let mut s = sim(2);
+        s.policy.solo = true;
+        s.policy.solo_backlog = backlog;
+        let seen = s.run(&tenants, false, horizon);
+        let max_delay = seen.iter().map(|t| t.max_delay).max().unwrap();
+        for t in &seen {
+            assert!(
+                t.admitted >= 49 && t.refused == 0,
+                "backlog {backlog}: {seen:?}"
+            );
+        }
+        if waits {
+            assert!(
+                max_delay >= s.service && max_delay <= s.service + s.tick,
+                "backlog {backlog}: waited {max_delay:?}"
+            );
+        } else {
+            assert!(
+                max_delay <= s.policy.max_delay + s.tick && max_delay < s.service,
+                "backlog {backlog}: waited {max_delay:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -221,7 +221,8 @@ fn a_backlog_runs_side_by_side_not_solo() {
     let (pipeline, rt) = start(&config);
     let tenant = pipeline.tenant("test", 1);
     // 16 frames at once: at most the first runs solo (it may meet idle
-    // workers alone); every later one finds a backlog and a worker session.
+    // workers alone) and the last (both workers may finish together with
+    // only it left); every other one finds a backlog and a worker session.
     let receivers: Vec<_> = PHOTOS
         .iter()
         .chain(PHOTOS.iter())
@@ -233,7 +234,7 @@ fn a_backlog_runs_side_by_side_not_solo() {
         }
     });
     assert!(
-        pipeline.solo_frames() <= 1,
+        pipeline.solo_frames() <= 2,
         "{} frames of a backlog ran solo",
         pipeline.solo_frames()
     );

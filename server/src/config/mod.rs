@@ -328,9 +328,10 @@ pub struct PipelineConfig {
     /// setting) it has no effect. Measured on 2 cores only, at 21 frames/s
     /// from 4 sessions, pooled over five alternated 10 s runs: 3 gave a p99
     /// of 117 ms instead of 149 over WebSocket and 137 instead of 151 over
-    /// HTTP, but run by run the p99s overlapped, and closed loop with 2 or
-    /// 4 frames in flight gave 3–6 % fewer frames/s in a few pairs, within
-    /// the noise (docs/benchmarks.md, "Solo backlog"). Default 1.
+    /// HTTP, but run by run the p99s overlapped, and closed loop gave 2–6.5 %
+    /// fewer frames/s (two pairs at 4 frames in flight, the mean of six at
+    /// 2), within the noise (docs/benchmarks.md, "Solo backlog"). At least
+    /// 1, at most `max_batch`. Default 1.
     pub solo_backlog: usize,
     /// Whether ONNX Runtime's pool threads (sessions with more than one
     /// intra-op thread, such as the solo session) keep spin-waiting after a
@@ -829,6 +830,12 @@ impl Config {
         if p.solo_backlog == 0 {
             problems.push("pipeline.solo_backlog must be at least 1".into());
         }
+        if p.solo_backlog > p.max_batch && p.max_batch > 0 {
+            problems.push(format!(
+                "pipeline.solo_backlog must be at most pipeline.max_batch ({}), got {}: a longer backlog goes to the workers as batches",
+                p.max_batch, p.solo_backlog
+            ));
+        }
         if p.threads_per_worker == 0 {
             problems.push("pipeline.threads_per_worker must be at least 1".into());
         }
@@ -1010,6 +1017,18 @@ mod tests {
         let config: Config = toml::from_str(text).unwrap();
         let err = config.validate().unwrap_err();
         assert_eq!(err.problems.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn a_solo_backlog_beyond_a_full_batch_is_refused() {
+        let mut config = Config::default();
+        config.pipeline.max_batch = 4;
+        config.pipeline.solo_backlog = 4;
+        config.validate().unwrap();
+        config.pipeline.solo_backlog = 5;
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].contains("pipeline.solo_backlog"), "{err}");
     }
 
     #[test]

@@ -63,6 +63,13 @@ def sat_rounds(d, tr):
     return out
 
 
+def median_round(pairs, ratio_of):
+    """The median pair of alternated rounds by its ratio (the lower middle
+    when even), that ratio, and every round's ratio as text."""
+    pair = sorted(pairs, key=ratio_of)[(len(pairs) - 1) // 2]
+    return pair, ratio_of(pair), ", ".join(f"{ratio_of(p):.2f}" for p in pairs)
+
+
 def rounds(d, key):
     """(gateway, echo) result pairs of the alternated gateway-only rounds."""
     out = []
@@ -215,7 +222,8 @@ def main():
     # ---- ORT limits
     w("### The limit: ONNX Runtime alone, in one process")
     w("")
-    has_rounds = bool(sat_rounds(d, "http") or sat_rounds(d, "ws"))
+    sat_pairs = {tr: sat_rounds(d, tr) for tr in ("http", "ws")}
+    has_rounds = any(sat_pairs.values())
     w("`bench/peers/ort_bench.py`: a fixed preprocessed tensor, no decode, no network, "
       "every layout and batch size, 3 s each; "
       + ("the best row is measured again, alternated with the gateway, for the saturation targets below "
@@ -299,17 +307,15 @@ def main():
     rows = []
     for tr, name in (("http", "HTTP"), ("ws", "WebSocket")):
         v = sat.get(tr, 0.0)
-        pairs = sat_rounds(d, tr)
+        pairs = sat_pairs[tr]
         if not pairs:
             rows.append((f"saturation over {name} vs ONNX Runtime inference only",
                          f"{v:.1f} fps", f"{ort_best:.1f} images/s", v / ort_best, "≥ 0.90", v / ort_best >= 0.90))
             continue
-        # The median round by its ratio (the lower middle when even); every
-        # round's ratio and the sweeps' best points are shown.
-        ratio_of = lambda p: p[0]["achieved_fps"] / p[1]["best"]["images_per_s"]
-        g, o = sorted(pairs, key=ratio_of)[(len(pairs) - 1) // 2]
-        ratio = ratio_of((g, o))
-        each = ", ".join(f"{ratio_of(p):.2f}" for p in pairs)
+        # The median round; every round's ratio and the sweeps' best points
+        # are shown.
+        (g, o), ratio, each = median_round(
+            pairs, lambda p: p[0]["achieved_fps"] / p[1]["best"]["images_per_s"])
         conc = g["run"].get("sessions", "?")
         how = (f"median of {len(pairs)} alternated rounds: {each}" if len(pairs) > 1
                else "one alternated round")
@@ -340,10 +346,7 @@ def main():
                          None))
             continue
         # The median round by its ratio; every round's ratio is shown.
-        ordered = sorted(pairs, key=lambda p: p[0]["achieved_fps"] / p[1]["achieved_fps"])
-        g, e = ordered[(len(ordered) - 1) // 2]  # the lower middle when even
-        ratio = g["achieved_fps"] / e["achieved_fps"]
-        each = ", ".join(f"{a['achieved_fps'] / b['achieved_fps']:.2f}" for a, b in pairs)
+        (g, e), ratio, each = median_round(pairs, lambda p: p[0]["achieved_fps"] / p[1]["achieved_fps"])
         label = (f"gateway only over {name} vs bare {peer} echo" +
                  (f" (median of {len(pairs)} alternated rounds: {each})" if len(pairs) > 1 else ""))
         rows.append((label, f"{g['achieved_fps']:.0f} fps", f"{e['achieved_fps']:.0f} fps", ratio, "≥ 0.8",

@@ -93,6 +93,10 @@ mod tests {
         solo_backlog: 1,
     };
     const SOLO: BatchPolicy = BatchPolicy { solo: true, ..P };
+    const SOLO_B3: BatchPolicy = BatchPolicy {
+        solo_backlog: 3,
+        ..SOLO
+    };
 
     #[test]
     fn idle_backend_gets_frames_at_once() {
@@ -123,10 +127,7 @@ mod tests {
     #[test]
     fn a_short_backlog_runs_solo_one_frame_at_a_time() {
         let now = Instant::now();
-        let b3 = BatchPolicy {
-            solo_backlog: 3,
-            ..SOLO
-        };
+        let b3 = SOLO_B3;
         assert_eq!(b3.decide(now, 2, Some(now), 2, 2), Decision::Solo);
         assert_eq!(b3.decide(now, 3, Some(now), 2, 2), Decision::Solo);
         // A longer backlog goes to the workers side by side.
@@ -175,11 +176,7 @@ mod tests {
         // dispatch is within bounds, and with an idle worker a wait ends by
         // the oldest frame's deadline.
         let t0 = Instant::now();
-        let b3 = BatchPolicy {
-            solo_backlog: 3,
-            ..SOLO
-        };
-        for policy in [P, SOLO, b3] {
+        for policy in [P, SOLO, SOLO_B3] {
             for waiting in 0..20 {
                 for workers in 1..4 {
                     for idle in 0..=workers {

@@ -22,9 +22,10 @@
 //! holds one *solo* session with every inference thread
 //! (`pipeline.solo_threads`): a lone frame that finds every worker idle runs
 //! on it (or, with up to `pipeline.solo_backlog` frames waiting, each in
-//! turn, in fair order), and holds all workers until it is done. Light load gets the
-//! latency of all cores on one frame; under load frames run side by side on
-//! the workers' own one-thread sessions, which is the better throughput.
+//! turn, in fair order), and holds all workers until it is done. Light load
+//! gets the latency of all cores on one frame; under load frames run side
+//! by side on the workers' own one-thread sessions, which is the better
+//! throughput.
 
 pub mod batcher;
 pub mod cuda;

@@ -10,6 +10,7 @@ use framegate::billing::{api_key, preview, MeterReporter};
 use framegate::config::Config;
 use framegate::metering::{open_store, unix_now, Metering};
 use framegate::usage::http::bucketize;
+use framegate::usage::UsageStore;
 
 #[derive(clap::Args)]
 pub struct BillingArgs {
@@ -69,7 +70,10 @@ fn config(path: Option<&PathBuf>) -> Result<Config> {
     })
 }
 
-fn reporter(config: &Config, holder: String) -> Result<MeterReporter> {
+/// The billing reporter on `store` (in `serve`, the store the gateway's
+/// metering already holds: the embedded store's file can be open once per
+/// process).
+fn reporter(config: &Config, store: UsageStore, holder: String) -> Result<MeterReporter> {
     let key = api_key(&config.billing)?;
     let sender = StripeSender::new(
         &config.billing.api_base,
@@ -78,7 +82,7 @@ fn reporter(config: &Config, holder: String) -> Result<MeterReporter> {
         &holder,
     )?;
     Ok(MeterReporter::new(
-        open_store(config)?,
+        store,
         sender,
         &config.billing,
         config.metering.window_secs,
@@ -101,11 +105,12 @@ pub type ReporterHandle = Option<(
 )>;
 
 /// Starts the reporter in `serve` when billing is enabled.
-pub async fn start_reporter(config: &Config, _metering: &Arc<Metering>) -> Result<ReporterHandle> {
+pub async fn start_reporter(config: &Config, metering: &Arc<Metering>) -> Result<ReporterHandle> {
     if !config.billing.enabled {
         return Ok(None);
     }
-    let r = Arc::new(reporter(config, holder_name(config)).context("billing")?);
+    let r =
+        Arc::new(reporter(config, metering.store.clone(), holder_name(config)).context("billing")?);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let interval = Duration::from_millis(config.billing.report_interval_ms);
     let handle = tokio::spawn(r.run(interval, rx));
@@ -133,7 +138,7 @@ pub async fn billing(args: BillingArgs) -> Result<()> {
             if !once {
                 bail!("only --once is supported; `framegate serve` runs the reporter continuously");
             }
-            let r = reporter(&config, holder_name(&config))?;
+            let r = reporter(&config, open_store(&config)?, holder_name(&config))?;
             let summary = r.run_once(unix_now()).await?;
             r.release().await;
             if !summary.leader {

@@ -242,6 +242,51 @@ async fn windows_too_old_for_stripe_are_reported_loudly_and_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_too_old_for_stripe_does_not_hold_up_the_newer_ones() {
+    // A tenant that used the gateway for weeks before its billing entry
+    // was added: its oldest window can never be sent, and every newer one
+    // must still be billed, on every pass.
+    let stripe = FakeStripe::start().await;
+    let (_dir, store) = embedded();
+    let now = unix_now();
+    let old = now - now % WINDOW - 40 * 86_400;
+    let recent = now - now % WINDOW - 2 * WINDOW;
+    let later = now - now % WINDOW - WINDOW;
+    apply(
+        &store,
+        "weeks",
+        vec![
+            delta("globex", old, 4),
+            delta("globex", recent, 5),
+            delta("globex", later, 6),
+            delta("acme", recent, 7),
+        ],
+    )
+    .await;
+    let r = reporter(&store, &stripe, "r1");
+    let summary = r.run_once(now).await.unwrap();
+    assert_eq!(
+        (summary.events, summary.frames, summary.deferred),
+        (3, 18, 1)
+    );
+    assert_eq!(
+        stripe.totals(),
+        HashMap::from([("cus_globex".to_string(), 11), ("cus_acme".to_string(), 7)])
+    );
+    // The old window stays pending (for `billing preview`), nothing twice.
+    let summary = r.run_once(now).await.unwrap_err();
+    assert!(
+        summary.to_string().contains("older than Stripe accepts"),
+        "{summary}"
+    );
+    assert_eq!(stripe.events().len(), 3);
+    let p = preview(&store, &billing_config(&stripe), WINDOW, "globex", now)
+        .await
+        .unwrap();
+    assert!(p.iter().any(|w| w.too_old && w.to_send == 4), "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_is_refused_and_nothing_is_marked_delivered() {
     let stripe = FakeStripe::start().await;
     let (_dir, store) = embedded();

@@ -183,6 +183,40 @@ async fn ws_and_http_usage_is_exact_in_the_store_and_at_stripe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_runs_on_the_embedded_store() {
+    // A single gateway on its embedded store with billing on: the reporter
+    // shares the store the gateway opened (the file can be open once).
+    let stripe = FakeStripe::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[metering]\nstore = \"embedded\"\nflush_interval_ms = 100\nwindow_secs = 1\n{}",
+            auth_keys_toml(),
+            billing_toml(&stripe.base_url())
+        ),
+    );
+    let gw = Gateway::start_with_env(
+        &["--config", cfg.to_str().unwrap()],
+        &[("STRIPE_API_KEY", SECRET)],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(
+            detect_as(&client, gw.addr, "acme", data("dog.jpg")).await,
+            200
+        );
+    }
+    let expected = HashMap::from([("cus_acme".to_string(), 3)]);
+    let done = eventually(Duration::from_secs(20), || async {
+        stripe.totals() == expected
+    })
+    .await;
+    assert!(done, "Stripe {:?}, expected {expected:?}", stripe.totals());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_keeps_usage_across_a_graceful_restart() {
     let data_dir = tempfile::tempdir().unwrap();
     let dir = data_dir.path().to_str().unwrap().to_string();

@@ -66,6 +66,21 @@ pub enum ReportError {
     NoKey(String),
 }
 
+impl ReportError {
+    /// Whether the next windows would fail the same way: the store or
+    /// Stripe is unavailable, or Stripe refuses the key itself (401/403).
+    /// A window too old for Stripe, or one Stripe refused for its own sake,
+    /// does not stop the windows after it.
+    fn stops_the_pass(&self) -> bool {
+        match self {
+            ReportError::Send(SendError::Refused { status, .. }) => {
+                matches!(status, 401 | 403)
+            }
+            _ => true,
+        }
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassSummary {
@@ -198,11 +213,17 @@ impl MeterReporter {
                         if oldest == 0 || w < oldest {
                             oldest = w;
                         }
+                        let stop = e.stops_the_pass();
                         if first_error.is_none() {
                             first_error = Some(e);
                         }
-                        // Stripe is down: the next windows would fail too.
-                        break;
+                        if stop {
+                            // Stripe is down or the key is refused: the
+                            // next windows would fail too.
+                            break;
+                        }
+                        // This window alone (too old, or refused for its
+                        // own sake) stays pending; the newer ones go on.
                     }
                 }
             }

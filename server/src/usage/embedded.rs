@@ -50,8 +50,15 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| {
+            let hint = if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
+                " (a running gateway holds it: stop it first, or share usage through \
+                 `metering.store = \"redis\"`)"
+            } else {
+                ""
+            };
+            StoreError::Failed(format!("cannot open {}: {e}{hint}", path.display()))
+        })?;
         let txn = db.begin_write().map_err(err)?;
         {
             txn.open_table(USAGE).map_err(err)?;

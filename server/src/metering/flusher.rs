@@ -61,6 +61,9 @@ pub struct Flusher {
     open: Option<FlushBatch>,
     sealed: VecDeque<FlushBatch>,
     applied_since_refresh: BTreeMap<String, u64>,
+    /// An append to the write-ahead file failed: what is pending is
+    /// rewritten to it whole until that succeeds.
+    wal_behind: bool,
     timeout: Duration,
     stats: Arc<FlushStats>,
 }
@@ -83,7 +86,11 @@ impl Flusher {
         timeout: Duration,
         stats: Arc<FlushStats>,
     ) -> Self {
-        let mut nonce = [0u8; 4];
+        // Flush ids must never repeat within the store's memory of applied
+        // ids (a repeat is dropped as a replay), across every gateway and
+        // restart: the default gateway id is `gw{pid}`, the same in every
+        // container, so uniqueness rests on this nonce: 128 random bits.
+        let mut nonce = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce);
         if !replayed.is_empty() {
             let frames: u64 = replayed
@@ -108,6 +115,7 @@ impl Flusher {
             open: None,
             sealed: replayed.into(),
             applied_since_refresh: BTreeMap::new(),
+            wal_behind: false,
             timeout,
             stats,
         }
@@ -121,6 +129,15 @@ impl Flusher {
             .flat_map(|b| &b.deltas)
             .map(|d| d.frames)
             .sum()
+    }
+
+    /// What waits for the store, oldest first.
+    fn pending_batches(&self) -> Vec<FlushBatch> {
+        self.sealed
+            .iter()
+            .chain(self.open.iter())
+            .cloned()
+            .collect()
     }
 
     /// Whether anything waits for the store.
@@ -148,8 +165,21 @@ impl Flusher {
             // still reaches the store; only crash safety is lost (logged).
             let id = open.id.clone();
             merge_deltas(&mut open.deltas, deltas.iter().cloned());
-            if let Err(e) = self.wal.append(&id, &deltas) {
-                wal_error.get_or_insert(e);
+            if !self.wal_behind {
+                if let Err(e) = self.wal.append(&id, &deltas) {
+                    self.wal_behind = true;
+                    wal_error.get_or_insert(e);
+                }
+            }
+        }
+        if self.wal_behind {
+            // These deltas (and any earlier append that failed) are only in
+            // memory: write everything pending again, so a crash loses none.
+            match self.wal.rewrite(&self.pending_batches()) {
+                Ok(()) => self.wal_behind = false,
+                Err(e) => {
+                    wal_error.get_or_insert(e);
+                }
             }
         }
         loop {
@@ -190,9 +220,12 @@ impl Flusher {
             }
         }
         if self.is_idle() {
-            if self.wal.bytes() > 0 {
-                if let Err(e) = self.wal.rewrite(&[]) {
-                    wal_error.get_or_insert(e);
+            if self.wal.bytes() > 0 || self.wal_behind {
+                match self.wal.rewrite(&[]) {
+                    Ok(()) => self.wal_behind = false,
+                    Err(e) => {
+                        wal_error.get_or_insert(e);
+                    }
                 }
             }
             let ms = std::time::SystemTime::now()
@@ -200,13 +233,7 @@ impl Flusher {
                 .map_or(0, |d| d.as_millis() as u64);
             self.stats.last_caught_up_ms.store(ms, Ordering::Relaxed);
         } else if self.wal.bytes() > self.wal_max_bytes {
-            let pending: Vec<FlushBatch> = self
-                .sealed
-                .iter()
-                .chain(self.open.iter())
-                .cloned()
-                .collect();
-            if let Err(e) = self.wal.rewrite(&pending) {
+            if let Err(e) = self.wal.rewrite(&self.pending_batches()) {
                 wal_error.get_or_insert(e);
             }
         }
@@ -262,5 +289,50 @@ impl Flusher {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.pending_frames() + self.acc.undrained_frames()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::redis::RedisStore;
+
+    #[tokio::test]
+    async fn usage_whose_append_failed_is_written_ahead_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.wal");
+        let (mut wal, replayed) = Wal::open(&path).unwrap();
+        wal.fail_writes_for_test();
+        let acc = Arc::new(UsageAccumulator::new(60));
+        // Nothing listens on port 9: the store stays unavailable, so the
+        // usage waits in memory and in the write-ahead file.
+        let store = UsageStore::Redis(
+            RedisStore::connect("redis://127.0.0.1:9/", Duration::from_millis(200)).unwrap(),
+        );
+        let mut flusher = Flusher::new(
+            acc.clone(),
+            store,
+            Arc::new(Budgets::new(&Default::default())),
+            wal,
+            replayed,
+            "gw-test",
+            1 << 20,
+            Duration::from_millis(300),
+            Arc::new(FlushStats::default()),
+        );
+        acc.handle("acme", "k1", "m").record(100);
+        acc.handle("acme", "k1", "m").record(100);
+        // The append fails; the rewrite of what is pending (a new file)
+        // puts the two frames in the file all the same.
+        flusher.tick(1_000).await.unwrap_err();
+        assert_eq!(flusher.pending_frames(), 2);
+        drop(flusher); // a crash: nothing reached the store
+        let (_wal, replayed) = Wal::open(&path).unwrap();
+        let frames: u64 = replayed
+            .iter()
+            .flat_map(|b| &b.deltas)
+            .map(|d| d.frames)
+            .sum();
+        assert_eq!(frames, 2, "{replayed:?}");
     }
 }

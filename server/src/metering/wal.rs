@@ -6,12 +6,15 @@
 //! line:
 //!
 //! ```text
-//! {"batch":"gw1-8f2c-17","deltas":[{"tenant":"acme",…,"frames":12,"pixels":…}]}
-//! {"ack":"gw1-8f2c-17"}
+//! {"batch":"gw1-8f2c…-17","deltas":[{"tenant":"acme",…,"frames":12,"pixels":…}]}
+//! {"ack":"gw1-8f2c…-17"}
 //! ```
 //!
 //! A line cut short by a crash is ignored (its deltas were never
-//! acknowledged to anyone, and the kill bound covers them). The file is
+//! acknowledged to anyone, and the kill bound covers them), and so is one a
+//! failed write left behind: the next line starts on a line of its own, and
+//! the flusher rewrites what is pending after a failed append, so the lines
+//! after a fragment still count. The file is
 //! truncated whenever nothing is pending and rewritten compactly when it
 //! grows past its size limit during a long store outage, so it stays bounded
 //! by the number of distinct (series, window) pairs waiting.
@@ -67,6 +70,8 @@ pub struct Wal {
     path: PathBuf,
     file: File,
     bytes: u64,
+    /// A write failed, maybe part-way: the file may end in a fragment.
+    torn: bool,
 }
 
 impl Wal {
@@ -91,9 +96,13 @@ impl Wal {
         }
         let mut order: Vec<String> = Vec::new();
         let mut batches: std::collections::HashMap<String, Vec<UsageDelta>> = Default::default();
-        for line in BufReader::new(&file).lines() {
-            let Ok(line) = line else { break };
-            match serde_json::from_str::<Line>(&line) {
+        let mut skipped = 0usize;
+        for line in BufReader::new(&file).split(b'\n') {
+            let line = line.map_err(io)?;
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Line>(&line) {
                 Ok(Line::Deltas { batch, deltas }) => {
                     if !batches.contains_key(&batch) {
                         order.push(batch.clone());
@@ -103,9 +112,18 @@ impl Wal {
                 Ok(Line::Ack { ack }) => {
                     batches.remove(&ack);
                 }
-                // A torn last line from a crash: nothing after it was written.
-                Err(_) => break,
+                // A line cut short, by a crash or by a write that failed
+                // part-way (the lines after it start on a line of their
+                // own, see `write_line`): skipped, the rest still counts.
+                Err(_) => skipped += 1,
             }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                lines = skipped,
+                "write-ahead file: skipped lines cut short by a crash or a failed write"
+            );
         }
         let pending: Vec<FlushBatch> = order
             .into_iter()
@@ -116,6 +134,7 @@ impl Wal {
             path: path.to_path_buf(),
             file,
             bytes,
+            torn: false,
         };
         // Start from a compact file holding exactly what is pending.
         wal.rewrite(&pending)?;
@@ -130,9 +149,19 @@ impl Wal {
     }
 
     fn write_line(&mut self, line: &Line) -> Result<(), WalError> {
-        let mut text = serde_json::to_vec(line).expect("serialisable");
+        let mut text = Vec::with_capacity(256);
+        if self.torn {
+            // End the fragment a failed write may have left, so this line
+            // is read on its own.
+            text.push(b'\n');
+        }
+        serde_json::to_writer(&mut text, line).expect("serialisable");
         text.push(b'\n');
-        self.file.write_all(&text).map_err(|e| self.io(e))?;
+        if let Err(e) = self.file.write_all(&text) {
+            self.torn = true;
+            return Err(self.io(e));
+        }
+        self.torn = false;
         self.bytes += text.len() as u64;
         Ok(())
     }
@@ -154,6 +183,13 @@ impl Wal {
         })
     }
 
+    /// Makes the next writes fail (the file handle becomes read-only), as
+    /// a full or failing disk would.
+    #[cfg(test)]
+    pub(super) fn fail_writes_for_test(&mut self) {
+        self.file = File::open(&self.path).unwrap();
+    }
+
     /// Bytes in the file now.
     pub fn bytes(&self) -> u64 {
         self.bytes
@@ -166,6 +202,7 @@ impl Wal {
             self.file.set_len(0).map_err(|e| self.io(e))?;
             self.file.sync_data().map_err(|e| self.io(e))?;
             self.bytes = 0;
+            self.torn = false;
             return Ok(());
         }
         let tmp = self.path.with_extension("wal.tmp");
@@ -200,6 +237,7 @@ impl Wal {
         }
         self.file = file;
         self.bytes = text.len() as u64;
+        self.torn = false;
         Ok(())
     }
 }
@@ -231,17 +269,22 @@ mod tests {
             wal.append("b", &[d(5)]).unwrap();
             wal.ack("a").unwrap();
             wal.append("c", &[d(7)]).unwrap();
+            // A write that failed part-way, then the process went on.
+            wal.file.write_all(br#"{"batch":"x","del"#).unwrap();
+            wal.torn = true;
+            wal.append("e", &[d(3)]).unwrap();
             // A crash in the middle of a line.
             wal.file.write_all(br#"{"batch":"d","del"#).unwrap();
         }
         let (mut wal, pending) = Wal::open(&path).unwrap();
         let ids: Vec<_> = pending.iter().map(|b| b.id.as_str()).collect();
-        assert_eq!(ids, ["b", "c"]);
+        assert_eq!(ids, ["b", "c", "e"]);
         assert_eq!(pending[0].deltas[0].frames, 5);
         // A second process cannot open the same file.
         assert!(matches!(Wal::open(&path), Err(WalError::Locked(_))));
         wal.ack("b").unwrap();
         wal.ack("c").unwrap();
+        wal.ack("e").unwrap();
         drop(wal);
         let (_wal, pending) = Wal::open(&path).unwrap();
         assert!(pending.is_empty());

@@ -985,6 +985,15 @@ impl Config {
                     "billing.customers[{i}] needs tenant, customer and meter_event_name"
                 ));
             }
+            // A window's usage is reported once and then leaves the
+            // tenant's unbilled windows: a second entry would never bill.
+            if let Some(j) = b.customers[..i].iter().position(|o| o.tenant == c.tenant) {
+                problems.push(format!(
+                    "billing.customers[{i}] repeats tenant {:?} of billing.customers[{j}]: \
+                     a tenant is billed to one customer and meter",
+                    c.tenant
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -1087,6 +1096,35 @@ mod tests {
         let config: Config = toml::from_str("[pipeline]\nio_threads = 0\n").unwrap();
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("io_threads"), "{err}");
+    }
+
+    #[test]
+    fn a_tenant_billed_twice_is_refused() {
+        let text = r#"
+            [billing]
+            enabled = true
+            [[billing.customers]]
+            tenant = "acme"
+            customer = "cus_1"
+            [[billing.customers]]
+            tenant = "globex"
+            customer = "cus_2"
+            [[billing.customers]]
+            tenant = "acme"
+            customer = "cus_3"
+            meter_event_name = "other"
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(
+            err.problems[0].contains("billing.customers[2]")
+                && err.problems[0].contains("billing.customers[0]"),
+            "{err}"
+        );
+        let mut config = config;
+        config.billing.customers.pop();
+        config.validate().unwrap();
     }
 
     #[test]

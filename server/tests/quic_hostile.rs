@@ -1,6 +1,7 @@
 //! Hostile QUIC input — garbage UDP, garbage datagrams, a stream that never
-//! finishes a message, an oversized length prefix, a flood of connections —
-//! is refused cleanly, and a session running alongside never notices.
+//! finishes a message, an oversized length prefix, a flood of connections,
+//! a client that grants no flow-control credit — is refused cleanly, and a
+//! session running alongside never notices.
 
 mod support;
 
@@ -138,4 +139,46 @@ async fn hostile_quic_input_is_refused_and_other_sessions_are_unaffected() {
         Some(ServerMessage::Welcome(_))
     ));
     still_served(&mut bystander, &jpeg).await;
+}
+
+#[tokio::test]
+async fn a_client_that_takes_no_answer_cannot_hold_a_connection_slot() {
+    // One connection slot. A client that grants the gateway no stream
+    // credit (so the refusal it provokes can never be written) and keeps
+    // its connection alive must not keep that slot for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("framegate.toml");
+    std::fs::write(&cfg, "[quic]\nmax_connections = 1\n").unwrap();
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let mut stingy = quinn::TransportConfig::default();
+    stingy
+        .stream_receive_window(0u32.into())
+        .receive_window(0u32.into())
+        .keep_alive_interval(Some(Duration::from_millis(300)));
+    let hostile_ep = quic::endpoint_with(&gw, stingy);
+    let hostile = quic::connect(&hostile_ep, &gw).await.unwrap();
+    let (mut tx, _rx) = hostile.open_bi().await.unwrap();
+    tx.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // refused: 1009
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A well-behaved client gets the slot once the refusal's bounded write
+    // gives up (2 s) and the hostile connection is closed.
+    let ep = quic::endpoint(&gw);
+    let started = std::time::Instant::now();
+    let conn = loop {
+        match quic::connect(&ep, &gw).await {
+            Ok(c) => break c,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the slot is still held after 10 s: {e}"),
+        }
+    };
+    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+    quic::send(&mut tx, &ClientMessage::Hello(Hello::new(KEY))).await;
+    assert!(matches!(
+        quic::recv(&mut rx).await,
+        Some(ServerMessage::Welcome(_))
+    ));
+    assert_eq!(quic::close_code(&hostile).await, Some(1009));
 }

@@ -15,8 +15,27 @@ pub mod wsframe;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::gateway::Gateway;
+
+/// How long a stream connection whose client said Bye (or broke the
+/// protocol) waits for its writer to send the answers still owed and the
+/// close. Frames in flight are answered well within it; a client that
+/// stopped reading (a zero receive window) would otherwise keep the
+/// connection, its session and its slot for ever.
+pub(crate) const WRITER_DRAIN_MAX: Duration = Duration::from_secs(30);
+
+/// Waits for `writer` at most [`WRITER_DRAIN_MAX`], then aborts it.
+pub(crate) async fn drain_writer(writer: &mut tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(WRITER_DRAIN_MAX, &mut *writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!("the client did not take its last answers in time; connection dropped");
+        writer.abort();
+    }
+}
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` resolves, then
 /// stops accepting and lets open requests finish.

@@ -409,7 +409,7 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
         _ = &mut writer => return,
     };
     if clean {
-        let _ = writer.await;
+        super::drain_writer(&mut writer).await;
     } else {
         writer.abort();
     }
@@ -511,12 +511,18 @@ async fn write_outbound<S: QuinnSend>(
                 return;
             }
         };
-        let _ = send
-            .quinn()
-            .write_all(&framing::encode(&last.encode()))
-            .await;
-        let _ = send.quinn().finish();
-        let _ = tokio::time::timeout(LINGER, send.quinn().stopped()).await;
+        // Bounded as a whole: a client that grants no flow-control credit
+        // (and keeps the connection alive) would otherwise hold the write,
+        // and with it the connection's slot, for ever.
+        let _ = tokio::time::timeout(LINGER, async {
+            let _ = send
+                .quinn()
+                .write_all(&framing::encode(&last.encode()))
+                .await;
+            let _ = send.quinn().finish();
+            let _ = send.quinn().stopped().await;
+        })
+        .await;
         if let Some(e) = error {
             close_connection(&conn, &e);
         }

@@ -329,7 +329,7 @@ async fn run_session(
         Err(e) => {
             let _ = out_tx.send(Outbound::Close(e)).await;
             drop(out_tx);
-            let _ = writer.await;
+            super::drain_writer(&mut writer).await;
             return;
         }
     };
@@ -342,13 +342,13 @@ async fn run_session(
     };
     match ended {
         ReadEnd::Bye => {
-            let _ = writer.await;
+            super::drain_writer(&mut writer).await;
         }
         ReadEnd::Violation => {
             // The session answers what it admitted, then the Error and the
             // close; meanwhile the client may still be sending (the rest of
             // an oversized message).
-            let _ = writer.await;
+            super::drain_writer(&mut writer).await;
             stream
                 .linger(LINGER_MAX_BYTES, Duration::from_secs(LINGER_MAX_SECS))
                 .await;

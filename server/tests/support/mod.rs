@@ -608,6 +608,15 @@ pub mod quic {
 
     /// A client endpoint that trusts exactly the gateway's certificate.
     pub fn endpoint(gw: &super::Gateway) -> quinn::Endpoint {
+        endpoint_with(gw, quinn::TransportConfig::default())
+    }
+
+    /// A client endpoint with its own transport settings (flow control,
+    /// keep-alive).
+    pub fn endpoint_with(
+        gw: &super::Gateway,
+        transport: quinn::TransportConfig,
+    ) -> quinn::Endpoint {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -618,7 +627,9 @@ pub mod quic {
         tls.alpn_protocols = vec![b"framegate/1".to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
+        ep.set_default_client_config(config);
         ep
     }
 

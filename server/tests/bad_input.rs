@@ -128,3 +128,74 @@ async fn body_over_the_limit_is_413() {
     .await;
     assert!(msg.contains("pixel budget"), "{msg}");
 }
+
+#[tokio::test]
+async fn the_body_limit_is_the_image_limit_and_a_broken_body_is_400() {
+    // max_body_bytes is exactly dog.jpg: the image itself may be that big,
+    // raw or inside a multipart body (whose part headers and boundaries
+    // come on top), and a declared Content-Length says so up front.
+    let dog = data("dog.jpg");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("framegate.toml");
+    std::fs::write(&cfg, format!("[http]\nmax_body_bytes = {}\n", dog.len())).unwrap();
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    assert_eq!(gw.detect(dog.clone(), "image/jpeg").await.status(), 200);
+    let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"dog.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();
+    body.extend_from_slice(&dog);
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/detect"))
+        .bearer_auth(KEY)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .header("content-length", body.len())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    // One byte more of image is too large, raw or multipart.
+    let mut bigger = dog.clone();
+    bigger.push(0);
+    expect_error(
+        gw.detect(bigger.clone(), "image/jpeg").await,
+        413,
+        "payload-too-large",
+    )
+    .await;
+    let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n".to_vec();
+    body.extend_from_slice(&bigger);
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/detect"))
+        .bearer_auth(KEY)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 413, "payload-too-large").await;
+
+    // Malformed chunked encoding: the body cannot be read. That is a bad
+    // request, not a body over the limit.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /v1/detect HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!answer.contains("payload-too-large"), "{answer}");
+    still_serves(&gw).await;
+}

@@ -187,19 +187,26 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
     let content_type = header_str(req.headers(), header::CONTENT_TYPE)
         .unwrap_or("")
         .to_ascii_lowercase();
-    if let Some(len) =
-        header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(GatewayError::PayloadTooLarge { size: len, limit });
-        }
-    }
     let mime = content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_string();
+    // A multipart body has room for the part headers and boundaries around
+    // an image of up to `limit` bytes.
+    let body_limit = if mime == "multipart/form-data" {
+        limit.saturating_add(MULTIPART_ROOM)
+    } else {
+        limit
+    };
+    if let Some(len) =
+        header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > body_limit {
+            return Err(GatewayError::PayloadTooLarge { size: len, limit });
+        }
+    }
     match mime.as_str() {
         "multipart/form-data" => {
             // The body is read whole (it is bounded by `limit`) and the
@@ -207,11 +214,7 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
             // parser state per chunk.
             let raw_type = header_str(req.headers(), header::CONTENT_TYPE).unwrap_or("");
             let boundary = multipart_boundary(raw_type)?.to_owned();
-            // Room for the part headers and boundaries around an image of
-            // up to `limit` bytes.
-            let body = axum::body::to_bytes(req.into_body(), limit.saturating_add(16 << 10))
-                .await
-                .map_err(|_| GatewayError::PayloadTooLarge { size: limit + 1, limit })?;
+            let body = read_body(req, body_limit, limit).await?;
             let image = multipart_field(&body, boundary.as_bytes(), "image")?.ok_or_else(|| {
                 GatewayError::BadRequest("multipart body has no field named \"image\"".into())
             })?;
@@ -221,14 +224,37 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
             Ok(image)
         }
         "" | "image/jpeg" | "image/jpg" | "image/png" | "application/octet-stream" => {
-            axum::body::to_bytes(req.into_body(), limit)
-                .await
-                .map_err(|_| GatewayError::PayloadTooLarge { size: limit + 1, limit })
+            read_body(req, limit, limit).await
         }
         other => Err(GatewayError::UnsupportedMedia(format!(
             "content type {other:?}; send image/jpeg, image/png or multipart/form-data with a field \"image\""
         ))),
     }
+}
+
+/// Room in a multipart body beyond the image: part headers, boundaries,
+/// small fields.
+const MULTIPART_ROOM: usize = 16 << 10;
+
+/// The whole body, at most `max` bytes (`limit` is the image limit the
+/// refusal names). A body over `max` is 413; one that cannot be read (cut
+/// off, malformed chunked encoding) is 400, not counted as too large.
+async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, GatewayError> {
+    axum::body::to_bytes(req.into_body(), max)
+        .await
+        .map_err(|e| {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if c.is::<http_body_util::LengthLimitError>() {
+                    return GatewayError::PayloadTooLarge {
+                        size: max.saturating_add(1),
+                        limit,
+                    };
+                }
+                cause = c.source();
+            }
+            GatewayError::BadRequest(format!("the request body could not be read: {e}"))
+        })
 }
 
 fn bad_multipart(why: &str) -> GatewayError {
@@ -253,7 +279,7 @@ fn multipart_boundary(content_type: &str) -> Result<&str, GatewayError> {
 
 /// The content of the field `name` of a `multipart/form-data` body
 /// (RFC 7578) with `boundary`, as a slice of `body` (no copy); `None` when
-/// no part has that name.
+/// no part has that name, an error when two parts have it.
 fn multipart_field(
     body: &Bytes,
     boundary: &[u8],
@@ -272,10 +298,11 @@ fn multipart_field(
             .ok_or_else(|| bad_multipart("no boundary in the body"))?
             + delim.len()
     };
+    let mut found = None;
     loop {
         let rest = &body[at..];
         if rest.starts_with(b"--") {
-            return Ok(None); // the closing delimiter
+            return Ok(found); // the closing delimiter
         }
         // Transport padding, CRLF, then the part's headers up to a blank line.
         let line_end =
@@ -297,29 +324,81 @@ fn multipart_field(
             + finder
                 .find(&body[content_at..])
                 .ok_or_else(|| bad_multipart("unterminated part"))?;
-        let headers = std::str::from_utf8(&body[headers_at..headers_end])
-            .map_err(|_| bad_multipart("part headers are not UTF-8"))?;
-        if part_name(headers) == Some(name) {
-            return Ok(Some(body.slice(content_at..end)));
+        // Headers are UTF-8 (RFC 7578); a stray byte in another part's
+        // filename does not spoil the request.
+        let headers = String::from_utf8_lossy(&body[headers_at..headers_end]);
+        if part_name(&headers).as_deref() == Some(name) {
+            if found.is_some() {
+                return Err(bad_multipart(&format!("field {name:?} given twice")));
+            }
+            found = Some(body.slice(content_at..end));
         }
         at = end + delim.len();
     }
 }
 
-/// The `name` parameter of a part's `Content-Disposition: form-data`.
-fn part_name(headers: &str) -> Option<&str> {
+/// The `name` parameter of a part's `Content-Disposition: form-data`
+/// (quoted strings may hold `;` and `\"`: `filename="a;name=b"` is not a
+/// name).
+fn part_name(headers: &str) -> Option<String> {
     headers.split("\r\n").find_map(|line| {
         let (key, value) = line.split_once(':')?;
         if !key.trim().eq_ignore_ascii_case("content-disposition") {
             return None;
         }
-        value.split(';').skip(1).find_map(|p| {
-            let (k, v) = p.trim().split_once('=')?;
-            k.trim()
-                .eq_ignore_ascii_case("name")
-                .then(|| v.trim().trim_matches('"'))
-        })
+        disposition_params(value)
+            .into_iter()
+            .find_map(|(k, v)| k.eq_ignore_ascii_case("name").then_some(v))
     })
+}
+
+/// The `key=value` parameters after the disposition type, values unquoted.
+fn disposition_params(value: &str) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    let mut chars = value.chars().peekable();
+    // Skip the disposition type.
+    for c in chars.by_ref() {
+        if c == ';' {
+            break;
+        }
+    }
+    loop {
+        let key: String = chars
+            .by_ref()
+            .take_while(|&c| c != '=')
+            .collect::<String>()
+            .trim()
+            .to_string();
+        if key.is_empty() {
+            return params;
+        }
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        let mut v = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => v.extend(chars.next()),
+                    c => v.push(c),
+                }
+            }
+            // Anything up to the next `;` after the closing quote.
+            for c in chars.by_ref() {
+                if c == ';' {
+                    break;
+                }
+            }
+        } else {
+            for c in chars.by_ref() {
+                if c == ';' {
+                    break;
+                }
+                v.push(c);
+            }
+            v = v.trim().to_string();
+        }
+        params.push((key, v));
+    }
 }
 
 async fn detect(
@@ -586,5 +665,43 @@ mod tests {
             "AbC"
         );
         assert!(multipart_boundary("multipart/form-data").is_err());
+        // The image twice: which one was meant is not ours to guess.
+        let b = body("b", &[("image", b"one"), ("image", b"two")]);
+        let e = multipart_field(&b, b"b", "image").unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn part_names_respect_quoting() {
+        let name = |h: &str| part_name(h);
+        assert_eq!(
+            name("Content-Disposition: form-data; name=\"image\"").as_deref(),
+            Some("image")
+        );
+        assert_eq!(
+            name("content-disposition: form-data;name=image;filename=a.jpg").as_deref(),
+            Some("image")
+        );
+        // A `;` and a `name=` inside a quoted filename are not parameters.
+        assert_eq!(
+            name("Content-Disposition: form-data; filename=\"x;name=image\"; name=\"other\"")
+                .as_deref(),
+            Some("other")
+        );
+        assert_eq!(
+            name("Content-Disposition: form-data; name=\"a\\\"b\"").as_deref(),
+            Some("a\"b")
+        );
+        assert_eq!(name("Content-Type: image/jpeg"), None);
+        assert_eq!(name("Content-Disposition: form-data; filename=f"), None);
+        // Non-UTF-8 bytes in another part's filename do not spoil the body.
+        let mut raw = b"--b\r\nContent-Disposition: form-data; name=other; filename=\"\xe9t\xe9\"\r\n\r\nx\r\n".to_vec();
+        raw.extend_from_slice(
+            b"--b\r\nContent-Disposition: form-data; name=image\r\n\r\nIMG\r\n--b--",
+        );
+        let got = multipart_field(&Bytes::from(raw), b"b", "image")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], b"IMG");
     }
 }

@@ -342,10 +342,7 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
     transport: &'static str,
     datagrams: Option<&quinn::Connection>,
 ) {
-    let limits = DecodeLimits {
-        max_message_bytes: gw.config.limits.max_message_bytes,
-        ..DecodeLimits::default()
-    };
+    let limits = DecodeLimits::with_max_message_bytes(gw.config.limits.max_message_bytes);
     let timeout = || GatewayError::Protocol("no Hello within the handshake timeout".into());
     let mut reader = StreamReader::new(recv, limits);
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);

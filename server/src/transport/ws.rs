@@ -162,10 +162,7 @@ async fn close_with(sink: &mut Sink, error: &GatewayError) {
 }
 
 fn decode_limits(gw: &Gateway) -> DecodeLimits {
-    DecodeLimits {
-        max_message_bytes: gw.config.limits.max_message_bytes,
-        ..DecodeLimits::default()
-    }
+    DecodeLimits::with_max_message_bytes(gw.config.limits.max_message_bytes)
 }
 
 /// Reads the next protocol message; `Ok(None)` when the client left. Pings

@@ -128,11 +128,19 @@ async fn protocol_violations_get_an_error_and_the_server_keeps_serving() {
     send(&mut ws, &hello("")).await;
     expect_close(&mut ws, ErrorCode::Unauthorized, 4001).await;
 
-    // A Frame before Hello.
+    // A Frame before Hello, small and large (over what a Hello may be:
+    // refused from its header, before the gateway buffers any of it).
+    let mut ws = ws_connect(&gw, None).await;
+    send(&mut ws, &jpeg_frame(1, &data("dog.jpg")[..1000])).await;
+    let msg = expect_close(&mut ws, ErrorCode::ProtocolViolation, 1002).await;
+    assert!(msg.contains("expected Hello first, got frame"), "{msg}");
     let mut ws = ws_connect(&gw, None).await;
     send(&mut ws, &jpeg_frame(1, &data("dog.jpg"))).await;
     let msg = expect_close(&mut ws, ErrorCode::ProtocolViolation, 1002).await;
-    assert!(msg.contains("Hello"), "{msg}");
+    assert!(
+        msg.contains("expected Hello first (at most 65536 bytes)"),
+        "{msg}"
+    );
 
     // Not FlatBuffers, before and after Hello.
     let mut ws = ws_connect(&gw, None).await;

@@ -42,6 +42,10 @@ const CONTROL_BACKLOG: usize = 4;
 /// How long the writer gets to answer a client's close frame.
 const CLOSE_ANSWER_SECS: u64 = 2;
 
+/// Largest first message (Hello: a key or a token, a model name, a resume
+/// token) read before the client is authenticated.
+const HELLO_MAX_BYTES: usize = 64 << 10;
+
 /// A control frame the reader owes the client; the writer sends it.
 #[derive(Debug)]
 enum Control {
@@ -144,8 +148,10 @@ type Stream = WsReader<ReadHalf<Io>>;
 
 async fn run_connection(gw: Arc<Gateway>, upgraded: Upgraded, principal: Option<Principal>) {
     let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
-    let limit = gw.config.limits.max_message_bytes + WS_SLACK_BYTES;
-    run_session(gw, WsWriter::new(wr), WsReader::new(rd, limit), principal).await;
+    // Hello first, with a limit of its own: an unauthenticated client
+    // cannot make the gateway hold a buffer for a large message.
+    let reader = WsReader::new(rd, HELLO_MAX_BYTES);
+    run_session(gw, WsWriter::new(wr), reader, principal).await;
 }
 
 /// Answers the client's close frame and ends the connection's write side.
@@ -217,6 +223,7 @@ async fn run_session(
     header_principal: Option<Principal>,
 ) {
     let limits = decode_limits(&gw);
+    let hello_limits = DecodeLimits::with_max_message_bytes(HELLO_MAX_BYTES);
     let handshake = Duration::from_secs(gw.config.http.handshake_timeout_secs);
     let mut early = std::collections::VecDeque::new();
     let hello = match tokio::time::timeout(
@@ -224,7 +231,7 @@ async fn run_session(
         // Pongs owed before Hello: the latest few (RFC 6455 allows
         // answering only the latest ping), so a ping flood during the
         // handshake is not buffered. A close frame ends the reading.
-        next_message(&mut stream, &limits, &mut |c| {
+        next_message(&mut stream, &hello_limits, &mut |c| {
             if early.len() >= CONTROL_BACKLOG {
                 early.pop_front();
             }
@@ -250,7 +257,18 @@ async fn run_session(
             return;
         }
         Ok(Err(e)) => {
+            let e = match e {
+                GatewayError::PayloadTooLarge { size, .. } => GatewayError::Protocol(format!(
+                    "expected Hello first (at most {HELLO_MAX_BYTES} bytes), got a message of {size} bytes"
+                )),
+                e => e,
+            };
             close_with(&mut sink, &e).await;
+            // The rest of a message that was too large may still be on its
+            // way: read it, so the close is not a reset that loses the Error.
+            stream
+                .linger(LINGER_MAX_BYTES, Duration::from_secs(LINGER_MAX_SECS))
+                .await;
             return;
         }
         Ok(Ok(Some(ClientMessage::Hello(h)))) => h,
@@ -308,6 +326,8 @@ async fn run_session(
             sink.queue_pong(&p);
         }
     }
+    // Authenticated: messages up to the configured limit from here on.
+    stream.set_max_message(gw.config.limits.max_message_bytes + WS_SLACK_BYTES);
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     // The client's close frame (its status code), for the writer to answer.
     let (close_tx, close_rx) = mpsc::channel::<Option<u16>>(1);

@@ -229,6 +229,12 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         }
     }
 
+    /// Changes the message limit (the gateway reads Hello with a small one,
+    /// then raises it for the session).
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = max_message as u64;
+    }
+
     /// The next message; `Ok(None)` when the client closed the connection
     /// (a connection that ends inside a frame is an `Io` error).
     pub async fn next(&mut self) -> Result<Option<WsMessage>, WsError> {

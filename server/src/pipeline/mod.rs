@@ -131,6 +131,10 @@ struct Shared {
     solo_frames: std::sync::atomic::AtomicU64,
     /// Service time per frame, recorded as batches complete.
     service: ServiceTime,
+    /// `shutdown` has joined the workers: a frame that reaches the queue
+    /// now (its producer passed the closed check just before the close)
+    /// has nobody to take it, and is answered by whoever sees it.
+    stopped: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -386,18 +390,7 @@ impl ModelPipeline {
         };
         match self.queue.push(item) {
             Ok(()) => {
-                // Wake a parked worker only when one is free: with every
-                // worker busy it could not take the frame, and the worker
-                // that frees up drains the queue before it parks. The fence
-                // pairs with the workers' SeqCst `fetch_add` on
-                // `idle_workers` (store-load ordering): either this load sees
-                // the freed worker, or that worker looks at the queue after
-                // the push and finds the frame. Among free workers, the
-                // parked-list protocol in [`idle`] loses no wake-up.
-                std::sync::atomic::fence(Ordering::SeqCst);
-                if self.shared.idle_workers.load(Ordering::SeqCst) > 0 {
-                    self.shared.sleepers.wake_one_after_publish();
-                }
+                self.after_push();
                 Ok(rx)
             }
             Err(item) => {
@@ -462,6 +455,40 @@ impl ModelPipeline {
         let threads = std::mem::take(&mut *self.threads.lock().expect("lock"));
         for t in threads {
             let _ = t.join();
+        }
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        self.answer_leftovers();
+    }
+
+    /// After a frame was pushed into the ingress queue.
+    fn after_push(&self) {
+        // Wake a parked worker only when one is free: with every worker
+        // busy it could not take the frame, and the worker that frees up
+        // drains the queue before it parks. The fence pairs with the
+        // workers' SeqCst `fetch_add` on `idle_workers` (store-load
+        // ordering): either this load sees the freed worker, or that worker
+        // looks at the queue after the push and finds the frame. Among free
+        // workers, the parked-list protocol in [`idle`] loses no wake-up.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.shared.idle_workers.load(Ordering::SeqCst) > 0 {
+            self.shared.sleepers.wake_one_after_publish();
+        }
+        // The same fence orders the push before this load against
+        // `shutdown`'s store and drain: either the drain finds the frame or
+        // this sees the workers gone and answers it.
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            self.answer_leftovers();
+        }
+    }
+
+    /// Answers what is still in the ingress queue once the workers are
+    /// gone: "shutting down" (each item is popped once, so answered once).
+    fn answer_leftovers(&self) {
+        while let Some(item) = self.queue.pop() {
+            self.admission.release(&item.tenant);
+            let _ = item.reply.send(Err(GatewayError::NotReady(
+                "the gateway is shutting down".into(),
+            )));
         }
     }
 }
@@ -1052,5 +1079,66 @@ mod tests {
         }
         assert_eq!(pipeline.frames_inferred(), 6);
         pipeline.shutdown();
+    }
+
+    #[test]
+    fn a_frame_pushed_as_the_pipeline_shuts_down_is_answered() {
+        // The race: a producer passes the "closed" check, the pipeline
+        // closes its queue and its workers stop, then the push lands. The
+        // queue's own check is bypassed here to land it at each point.
+        let config = PipelineConfig {
+            workers: Some(1),
+            max_batch: 4,
+            ..PipelineConfig::default()
+        };
+        let factory: BackendFactory = Arc::new(|_| Ok(Box::new(Panicky) as Box<dyn Backend>));
+        let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, factory);
+        assert_eq!(
+            pipeline.wait_ready(Duration::from_secs(30)),
+            Readiness::Ready
+        );
+        let tenant = pipeline.tenant("t", 1);
+        let limits = FrameLimits {
+            max_pixels: 40_000_000,
+            max_side: 16_384,
+        };
+        let dog = bytes::Bytes::from_static(include_bytes!("../../tests/data/dog.jpg"));
+        let item = || {
+            let (tx, rx) = oneshot::channel();
+            let item = WorkItem {
+                frame: decode::probe(None, 0, 0, dog.clone(), &limits).unwrap(),
+                tenant: tenant.clone(),
+                received_at: Instant::now(),
+                enqueued_at: Instant::now(),
+                reply: tx,
+                deadline: None,
+            };
+            (item, rx)
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let answer = |rx: oneshot::Receiver<FrameOutcome>| {
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), rx).await })
+        };
+        // Landed after the close, while the worker may still run: the
+        // worker or the shutdown's drain answers it.
+        pipeline.queue.close();
+        let (a, rx_a) = item();
+        assert!(pipeline.queue.push_ignoring_close(a));
+        pipeline.after_push();
+        pipeline.shutdown();
+        assert!(matches!(answer(rx_a), Ok(Ok(_))), "never answered");
+        // Landed after the workers stopped and the drain ran: the producer
+        // sees it and answers "shutting down".
+        let (b, rx_b) = item();
+        assert!(pipeline.queue.push_ignoring_close(b));
+        pipeline.after_push();
+        match answer(rx_b) {
+            Ok(Ok(Err(GatewayError::NotReady(m)))) => assert!(m.contains("shutting down"), "{m}"),
+            other => panic!("expected 'shutting down', got {other:?}"),
+        }
+        assert!(pipeline.queue.is_empty());
     }
 }

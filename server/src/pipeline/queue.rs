@@ -39,6 +39,13 @@ impl<T> IngressQueue<T> {
         self.items.push(item)
     }
 
+    /// Adds an item even when closed (tests land a push that raced the
+    /// close); `false` when full.
+    #[cfg(test)]
+    pub(crate) fn push_ignoring_close(&self, item: T) -> bool {
+        self.items.push(item).is_ok()
+    }
+
     /// Takes the oldest item.
     pub fn pop(&self) -> Option<T> {
         self.items.pop()

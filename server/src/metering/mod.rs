@@ -2,8 +2,9 @@
 //! store.
 //!
 //! * [`accumulator`] — the lock-free in-process counters the transports
-//!   record into once an answer is known delivered (WS: the socket send
-//!   succeeded; HTTP: the 200 answer is handed to the connection).
+//!   record into once an answer is delivered (streams: the Detections is
+//!   first handed to the session's connection; HTTP: the 200 answer is
+//!   handed to the connection).
 //! * [`budget`] — tenant caps, reserved at admission.
 //! * [`wal`] — the write-ahead file that carries usage across crashes and
 //!   store outages.

@@ -547,9 +547,19 @@ impl SessionTask {
             )));
             return;
         }
+        // The Welcome's slot first: a new connection already gone is
+        // refused before anything changes (the attached one, if any, goes
+        // on as it was; attaching resets what is to be re-sent).
+        let Ok(slot) = a.out.reserve().await else {
+            let _ = a
+                .reply
+                .send(Err(GatewayError::ResumeRefused("connection closed".into())));
+            return;
+        };
         let attached = match self.core.attach(a.last_received) {
             Ok(x) => x,
             Err(r) => {
+                drop(slot);
                 let _ = a
                     .reply
                     .send(Err(GatewayError::ResumeRefused(r.to_string())));
@@ -573,14 +583,7 @@ impl SessionTask {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             received_seq: attached.received_seq,
         });
-        if a.out.send(Outbound::Message(welcome)).await.is_err() {
-            let now = self.now_us();
-            self.core.detach(now);
-            let _ = a
-                .reply
-                .send(Err(GatewayError::ResumeRefused("connection closed".into())));
-            return;
-        }
+        slot.send(Outbound::Message(welcome));
         if attached.resent > 0 {
             tracing::debug!(resent = attached.resent, "resumed");
         }
@@ -891,5 +894,73 @@ fn transport_label(transport: &str) -> Transport {
         "quic" => Transport::Quic,
         "webtransport" => Transport::WebTransport,
         _ => Transport::Ws,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::backend::synthetic::SyntheticConfig;
+    use crate::config::Config;
+    use crate::gateway::synthetic_factory;
+    use crate::pipeline::Readiness;
+    use framegate_protocol::{Codec, Frame};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resume_on_a_connection_already_gone_leaves_the_attached_one_alone() {
+        let config = Config::default();
+        let (auth, _) = Authenticator::from_config(&config, None, Some("k1".into()));
+        let gw =
+            Gateway::start(config, auth, synthetic_factory(SyntheticConfig::default())).unwrap();
+        while gw.readiness() == Readiness::Loading {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let principal = gw.authenticate("k1").await.unwrap();
+        let (out_a, mut rx_a) = mpsc::channel(16);
+        let conn_a = gw
+            .sessions
+            .open(&gw, &principal, &Hello::new("k1"), "ws", out_a)
+            .await
+            .unwrap();
+        let token = match rx_a.recv().await {
+            Some(Outbound::Message(ServerMessage::Welcome(w))) => w.resume_token,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        // A resume whose connection is gone before its Welcome goes out.
+        let (out_b, rx_b) = mpsc::channel(16);
+        drop(rx_b);
+        let resume = Hello {
+            resume_token: token,
+            ..Hello::new("k1")
+        };
+        let refused = gw
+            .sessions
+            .open(&gw, &principal, &resume, "ws", out_b)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, GatewayError::ResumeRefused(_)),
+            "{refused:?}"
+        );
+        // The attached connection goes on: it still gets its answers.
+        let frame = ClientMessage::Frame(Frame {
+            seq: 1,
+            capture_ts_us: 0,
+            codec: Codec::Jpeg,
+            width: 0,
+            height: 0,
+            deadline_us: 0,
+            payload: bytes::Bytes::from_static(include_bytes!("../../tests/data/dog.jpg")),
+        });
+        assert!(conn_a.deliver(frame, false).await);
+        let answer = tokio::time::timeout(Duration::from_secs(10), rx_a.recv()).await;
+        assert!(
+            matches!(
+                answer,
+                Ok(Some(Outbound::Message(ServerMessage::Detections(ref d)))) if d.seq == 1
+            ),
+            "the attached connection lost its session: {answer:?}"
+        );
     }
 }

@@ -128,6 +128,23 @@ async fn admin_api_issues_keys_that_work_until_revoked_or_expired() {
         v["error"]["message"].as_str().unwrap().contains("fly"),
         "{v}"
     );
+    // A budget is the tenant's, not a key's.
+    let (status, v) = admin(
+        &gw,
+        Method::POST,
+        "/v1/admin/keys",
+        Some(ADMIN_TOKEN),
+        Some(json!({"tenant": "acme", "limits": {"budget_frames": 10}})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.budget_frames"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

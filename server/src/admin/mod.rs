@@ -175,7 +175,13 @@ async fn create_key(State(s): State<AdminState>, headers: HeaderMap, body: Bytes
     let req: CreateKey = parse_body(&body)?;
     check_name("tenant", &req.tenant)?;
     if let Some(l) = &req.limits {
-        let problems = l.problems("limits");
+        let mut problems = l.problems("limits");
+        if l.budget_frames.is_some() {
+            problems.push(
+                "limits.budget_frames: a budget is the tenant's; set it on the tenant or its plan"
+                    .into(),
+            );
+        }
         if !problems.is_empty() {
             return Err(GatewayError::BadRequest(problems.join("; ")));
         }

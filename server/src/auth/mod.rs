@@ -376,7 +376,13 @@ impl Authenticator {
         }
         let mut limits = self.tenant_limits(&record.tenant).await?;
         if let Some(over) = &record.limits {
+            // The budget is the tenant's (one cap per tenant and month): a
+            // key's own figure (refused at creation since; older keys may
+            // hold one) never changes it, or each key would swap the cap in
+            // or out for every key of the tenant.
+            let budget = limits.budget_frames;
             limits = limits.overlay(over);
+            limits.budget_frames = budget;
         }
         Ok(Principal {
             tenant: record.tenant.clone(),
@@ -613,6 +619,7 @@ mod tests {
                 scopes: vec![Scope::Stream],
                 limits: Some(PlanLimits {
                     max_sessions: Some(1),
+                    budget_frames: Some(5),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -620,6 +627,9 @@ mod tests {
             .await
             .unwrap();
         let p = auth.authenticate(&k.key).await.unwrap();
+        // A key's own budget (stored before it was refused) is not the
+        // tenant's: the plan has none.
+        assert_eq!(p.limits.budget_frames, None);
         assert_eq!(
             (p.tenant.as_str(), p.key_id.as_str()),
             ("acme", k.record.id.as_str())

@@ -184,6 +184,11 @@ impl Budgets {
         }
     }
 
+    /// Whether `tenant` has a cap here.
+    pub fn is_capped(&self, tenant: &str) -> bool {
+        self.get(tenant).is_some()
+    }
+
     /// The capped tenants.
     pub fn tenants(&self) -> Vec<String> {
         self.tenants

@@ -198,11 +198,20 @@ impl Flusher {
                         wal_error.get_or_insert(e);
                     }
                     let frames: u64 = batch.deltas.iter().map(|d| d.frames).sum();
-                    for d in &batch.deltas {
-                        *self
-                            .applied_since_refresh
-                            .entry(d.tenant.clone())
-                            .or_default() += d.frames;
+                    // What the budgets counted as delivered here and not yet
+                    // in the store: this process's batches of capped
+                    // tenants. A batch replayed from the write-ahead file
+                    // was delivered by an earlier run (its frames reach the
+                    // budget through the store total alone).
+                    if batch.id.starts_with(&self.id_prefix) {
+                        for d in &batch.deltas {
+                            if self.budgets.is_capped(&d.tenant) {
+                                *self
+                                    .applied_since_refresh
+                                    .entry(d.tenant.clone())
+                                    .or_default() += d.frames;
+                            }
+                        }
                     }
                     self.stats.batches_applied.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -295,7 +304,49 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metering::UsageDelta;
+    use crate::usage::embedded::EmbeddedStore;
     use crate::usage::redis::RedisStore;
+
+    #[tokio::test]
+    async fn replayed_usage_does_not_cancel_this_runs_unflushed_frames() {
+        // A capped tenant: 1,000 frames of an earlier run wait in the
+        // write-ahead file; this run has delivered 3 more that are not in
+        // the store yet. Applying the replay must leave those 3 counted.
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(&dir.path().join("usage.wal")).unwrap();
+        let store = UsageStore::Embedded(EmbeddedStore::open(&dir.path().join("u.redb")).unwrap());
+        let budgets = Arc::new(Budgets::new(&BTreeMap::from([("t".to_string(), 10_000)])));
+        let now = crate::metering::unix_now();
+        let replayed = vec![FlushBatch {
+            id: "gw1-earlier-run-7".into(),
+            deltas: vec![UsageDelta {
+                tenant: "t".into(),
+                key_id: "k".into(),
+                model: "m".into(),
+                window_start: now - now % 60,
+                frames: 1_000,
+                pixels: 1_000,
+            }],
+        }];
+        for _ in 0..3 {
+            budgets.reserve("t").unwrap().deliver();
+        }
+        let mut flusher = Flusher::new(
+            Arc::new(UsageAccumulator::new(60)),
+            store,
+            budgets.clone(),
+            wal,
+            replayed,
+            "gw1",
+            1 << 20,
+            Duration::from_secs(5),
+            Arc::new(FlushStats::default()),
+        );
+        flusher.tick(now).await.unwrap();
+        assert!(flusher.is_idle());
+        assert_eq!(budgets.used("t"), Some((1_003, 10_000)));
+    }
 
     #[tokio::test]
     async fn usage_whose_append_failed_is_written_ahead_again() {

@@ -608,3 +608,48 @@ async fn a_plans_budget_caps_its_tenants_frames() {
         assert_eq!(detect_with(&gw, &other).await.0, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_minted_by_a_key_keeps_its_expiry_and_limits() {
+    let gw = gateway().await;
+    admin(
+        &gw,
+        Method::PUT,
+        "/v1/admin/plans/team",
+        Some(ADMIN_TOKEN),
+        Some(json!({"max_keys": 3})),
+    )
+    .await;
+    admin(
+        &gw,
+        Method::PUT,
+        "/v1/admin/tenants/initech",
+        Some(ADMIN_TOKEN),
+        Some(json!({"plan": "team"})),
+    )
+    .await;
+    let (_, parent) = create_key(
+        &gw,
+        json!({"tenant": "initech", "expires_in_secs": 3600, "limits": {"frames_per_sec": 1.0}}),
+    )
+    .await;
+    let (_, me) = get_with(&gw, "/v1/me", &parent).await;
+    assert_eq!(me["limits"]["frames_per_sec"], 1.0, "{me}");
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/keys"))
+        .bearer_auth(&parent)
+        .json(&json!({"name": "child"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let child: serde_json::Value = r.json().await.unwrap();
+    let expires = child["expires_at"].as_u64().expect("the child expires");
+    let now = framegate::metering::unix_now();
+    assert!(expires > now && expires <= now + 3600, "{child}");
+    let (_, me) = get_with(&gw, "/v1/me", child["key"].as_str().unwrap()).await;
+    assert_eq!(
+        me["limits"]["frames_per_sec"], 1.0,
+        "the child escaped the limit: {me}"
+    );
+}

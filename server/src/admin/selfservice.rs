@@ -151,13 +151,21 @@ pub async fn create_key(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body
             p.tenant
         )));
     }
+    // A key minted by a key is no freer than it: it keeps the caller's
+    // expiry and its own limits (models, rates). Configured keys and tokens
+    // have no record here, and nothing of their own to pass on.
+    let parent = store
+        .get_key(&p.key_id)
+        .await?
+        .filter(|r| r.tenant == p.tenant);
+    let (expires_at, limits) = parent.map_or((None, None), |r| (r.expires_at, r.limits));
     let created = store
         .create(NewKey {
             tenant: p.tenant.clone(),
             name: req.name,
             scopes,
-            expires_at: None,
-            limits: None,
+            expires_at,
+            limits,
         })
         .await?;
     tracing::info!(key_id = %created.record.id, tenant = %p.tenant, "self-service: key created");

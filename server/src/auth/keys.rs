@@ -75,9 +75,12 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// Whether the key may be used at `now` (not revoked, not expired).
+    /// Whether the key may be used at `now` (not revoked, not expired). A
+    /// revocation counts from the moment it is stored, whatever its time
+    /// says: that time comes from the revoking machine's clock, and a clock
+    /// ahead of this one must not keep the key alive here.
     pub fn active_at(&self, now: u64) -> bool {
-        self.revoked_at.is_none_or(|r| r > now) && self.expires_at.is_none_or(|e| e > now)
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
     }
 
     /// The record as shown to people and APIs: everything but the hash.
@@ -628,5 +631,28 @@ mod tests {
             vec![Scope::Stream, Scope::Detect]
         );
         assert!(parse_scopes("stream,fly").is_err());
+    }
+
+    #[test]
+    fn a_revocation_stamped_by_a_clock_ahead_still_counts() {
+        let now = now_secs();
+        let mut r = KeyRecord {
+            id: new_id(),
+            tenant: "acme".into(),
+            name: String::new(),
+            scopes: Vec::new(),
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+            limits: None,
+            secret_sha256: String::new(),
+        };
+        assert!(r.active_at(now));
+        // Revoked from a machine whose clock runs ten minutes ahead.
+        r.revoked_at = Some(now + 600);
+        assert!(!r.active_at(now));
+        r.revoked_at = None;
+        r.expires_at = Some(now + 1);
+        assert!(r.active_at(now) && !r.active_at(now + 1));
     }
 }

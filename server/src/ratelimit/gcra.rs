@@ -70,16 +70,18 @@ pub fn decide(now_us: u64, rates: &[Rate], tats: &mut [u64], n: u32) -> Decision
     let mut k = u64::from(n);
     for (r, &tat) in rates.iter().zip(tats.iter()) {
         let base = tat.max(now_us);
-        let room = (now_us + r.tolerance_us).saturating_sub(base) / r.emission_us;
+        let room = now_us.saturating_add(r.tolerance_us).saturating_sub(base) / r.emission_us;
         k = k.min(room);
     }
     let mut retry_after_us = 0;
     for (r, tat) in rates.iter().zip(tats.iter_mut()) {
         let base = (*tat).max(now_us);
-        *tat = base + k * r.emission_us;
+        *tat = base.saturating_add(k.saturating_mul(r.emission_us));
         if k < u64::from(n) {
             // One more unit fits once now + τ ≥ TAT + T.
-            let wait = (*tat + r.emission_us).saturating_sub(now_us + r.tolerance_us);
+            let wait = tat
+                .saturating_add(r.emission_us)
+                .saturating_sub(now_us.saturating_add(r.tolerance_us));
             retry_after_us = retry_after_us.max(wait);
         }
     }
@@ -138,6 +140,21 @@ mod tests {
         assert_eq!(d.admitted, 2);
         assert_eq!(tats[1], 10 + 2 * tenant.emission_us, "tenant charged 2");
         assert_eq!(d.retry_after_us, key.emission_us);
+    }
+
+    #[test]
+    fn extreme_but_valid_limits_do_not_overflow() {
+        // A millionth of a frame per second with a burst of 100 million:
+        // the tolerance saturates; the burst is still admitted, then the
+        // next frame waits (no wrap-around that refuses everything, no
+        // overflow panic in debug builds).
+        let r = Rate::per_second(1e-6, 100_000_000);
+        assert_eq!(r.tolerance_us, u64::MAX);
+        let mut tat = [0u64];
+        let now = 1_800_000_000_000_000;
+        let d = decide(now, &[r], &mut tat, 3);
+        assert_eq!(d.admitted, 3);
+        assert_eq!(decide(now + 1, &[r], &mut tat, 1).admitted, 1);
     }
 
     #[test]

@@ -65,7 +65,14 @@ pub(crate) enum LinkRx {
         decoder: FrameDecoder,
         limits: DecodeLimits,
     },
-    Ws(SplitStream<Ws>, DecodeLimits),
+    Ws {
+        stream: SplitStream<Ws>,
+        limits: DecodeLimits,
+        /// When the gateway last sent anything (a pong included).
+        heard: tokio::time::Instant,
+        /// Silence after which the connection counts as dead.
+        silence: Duration,
+    },
 }
 
 fn lost(e: impl std::fmt::Display) -> ClientError {
@@ -74,6 +81,15 @@ fn lost(e: impl std::fmt::Display) -> ClientError {
 
 impl LinkTx {
     pub(crate) async fn send(&mut self, msg: &ClientMessage) -> Result<(), ClientError> {
+        self.send_reporting_datagram(msg).await.map(|_| ())
+    }
+
+    /// Sends `msg`; whether it went as a QUIC datagram (a Frame on a
+    /// datagram session that fits one), which the gateway may never see.
+    pub(crate) async fn send_reporting_datagram(
+        &mut self,
+        msg: &ClientMessage,
+    ) -> Result<bool, ClientError> {
         let bytes = msg.encode();
         match self {
             LinkTx::Quic {
@@ -84,14 +100,34 @@ impl LinkTx {
                 if *datagrams && matches!(msg, ClientMessage::Frame(_)) {
                     if let Some(max) = conn.max_datagram_size() {
                         if bytes.len() <= max {
-                            return conn.send_datagram(bytes).map_err(lost);
+                            return conn.send_datagram(bytes).map(|()| true).map_err(lost);
                         }
                     }
                 }
-                send.write_all(&framing::encode(&bytes)).await.map_err(lost)
+                send.write_all(&framing::encode(&bytes))
+                    .await
+                    .map(|()| false)
+                    .map_err(lost)
             }
-            LinkTx::Ws(sink) => sink.send(Message::Binary(bytes)).await.map_err(lost),
+            LinkTx::Ws(sink) => sink
+                .send(Message::Binary(bytes))
+                .await
+                .map(|()| false)
+                .map_err(lost),
             LinkTx::Dead => Err(lost("the connection was broken")),
+        }
+    }
+
+    /// Keeps a quiet connection checked: a WebSocket ping (the gateway
+    /// answers with a pong, which the receiving half counts as word from
+    /// the gateway). QUIC has its own keep-alive and idle timeout.
+    pub(crate) async fn keepalive(&mut self) -> Result<(), ClientError> {
+        match self {
+            LinkTx::Ws(sink) => sink
+                .send(Message::Ping(Default::default()))
+                .await
+                .map_err(lost),
+            LinkTx::Quic { .. } | LinkTx::Dead => Ok(()),
         }
     }
 
@@ -144,8 +180,25 @@ impl LinkRx {
                     Err(e) => return Err(lost(e)),
                 }
             },
-            LinkRx::Ws(stream, limits) => loop {
-                match stream.next().await {
+            LinkRx::Ws {
+                stream,
+                limits,
+                heard,
+                silence,
+            } => loop {
+                // A connection that died without a word (a NAT entry gone,
+                // a network dropped) never says so: silence beyond the
+                // bound is the sign (the session's pings keep a quiet but
+                // healthy one talking).
+                let Ok(next) = tokio::time::timeout_at(*heard + *silence, stream.next()).await
+                else {
+                    return Err(lost(format!(
+                        "no word from the gateway in {} ms",
+                        silence.as_millis()
+                    )));
+                };
+                *heard = tokio::time::Instant::now();
+                match next {
                     Some(Ok(Message::Binary(b))) => {
                         return ServerMessage::decode(&b, limits)
                             .map_err(|e| ClientError::Protocol(e.to_string()))
@@ -173,6 +226,7 @@ pub(crate) async fn open(
     target: &StreamTarget,
     hello: &Hello,
     timeout: Duration,
+    silence: Duration,
 ) -> Result<(LinkTx, LinkRx, Welcome), ClientError> {
     let limits = DecodeLimits::default();
     let fut = async {
@@ -223,7 +277,15 @@ pub(crate) async fn open(
                     reason: e.to_string(),
                 })?;
                 let (sink, stream) = ws.split();
-                (LinkTx::Ws(sink), LinkRx::Ws(stream, limits))
+                (
+                    LinkTx::Ws(sink),
+                    LinkRx::Ws {
+                        stream,
+                        limits,
+                        heard: tokio::time::Instant::now(),
+                        silence,
+                    },
+                )
             }
         };
         tx.send(&ClientMessage::Hello(hello.clone())).await?;

@@ -44,6 +44,8 @@ pub struct SessionOptions {
     pub(crate) reconnect_attempts: u32,
     pub(crate) reconnect_backoff: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) keepalive: Duration,
+    pub(crate) datagram_timeout: Duration,
 }
 
 impl Default for SessionOptions {
@@ -55,6 +57,8 @@ impl Default for SessionOptions {
             reconnect_attempts: 5,
             reconnect_backoff: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(5),
+            datagram_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -93,6 +97,24 @@ impl SessionOptions {
     /// (default 200 ms).
     pub fn reconnect_backoff(mut self, d: Duration) -> Self {
         self.reconnect_backoff = d;
+        self
+    }
+
+    /// WebSocket: how often a quiet session pings the gateway (default
+    /// 5 s). Four times this without a word from the gateway, the
+    /// connection counts as lost and the session resumes elsewhere or
+    /// afresh. (QUIC uses its own keep-alive and idle timeout.)
+    pub fn keepalive(mut self, every: Duration) -> Self {
+        self.keepalive = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// With datagrams: a frame still unanswered this long after it was
+    /// sent is reported [`Answer::Lost`] and its credit comes back (default
+    /// 5 s). Without it a run of lost datagrams would use up the credits
+    /// and no later answer would come to reveal them.
+    pub fn datagram_timeout(mut self, d: Duration) -> Self {
+        self.datagram_timeout = d;
         self
     }
 }
@@ -329,7 +351,7 @@ impl Session {
         let mut opened = None;
         let mut last_err = None;
         for (i, t) in targets.iter().enumerate() {
-            match link::open(&t.target, &hello, opts.connect_timeout).await {
+            match link::open(&t.target, &hello, opts.connect_timeout, opts.keepalive * 4).await {
                 Ok(x) => {
                     opened = Some((i, x));
                     break;
@@ -366,6 +388,7 @@ impl Session {
             answers: ans_tx,
             shared: shared.clone(),
             unanswered: VecDeque::new(),
+            sent_at: VecDeque::new(),
             credits: i64::from(welcome.credits),
             window,
             last_received: 0,
@@ -482,6 +505,9 @@ struct Driver {
     shared: Arc<Shared>,
     /// Frames sent and not answered, in seq order (kept for re-sending).
     unanswered: VecDeque<Frame>,
+    /// With datagrams: when each frame was (last) sent, in seq order; a
+    /// frame unanswered `datagram_timeout` after it is lost.
+    sent_at: VecDeque<(u64, tokio::time::Instant)>,
     credits: i64,
     window: u32,
     last_received: u64,
@@ -508,20 +534,40 @@ impl Driver {
     }
 
     async fn run(mut self, mut tx: LinkTx, mut rx: LinkRx) {
+        let every = |d: Duration| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let mut keepalive = every(self.opts.keepalive);
+        let mut lost_check = every((self.opts.datagram_timeout / 4).max(Duration::from_millis(10)));
         loop {
             let step = tokio::select! {
                 m = rx.recv() => match m {
                     Ok(m) => self.on_message(m, &mut tx).await,
                     Err(e) => Step::Reconnect(e),
                 },
+                _ = keepalive.tick() => match tx.keepalive().await {
+                    Ok(()) => Step::Continue,
+                    Err(e) => Step::Reconnect(e),
+                },
+                _ = lost_check.tick(), if !self.sent_at.is_empty() => {
+                    self.expire_lost_datagrams().await
+                }
                 c = self.cmds.recv(), if self.can_send() => match c {
                     Some(Cmd::Frame(f)) => {
                         let msg = ClientMessage::Frame(f.clone());
+                        let seq = f.seq;
                         self.unanswered.push_back(f);
                         self.credits -= 1;
                         self.publish_credits();
-                        match tx.send(&msg).await {
-                            Ok(()) => Step::Continue,
+                        match tx.send_reporting_datagram(&msg).await {
+                            Ok(datagram) => {
+                                if datagram {
+                                    self.sent_at.push_back((seq, tokio::time::Instant::now()));
+                                }
+                                Step::Continue
+                            }
                             Err(e) => Step::Reconnect(e),
                         }
                     }
@@ -585,6 +631,49 @@ impl Driver {
         }
     }
 
+    /// Datagram frames unanswered `datagram_timeout` after they were sent
+    /// are lost (the gateway never answers a lost datagram, and with the
+    /// credits used up no later answer would reveal them): each is answered
+    /// [`Answer::Lost`], in order, and gives its credit back. An answer
+    /// that still comes for one is dropped (one answer per frame). A frame
+    /// sent on the stream is never timed out: its answer will come, and
+    /// the datagram frames after it wait for it (answers stay in order).
+    async fn expire_lost_datagrams(&mut self) -> Step {
+        let now = tokio::time::Instant::now();
+        let mut expired_any = false;
+        while let Some(&(seq, at)) = self.sent_at.front() {
+            if now < at + self.opts.datagram_timeout {
+                break;
+            }
+            match self.unanswered.front().map(|f| f.seq) {
+                Some(front) if front == seq => {
+                    self.unanswered.pop_front();
+                    self.sent_at.pop_front();
+                    self.credits += 1;
+                    self.last_received = self.last_received.max(seq);
+                    expired_any = true;
+                    if self.answers.send(Ok(Answer::Lost { seq })).await.is_err() {
+                        return Step::Done(None);
+                    }
+                }
+                // An earlier frame, sent on the stream, is still to be
+                // answered.
+                Some(front) if front < seq => break,
+                // Answered already.
+                _ => {
+                    self.sent_at.pop_front();
+                }
+            }
+        }
+        if expired_any {
+            self.publish_credits();
+            if self.closing && self.unanswered.is_empty() {
+                return Step::Done(None);
+            }
+        }
+        Step::Continue
+    }
+
     fn publish_credits(&self) {
         self.shared
             .credits
@@ -595,7 +684,7 @@ impl Driver {
         let answers: Vec<Answer> = match m {
             ServerMessage::Credit(c) => {
                 self.credits += i64::from(c.credits);
-                self.window += c.credits;
+                self.window = self.window.saturating_add(c.credits);
                 self.publish_credits();
                 return Step::Continue;
             }
@@ -669,6 +758,9 @@ impl Driver {
                 self.unanswered.pop_front();
                 self.credits += 1;
             }
+            while self.sent_at.front().is_some_and(|&(s, _)| s <= seq) {
+                self.sent_at.pop_front();
+            }
             self.last_received = seq;
             self.session_received = seq;
             self.since_ack += 1;
@@ -695,9 +787,13 @@ impl Driver {
     /// On a new link: sends `frames` again (each takes a credit), then Bye
     /// when the caller has already closed, and publishes the credits.
     async fn replay(&mut self, tx: &mut LinkTx, frames: Vec<Frame>) -> Result<(), ClientError> {
+        self.sent_at.clear();
         for f in frames {
             self.credits -= 1;
-            tx.send(&ClientMessage::Frame(f)).await?;
+            let seq = f.seq;
+            if tx.send_reporting_datagram(&ClientMessage::Frame(f)).await? {
+                self.sent_at.push_back((seq, tokio::time::Instant::now()));
+            }
         }
         if self.closing {
             tx.send(&ClientMessage::Bye(Bye {
@@ -732,6 +828,7 @@ impl Driver {
                 &self.targets[self.current].target,
                 &hello,
                 self.opts.connect_timeout,
+                self.opts.keepalive * 4,
             )
             .await
             {
@@ -744,7 +841,13 @@ impl Driver {
                         .filter(|f| f.seq > welcome.received_seq)
                         .cloned()
                         .collect();
-                    self.replay(&mut tx, resend).await?;
+                    // The connection may break again while re-sending: one
+                    // failed attempt, not the end of the session.
+                    if let Err(e) = self.replay(&mut tx, resend).await {
+                        tracing::debug!(error = %e, "connection lost while re-sending; resuming again");
+                        last = e;
+                        continue;
+                    }
                     self.shared.resumes.fetch_add(1, Ordering::Relaxed);
                     return Ok((tx, rx));
                 }
@@ -797,7 +900,14 @@ impl Driver {
                 ..self.hello.clone()
             };
             let target = &self.targets[idx];
-            match link::open(&target.target, &hello, self.opts.connect_timeout).await {
+            match link::open(
+                &target.target,
+                &hello,
+                self.opts.connect_timeout,
+                self.opts.keepalive * 4,
+            )
+            .await
+            {
                 Ok((mut tx, rx, welcome)) => {
                     tracing::info!(
                         from = %self.targets[self.current].url,
@@ -817,7 +927,11 @@ impl Driver {
                     self.shared
                         .resent
                         .fetch_add(resend.len() as u64, Ordering::Relaxed);
-                    self.replay(&mut tx, resend).await?;
+                    if let Err(e) = self.replay(&mut tx, resend).await {
+                        tracing::debug!(error = %e, "connection lost while re-sending after a failover");
+                        last = e;
+                        continue;
+                    }
                     self.shared.failovers.fetch_add(1, Ordering::Relaxed);
                     return Ok((tx, rx));
                 }

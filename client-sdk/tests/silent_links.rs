@@ -1,0 +1,177 @@
+//! Connections that go quiet: a WebSocket whose gateway stops talking
+//! without closing (a NAT entry gone, a network dropped) is found dead by
+//! the session's keep-alive and resumed; datagram frames the gateway never
+//! answers are reported lost after `datagram_timeout` and give their
+//! credit back, so a session sending through a run of lost datagrams does
+//! not stall. The gateways here are scripted peers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use framegate_client::{Answer, Client, Image, SessionOptions};
+use framegate_protocol::{framing, ClientMessage, DecodeLimits, ServerMessage, Welcome};
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::Message;
+
+fn welcome(credits: u32) -> ServerMessage {
+    ServerMessage::Welcome(Welcome {
+        session_id: "s-1".into(),
+        resume_token: "resume-me".into(),
+        credits,
+        ..Default::default()
+    })
+}
+
+/// A WebSocket gateway: the first connection is welcomed and then hears
+/// and says nothing, holding the socket open; later ones are welcomed and
+/// held (pings answered). Returns its address and the resume tokens seen.
+async fn gateway_that_goes_quiet() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                let hello = loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Binary(b))) => {
+                            match ClientMessage::decode(&b, &DecodeLimits::default()).unwrap() {
+                                ClientMessage::Hello(h) => break h,
+                                other => panic!("expected Hello, got {}", other.kind()),
+                            }
+                        }
+                        Some(Ok(_)) => continue,
+                        _ => return,
+                    }
+                };
+                log.lock().unwrap().push(hello.resume_token.clone());
+                ws.send(Message::Binary(welcome(4).encode())).await.unwrap();
+                if n == 1 {
+                    // Silence: the socket stays open, nothing is read or
+                    // written (pings go unanswered).
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+                // Reading answers pings (tungstenite queues the pong).
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_websocket_that_goes_quiet_is_found_dead_and_resumed() {
+    let (addr, seen) = gateway_that_goes_quiet().await;
+    let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
+        .await
+        .unwrap();
+    // Pings every 100 ms; 400 ms without a word means dead.
+    let session = client
+        .session(
+            SessionOptions::default()
+                .keepalive(Duration::from_millis(100))
+                .reconnect_backoff(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while session.resumes() < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a silent connection was never found dead"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.lock().unwrap()[..2], ["", "resume-me"]);
+    // The resumed connection answers pings: it stays up.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        session.resumes(),
+        1,
+        "a healthy quiet connection was dropped"
+    );
+}
+
+/// A QUIC gateway that welcomes one session with `credits` and never
+/// answers a datagram frame (as if every one were lost). Returns the URL
+/// with the certificate pin.
+async fn quic_gateway_that_loses_every_datagram(credits: u32) -> String {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"framegate/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let ep = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = ep.local_addr().unwrap();
+    tokio::spawn(async move {
+        let conn = ep.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await.unwrap();
+        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+        recv.read_exact(&mut hello).await.unwrap();
+        send.write_all(&framing::encode(&welcome(credits).encode()))
+            .await
+            .unwrap();
+        // Frames arrive as datagrams; none is ever answered.
+        while conn.read_datagram().await.is_ok() {}
+        drop(ep);
+    });
+    format!("quic://{addr}?pin={}", hex::encode(Sha256::digest(&der)))
+}
+
+#[tokio::test]
+async fn lost_datagrams_time_out_and_give_their_credit_back() {
+    let url = quic_gateway_that_loses_every_datagram(2).await;
+    let client = Client::connect(&url, "fg_test_key").await.unwrap();
+    let mut session = client
+        .session(
+            SessionOptions::default()
+                .datagrams(true)
+                .datagram_timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    // 2 credits and no answer ever: under `block`, the third send needs a
+    // lost frame's credit back.
+    // Small enough for one datagram (343 bytes; only its header is read).
+    let jpeg = include_bytes!("../../server/tests/data/huge-header.jpg");
+    let sent = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..5 {
+            session
+                .send(Image::encoded(&jpeg[..]).unwrap())
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    assert!(
+        sent.is_ok(),
+        "sends stalled: lost datagrams kept their credit"
+    );
+    let mut lost = Vec::new();
+    while lost.len() < 5 {
+        match tokio::time::timeout(Duration::from_secs(10), session.next()).await {
+            Ok(Some(Ok(Answer::Lost { seq }))) => lost.push(seq),
+            other => panic!("expected Lost answers, got {other:?}"),
+        }
+    }
+    assert_eq!(lost, [1, 2, 3, 4, 5]);
+}

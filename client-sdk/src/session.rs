@@ -252,6 +252,11 @@ impl FrameSender {
     /// Sends a frame and returns its seq. Under `Block` this waits until
     /// the session has credit; under the dropping policies it returns at
     /// once (the gateway drops stale frames and says so).
+    ///
+    /// Read the answers as they come (another task, or `select!`): the
+    /// session holds at most `2 × credits + 16` unread answers, and while
+    /// that is full it takes no more frames, so a caller that sends
+    /// everything before reading waits here for ever.
     pub async fn send(&self, image: Image) -> Result<u64, ClientError> {
         self.send_with(image, FrameOptions::default()).await
     }

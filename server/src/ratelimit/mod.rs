@@ -5,7 +5,7 @@
 //! * `frames_per_sec` with `burst`: every frame, streamed or one-shot, is one
 //!   unit of a GCRA bucket ([`gcra`]);
 //! * `detect_per_minute`: one-shot `POST /v1/detect` requests, a second GCRA
-//!   bucket with a burst of a tenth of a minute's worth (so at most
+//!   bucket with a burst of a sixth of a minute's worth (so at most
 //!   `n + n/6` requests in any minute);
 //! * `max_sessions`: streaming sessions open at once.
 //!
@@ -79,7 +79,7 @@ fn frame_rate(l: &PlanLimits) -> Option<Rate> {
         .map(|r| Rate::per_second(r, l.effective_burst()))
 }
 
-/// The detect bucket: `n` per minute, a tenth of a minute's worth at once.
+/// The detect bucket: `n` per minute, a sixth of a minute's worth at once.
 fn detect_rate(l: &PlanLimits) -> Option<Rate> {
     l.detect_per_minute
         .map(|n| Rate::per_minute(n.max(1), n.div_ceil(6).max(1)))

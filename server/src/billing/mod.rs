@@ -64,20 +64,20 @@ pub enum ReportError {
     /// No Stripe key was found.
     #[error("no Stripe API key: set {0} or billing.api_key_file")]
     NoKey(String),
+    /// The window is older than Stripe accepts; it stays pending, to be
+    /// billed by hand.
+    #[error("window {0} is older than Stripe accepts")]
+    TooOld(u64),
 }
 
 impl ReportError {
-    /// Whether the next windows would fail the same way: the store or
-    /// Stripe is unavailable, or Stripe refuses the key itself (401/403).
-    /// A window too old for Stripe, or one Stripe refused for its own sake,
-    /// does not stop the windows after it.
+    /// Whether the customer's next windows would fail the same way, so its
+    /// pass ends here: the store or Stripe is unavailable, or Stripe refuses
+    /// the event (a wrong key, an unknown customer or meter: the same for
+    /// every window, so one request per pass, not one per window). Only a
+    /// window too old for Stripe leaves the newer ones to go on.
     fn stops_the_pass(&self) -> bool {
-        match self {
-            ReportError::Send(SendError::Refused { status, .. }) => {
-                matches!(status, 401 | 403)
-            }
-            _ => true,
-        }
+        !matches!(self, ReportError::TooOld(_))
     }
 }
 
@@ -218,12 +218,12 @@ impl MeterReporter {
                             first_error = Some(e);
                         }
                         if stop {
-                            // Stripe is down or the key is refused: the
-                            // next windows would fail too.
+                            // Stripe is down or refuses this customer's
+                            // events: the next windows would fail too.
                             break;
                         }
-                        // This window alone (too old, or refused for its
-                        // own sake) stays pending; the newer ones go on.
+                        // This window alone (too old) stays pending; the
+                        // newer ones go on.
                     }
                 }
             }
@@ -287,10 +287,7 @@ impl MeterReporter {
                 frames = to - from,
                 "usage window is older than Stripe accepts (35 days); NOT billed — bill it by hand (see `framegate billing preview`)"
             );
-            return Err(ReportError::Send(SendError::Refused {
-                status: 0,
-                message: format!("window {window} is older than Stripe accepts"),
-            }));
+            return Err(ReportError::TooOld(window));
         }
         let event = MeterEvent {
             event_name: meter.clone(),

@@ -82,9 +82,27 @@ async fn hostile_quic_input_is_refused_and_other_sessions_are_unaffected() {
     tx.write_all(&[0, 0, 4, 0, 1, 2, 3]).await.unwrap(); // 1024 announced, 3 sent
     assert_eq!(quic::close_code(&conn).await, Some(1002));
 
-    // 4. An oversized length prefix: closed with 1009 at once.
+    // 4. An oversized length prefix: before Hello, anything over 64 KiB
+    //    is refused at once (1002); after Hello, over max_message_bytes
+    //    (1009). Nothing of the body is read.
     let conn = quic::connect(&ep, &gw).await.unwrap();
     let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+    tx.write_all(&100_000u32.to_be_bytes()).await.unwrap();
+    match quic::recv(&mut rx).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(e.code, framegate_protocol::ErrorCode::ProtocolViolation);
+            assert!(e.message.contains("expected Hello first"), "{e:?}");
+        }
+        other => panic!("expected protocol-violation, got {other:?}"),
+    }
+    assert_eq!(quic::close_code(&conn).await, Some(1002));
+    let conn = quic::connect(&ep, &gw).await.unwrap();
+    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+    quic::send(&mut tx, &ClientMessage::Hello(Hello::new(KEY))).await;
+    assert!(matches!(
+        quic::recv(&mut rx).await,
+        Some(ServerMessage::Welcome(_))
+    ));
     tx.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     match quic::recv(&mut rx).await {
         Some(ServerMessage::Error(e)) => {
@@ -158,7 +176,7 @@ async fn a_client_that_takes_no_answer_cannot_hold_a_connection_slot() {
     let hostile_ep = quic::endpoint_with(&gw, stingy);
     let hostile = quic::connect(&hostile_ep, &gw).await.unwrap();
     let (mut tx, _rx) = hostile.open_bi().await.unwrap();
-    tx.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // refused: 1009
+    tx.write_all(&u32::MAX.to_be_bytes()).await.unwrap(); // refused: 1002
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A well-behaved client gets the slot once the refusal's bounded write
@@ -180,5 +198,5 @@ async fn a_client_that_takes_no_answer_cannot_hold_a_connection_slot() {
         quic::recv(&mut rx).await,
         Some(ServerMessage::Welcome(_))
     ));
-    assert_eq!(quic::close_code(&hostile).await, Some(1009));
+    assert_eq!(quic::close_code(&hostile).await, Some(1002));
 }

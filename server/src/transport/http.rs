@@ -209,9 +209,9 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
     }
     match mime.as_str() {
         "multipart/form-data" => {
-            // The body is read whole (it is bounded by `limit`) and the
-            // image is a slice of it: no copy of the image, no streaming
-            // parser state per chunk.
+            // The body is read whole (it is bounded by `limit` and the
+            // room for part headers) and the image is a slice of it: no
+            // copy of the image, no streaming parser state per chunk.
             let raw_type = header_str(req.headers(), header::CONTENT_TYPE).unwrap_or("");
             let boundary = multipart_boundary(raw_type)?.to_owned();
             let body = read_body(req, body_limit, limit).await?;
@@ -352,50 +352,51 @@ fn part_name(headers: &str) -> Option<String> {
     })
 }
 
-/// The `key=value` parameters after the disposition type, values unquoted.
+/// The `key=value` parameters after the disposition type, values unquoted
+/// (a parameter without `=` has an empty value).
 fn disposition_params(value: &str) -> Vec<(String, String)> {
     let mut params = Vec::new();
-    let mut chars = value.chars().peekable();
-    // Skip the disposition type.
-    for c in chars.by_ref() {
-        if c == ';' {
-            break;
-        }
-    }
+    // After the disposition type.
+    let Some((_, mut rest)) = value.split_once(';') else {
+        return params;
+    };
     loop {
-        let key: String = chars
-            .by_ref()
-            .take_while(|&c| c != '=')
-            .collect::<String>()
-            .trim()
-            .to_string();
-        if key.is_empty() {
+        rest = rest.trim_start();
+        if rest.is_empty() {
             return params;
         }
-        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        let key_end = rest.find(['=', ';']).unwrap_or(rest.len());
+        let key = rest[..key_end].trim().to_string();
+        rest = &rest[key_end..];
+        let Some(after_eq) = rest.strip_prefix('=') else {
+            // `;`, or the end: a parameter without a value.
+            rest = rest.strip_prefix(';').unwrap_or(rest);
+            if !key.is_empty() {
+                params.push((key, String::new()));
+            }
+            continue;
+        };
+        rest = after_eq.trim_start();
         let mut v = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            while let Some(c) = chars.next() {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
                 match c {
-                    '"' => break,
-                    '\\' => v.extend(chars.next()),
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    '\\' => v.extend(chars.next().map(|(_, c)| c)),
                     c => v.push(c),
                 }
             }
             // Anything up to the next `;` after the closing quote.
-            for c in chars.by_ref() {
-                if c == ';' {
-                    break;
-                }
-            }
+            rest = quoted[end..].split_once(';').map_or("", |(_, r)| r);
         } else {
-            for c in chars.by_ref() {
-                if c == ';' {
-                    break;
-                }
-                v.push(c);
-            }
-            v = v.trim().to_string();
+            let end = rest.find(';').unwrap_or(rest.len());
+            v = rest[..end].trim().to_string();
+            rest = rest.get(end + 1..).unwrap_or("");
         }
         params.push((key, v));
     }
@@ -692,6 +693,24 @@ mod tests {
             name("Content-Disposition: form-data; name=\"a\\\"b\"").as_deref(),
             Some("a\"b")
         );
+        // Parameters without a value, empty ones, an unterminated quote.
+        assert_eq!(
+            name("Content-Disposition: form-data; foo; name=image").as_deref(),
+            Some("image")
+        );
+        assert_eq!(
+            name("Content-Disposition: form-data;;name=\"image\"").as_deref(),
+            Some("image")
+        );
+        assert_eq!(
+            name("Content-Disposition: form-data; name=\"ima").as_deref(),
+            Some("ima")
+        );
+        assert_eq!(
+            name("Content-Disposition: form-data; name=").as_deref(),
+            Some("")
+        );
+        assert_eq!(name("Content-Disposition: form-data").as_deref(), None);
         assert_eq!(name("Content-Type: image/jpeg"), None);
         assert_eq!(name("Content-Disposition: form-data; filename=f"), None);
         // Non-UTF-8 bytes in another part's filename do not spoil the body.

@@ -26,6 +26,21 @@ use crate::gateway::Gateway;
 /// connection, its session and its slot for ever.
 pub(crate) const WRITER_DRAIN_MAX: Duration = Duration::from_secs(30);
 
+/// Largest first message (Hello: a key or a token, a model name, a resume
+/// token) a stream transport reads before the client is authenticated, so
+/// an unauthenticated client cannot make the gateway buffer a large one
+/// (never above the configured `max_message_bytes`).
+pub(crate) fn hello_max_bytes(max_message_bytes: usize) -> usize {
+    (64usize << 10).min(max_message_bytes)
+}
+
+/// The refusal of a first message over [`hello_max_bytes`].
+pub(crate) fn hello_too_large(size: usize, max: usize) -> crate::error::GatewayError {
+    crate::error::GatewayError::Protocol(format!(
+        "expected Hello first (at most {max} bytes), got a message of {size} bytes"
+    ))
+}
+
 /// Waits for `writer` at most [`WRITER_DRAIN_MAX`], then aborts it.
 pub(crate) async fn drain_writer(writer: &mut tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(WRITER_DRAIN_MAX, &mut *writer)

@@ -261,6 +261,13 @@ impl<R: QuinnRecv> StreamReader<R> {
         }
     }
 
+    /// New limits from the next message on (between messages: the decoder
+    /// only ever takes whole ones).
+    fn set_limits(&mut self, limits: DecodeLimits) {
+        self.decoder = FrameDecoder::new(limits.max_message_bytes);
+        self.limits = limits;
+    }
+
     async fn next(&mut self) -> Result<ClientMessage, ReadEnd> {
         loop {
             if self.buf.len() >= LENGTH_PREFIX_BYTES {
@@ -344,7 +351,10 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
 ) {
     let limits = DecodeLimits::with_max_message_bytes(gw.config.limits.max_message_bytes);
     let timeout = || GatewayError::Protocol("no Hello within the handshake timeout".into());
-    let mut reader = StreamReader::new(recv, limits);
+    // Hello first, with a limit of its own (the client is not yet
+    // authenticated); the configured one once the session is open.
+    let hello_max = super::hello_max_bytes(gw.config.limits.max_message_bytes);
+    let mut reader = StreamReader::new(recv, DecodeLimits::with_max_message_bytes(hello_max));
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let mut writer = tokio::spawn(write_outbound(conn.clone(), send, out_rx));
     // Hello, authentication and the session, or the refusal to send (`None`:
@@ -353,6 +363,9 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
         let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
             Err(_) => return Err(Some(timeout())),
             Ok(Err(ReadEnd::Closed)) => return Err(None),
+            Ok(Err(ReadEnd::Violation(GatewayError::PayloadTooLarge { size, .. }))) => {
+                return Err(Some(super::hello_too_large(size, hello_max)))
+            }
             Ok(Err(ReadEnd::Violation(e))) => return Err(Some(e)),
             Ok(Ok(ClientMessage::Hello(h))) => h,
             Ok(Ok(other)) => {
@@ -401,6 +414,7 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
         }
     };
     drop(out_tx);
+    reader.set_limits(limits);
     let clean = tokio::select! {
         clean = read_messages(&session, datagrams, &mut reader, &limits, use_datagrams) => clean,
         _ = &mut writer => return,

@@ -42,10 +42,6 @@ const CONTROL_BACKLOG: usize = 4;
 /// How long the writer gets to answer a client's close frame.
 const CLOSE_ANSWER_SECS: u64 = 2;
 
-/// Largest first message (Hello: a key or a token, a model name, a resume
-/// token) read before the client is authenticated.
-const HELLO_MAX_BYTES: usize = 64 << 10;
-
 /// A control frame the reader owes the client; the writer sends it.
 #[derive(Debug)]
 enum Control {
@@ -150,7 +146,10 @@ async fn run_connection(gw: Arc<Gateway>, upgraded: Upgraded, principal: Option<
     let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
     // Hello first, with a limit of its own: an unauthenticated client
     // cannot make the gateway hold a buffer for a large message.
-    let reader = WsReader::new(rd, HELLO_MAX_BYTES);
+    let reader = WsReader::new(
+        rd,
+        super::hello_max_bytes(gw.config.limits.max_message_bytes),
+    );
     run_session(gw, WsWriter::new(wr), reader, principal).await;
 }
 
@@ -223,7 +222,8 @@ async fn run_session(
     header_principal: Option<Principal>,
 ) {
     let limits = decode_limits(&gw);
-    let hello_limits = DecodeLimits::with_max_message_bytes(HELLO_MAX_BYTES);
+    let hello_max = super::hello_max_bytes(gw.config.limits.max_message_bytes);
+    let hello_limits = DecodeLimits::with_max_message_bytes(hello_max);
     let handshake = Duration::from_secs(gw.config.http.handshake_timeout_secs);
     let mut early = std::collections::VecDeque::new();
     let hello = match tokio::time::timeout(
@@ -258,9 +258,9 @@ async fn run_session(
         }
         Ok(Err(e)) => {
             let e = match e {
-                GatewayError::PayloadTooLarge { size, .. } => GatewayError::Protocol(format!(
-                    "expected Hello first (at most {HELLO_MAX_BYTES} bytes), got a message of {size} bytes"
-                )),
+                GatewayError::PayloadTooLarge { size, .. } => {
+                    super::hello_too_large(size, hello_max)
+                }
                 e => e,
             };
             close_with(&mut sink, &e).await;

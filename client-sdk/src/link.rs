@@ -68,9 +68,11 @@ pub(crate) enum LinkRx {
     Ws {
         stream: SplitStream<Ws>,
         limits: DecodeLimits,
-        /// When the gateway last sent anything (a pong included).
-        heard: tokio::time::Instant,
-        /// Silence after which the connection counts as dead.
+        /// A keep-alive ping sent, with nothing heard from the gateway
+        /// since (any frame, a pong included, clears it).
+        ping_at: Option<tokio::time::Instant>,
+        /// How long a ping may go unanswered before the connection counts
+        /// as dead.
         silence: Duration,
     },
 }
@@ -120,14 +122,16 @@ impl LinkTx {
 
     /// Keeps a quiet connection checked: a WebSocket ping (the gateway
     /// answers with a pong, which the receiving half counts as word from
-    /// the gateway). QUIC has its own keep-alive and idle timeout.
-    pub(crate) async fn keepalive(&mut self) -> Result<(), ClientError> {
+    /// the gateway); true when one was sent. QUIC has its own keep-alive
+    /// and idle timeout.
+    pub(crate) async fn keepalive(&mut self) -> Result<bool, ClientError> {
         match self {
             LinkTx::Ws(sink) => sink
                 .send(Message::Ping(Default::default()))
                 .await
+                .map(|()| true)
                 .map_err(lost),
-            LinkTx::Quic { .. } | LinkTx::Dead => Ok(()),
+            LinkTx::Quic { .. } | LinkTx::Dead => Ok(false),
         }
     }
 
@@ -183,21 +187,28 @@ impl LinkRx {
             LinkRx::Ws {
                 stream,
                 limits,
-                heard,
+                ping_at,
                 silence,
             } => loop {
                 // A connection that died without a word (a NAT entry gone,
-                // a network dropped) never says so: silence beyond the
-                // bound is the sign (the session's pings keep a quiet but
-                // healthy one talking).
-                let Ok(next) = tokio::time::timeout_at(*heard + *silence, stream.next()).await
-                else {
-                    return Err(lost(format!(
-                        "no word from the gateway in {} ms",
-                        silence.as_millis()
-                    )));
+                // a network dropped) never says so: a keep-alive ping left
+                // unanswered beyond the bound is the sign. What arrived
+                // while this half was not read (the session busy elsewhere)
+                // is read first: `timeout_at` polls the stream before its
+                // deadline.
+                let next = match *ping_at {
+                    Some(at) => match tokio::time::timeout_at(at + *silence, stream.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            return Err(lost(format!(
+                                "no answer from the gateway to a ping in {} ms",
+                                silence.as_millis()
+                            )))
+                        }
+                    },
+                    None => stream.next().await,
                 };
-                *heard = tokio::time::Instant::now();
+                *ping_at = None;
                 match next {
                     Some(Ok(Message::Binary(b))) => {
                         return ServerMessage::decode(&b, limits)
@@ -217,6 +228,28 @@ impl LinkRx {
                     None => return Err(lost("the gateway closed the connection")),
                 }
             },
+        }
+    }
+}
+
+impl LinkRx {
+    /// Whether a keep-alive ping is still waiting for word from the
+    /// gateway (WebSocket).
+    pub(crate) fn ping_outstanding(&self) -> bool {
+        matches!(
+            self,
+            LinkRx::Ws {
+                ping_at: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// A keep-alive ping was just sent (WebSocket): the gateway has
+    /// `silence` to say anything.
+    pub(crate) fn ping_sent(&mut self) {
+        if let LinkRx::Ws { ping_at, .. } = self {
+            *ping_at = Some(tokio::time::Instant::now());
         }
     }
 }
@@ -282,7 +315,7 @@ pub(crate) async fn open(
                     LinkRx::Ws {
                         stream,
                         limits,
-                        heard: tokio::time::Instant::now(),
+                        ping_at: None,
                         silence,
                     },
                 )

@@ -100,10 +100,11 @@ impl SessionOptions {
         self
     }
 
-    /// WebSocket: how often a quiet session pings the gateway (default
-    /// 5 s). Four times this without a word from the gateway, the
-    /// connection counts as lost and the session resumes elsewhere or
-    /// afresh. (QUIC uses its own keep-alive and idle timeout.)
+    /// WebSocket: how often the session pings the gateway (default 5 s).
+    /// A ping the gateway has not answered (with a pong or anything else)
+    /// within four times this marks the connection lost, and the session
+    /// resumes or moves on. (QUIC uses its own keep-alive and idle
+    /// timeout.)
     pub fn keepalive(mut self, every: Duration) -> Self {
         self.keepalive = every.max(Duration::from_millis(10));
         self
@@ -112,7 +113,12 @@ impl SessionOptions {
     /// With datagrams: a frame still unanswered this long after it was
     /// sent is reported [`Answer::Lost`] and its credit comes back (default
     /// 5 s). Without it a run of lost datagrams would use up the credits
-    /// and no later answer would come to reveal them.
+    /// and no later answer would come to reveal them. A frame that was only
+    /// slow is still reported lost (its late answer is dropped, though the
+    /// gateway counts it), and until that answer comes the session holds
+    /// one credit more than the gateway: under `block` the next frame may
+    /// be refused `no-credit`. Set it well above the gateway's latency and
+    /// prefer `drop-oldest` or `latest-only` with datagrams.
     pub fn datagram_timeout(mut self, d: Duration) -> Self {
         self.datagram_timeout = d;
         self
@@ -552,8 +558,15 @@ impl Driver {
                     Ok(m) => self.on_message(m, &mut tx).await,
                     Err(e) => Step::Reconnect(e),
                 },
-                _ = keepalive.tick() => match tx.keepalive().await {
-                    Ok(()) => Step::Continue,
+                // One ping at a time: the deadline runs from the first
+                // one left unanswered.
+                _ = keepalive.tick(), if !rx.ping_outstanding() => match tx.keepalive().await {
+                    Ok(sent) => {
+                        if sent {
+                            rx.ping_sent();
+                        }
+                        Step::Continue
+                    }
                     Err(e) => Step::Reconnect(e),
                 },
                 _ = lost_check.tick(), if !self.sent_at.is_empty() => {
@@ -862,7 +875,15 @@ impl Driver {
                     message,
                     ..
                 }) => return self.failover(ClientError::GoingAway(message)).await,
-                // Unknown token (a restarted gateway): elsewhere, afresh.
+                // Unknown token (a restarted gateway, or a load balancer
+                // that sent the resume to another node): afresh, elsewhere
+                // or on the same address.
+                Err(
+                    e @ ClientError::Gateway {
+                        code: ErrorCode::NotFound,
+                        ..
+                    },
+                ) => return self.failover(e).await,
                 Err(e @ ClientError::Gateway { .. })
                     if !e.is_retryable() && self.targets.len() > 1 =>
                 {

@@ -4,13 +4,13 @@
 //! gateway's hints are tested in the server's `rate_limits`): each
 //! connection gets the next step of a script.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use framegate_client::{Client, SessionOptions};
-use framegate_protocol::{
-    ClientMessage, DecodeLimits, ErrorCode, ErrorMessage, ServerMessage, Welcome,
-};
+use framegate_protocol::{ErrorCode, ErrorMessage, ServerMessage, Welcome};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -46,18 +46,8 @@ async fn scripted_gateway(script: Vec<Step>) -> (std::net::SocketAddr, Seen) {
             let at = Instant::now();
             let log = log.clone();
             tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-                let hello = loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Binary(b))) => {
-                            match ClientMessage::decode(&b, &DecodeLimits::default()).unwrap() {
-                                ClientMessage::Hello(h) => break h,
-                                other => panic!("expected Hello, got {}", other.kind()),
-                            }
-                        }
-                        Some(Ok(_)) => continue,
-                        _ => return,
-                    }
+                let Some((mut ws, hello)) = support::accept_hello(tcp).await else {
+                    return;
                 };
                 log.lock().unwrap().push((at, hello.resume_token.clone()));
                 let welcome = ServerMessage::Welcome(Welcome {
@@ -70,7 +60,7 @@ async fn scripted_gateway(script: Vec<Step>) -> (std::net::SocketAddr, Seen) {
                     Step::Refuse(code, retry_after_ms) => ServerMessage::Error(ErrorMessage {
                         code,
                         message: "not now".into(),
-                        retryable: code != ErrorCode::GoingAway,
+                        retryable: !matches!(code, ErrorCode::GoingAway | ErrorCode::NotFound),
                         seq: None,
                         retry_after_ms,
                     }),
@@ -175,4 +165,22 @@ async fn a_failover_waits_at_least_the_gateways_retry_hint() {
         "fresh, resume, then fresh sessions"
     );
     assert_waited_the_hint(&seen, 2, 3);
+}
+
+#[tokio::test]
+async fn a_refused_resume_starts_afresh_on_the_only_gateway() {
+    // Welcomed then cut; the resume is refused `not-found` (the gateway
+    // restarted and forgot the session): with one address, the session
+    // starts afresh there rather than ending.
+    let seen = run(
+        vec![
+            Step::WelcomeThenCut,
+            Step::Refuse(ErrorCode::NotFound, None),
+            Step::Welcome,
+        ],
+        |s| s.failovers(),
+    )
+    .await;
+    let tokens: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(tokens[..3], ["", "resume-me", ""], "fresh, resume, fresh");
 }

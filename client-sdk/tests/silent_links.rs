@@ -5,12 +5,14 @@
 //! credit back, so a session sending through a run of lost datagrams does
 //! not stall. The gateways here are scripted peers.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use framegate_client::{Answer, Client, Image, SessionOptions};
-use framegate_protocol::{framing, ClientMessage, DecodeLimits, ServerMessage, Welcome};
+use framegate_protocol::{framing, ServerMessage, Welcome};
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,18 +41,8 @@ async fn gateway_that_goes_quiet() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Stri
             };
             let log = log.clone();
             tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-                let hello = loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Binary(b))) => {
-                            match ClientMessage::decode(&b, &DecodeLimits::default()).unwrap() {
-                                ClientMessage::Hello(h) => break h,
-                                other => panic!("expected Hello, got {}", other.kind()),
-                            }
-                        }
-                        Some(Ok(_)) => continue,
-                        _ => return,
-                    }
+                let Some((mut ws, hello)) = support::accept_hello(tcp).await else {
+                    return;
                 };
                 log.lock().unwrap().push(hello.resume_token.clone());
                 ws.send(Message::Binary(welcome(4).encode())).await.unwrap();

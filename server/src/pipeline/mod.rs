@@ -457,6 +457,10 @@ impl ModelPipeline {
             let _ = t.join();
         }
         self.shared.stopped.store(true, Ordering::SeqCst);
+        // Pairs with the producers' fence after their push (see
+        // `after_push`): this store is ordered before the drain's pops
+        // without relying on the queue's own fences.
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.answer_leftovers();
     }
 
@@ -1030,11 +1034,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_backend_panic_answers_its_batch_and_the_worker_goes_on() {
+    const LIMITS: FrameLimits = FrameLimits {
+        max_pixels: 40_000_000,
+        max_side: 16_384,
+    };
+
+    /// A ready one-worker pipeline over [`Panicky`].
+    fn panicky_pipeline(max_batch: usize) -> Arc<ModelPipeline> {
         let config = PipelineConfig {
             workers: Some(1),
-            max_batch: 1,
+            max_batch,
             ..PipelineConfig::default()
         };
         let factory: BackendFactory = Arc::new(|_| Ok(Box::new(Panicky) as Box<dyn Backend>));
@@ -1043,11 +1052,14 @@ mod tests {
             pipeline.wait_ready(Duration::from_secs(30)),
             Readiness::Ready
         );
+        pipeline
+    }
+
+    #[test]
+    fn a_backend_panic_answers_its_batch_and_the_worker_goes_on() {
+        let pipeline = panicky_pipeline(1);
         let tenant = pipeline.tenant("t", 1);
-        let limits = FrameLimits {
-            max_pixels: 40_000_000,
-            max_side: 16_384,
-        };
+        let limits = LIMITS;
         let dog = include_bytes!("../../tests/data/dog.jpg");
         let frame = |suffix: &[u8]| {
             let mut payload = dog.to_vec();
@@ -1086,22 +1098,9 @@ mod tests {
         // The race: a producer passes the "closed" check, the pipeline
         // closes its queue and its workers stop, then the push lands. The
         // queue's own check is bypassed here to land it at each point.
-        let config = PipelineConfig {
-            workers: Some(1),
-            max_batch: 4,
-            ..PipelineConfig::default()
-        };
-        let factory: BackendFactory = Arc::new(|_| Ok(Box::new(Panicky) as Box<dyn Backend>));
-        let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, factory);
-        assert_eq!(
-            pipeline.wait_ready(Duration::from_secs(30)),
-            Readiness::Ready
-        );
+        let pipeline = panicky_pipeline(4);
         let tenant = pipeline.tenant("t", 1);
-        let limits = FrameLimits {
-            max_pixels: 40_000_000,
-            max_side: 16_384,
-        };
+        let limits = LIMITS;
         let dog = bytes::Bytes::from_static(include_bytes!("../../tests/data/dog.jpg"));
         let item = || {
             let (tx, rx) = oneshot::channel();

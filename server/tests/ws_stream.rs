@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use framegate_protocol::{ClientMessage, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use support::*;
@@ -403,4 +405,65 @@ async fn frames_beyond_credits_are_refused_not_queued() {
         !refused.is_empty(),
         "6 frames at once on 2 credits must refuse some"
     );
+}
+
+#[tokio::test]
+async fn a_silent_client_is_taken_for_dead_and_a_quiet_one_is_kept() {
+    // Two seconds without a byte from the client: the gateway pings after
+    // a third of that, and a client that does not answer (it vanished, or
+    // stopped reading) loses the connection; its session waits for a
+    // resume. A client that answers pings keeps its connection however
+    // long it stays quiet.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("framegate.toml");
+    std::fs::write(&cfg, "[http]\nws_idle_timeout_secs = 2\n").unwrap();
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let jpeg = data("dog.jpg");
+
+    // Silent: nothing read (so no pong), nothing sent, for 4 s.
+    let (mut silent, welcome) = open_session(&gw).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match silent.next().await {
+                Some(Ok(Message::Ping(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the connection of a silent client was kept");
+    assert!(
+        !matches!(ended, Some(Ok(Message::Binary(_)))),
+        "unexpected message {ended:?}"
+    );
+    // The session itself waits for a resume.
+    let mut ws = ws_connect(&gw, None).await;
+    let hello = ClientMessage::Hello(framegate_protocol::Hello {
+        resume_token: welcome.resume_token,
+        ..framegate_protocol::Hello::new(KEY)
+    });
+    send(&mut ws, &hello).await;
+    match recv(&mut ws).await {
+        Some(ServerMessage::Welcome(w)) => assert_eq!(w.session_id, welcome.session_id),
+        other => panic!("expected the session resumed, got {other:?}"),
+    }
+
+    // Quiet but alive: reading answers the gateway's pings.
+    let (mut quiet, _) = open_session(&gw).await;
+    let read = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match quiet.next().await {
+                Some(Ok(Message::Ping(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_err(),
+        "the quiet connection ended or got a message: {read:?}"
+    );
+    send(&mut quiet, &jpeg_frame(1, &jpeg)).await;
+    assert!(matches!(recv(&mut quiet).await, Some(ServerMessage::Detections(d)) if d.seq == 1));
 }

@@ -87,6 +87,15 @@ pub struct HttpConfig {
     /// Seconds a client gets to send its request headers / WebSocket `Hello`.
     /// Default 10.
     pub handshake_timeout_secs: u64,
+    /// Seconds a WebSocket session may go without a byte from its client
+    /// before the gateway takes the connection for dead (a client that
+    /// vanished without a close: a NAT entry gone, a network dropped) and
+    /// detaches the session, which then waits for a resume as after any
+    /// broken connection. A quiet connection is pinged every third of this
+    /// and every WebSocket client answers pings by itself, so only a dead
+    /// one (or a client that stopped reading) reaches it. 0 turns it off.
+    /// Default 60.
+    pub ws_idle_timeout_secs: u64,
     /// After SIGTERM/SIGINT, seconds the gateway waits for open requests and
     /// sessions to finish before it closes them and exits (usage is flushed
     /// after that). Sessions drain on their own first: each gets the
@@ -106,6 +115,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: 16 << 20,
             handshake_timeout_secs: 10,
+            ws_idle_timeout_secs: 60,
             shutdown_timeout_secs: 20,
             tls_listen: None,
         }

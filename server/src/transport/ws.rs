@@ -336,7 +336,20 @@ async fn run_session(
     // pings and always for the latest (RFC 6455 5.5.3 allows answering only
     // the most recent), and costs one payload of memory.
     let (pong_tx, pong_rx) = watch::channel(None);
-    let mut writer = tokio::spawn(write_outbound(sink, out_rx, close_rx, pong_rx));
+    // Keep-alive pings the reader asks the writer to send.
+    let pings = Arc::new(tokio::sync::Notify::new());
+    let mut writer = tokio::spawn(write_outbound(
+        sink,
+        out_rx,
+        close_rx,
+        pong_rx,
+        pings.clone(),
+    ));
+    let idle = gw.config.http.ws_idle_timeout_secs;
+    let keepalive = (idle > 0).then(|| KeepAlive {
+        idle: Duration::from_secs(idle),
+        pings: &pings,
+    });
     let conn = match gw
         .sessions
         .open(&gw, &principal, &hello, "ws", out_tx.clone())
@@ -354,7 +367,7 @@ async fn run_session(
     // Read until Bye, a violation, or the socket ends; the writer ends when
     // the session says so or the socket dies.
     let ended = tokio::select! {
-        ended = read_messages(&conn, &mut stream, &limits, &pong_tx) => ended,
+        ended = read_messages(&conn, &mut stream, &limits, &pong_tx, keepalive) => ended,
         _ = &mut writer => return,
     };
     match ended {
@@ -411,14 +424,34 @@ enum ReadEnd {
 const LINGER_MAX_BYTES: usize = 64 << 20;
 const LINGER_MAX_SECS: u64 = 2;
 
+/// How a session finds a connection that died without a close: every
+/// third of `idle` it looks at when the client last sent anything; quiet
+/// for a third, it is pinged; quiet for all of `idle`, it is taken for
+/// dead.
+#[derive(Clone, Copy)]
+struct KeepAlive<'a> {
+    /// Quiet this long: the connection is taken for dead.
+    idle: Duration,
+    /// Asks the writer for a ping.
+    pings: &'a tokio::sync::Notify,
+}
+
 /// Forwards client messages until Bye, a violation or the end of the
-/// connection.
+/// connection (with `keepalive`, also a connection quiet for too long).
 async fn read_messages(
     conn: &crate::session::Connection,
     stream: &mut Stream,
     limits: &DecodeLimits,
     pongs: &watch::Sender<Option<Bytes>>,
+    keepalive: Option<KeepAlive<'_>>,
 ) -> ReadEnd {
+    // Reading is cancel-safe: a tick that interrupts it loses nothing.
+    let mut ticks = keepalive.map(|k| {
+        let every = k.idle / 3;
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     loop {
         let mut closed = None;
         let mut control = |c| match c {
@@ -430,7 +463,31 @@ async fn read_messages(
             }
             Control::Close(code) => closed = Some(code),
         };
-        match next_message(stream, limits, &mut control).await {
+        let next = match (keepalive, ticks.as_mut()) {
+            // One timer for the connection's life, not one per message.
+            (Some(k), Some(ticks)) => loop {
+                tokio::select! {
+                    biased;
+                    next = next_message(stream, limits, &mut control) => break next,
+                    _ = ticks.tick() => {
+                        let quiet = stream.heard().elapsed();
+                        if quiet >= k.idle {
+                            tracing::info!(
+                                quiet_secs = quiet.as_secs(),
+                                "WebSocket client silent: connection taken for dead; the session waits for a resume"
+                            );
+                            return ReadEnd::Gone;
+                        }
+                        if quiet >= k.idle / 3 {
+                            // Every WebSocket client answers a ping by itself.
+                            k.pings.notify_one();
+                        }
+                    }
+                }
+            },
+            _ => next_message(stream, limits, &mut control).await,
+        };
+        match next {
             Ok(Some(msg)) => {
                 let bye = matches!(msg, ClientMessage::Bye(_) | ClientMessage::Hello(_));
                 if !conn.deliver(msg, false).await || bye {
@@ -456,6 +513,7 @@ async fn write_outbound(
     mut rx: mpsc::Receiver<Outbound>,
     mut closes: mpsc::Receiver<Option<u16>>,
     mut pongs: watch::Receiver<Option<Bytes>>,
+    pings: Arc<tokio::sync::Notify>,
 ) {
     loop {
         // Answers first: a client that pings without pause does not hold
@@ -481,6 +539,13 @@ async fn write_outbound(
                     if sink.flush().await.is_err() {
                         return;
                     }
+                }
+                continue;
+            }
+            () = pings.notified() => {
+                sink.queue_ping();
+                if sink.flush().await.is_err() {
+                    return;
                 }
                 continue;
             }

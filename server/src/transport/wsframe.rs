@@ -213,6 +213,8 @@ pub struct WsReader<R> {
     /// `buf` was allocated while waiting for this frame (nothing taken out
     /// of it since): a header arriving in pieces does not allocate again.
     fresh: bool,
+    /// When the client last sent anything (a pong or part of a frame).
+    heard: tokio::time::Instant,
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
@@ -226,7 +228,13 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             expect: READ_AHEAD,
             last_data: tokio::time::Instant::now(),
             fresh: false,
+            heard: tokio::time::Instant::now(),
         }
+    }
+
+    /// When the client last sent anything (a pong or part of a frame).
+    pub fn heard(&self) -> tokio::time::Instant {
+        self.heard
     }
 
     /// Changes the message limit (the gateway reads Hello with a small one,
@@ -292,7 +300,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 Ok(0) => {
                     return Err(WsError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
-                Ok(_) => {}
+                Ok(_) => self.heard = tokio::time::Instant::now(),
                 Err(e) => return Err(WsError::Io(e)),
             }
         }
@@ -453,6 +461,11 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     /// A pong answering a ping's payload.
     pub fn queue_pong(&mut self, payload: &[u8]) {
         push_frame(&mut self.out, OP_PONG, payload);
+    }
+
+    /// A keep-alive ping (empty payload).
+    pub fn queue_ping(&mut self) {
+        push_frame(&mut self.out, OP_PING, b"");
     }
 
     /// A close frame; `reason` is cut to the 123 bytes a close frame has

@@ -373,3 +373,59 @@ max_sessions = 1
         "expired after {waited:?}, TTL 3 s"
     );
 }
+
+/// Redis goes down with a session open through it: the local fallback
+/// counts that session, so the gateway still holds `max_sessions` (it
+/// admitted a second one on top before).
+#[tokio::test]
+async fn the_local_fallback_counts_the_sessions_opened_through_redis() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[backend]
+kind = "synthetic"
+
+[ratelimit]
+store = "redis"
+redis_url = "{}"
+timeout_ms = 100
+
+[plans.default]
+max_sessions = 1
+"#,
+            redis.url()
+        ),
+    );
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let (held, _) = open_session(&gw).await;
+    redis.kill();
+    let mut ws = support::ws_connect(&gw, None).await;
+    send(&mut ws, &hello(KEY)).await;
+    match recv(&mut ws).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(e.code, framegate_protocol::ErrorCode::RateLimited, "{e:?}")
+        }
+        other => panic!("a second session beyond max_sessions = 1: {other:?}"),
+    }
+    // Once the first one ends (Bye: a dropped connection would keep it
+    // for a resume), the fallback admits another.
+    let mut held = held;
+    send(
+        &mut held,
+        &framegate_protocol::ClientMessage::Bye(framegate_protocol::Bye {
+            reason: "done".into(),
+        }),
+    )
+    .await;
+    while recv(&mut held).await.is_some() {}
+    let reopened = support::usage::eventually(Duration::from_secs(5), || async {
+        let mut ws = support::ws_connect(&gw, None).await;
+        send(&mut ws, &hello(KEY)).await;
+        matches!(recv(&mut ws).await, Some(ServerMessage::Welcome(_)))
+    })
+    .await;
+    assert!(reopened, "the slot of the ended session was not given back");
+}

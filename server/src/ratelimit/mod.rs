@@ -362,11 +362,15 @@ impl RateLimiter {
                             }
                         }
                     });
+                    // Counted here too: should Redis fail, the local
+                    // fallback starts from this gateway's real count.
+                    self.sessions.hold(&s.sessions);
                     return Ok(SessionSlot(Slot::Redis {
                         store: r.clone(),
                         keys: s.sessions.clone(),
                         member,
                         beat,
+                        local: self.sessions.clone(),
                     }));
                 }
                 Ok(Err(i)) => return Err(refused(i)),
@@ -408,6 +412,8 @@ enum Slot {
         keys: Vec<(String, u32)>,
         member: String,
         beat: tokio::task::JoinHandle<()>,
+        /// The same slot in this gateway's own count.
+        local: Arc<local::LocalSessions>,
     },
 }
 
@@ -421,7 +427,9 @@ impl Drop for SessionSlot {
                 keys,
                 member,
                 beat,
+                local,
             } => {
+                local.release(&keys);
                 beat.abort();
                 // If this fails the slot expires with its heartbeat.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {

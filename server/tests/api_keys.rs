@@ -456,23 +456,28 @@ async fn the_cli_manages_keys_in_the_store_and_through_the_admin_api() {
     assert_eq!(me["limits"]["frames_per_sec"], 7.0);
 }
 
+/// Puts plan `plan` with `limits` and `tenant` on it, through the admin API.
+async fn put_tenant_on_plan(gw: &Gateway, tenant: &str, plan: &str, limits: serde_json::Value) {
+    for (path, body) in [
+        (format!("/v1/admin/plans/{plan}"), limits),
+        (
+            format!("/v1/admin/tenants/{tenant}"),
+            json!({ "plan": plan }),
+        ),
+    ] {
+        let (status, v) = admin(gw, Method::PUT, &path, Some(ADMIN_TOKEN), Some(body)).await;
+        assert_eq!(status, 200, "{path}: {v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_service_keys_follow_the_plan_and_stay_in_the_tenant() {
     let gw = gateway().await;
-    admin(
+    put_tenant_on_plan(
         &gw,
-        Method::PUT,
-        "/v1/admin/plans/team",
-        Some(ADMIN_TOKEN),
-        Some(json!({"max_keys": 2, "budget_frames": 1000})),
-    )
-    .await;
-    admin(
-        &gw,
-        Method::PUT,
-        "/v1/admin/tenants/acme",
-        Some(ADMIN_TOKEN),
-        Some(json!({"plan": "team"})),
+        "acme",
+        "team",
+        json!({"max_keys": 2, "budget_frames": 1000}),
     )
     .await;
     let (acme_id, acme) = create_key(&gw, json!({"tenant": "acme", "name": "owner"})).await;
@@ -612,22 +617,7 @@ async fn a_plans_budget_caps_its_tenants_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_minted_by_a_key_keeps_its_expiry_and_limits() {
     let gw = gateway().await;
-    admin(
-        &gw,
-        Method::PUT,
-        "/v1/admin/plans/team",
-        Some(ADMIN_TOKEN),
-        Some(json!({"max_keys": 3})),
-    )
-    .await;
-    admin(
-        &gw,
-        Method::PUT,
-        "/v1/admin/tenants/initech",
-        Some(ADMIN_TOKEN),
-        Some(json!({"plan": "team"})),
-    )
-    .await;
+    put_tenant_on_plan(&gw, "initech", "team", json!({"max_keys": 3})).await;
     let (_, parent) = create_key(
         &gw,
         json!({"tenant": "initech", "expires_in_secs": 3600, "limits": {"frames_per_sec": 1.0}}),

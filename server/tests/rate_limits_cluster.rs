@@ -319,6 +319,21 @@ burst = 3
     assert!(store_errors(&deny).await >= 1.0);
 }
 
+/// Whether a new session on `gw` is refused `rate-limited` (false: it
+/// was welcomed).
+async fn session_refused(gw: &Gateway) -> bool {
+    let mut ws = support::ws_connect(gw, None).await;
+    send(&mut ws, &hello(KEY)).await;
+    match recv(&mut ws).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(e.code, framegate_protocol::ErrorCode::RateLimited, "{e:?}");
+            true
+        }
+        Some(ServerMessage::Welcome(_)) => false,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 /// `max_sessions` across gateways: a session open on one gateway counts on
 /// the others, and when that gateway is killed (no Bye, no clean-up) its
 /// session stops counting once its heartbeat lapses.
@@ -349,23 +364,16 @@ max_sessions = 1
     let (_held, _) = open_session(&a).await;
     // Longer than the TTL: the heartbeat keeps the slot.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let refused = async |gw: &Gateway| {
-        let mut ws = support::ws_connect(gw, None).await;
-        send(&mut ws, &hello(KEY)).await;
-        match recv(&mut ws).await {
-            Some(ServerMessage::Error(e)) => {
-                assert_eq!(e.code, framegate_protocol::ErrorCode::RateLimited, "{e:?}");
-                true
-            }
-            Some(ServerMessage::Welcome(_)) => false,
-            other => panic!("unexpected {other:?}"),
-        }
-    };
-    assert!(refused(&b).await, "the session on gateway a counts on b");
+    assert!(
+        session_refused(&b).await,
+        "the session on gateway a counts on b"
+    );
     a.kill();
     let start = Instant::now();
-    let reopened =
-        support::usage::eventually(Duration::from_secs(10), || async { !refused(&b).await }).await;
+    let reopened = support::usage::eventually(Duration::from_secs(10), || async {
+        !session_refused(&b).await
+    })
+    .await;
     assert!(reopened, "the crashed gateway's session never expired");
     let waited = start.elapsed();
     assert!(
@@ -402,14 +410,10 @@ max_sessions = 1
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     let (held, _) = open_session(&gw).await;
     redis.kill();
-    let mut ws = support::ws_connect(&gw, None).await;
-    send(&mut ws, &hello(KEY)).await;
-    match recv(&mut ws).await {
-        Some(ServerMessage::Error(e)) => {
-            assert_eq!(e.code, framegate_protocol::ErrorCode::RateLimited, "{e:?}")
-        }
-        other => panic!("a second session beyond max_sessions = 1: {other:?}"),
-    }
+    assert!(
+        session_refused(&gw).await,
+        "a second session beyond max_sessions = 1 was welcomed"
+    );
     // Once the first one ends (Bye: a dropped connection would keep it
     // for a resume), the fallback admits another.
     let mut held = held;
@@ -422,9 +426,7 @@ max_sessions = 1
     .await;
     while recv(&mut held).await.is_some() {}
     let reopened = support::usage::eventually(Duration::from_secs(5), || async {
-        let mut ws = support::ws_connect(&gw, None).await;
-        send(&mut ws, &hello(KEY)).await;
-        matches!(recv(&mut ws).await, Some(ServerMessage::Welcome(_)))
+        !session_refused(&gw).await
     })
     .await;
     assert!(reopened, "the slot of the ended session was not given back");

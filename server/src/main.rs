@@ -468,13 +468,15 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
         println!("framegate: HTTPS listening on https://{addr} (WebSocket wss://{addr}/v1/stream)");
         let app = framegate::transport::http::router(gw.clone());
         let mut stopped = quic_stopped.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(tls, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.changed().await;
-                })
-                .await;
-        });
+        let header_timeout = Duration::from_secs(gw.config.http.handshake_timeout_secs);
+        tokio::spawn(framegate::transport::serve_router(
+            tls,
+            app,
+            header_timeout,
+            async move {
+                let _ = stopped.changed().await;
+            },
+        ));
     }
     let quic_task = match quic {
         Some((listener, material)) => {
@@ -625,13 +627,15 @@ async fn start_admin(
         listener.local_addr()?
     );
     let app = framegate::admin::router(gw.clone(), auth);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.changed().await;
-            })
-            .await;
-    });
+    let header_timeout = Duration::from_secs(gw.config.http.handshake_timeout_secs);
+    tokio::spawn(framegate::transport::serve_router(
+        listener,
+        app,
+        header_timeout,
+        async move {
+            let _ = stopped.changed().await;
+        },
+    ));
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::time::Duration;
 use support::*;
 
 async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> String {
@@ -197,5 +198,74 @@ async fn the_body_limit_is_the_image_limit_and_a_broken_body_is_400() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(!answer.contains("payload-too-large"), "{answer}");
+    still_serves(&gw).await;
+}
+
+/// Reads until the gateway closes the connection or `limit` passes; true if
+/// it closed.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {} // a 408 or similar before the close
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_sends_headers_slowly_or_not_at_all_is_closed() {
+    // http.handshake_timeout_secs bounds a request's headers: a slowloris
+    // client (a header line trickling in) and one that connects and sends
+    // nothing lose their connections instead of holding them for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("framegate.toml");
+    std::fs::write(&cfg, "[http]\nhandshake_timeout_secs = 1\n").unwrap();
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let addr = gw.url("").trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        // One more byte every 300 ms: never the end of the headers.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            slow.write_all(b"a").await.unwrap();
+        }
+    }
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3)).await,
+        "a client trickling its headers kept its connection"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)).await,
+        "a client that sent nothing kept its connection"
+    );
+    // A client that sends its request at once is served, on the same
+    // listener, and may keep its connection for the next request.
+    let mut quick = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        quick
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), quick.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
     still_serves(&gw).await;
 }

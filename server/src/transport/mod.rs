@@ -64,15 +64,166 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
+    let header_timeout = Duration::from_secs(gw.config.http.handshake_timeout_secs);
     let app = http::router(gw);
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, app, header_timeout, shutdown).await;
+    Ok(())
+}
+
+/// Serves `app` on `listener` (HTTP/1.1 with upgrades, and HTTP/2) until
+/// `shutdown` resolves, then stops accepting, asks open connections to
+/// finish their requests and waits for them.
+///
+/// What `axum::serve` does, plus a deadline on request headers: a client
+/// gets `header_timeout` for each request's headers (the first from when it
+/// connects, the next from when the previous answer went out), so a client
+/// that opens connections and sends headers slowly, or nothing at all,
+/// cannot hold them for ever (axum's server has no timer, and hyper's own
+/// header deadline needs one).
+pub async fn serve_router<L>(
+    mut listener: L,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    // WebSocket over HTTP/2 (RFC 8441) needs the CONNECT protocol.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
+    let builder = Arc::new(builder);
+    // Connections watch `stop` (asked to finish) and hold `open` (the
+    // server waits until every clone is gone).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, _peer) = tokio::select! {
+            conn = listener.accept() => conn,
+            _ = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let (builder, stop_tx, open_rx) = (builder.clone(), stop_tx.clone(), open_rx.clone());
+        // Before hyper's own deadline can run, the server reads the first
+        // bytes to tell HTTP/1 from HTTP/2: a client that sends nothing is
+        // bounded here.
+        let io = FirstByteWithin::new(io, header_timeout);
+        tokio::spawn(async move {
+            let mut conn =
+                std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop_tx.closed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::trace!(error = %e, "HTTP connection ended with an error");
+            }
+            drop(open_rx);
+        });
+    }
+    drop(listener);
+    drop(stop_rx);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// A connection whose first byte must arrive within a deadline: reading
+/// fails with `TimedOut` once it has passed with nothing received. After
+/// the first byte it is the connection itself.
+struct FirstByteWithin<I> {
+    io: I,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> FirstByteWithin<I> {
+    fn new(io: I, within: Duration) -> Self {
+        Self {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteWithin<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let me = &mut *self;
+        let r = std::pin::Pin::new(&mut me.io).poll_read(cx, buf);
+        let Some(deadline) = me.deadline.as_mut() else {
+            return r;
+        };
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => me.deadline = None,
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "nothing received within http.handshake_timeout_secs",
+                )));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteWithin<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The longest start of `text` of at most `max` bytes that ends at a

@@ -982,6 +982,82 @@ impl Config {
         if r.session_ttl_secs < 3 || r.session_ttl_secs > 3600 {
             problems.push("ratelimit.session_ttl_secs must be in 3..=3600".into());
         }
+        // Times: zero where it would stop a task (an interval of 0 panics,
+        // a timeout of 0 fails every call) and past what an Instant can
+        // add without overflowing (a connection task would panic) or what
+        // could make sense.
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        for (field, value, min, max) in [
+            (
+                "http.handshake_timeout_secs",
+                self.http.handshake_timeout_secs,
+                1,
+                600,
+            ),
+            (
+                "http.ws_idle_timeout_secs",
+                self.http.ws_idle_timeout_secs,
+                0,
+                86_400,
+            ),
+            (
+                "http.shutdown_timeout_secs",
+                self.http.shutdown_timeout_secs,
+                0,
+                3600,
+            ),
+            (
+                "quic.handshake_timeout_secs",
+                self.quic.handshake_timeout_secs,
+                1,
+                600,
+            ),
+            (
+                "session.resume_grace_secs",
+                self.session.resume_grace_secs,
+                0,
+                86_400,
+            ),
+            (
+                "pipeline.max_queue_wait_ms",
+                self.pipeline.max_queue_wait_ms,
+                0,
+                600_000,
+            ),
+            (
+                "metering.store_timeout_ms",
+                self.metering.store_timeout_ms,
+                1,
+                60_000,
+            ),
+            (
+                "metering.shutdown_flush_secs",
+                self.metering.shutdown_flush_secs,
+                0,
+                3600,
+            ),
+            (
+                "billing.report_interval_ms",
+                self.billing.report_interval_ms,
+                1,
+                DAY_MS,
+            ),
+            ("billing.grace_secs", self.billing.grace_secs, 0, 86_400),
+            (
+                "billing.request_timeout_ms",
+                self.billing.request_timeout_ms,
+                1,
+                600_000,
+            ),
+            ("billing.lease_ttl_ms", self.billing.lease_ttl_ms, 1, DAY_MS),
+        ] {
+            if value < min || value > max {
+                problems.push(format!("{field} must be in {min}..={max}, got {value}"));
+            }
+        }
+        if self.limits.max_frame_side == 0 {
+            problems.push("limits.max_frame_side must be at least 1".into());
+        }
         let b = &self.billing;
         if b.enabled && b.customers.is_empty() {
             problems.push("billing.enabled needs at least one [[billing.customers]]".into());
@@ -1020,6 +1096,25 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn times_that_would_stop_a_task_or_overflow_are_refused() {
+        for (section, field, value) in [
+            ("billing", "report_interval_ms", "0"),
+            ("billing", "request_timeout_ms", "0"),
+            ("billing", "lease_ttl_ms", "0"),
+            ("metering", "store_timeout_ms", "0"),
+            ("http", "handshake_timeout_secs", "0"),
+            ("quic", "handshake_timeout_secs", "9223372036854775807"),
+            ("session", "resume_grace_secs", "9223372036854775807"),
+            ("limits", "max_frame_side", "0"),
+        ] {
+            let config: Config = toml::from_str(&format!("[{section}]\n{field} = {value}\n"))
+                .unwrap_or_else(|e| panic!("{section}.{field}: {e}"));
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("{section}.{field}")), "{err}");
+        }
     }
 
     #[test]

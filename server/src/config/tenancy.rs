@@ -107,6 +107,12 @@ impl PlanLimits {
         if self.weight == Some(0) || self.weight.is_some_and(|w| w > 1000) {
             out.push(format!("{at}.weight must be in 1..=1000"));
         }
+        if self.models.as_ref().is_some_and(|m| m.is_empty()) {
+            // An empty list allows no model: every frame would be refused.
+            out.push(format!(
+                "{at}.models must name at least one model (leave it out to allow every model)"
+            ));
+        }
         out
     }
 }
@@ -193,11 +199,13 @@ mod tests {
     #[test]
     fn bad_plans_are_reported() {
         let plans: BTreeMap<String, PlanLimits> =
-            toml::from_str("[p]\nframes_per_sec = -1.0\nburst = 0\nweight = 0\n").unwrap();
+            toml::from_str("[p]\nframes_per_sec = -1.0\nburst = 0\nweight = 0\nmodels = []\n")
+                .unwrap();
         let tenants: BTreeMap<String, TenantConfig> =
             toml::from_str("[t]\nplan = \"missing\"\n").unwrap();
         let p = problems(&plans, &tenants);
-        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(p.len(), 5, "{p:?}");
+        assert!(p.iter().any(|m| m.contains("plans.p.models")), "{p:?}");
         assert!(resolve(&plans, &tenants, "x").allows_model("m"));
         let limited = PlanLimits {
             models: Some(vec!["a".into()]),

@@ -54,9 +54,6 @@ pub fn validate(quic: &QuicConfig, tls: &TlsConfig, problems: &mut Vec<String>) 
     if quic.max_connections == 0 {
         problems.push("quic.max_connections must be at least 1".into());
     }
-    if quic.handshake_timeout_secs == 0 {
-        problems.push("quic.handshake_timeout_secs must be at least 1".into());
-    }
     if quic.idle_timeout_secs == 0 || quic.idle_timeout_secs > 600 {
         problems.push("quic.idle_timeout_secs must be in 1..=600".into());
     }

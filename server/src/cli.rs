@@ -471,6 +471,7 @@ pub async fn keys(args: KeysArgs) -> Result<()> {
                             scopes,
                             expires_at: expires_in_secs.map(|s| now_secs().saturating_add(s)),
                             limits: None,
+                            parent: None,
                         })
                         .await?;
                     let mut v = c.record.view();
@@ -509,14 +510,21 @@ pub async fn keys(args: KeysArgs) -> Result<()> {
         KeysCommand::Revoke { id } => {
             let v = match &t {
                 Target::Store(store, config) => {
-                    let Some(k) = store.revoke(&id).await? else {
+                    let Some(r) = store.revoke(&id).await? else {
                         bail!("no key {id:?}");
                     };
                     eprintln!(
-                        "framegate: revoked; running gateways refuse it within {} s",
+                        "framegate: revoked{}; running gateways refuse it within {} s",
+                        if r.minted.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" with the {} key(s) minted from it", r.minted.len())
+                        },
                         config.auth.cache_ttl_secs
                     );
-                    k.view()
+                    let mut v = r.record.view();
+                    v["revoked_with_it"] = serde_json::json!(r.minted);
+                    v
                 }
                 Target::Admin { .. } => {
                     t.call(

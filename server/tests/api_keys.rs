@@ -221,6 +221,13 @@ async fn scopes_and_model_lists_are_enforced() {
     .await;
     assert_eq!(status, 400);
     let (_, limited) = create_key(&gw, json!({"tenant": "limited"})).await;
+    // /v1/models lists only the models the key may use: none here.
+    let (status, v) = get_with(&gw, "/v1/models", &limited).await;
+    assert_eq!(
+        (status, v["models"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
     let (status, v) = detect_with(&gw, &limited).await;
     assert_eq!(status, 403, "{v}");
     assert!(
@@ -251,6 +258,8 @@ async fn scopes_and_model_lists_are_enforced() {
     )
     .await;
     assert_eq!(detect_with(&gw, &limited).await.0, 200);
+    let (_, v) = get_with(&gw, "/v1/models", &limited).await;
+    assert_eq!(v["models"][0]["name"], "nanodet-g", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,6 +574,69 @@ async fn self_service_keys_follow_the_plan_and_stay_in_the_tenant() {
     assert_eq!(get_with(&gw, "/v1/keys", &detect_only).await.0, 403);
     assert_eq!(del(&detect_only, &acme_id).await.unwrap().status(), 403);
     assert_eq!(get_with(&gw, "/v1/keys", "nope").await.0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_revokes_the_keys_it_minted() {
+    let gw = gateway().await;
+    put_tenant_on_plan(&gw, "acme", "team", json!({"max_keys": 6})).await;
+    let (owner_id, owner) = create_key(&gw, json!({"tenant": "acme", "name": "owner"})).await;
+    let client = reqwest::Client::new();
+    let mint = |key: &str, body: serde_json::Value| {
+        let req = client.post(gw.url("/v1/keys")).bearer_auth(key).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 201);
+            let v: serde_json::Value = r.json().await.unwrap();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["key"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let del = |key: &str, id: &str| {
+        client
+            .delete(gw.url(&format!("/v1/keys/{id}")))
+            .bearer_auth(key.to_string())
+            .send()
+    };
+    // owner → child → grandchild, each minted by the one before.
+    let (child_id, child) = mint(&owner, json!({"name": "child"})).await;
+    let (_, grandchild) = mint(&child, json!({"name": "cam", "scopes": ["stream"]})).await;
+    assert!(ws_welcomed(&gw, &grandchild).await);
+    // A key with fewer scopes may not revoke one with more.
+    let (_, usage_only) = create_key(&gw, json!({"tenant": "acme", "scopes": ["usage"]})).await;
+    let r = del(&usage_only, &child_id).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("scope"),
+        "{v}"
+    );
+    assert_eq!(detect_with(&gw, &child).await.0, 200);
+    // Revoking the child (self-service) revokes what it minted.
+    assert_eq!(del(&owner, &child_id).await.unwrap().status(), 204);
+    assert_eq!(detect_with(&gw, &child).await.0, 401);
+    assert!(
+        !ws_welcomed(&gw, &grandchild).await,
+        "a key minted by a revoked key still works"
+    );
+    // Revoking the owner (admin API) revokes the keys it still has out.
+    let (other_id, other) = mint(&owner, json!({"name": "other"})).await;
+    let (status, v) = admin(
+        &gw,
+        Method::DELETE,
+        &format!("/v1/admin/keys/{owner_id}"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["revoked_with_it"], json!([other_id]), "{v}");
+    assert_eq!(detect_with(&gw, &other).await.0, 401);
+    assert_eq!(detect_with(&gw, &owner).await.0, 401);
+    // Keys made by the admin API are nobody's children: untouched.
+    assert_eq!(get_with(&gw, "/v1/keys", &usage_only).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

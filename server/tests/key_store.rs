@@ -22,6 +22,7 @@ async fn contract(store: KeyStore) {
                 frames_per_sec: Some(2.0),
                 ..Default::default()
             }),
+            parent: None,
         })
         .await
         .unwrap();
@@ -47,13 +48,35 @@ async fn contract(store: KeyStore) {
     // Never the secret, anywhere in the record.
     assert!(!serde_json::to_string(&acme[0]).unwrap().contains(secret));
     assert!(a.record.active_at(now_secs()));
-    let revoked = store.revoke(id).await.unwrap().unwrap();
-    let at = revoked.revoked_at.unwrap();
-    assert!(!revoked.active_at(now_secs()));
+    // A key minted by a, and one minted by that one.
+    let child = |parent: &str| NewKey {
+        tenant: "acme".into(),
+        parent: Some(parent.to_string()),
+        ..Default::default()
+    };
+    let c = store.create(child(id)).await.unwrap();
+    let d = store.create(child(&c.record.id)).await.unwrap();
     assert_eq!(
-        store.revoke(id).await.unwrap().unwrap().revoked_at,
-        Some(at)
+        store.get_key(&d.record.id).await.unwrap().unwrap().parent,
+        Some(c.record.id.clone())
     );
+    let revoked = store.revoke(id).await.unwrap().unwrap();
+    let at = revoked.record.revoked_at.unwrap();
+    assert!(!revoked.record.active_at(now_secs()));
+    assert_eq!(
+        revoked.minted,
+        vec![c.record.id.clone(), d.record.id.clone()]
+    );
+    for k in [&c, &d] {
+        let r = store.get_key(&k.record.id).await.unwrap().unwrap();
+        assert!(
+            !r.active_at(now_secs()),
+            "a key minted from a revoked key is active"
+        );
+    }
+    assert_eq!(store.list_keys(Some("acme")).await.unwrap().len(), 3);
+    let again = store.revoke(id).await.unwrap().unwrap();
+    assert_eq!((again.record.revoked_at, again.minted.len()), (Some(at), 0));
     assert!(store.revoke("zzzzzzzzzzzz").await.unwrap().is_none());
     assert!(store
         .create(NewKey {
@@ -96,7 +119,7 @@ async fn embedded_store_keeps_the_contract_and_locks_its_file() {
     assert!(err.to_string().contains("--admin-url"), "{err}");
     drop(store);
     let again = KeyStore::Embedded(EmbeddedKeys::open(&path).unwrap());
-    assert_eq!(again.list_keys(None).await.unwrap().len(), 2);
+    assert_eq!(again.list_keys(None).await.unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -106,7 +129,7 @@ async fn redis_store_keeps_the_contract_and_is_shared() {
     contract(store).await;
     // Another client (another gateway) sees the same keys.
     let other = KeyStore::Redis(RedisKeys::connect(&redis.url(), Duration::from_secs(2)).unwrap());
-    assert_eq!(other.list_keys(None).await.unwrap().len(), 2);
+    assert_eq!(other.list_keys(None).await.unwrap().len(), 4);
     assert_eq!(other.list_plans().await.unwrap().len(), 1);
     // Everything lives under the one hash tag (one cluster slot).
     let dump = redis.cmd(&["KEYS", "*"]).unwrap();

@@ -202,6 +202,7 @@ async fn create_key(State(s): State<AdminState>, headers: HeaderMap, body: Bytes
             scopes: req.scopes,
             expires_at,
             limits: req.limits,
+            parent: None,
         })
         .await?;
     tracing::info!(key_id = %created.record.id, tenant = %created.record.tenant, "admin: key created");
@@ -242,10 +243,15 @@ async fn revoke_key(
 ) -> Answer {
     s.auth.check(&s.gw, &headers).await?;
     match store(&s.gw)?.revoke(&id).await? {
-        Some(k) => {
+        Some(r) => {
             s.gw.auth.forget_key(&id);
-            tracing::info!(key_id = %id, tenant = %k.tenant, "admin: key revoked");
-            Ok(Json(k.view()).into_response())
+            for child in &r.minted {
+                s.gw.auth.forget_key(child);
+            }
+            tracing::info!(key_id = %id, tenant = %r.record.tenant, minted = r.minted.len(), "admin: key revoked, with the keys minted from it");
+            let mut v = r.record.view();
+            v["revoked_with_it"] = serde_json::json!(r.minted);
+            Ok(Json(v).into_response())
         }
         None => Err(GatewayError::NotFound(format!("no key {id:?}"))),
     }

@@ -158,7 +158,8 @@ pub async fn create_key(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body
         .get_key(&p.key_id)
         .await?
         .filter(|r| r.tenant == p.tenant);
-    let (expires_at, limits) = parent.map_or((None, None), |r| (r.expires_at, r.limits));
+    let (expires_at, limits, parent) =
+        parent.map_or((None, None, None), |r| (r.expires_at, r.limits, Some(r.id)));
     let created = store
         .create(NewKey {
             tenant: p.tenant.clone(),
@@ -166,6 +167,7 @@ pub async fn create_key(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body
             scopes,
             expires_at,
             limits,
+            parent,
         })
         .await?;
     tracing::info!(key_id = %created.record.id, tenant = %p.tenant, "self-service: key created");
@@ -184,9 +186,21 @@ pub async fn delete_key(
     let store = store(&gw)?;
     match store.get_key(&id).await? {
         Some(k) if k.tenant == p.tenant => {
-            store.revoke(&id).await?;
+            // A key may not undo one that can do more than it can.
+            if let Some(s) = k.scopes.iter().find(|s| !p.scopes.contains(s)) {
+                return Err(GatewayError::Forbidden(format!(
+                    "key {id:?} has the {} scope, which this key lacks: revoke it with a key \
+                     that has every scope it has, or through the admin API",
+                    serde_json::json!(s)
+                )));
+            }
+            if let Some(r) = store.revoke(&id).await? {
+                for child in &r.minted {
+                    gw.auth.forget_key(child);
+                }
+            }
             gw.auth.forget_key(&id);
-            tracing::info!(key_id = %id, tenant = %p.tenant, "self-service: key revoked");
+            tracing::info!(key_id = %id, tenant = %p.tenant, "self-service: key revoked, with the keys minted from it");
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         _ => Err(GatewayError::NotFound(format!(

@@ -72,6 +72,10 @@ pub struct KeyRecord {
     pub limits: Option<PlanLimits>,
     /// SHA-256 of the secret, hex.
     pub secret_sha256: String,
+    /// The key that minted this one (`POST /v1/keys`); revoking it revokes
+    /// this one too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl KeyRecord {
@@ -94,6 +98,7 @@ impl KeyRecord {
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
             "limits": self.limits,
+            "parent": self.parent,
         })
     }
 }
@@ -111,6 +116,18 @@ pub struct NewKey {
     pub expires_at: Option<u64>,
     /// Overrides of the tenant's limits.
     pub limits: Option<PlanLimits>,
+    /// The key minting it (self-service), whose revocation revokes it.
+    pub parent: Option<String>,
+}
+
+/// A revocation: the key's record and the keys minted from it, directly or
+/// through others, that were revoked with it.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// The revoked key.
+    pub record: KeyRecord,
+    /// Ids of the keys revoked with it (still active until then).
+    pub minted: Vec<String>,
 }
 
 /// A key just created: the record and the key itself (shown once).
@@ -267,6 +284,7 @@ impl KeyStore {
             revoked_at: None,
             limits: new.limits,
             secret_sha256: hash_secret(&secret),
+            parent: new.parent,
         };
         self.put_key(&record).await?;
         Ok(CreatedKey {
@@ -295,17 +313,38 @@ impl KeyStore {
         Ok(keys)
     }
 
-    /// Revokes key `id` (from now); the record, `None` when there is no such
-    /// key. Revoking twice keeps the first time.
-    pub async fn revoke(&self, id: &str) -> Result<Option<KeyRecord>, KeyStoreError> {
+    /// Revokes key `id` (from now) and every active key minted from it,
+    /// directly or through others (a stolen key cannot leave a child
+    /// behind); `None` when there is no such key. Revoking twice keeps the
+    /// first time.
+    pub async fn revoke(&self, id: &str) -> Result<Option<Revocation>, KeyStoreError> {
         let Some(mut r) = self.get_key(id).await? else {
             return Ok(None);
         };
+        let now = now_secs();
         if r.revoked_at.is_none() {
-            r.revoked_at = Some(now_secs());
+            r.revoked_at = Some(now);
             self.put_key(&r).await?;
         }
-        Ok(Some(r))
+        // Children are in the same tenant (a key mints for its own).
+        let keys = self.list_keys(Some(&r.tenant)).await?;
+        let mut minted = Vec::new();
+        let mut parents = vec![r.id.clone()];
+        while let Some(parent) = parents.pop() {
+            for k in keys.iter().filter(|k| k.parent.as_deref() == Some(&parent)) {
+                if minted.contains(&k.id) || k.id == r.id {
+                    continue;
+                }
+                parents.push(k.id.clone());
+                if k.revoked_at.is_none() {
+                    let mut child = k.clone();
+                    child.revoked_at = Some(now);
+                    self.put_key(&child).await?;
+                    minted.push(k.id.clone());
+                }
+            }
+        }
+        Ok(Some(Revocation { record: r, minted }))
     }
 
     /// A tenant set at run time.
@@ -646,6 +685,7 @@ mod tests {
             revoked_at: None,
             limits: None,
             secret_sha256: String::new(),
+            parent: None,
         };
         assert!(r.active_at(now));
         // Revoked from a machine whose clock runs ten minutes ahead.

@@ -150,14 +150,40 @@ const MAX_CACHED: usize = 100_000;
 const MAX_LOOKUPS: usize = 64;
 
 /// A TTL cache of store answers, negative ones included.
+///
+/// Its generation counts what was forgotten: a lookup notes it before asking
+/// the store and caches the answer only if nothing was forgotten meanwhile,
+/// so an answer read before a revocation here cannot be cached after it.
 struct TtlCache<V> {
     entries: std::collections::HashMap<String, (Instant, V)>,
+    generation: u64,
 }
 
 impl<V: Clone> TtlCache<V> {
     fn new() -> Self {
         Self {
             entries: Default::default(),
+            generation: 0,
+        }
+    }
+
+    /// Forgets `k`.
+    fn forget(&mut self, k: &str) {
+        self.entries.remove(k);
+        self.generation += 1;
+    }
+
+    /// Forgets everything.
+    fn forget_all(&mut self) {
+        self.entries.clear();
+        self.generation += 1;
+    }
+
+    /// Caches `v`, read from the store after the cache was at `generation`,
+    /// unless something was forgotten since (the answer may be stale).
+    fn put_read_at(&mut self, k: &str, v: V, ttl: Duration, generation: u64) {
+        if generation == self.generation {
+            self.put(k, v, ttl);
         }
     }
 
@@ -197,6 +223,17 @@ pub struct Authenticator {
     caches: Mutex<Caches>,
     lookups: tokio::sync::Semaphore,
     verifier: Option<Arc<dyn TokenVerifier>>,
+    /// Tests: holds a key lookup between the store's answer and caching it.
+    #[cfg(test)]
+    pause_after_lookup: Option<Arc<LookupPause>>,
+}
+
+/// Where a paused lookup waits (tests).
+#[cfg(test)]
+#[derive(Default)]
+struct LookupPause {
+    reached: tokio::sync::Notify,
+    resume: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -243,6 +280,8 @@ impl Authenticator {
             }),
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
             verifier: None,
+            #[cfg(test)]
+            pause_after_lookup: None,
         };
         if !config.auth.keys.is_empty() {
             auth.static_keys = config
@@ -306,14 +345,14 @@ impl Authenticator {
     /// Forgets what this process cached about key `id` (after revoking it
     /// here, so this gateway refuses it at once).
     pub fn forget_key(&self, id: &str) {
-        self.lock().keys.entries.remove(id);
+        self.lock().keys.forget(id);
     }
 
     /// Forgets cached tenants and plans (after one was changed here).
     pub fn forget_tenancy(&self) {
         let mut c = self.lock();
-        c.tenants.entries.clear();
-        c.plans.entries.clear();
+        c.tenants.forget_all();
+        c.plans.forget_all();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Caches> {
@@ -407,9 +446,13 @@ impl Authenticator {
             .await
             .map_err(|_| GatewayError::Internal("lookup limiter closed".into()))?;
         // Another caller may have looked it up while this one waited.
-        if let Some(v) = self.lock().keys.get(id, self.ttl) {
-            return Ok(v);
-        }
+        let generation = {
+            let c = self.lock();
+            if let Some(v) = c.keys.get(id, self.ttl) {
+                return Ok(v);
+            }
+            c.keys.generation
+        };
         let v = match store.get_key(id).await {
             Ok(v) => v.map(Arc::new),
             Err(e) => {
@@ -418,19 +461,31 @@ impl Authenticator {
             }
         };
         crate::metrics::key_lookup(if v.is_some() { "found" } else { "unknown" });
-        self.lock().keys.put(id, v.clone(), self.ttl);
+        #[cfg(test)]
+        if let Some(pause) = &self.pause_after_lookup {
+            pause.reached.notify_one();
+            pause.resume.notified().await;
+        }
+        self.lock()
+            .keys
+            .put_read_at(id, v.clone(), self.ttl, generation);
         Ok(v)
     }
 
     /// A tenant's settings: the store's entry, else the configuration's.
     pub async fn tenant(&self, tenant: &str) -> Result<Option<TenantConfig>, GatewayError> {
         if let Some(store) = &self.store {
-            let cached = self.lock().tenants.get(tenant, self.ttl);
+            let (cached, generation) = {
+                let c = self.lock();
+                (c.tenants.get(tenant, self.ttl), c.tenants.generation)
+            };
             let v = match cached {
                 Some(v) => v,
                 None => match store.get_tenant(tenant).await {
                     Ok(v) => {
-                        self.lock().tenants.put(tenant, v.clone(), self.ttl);
+                        self.lock()
+                            .tenants
+                            .put_read_at(tenant, v.clone(), self.ttl, generation);
                         v
                     }
                     Err(e) => {
@@ -451,12 +506,17 @@ impl Authenticator {
     /// A plan: the store's entry, else the configuration's.
     pub async fn plan(&self, name: &str) -> Result<Option<PlanLimits>, GatewayError> {
         if let Some(store) = &self.store {
-            let cached = self.lock().plans.get(name, self.ttl);
+            let (cached, generation) = {
+                let c = self.lock();
+                (c.plans.get(name, self.ttl), c.plans.generation)
+            };
             let v = match cached {
                 Some(v) => v,
                 None => match store.get_plan(name).await {
                     Ok(v) => {
-                        self.lock().plans.put(name, v.clone(), self.ttl);
+                        self.lock()
+                            .plans
+                            .put_read_at(name, v.clone(), self.ttl, generation);
                         v
                     }
                     Err(e) => {
@@ -594,6 +654,56 @@ mod tests {
         assert_eq!(e.http_status(), 403);
         assert!(e.to_string().contains("\"stream\""), "{e}");
         assert!(auth.authenticate("ignored").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_read_the_key_before_it_was_revoked_here_does_not_cache_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            KeyStore::Embedded(keys::EmbeddedKeys::open(&dir.path().join("k.redb")).unwrap());
+        let mut config = Config::default();
+        config.auth.cache_ttl_secs = 600;
+        let (mut auth, _) =
+            Authenticator::from_config(&config, Some(store.clone()), Some("dev".into()));
+        let pause = Arc::new(LookupPause::default());
+        auth.pause_after_lookup = Some(pause.clone());
+        let auth = Arc::new(auth);
+        let k = store
+            .create(keys::NewKey {
+                tenant: "acme".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // A request looks the key up and has the store's (active) record...
+        let first = tokio::spawn({
+            let (auth, key) = (auth.clone(), k.key.clone());
+            async move { auth.authenticate(&key).await.map(|p| p.tenant) }
+        });
+        pause.reached.notified().await;
+        // ...when the key is revoked through this gateway.
+        store.revoke(&k.record.id).await.unwrap();
+        auth.forget_key(&k.record.id);
+        pause.resume.notify_one();
+        // The request that began before the revocation may pass; the record
+        // it read must not outlive the revocation in the cache.
+        assert_eq!(first.await.unwrap().unwrap(), "acme");
+        let mut after = tokio::spawn({
+            let (auth, key) = (auth.clone(), k.key.clone());
+            async move { auth.authenticate(&key).await.map(|p| p.tenant) }
+        });
+        // From the cache it answers at once; from the store it pauses.
+        let after = tokio::select! {
+            r = &mut after => r,
+            _ = pause.reached.notified() => {
+                pause.resume.notify_one();
+                after.await
+            }
+        };
+        assert!(
+            after.unwrap().is_err(),
+            "a key revoked here was accepted from the cache"
+        );
     }
 
     #[tokio::test]

@@ -178,6 +178,10 @@ pub fn validate(issuers: &[OidcIssuerConfig], problems: &mut Vec<String>) {
                 problems.push(format!(
                     "{at}.jwks_uri must be an http:// or https:// URL, got {u:?}"
                 ));
+            } else if c.issuer.starts_with("https://") && !u.starts_with("https://") {
+                problems.push(format!(
+                    "{at}.jwks_uri must be https:// for an https issuer (keys fetched in the clear could be swapped), got {u:?}"
+                ));
             }
         }
         if c.jwks_min_refresh_secs == 0 {
@@ -250,6 +254,12 @@ pub enum Rejection {
     /// A claim is missing or malformed (named).
     #[error("claim {0} missing or invalid")]
     Claim(&'static str),
+    /// Not an access token: an ID token (payload `typ` other than
+    /// `Bearer`, or an `at_hash`), or a header `typ` other than `JWT` /
+    /// `at+jwt`. An ID token proves who signed in to a client; it does not
+    /// grant access to an API, and it carries no scopes.
+    #[error("not an access token")]
+    TokenType,
 }
 
 /// A key from the issuer's JWKS.
@@ -551,6 +561,15 @@ impl Issuer {
         if !self.algorithms.contains(&header.alg) {
             return Err(Rejection::Algorithm);
         }
+        // An access token says "JWT" or "at+jwt" (RFC 9068) if anything;
+        // another type (a logout token, an ID token some issuers mark) is not
+        // a credential for this API.
+        if let Some(typ) = &header.typ {
+            let t = typ.to_ascii_lowercase();
+            if !matches!(t.as_str(), "jwt" | "at+jwt" | "application/at+jwt") {
+                return Err(Rejection::TokenType);
+            }
+        }
         let set = self.keys.load_full();
         let stale = set
             .fetched_at
@@ -604,13 +623,30 @@ impl Issuer {
     }
 
     fn identity(&self, claims: Claims) -> Result<TokenIdentity, Rejection> {
+        // Keycloak marks its tokens: "Bearer" for access, "ID" for ID
+        // tokens; every ID token may carry at_hash, no access token does.
+        match claims.rest.get("typ") {
+            None => {}
+            Some(serde_json::Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+            Some(_) => return Err(Rejection::TokenType),
+        }
+        if claims.rest.contains_key("at_hash") {
+            return Err(Rejection::TokenType);
+        }
+        let tenant_value = match self.config.tenant_claim.as_str() {
+            // Read into their own fields: not in `rest`.
+            "sub" => claims.sub.as_ref(),
+            "scope" => claims.scope.as_ref(),
+            other => claims.rest.get(other),
+        }
+        .cloned();
         let subject = match claims.sub {
             Some(serde_json::Value::String(s)) if !s.is_empty() => s,
             _ => return Err(Rejection::Claim("sub")),
         };
         let tenant = match &self.config.tenant {
             Some(t) => t.clone(),
-            None => match claims.rest.get(&self.config.tenant_claim) {
+            None => match &tenant_value {
                 Some(serde_json::Value::String(t)) if tenant_problem(t).is_none() => t.clone(),
                 _ => return Err(Rejection::Claim("tenant")),
             },
@@ -692,6 +728,14 @@ impl Issuer {
                 if !is_http_url(&d.jwks_uri) {
                     return Err(format!(
                         "discovery at {url}: jwks_uri is not an http(s) URL"
+                    ));
+                }
+                // Keys fetched in the clear could be swapped on the way.
+                if self.config.issuer.starts_with("https://") && !d.jwks_uri.starts_with("https://")
+                {
+                    return Err(format!(
+                        "discovery at {url}: jwks_uri {:?} is not https for an https issuer",
+                        d.jwks_uri
                     ));
                 }
                 state.jwks_uri = Some(d.jwks_uri.clone());
@@ -965,6 +1009,70 @@ mod tests {
             m.insert("nbf".into(), (now() + 10).into());
         });
         assert!(v.check(&sign(&s, "k1", &c)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn only_access_tokens_are_credentials() {
+        let s = es256_signer("k1");
+        let v = verifier(config(), &s);
+        // Keycloak's access tokens say Bearer; its ID tokens say ID (same
+        // audience when the client id is the audience, and no scope claim).
+        let bearer = with(claims(), |m| {
+            m.insert("typ".into(), "Bearer".into());
+        });
+        assert!(v.check(&sign(&s, "k1", &bearer)).await.is_ok());
+        for c in [
+            with(claims(), |m| {
+                m.insert("typ".into(), "ID".into());
+            }),
+            with(claims(), |m| {
+                m.insert("at_hash".into(), "x1Y2".into());
+            }),
+        ] {
+            assert_eq!(
+                v.check(&sign(&s, "k1", &c)).await.unwrap_err(),
+                Rejection::TokenType,
+                "{c}"
+            );
+        }
+        for (typ, ok) in [("JWT", true), ("at+jwt", true), ("logout+jwt", false)] {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some("k1".into());
+            h.typ = Some(typ.into());
+            let token = jsonwebtoken::encode(&h, &claims(), &s.key).unwrap();
+            match v.check(&token).await {
+                Ok(_) => assert!(ok, "{typ} was taken"),
+                Err(e) => assert_eq!((ok, e), (false, Rejection::TokenType), "{typ}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_tenant_may_be_the_subject() {
+        let s = es256_signer("k1");
+        let mut c = config();
+        c.tenant_claim = "sub".into();
+        let v = verifier(c, &s);
+        let id = v.check(&sign(&s, "k1", &claims())).await.unwrap();
+        assert_eq!(id.tenant, "svc-1");
+    }
+
+    #[test]
+    fn keys_of_an_https_issuer_come_over_https() {
+        let mut c = config();
+        c.jwks_uri = Some("http://login.example.test/certs".into());
+        let mut problems = Vec::new();
+        validate(&[c.clone()], &mut problems);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("jwks_uri must be https")),
+            "{problems:?}"
+        );
+        c.jwks_uri = Some("https://login.example.test/certs".into());
+        let mut problems = Vec::new();
+        validate(&[c], &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[tokio::test]

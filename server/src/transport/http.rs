@@ -553,15 +553,18 @@ async fn webtransport(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
 }
 
 async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(e) = gw
+    let principal = match gw
         .auth
         .authenticate_header(header_str(&headers, header::AUTHORIZATION))
         .await
     {
-        return error_response(&e);
-    }
+        Ok(p) => p,
+        Err(e) => return error_response(&e),
+    };
+    // The models this key may use (its plan's list), as documented.
     let list: Vec<ModelInfo> = gw
         .models()
+        .filter(|(name, _)| principal.limits.allows_model(name))
         .map(|(name, p)| {
             let spec = &p.model().spec;
             let readiness = p.readiness();

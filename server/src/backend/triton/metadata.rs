@@ -27,9 +27,40 @@ fn names(tensors: &[TensorMetadata]) -> String {
     format!("[{}]", n.join(", "))
 }
 
+/// The shape the decoder of `spec` reads from each of its outputs (in
+/// [`decoder_outputs`] order), batch dimension left out; `None` for a
+/// dimension it takes as it comes. `classes`: the model's labels.
+fn decoder_shapes(spec: &ModelSpec, classes: usize) -> Vec<Vec<Option<i64>>> {
+    let (w, h) = (i64::from(spec.input.width), i64::from(spec.input.height));
+    match &spec.decoder {
+        DecoderSpec::Nanodet {
+            strides,
+            reg_max,
+            cls_outputs,
+            ..
+        } => {
+            let cells = |s: &u32| Some((w / i64::from(*s)) * (h / i64::from(*s)));
+            let cls = strides
+                .iter()
+                .take(cls_outputs.len())
+                .map(|s| vec![cells(s), Some(classes as i64)]);
+            let bins = 4 * (i64::from(*reg_max) + 1);
+            let boxes = strides.iter().map(|s| vec![cells(s), Some(bins)]);
+            cls.chain(boxes).collect()
+        }
+        DecoderSpec::Yolov8 { .. } => vec![vec![Some(4 + classes as i64), None]],
+    }
+}
+
 /// Every way `meta` differs from what the gateway will send and read, one
-/// line each; empty when it fits. `max_batch` is `pipeline.max_batch`.
-pub fn check(meta: &ModelMetadataResponse, spec: &ModelSpec, max_batch: usize) -> Vec<String> {
+/// line each; empty when it fits. `max_batch` is `pipeline.max_batch`;
+/// `classes` the number of labels the model's boxes are named with.
+pub fn check(
+    meta: &ModelMetadataResponse,
+    spec: &ModelSpec,
+    max_batch: usize,
+    classes: usize,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let want = [3, i64::from(spec.input.height), i64::from(spec.input.width)];
     match meta.inputs.iter().find(|t| t.name == spec.input.name) {
@@ -76,7 +107,10 @@ pub fn check(meta: &ModelMetadataResponse, spec: &ModelSpec, max_batch: usize) -
             "the server's model has inputs the gateway does not feed: {extra:?}"
         ));
     }
-    for name in decoder_outputs(spec) {
+    for (name, want) in decoder_outputs(spec)
+        .into_iter()
+        .zip(decoder_shapes(spec, classes))
+    {
         match meta.outputs.iter().find(|t| t.name == name) {
             None => problems.push(format!(
                 "no output named {name:?} (model.toml decoder); the server's outputs are {}",
@@ -86,7 +120,28 @@ pub fn check(meta: &ModelMetadataResponse, spec: &ModelSpec, max_batch: usize) -
                 "output {name:?} is {}, the decoder reads FP32",
                 t.datatype
             )),
-            Some(_) => {}
+            Some(t) => {
+                // A model with other classes (a fine-tune under the same
+                // output names) would have its boxes named with the wrong
+                // labels; another box layout fails every frame.
+                let fits = t.shape.len() == want.len() + 1
+                    && t.shape[1..]
+                        .iter()
+                        .zip(&want)
+                        .all(|(&got, w)| got == -1 || w.is_none_or(|w| w == got));
+                if !fits {
+                    let dims: Vec<String> = want
+                        .iter()
+                        .map(|d| d.map_or("any".to_string(), |d| d.to_string()))
+                        .collect();
+                    problems.push(format!(
+                        "output {name:?} has shape {:?}, the decoder reads [batch, {}] \
+                         ({classes} labels in the model's labels file)",
+                        t.shape,
+                        dims.join(", ")
+                    ));
+                }
+            }
         }
     }
     problems
@@ -126,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_bundled_model_fits_its_own_metadata() {
-        assert_eq!(check(&nanodet_meta(), &spec(), 8), Vec::<String>::new());
+        assert_eq!(check(&nanodet_meta(), &spec(), 8, 80), Vec::<String>::new());
     }
 
     #[test]
@@ -135,7 +190,7 @@ mod tests {
         meta.inputs[0].shape = vec![-1, 3, 640, 640];
         meta.outputs.retain(|t| t.name != "box_s16");
         meta.outputs[0].datatype = "FP16".into();
-        let problems = check(&meta, &spec(), 8);
+        let problems = check(&meta, &spec(), 8, 80);
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("[-1, 3, 640, 640]"), "{problems:?}");
         assert!(problems[1].contains("\"cls_s8\" is FP16"), "{problems:?}");
@@ -149,16 +204,39 @@ mod tests {
     fn a_fixed_batch_below_max_batch_is_refused() {
         let mut meta = nanodet_meta();
         meta.inputs[0].shape[0] = 1;
-        assert!(check(&meta, &spec(), 1).is_empty());
-        let problems = check(&meta, &spec(), 8);
+        assert!(check(&meta, &spec(), 1, 80).is_empty());
+        let problems = check(&meta, &spec(), 8, 80);
         assert!(problems[0].contains("max_batch_size"), "{problems:?}");
+    }
+
+    #[test]
+    fn outputs_of_another_shape_are_refused() {
+        assert!(check(&nanodet_meta(), &spec(), 8, 80).is_empty());
+        // A fine-tune with 20 classes under the same output names.
+        let mut meta = nanodet_meta();
+        meta.outputs[0].shape = vec![-1, 2704, 20];
+        let problems = check(&meta, &spec(), 8, 80);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("\"cls_s8\" has shape [-1, 2704, 20]"),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("[batch, 2704, 80]"), "{problems:?}");
+        // Another box layout (reg_max 16 instead of 10).
+        let mut meta = nanodet_meta();
+        meta.outputs[1].shape = vec![-1, 2704, 68];
+        assert_eq!(check(&meta, &spec(), 8, 80).len(), 1);
+        // Dimensions the server leaves open (-1) pass.
+        let mut meta = nanodet_meta();
+        meta.outputs[1].shape = vec![-1, -1, -1];
+        assert!(check(&meta, &spec(), 8, 80).is_empty());
     }
 
     #[test]
     fn a_renamed_input_lists_what_the_server_has() {
         let mut meta = nanodet_meta();
         meta.inputs[0].name = "input.1".into();
-        let problems = check(&meta, &spec(), 8);
+        let problems = check(&meta, &spec(), 8, 80);
         assert!(
             problems[0].contains("no input named \"images\""),
             "{problems:?}"

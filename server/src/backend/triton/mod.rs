@@ -34,6 +34,11 @@ use super::{Backend, TensorView};
 use crate::backend::spec::LoadedModel;
 use crate::error::GatewayError;
 
+/// Values in a tensor of `shape`; `None` when the product overflows.
+fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 /// Why the remote backend could not start or answer.
 #[derive(Debug, thiserror::Error)]
 pub enum TritonError {
@@ -151,7 +156,7 @@ impl TritonBackend {
         let spec = &model.spec;
         let model_name = model_name.unwrap_or(&spec.name).to_string();
         for (endpoint, meta) in pool.watch_model(&model_name, model_version)? {
-            let problems = metadata::check(&meta, spec, max_batch);
+            let problems = metadata::check(&meta, spec, max_batch, model.labels.len());
             if !problems.is_empty() {
                 return Err(TritonError::Metadata {
                     endpoint,
@@ -228,7 +233,13 @@ impl TritonBackend {
                 )));
             }
             let shape: Vec<usize> = tensor.shape.iter().map(|&d| d as usize).collect();
-            let count: usize = shape.iter().product();
+            // Checked: a made-up shape whose product wraps to the length of
+            // the values sent would pass the length check below.
+            let count = element_count(&shape).ok_or_else(|| {
+                bad(format!(
+                    "output {name:?} has shape {shape:?}: more values than memory holds"
+                ))
+            })?;
             buffer.clear();
             if response.raw_output_contents.is_empty() {
                 // A server may answer in typed fields even when asked raw.
@@ -297,5 +308,19 @@ impl Backend for TritonBackend {
             })
             .collect();
         sink(&views)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::element_count;
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused() {
+        assert_eq!(element_count(&[2, 2704, 112]), Some(2 * 2704 * 112));
+        assert_eq!(element_count(&[]), Some(1));
+        // 2704 × 2^62 wraps to 0 in plain arithmetic: the length of an
+        // empty answer.
+        assert_eq!(element_count(&[1, 2704, 1 << 62]), None);
     }
 }

@@ -74,6 +74,16 @@ fn status_text(s: &tonic::Status) -> String {
     }
 }
 
+/// Whether an `UNAVAILABLE` came from the connection (refused, reset, a
+/// keep-alive ping unanswered: the endpoint cannot be reached, tonic keeps
+/// the transport error as the status's source) rather than from the server,
+/// which answers `UNAVAILABLE` itself when its queue is full ("Exceeds
+/// maximum queue size"): a busy server is not a dead one, and taking it out
+/// of rotation would pile its load onto the others.
+fn connection_failed(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some()
+}
+
 /// Readiness of one server: `ServerReady`, then `ModelReady` for each model.
 async fn check_ready(
     mut client: Client,
@@ -344,8 +354,9 @@ impl TritonPool {
     }
 
     /// One inference call: to a ready endpoint, in turn; on `UNAVAILABLE` the
-    /// endpoint is marked down and the call retried on another (up to
-    /// `retries` more attempts).
+    /// call is retried on another (up to `retries` more attempts), and the
+    /// endpoint is marked down when its connection failed (not when the
+    /// server itself said it is too busy).
     pub fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, TritonError> {
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
@@ -379,11 +390,15 @@ impl TritonPool {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) if s.code() == Code::Unavailable => {
                     let text = status_text(&s);
-                    tracing::warn!(endpoint = %server.url, attempt, error = %text, "inference call unavailable; retrying elsewhere");
-                    self.health
-                        .lock()
-                        .expect("lock")
-                        .report(i, Err(text.clone()));
+                    if connection_failed(&s) {
+                        tracing::warn!(endpoint = %server.url, attempt, error = %text, "inference endpoint unreachable; marked down, retrying elsewhere");
+                        self.health
+                            .lock()
+                            .expect("lock")
+                            .report(i, Err(text.clone()));
+                    } else {
+                        tracing::warn!(endpoint = %server.url, attempt, error = %text, "inference server busy; retrying elsewhere");
+                    }
                     failures.push(format!("{}: {text}", server.url));
                 }
                 Ok(Err(s)) => {
@@ -407,5 +422,29 @@ impl TritonPool {
             attempts: failures.len(),
             failures: failures.join("; "),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_server_is_not_a_dead_one() {
+        // What Triton answers when its queue is full: the server's own
+        // status, sent in the trailers.
+        assert!(!connection_failed(&tonic::Status::unavailable(
+            "Exceeds maximum queue size"
+        )));
+        // A connection that cannot be made: nothing listens on port 1.
+        let channel = Endpoint::from_static("http://127.0.0.1:1")
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let err = Client::new(channel)
+            .model_infer(ModelInferRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(connection_failed(&err), "{err:?}");
     }
 }

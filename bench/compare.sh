@@ -277,7 +277,7 @@ HALF_SESSIONS=4
 HALF_FPS="$("$PY" -c "print(round($PEER_BEST / 2 / $HALF_SESSIONS, 3))")"
 log "open loop at half the peer's capacity: $HALF_SESSIONS x $HALF_FPS fps"
 start_peer "$PEER_W" "$PEER_T"
-DUR="$HALF_DUR" load peer-half --transport http --http-path /detect --http-multipart --mode open \
+DUR="$HALF_DUR" load peer-half --transport http --http-path /detect --http-multipart --mode open --in-flight 8 \
     --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" --frames "$DOG" --target "http://127.0.0.1:$PORT_PEER" --label fastapi-peer
 "$BIN/framegate-load" --synthetic 640x480 --synthetic-quality 65 --duration 0.5 --warmup 0 --quiet \
     --mode closed --transport http --http-path /noop --http-multipart --key "$KEY" \
@@ -288,7 +288,7 @@ stop_server
 start_framegate
 # Every frame of the two p99 points (fg-half-*.frames.csv): which frames
 # made the tail, and whether they waited or ran long.
-DUR="$HALF_DUR" load fg-half-http --transport http --http-multipart --mode open --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" \
+DUR="$HALF_DUR" load fg-half-http --transport http --http-multipart --mode open --in-flight 8 --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" \
     --frames "$DOG" --target "http://127.0.0.1:$PORT_FG" --frame-log "$OUT/fg-half-http.frames.csv"
 DUR="$HALF_DUR" load fg-half-ws --transport ws --mode open --sessions "$HALF_SESSIONS" --fps "$HALF_FPS" \
     --frames "$DOG" --target "http://127.0.0.1:$PORT_FG" --frame-log "$OUT/fg-half-ws.frames.csv"

@@ -140,16 +140,19 @@ async fn session(
     let end_tok = tokio::time::Instant::from_std(end);
     let drain_tok = tokio::time::Instant::from_std(drain_end);
 
-    let send = |seq: u64, in_flight: &mut HashMap<u64, Instant>| {
-        let now = Instant::now();
+    // `due`: when the frame counts as sent. Open loop: its scheduled time,
+    // so a client that fell behind (a stalled runtime, a paused machine)
+    // charges the wait to the frames that waited instead of hiding it
+    // (coordinated omission); closed loop: now.
+    let send = |seq: u64, due: Instant, in_flight: &mut HashMap<u64, Instant>| {
         let frame = OutFrame {
             seq,
             image: frames.pick(id, seq).clone(),
         };
         match h.frames.try_send(frame) {
             Ok(()) => {
-                in_flight.insert(seq, now);
-                recorder.sent(now);
+                in_flight.insert(seq, due);
+                recorder.sent(due);
                 true
             }
             Err(_) => false,
@@ -169,7 +172,7 @@ async fn session(
             tokio::time::sleep_until(first).await;
             for _ in 0..(n as usize).min(credits) {
                 seq += 1;
-                send(seq, &mut in_flight);
+                send(seq, Instant::now(), &mut in_flight);
             }
         }
         Load::Open { .. } => {}
@@ -195,7 +198,7 @@ async fn session(
     let refill = |seq: &mut u64, in_flight: &mut HashMap<u64, Instant>, credits: usize| {
         while in_flight.len() < closed_n.min(credits) {
             *seq += 1;
-            if !send(*seq, in_flight) {
+            if !send(*seq, Instant::now(), in_flight) {
                 break;
             }
         }
@@ -213,16 +216,16 @@ async fn session(
                     refill(&mut seq, &mut in_flight, credits);
                 }
             }
-            _ = async { ticker.as_mut().expect("open loop").tick().await }, if sending && ticker.is_some() => {
-                let now = Instant::now();
-                if now >= end {
+            due = async { ticker.as_mut().expect("open loop").tick().await }, if sending && ticker.is_some() => {
+                let due = due.into_std();
+                if due >= end {
                     sending = false;
                     continue;
                 }
                 seq += 1;
                 let no_credit = !plan.ignore_credits && in_flight.len() >= credits;
-                if no_credit || !send(seq, &mut in_flight) {
-                    recorder.no_credit(now);
+                if no_credit || !send(seq, due, &mut in_flight) {
+                    recorder.no_credit(due);
                 }
             }
             _ = tokio::time::sleep_until(end_tok), if sending => {
@@ -395,6 +398,25 @@ mod tests {
         let dropped: u64 = polite.dropped.values().sum();
         assert_eq!(polite.answered + dropped, polite.sent);
         assert_eq!(polite.lost, 0);
+    }
+
+    #[tokio::test]
+    async fn open_loop_latency_counts_from_when_a_frame_was_due() {
+        // The client's own runtime stalls for 300 ms (a blocked thread, a
+        // paused machine) while frames fall due at 100 per second: the
+        // frames sent late must carry the wait, though the server (the
+        // mock) answers at once.
+        let stall = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let t = run_mock(Load::Open { fps: 100.0 }, 1).await;
+        stall.await.unwrap();
+        let max_ms = t.latency.max() as f64 / 1000.0;
+        assert!(
+            max_ms >= 200.0,
+            "a frame due during the stall was timed from its late send: max {max_ms:.1} ms"
+        );
     }
 
     #[tokio::test]

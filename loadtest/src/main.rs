@@ -226,6 +226,10 @@ async fn main() -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let target = Target::parse(&args.target)?;
     target.check_loopback(args.allow_remote).await?;
+    // The paths are appended to the checked authority: one that is not a
+    // path could move the host the request goes to past the guard.
+    framegate_loadtest::target::check_path("--ws-path", &args.ws_path)?;
+    framegate_loadtest::target::check_path("--http-path", &args.http_path)?;
     if args.sessions == 0 {
         bail!("--sessions must be at least 1");
     }

@@ -276,6 +276,14 @@ impl Report {
                 self.unmatched
             );
         }
+        let connect_errors: u64 = self.connect_errors.values().sum();
+        let closed_early: u64 = self.closed_early.values().sum();
+        if connect_errors + closed_early > 0 {
+            let _ = writeln!(
+                s,
+                "WARNING: {connect_errors} sessions could not connect, {closed_early} ended early (reasons in the report)"
+            );
+        }
         let _ = write!(
             s,
             "latency ms: p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
@@ -352,11 +360,29 @@ impl Report {
             }
         }
         h.push_str("</table>");
-        if !self.dropped.is_empty() || !self.errors.is_empty() || !self.connect_errors.is_empty() {
+        if !self.dropped.is_empty()
+            || !self.errors.is_empty()
+            || !self.connect_errors.is_empty()
+            || !self.closed_early.is_empty()
+        {
+            // The reasons carry text from the server (refusals, close
+            // reasons): escaped like everything else in the page.
+            let counts = |m: &BTreeMap<String, u64>| {
+                let parts: Vec<String> =
+                    m.iter().map(|(k, v)| format!("{}: {v}", esc(k))).collect();
+                if parts.is_empty() {
+                    "none".to_string()
+                } else {
+                    parts.join(", ")
+                }
+            };
             let _ = write!(
                 h,
-                "<p>Drops: {:?} · errors: {:?} · connect errors: {:?} · closed early: {:?}</p>",
-                self.dropped, self.errors, self.connect_errors, self.closed_early
+                "<p>Drops: {} · errors: {} · connect errors: {} · closed early: {}</p>",
+                counts(&self.dropped),
+                counts(&self.errors),
+                counts(&self.connect_errors),
+                counts(&self.closed_early)
             );
         }
         let xs: Vec<f64> = self.timeline.iter().map(|p| p.t as f64).collect();
@@ -660,6 +686,23 @@ mod tests {
         assert!(!html.contains("<script"), "self-contained, no scripts");
         assert!(rep.summary().starts_with("SYNTHETIC"));
         assert!(!sample_report(false).to_html().contains("Synthetic backend"));
+    }
+
+    #[test]
+    fn server_text_in_the_reasons_is_escaped() {
+        let mut rep = sample_report(false);
+        rep.connect_errors
+            .insert("refused: <script>alert(1)</script>".into(), 2);
+        rep.closed_early.insert("closed: <img src=x>".into(), 1);
+        let html = rep.to_html();
+        assert!(!html.contains("<script"), "{html}");
+        assert!(!html.contains("<img"));
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;: 2"));
+        // Sessions closed early alone are shown too.
+        let mut rep = sample_report(false);
+        rep.closed_early.insert("going away".into(), 3);
+        assert!(rep.to_html().contains("closed early: going away: 3"));
+        assert!(rep.summary().contains("3 ended early"), "{}", rep.summary());
     }
 
     #[test]

@@ -47,6 +47,9 @@ impl Target {
         if host.is_empty() {
             bail!("no host in {url:?}");
         }
+        if authority.contains('@') {
+            bail!("user info ('@') is not taken in a target: {url:?}");
+        }
         Ok(Self {
             authority: if authority.contains(':') {
                 authority
@@ -83,6 +86,21 @@ impl Target {
     }
 }
 
+/// Refuses a request path (`flag`'s value) that is not an absolute path of
+/// printable characters: appended to `scheme://host:port`, a value such as
+/// `@example.com/x` would make everything before it user info and send the
+/// load, and the key, to another host.
+pub fn check_path(flag: &str, path: &str) -> Result<()> {
+    if !path.starts_with('/')
+        || path.starts_with("//")
+        || path.contains(['@', '#', '\\'])
+        || path.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!("{flag} must be a path on the target starting with one '/', without '@', '#', '\\' or spaces; got {path:?}");
+    }
+    Ok(())
+}
+
 /// The pure part of [`Target::check_loopback`].
 pub fn check_addrs(host: &str, addrs: &[SocketAddr], allow_remote: bool) -> Result<()> {
     if addrs.is_empty() {
@@ -115,6 +133,30 @@ mod tests {
         let t = Target::parse("http://localhost").unwrap();
         assert_eq!(t.http_url("/x"), "http://localhost:80/x");
         assert!(Target::parse("https://example.com").is_err());
+    }
+
+    #[test]
+    fn paths_that_would_move_the_host_are_refused() {
+        let t = Target::parse("http://127.0.0.1:8080").unwrap();
+        for bad in [
+            "@example.com/v1/stream",
+            "//example.com/x",
+            "/x@example.com",
+            "v1/stream",
+            "",
+            "/a b",
+            "/a#b",
+            "/a\\b",
+        ] {
+            assert!(check_path("--ws-path", bad).is_err(), "{bad:?} was taken");
+        }
+        for good in ["/v1/stream", "/v1/detect?model=nanodet-g", "/noop"] {
+            check_path("--http-path", good).unwrap();
+            // What the transports connect to stays the checked host.
+            let uri: tokio_tungstenite::tungstenite::http::Uri = t.ws_url(good).parse().unwrap();
+            assert_eq!(uri.host(), Some("127.0.0.1"), "{good}");
+        }
+        assert!(Target::parse("http://evil.example@127.0.0.1:8080").is_err());
     }
 
     #[tokio::test]

@@ -88,6 +88,33 @@ else
     status=1
 fi
 
+# What the TensorRT backend (issue 8) would need from this machine's image:
+# TensorRT's libnvinfer, cuDNN, and an ONNX Runtime build with the TensorRT
+# and CUDA execution providers. Information only: nothing here fails the check.
+echo "== TensorRT / ONNX Runtime GPU providers on this machine (information)"
+found=$(timeout 30 find / -xdev \( -name 'libnvinfer.so*' -o -name 'libcudnn.so*' \
+    -o -name 'libonnxruntime_providers_tensorrt.so' -o -name 'libonnxruntime_providers_cuda.so' \) \
+    2>/dev/null | sort | head -20)
+echo "${found:-    (no libnvinfer, libcudnn or ONNX Runtime GPU provider library found)}" | sed 's/^\//    \//'
+for py in python3 /opt/torch/.venv/bin/python3; do
+    command -v "$py" >/dev/null 2>&1 || continue
+    "$py" - <<'PY' 2>/dev/null | sed 's/^/    /'
+import importlib, sys
+for mod in ("tensorrt", "onnxruntime", "torch"):
+    try:
+        m = importlib.import_module(mod)
+    except Exception as e:
+        print(f"{sys.executable}: {mod}: not importable ({type(e).__name__})")
+        continue
+    extra = ""
+    if mod == "onnxruntime":
+        extra = " providers " + ",".join(m.get_available_providers())
+    if mod == "torch":
+        extra = f" cuda {m.version.cuda} cudnn {m.backends.cudnn.version()}"
+    print(f"{sys.executable}: {mod} {getattr(m, '__version__', '?')}{extra}")
+PY
+done
+
 echo "== tests"
 export FRAMEGATE_REQUIRE_GPU=1 RUST_BACKTRACE=1
 # The gateway's test loads ONNX Runtime and the test photos from here.

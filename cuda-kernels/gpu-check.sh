@@ -96,8 +96,12 @@ found=$(timeout 30 find / -xdev \( -name 'libnvinfer.so*' -o -name 'libcudnn.so*
     -o -name 'libonnxruntime_providers_tensorrt.so' -o -name 'libonnxruntime_providers_cuda.so' \) \
     2>/dev/null | sort | head -20)
 echo "${found:-    (no libnvinfer, libcudnn or ONNX Runtime GPU provider library found)}" | sed 's/^\//    \//'
+seen_py=" "
 for py in python3 /opt/torch/.venv/bin/python3; do
     command -v "$py" >/dev/null 2>&1 || continue
+    real=$(readlink -f "$(command -v "$py")")
+    case "$seen_py" in *" $real "*) continue ;; esac
+    seen_py="$seen_py$real "
     "$py" - <<'PY' 2>/dev/null | sed 's/^/    /'
 import importlib, sys
 for mod in ("tensorrt", "onnxruntime", "torch"):

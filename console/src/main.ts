@@ -46,14 +46,18 @@ function route(): void {
   current.mount(app);
 }
 
-/** Checks a key: GET /v1/me, or (gateways without it) GET /v1/models. */
+/**
+ * Checks a key: GET /v1/me, or GET /v1/models for gateways without it (404)
+ * and for keys without the usage scope (403: a `stream,detect` key still
+ * works on the Live and Detect pages; Usage, Keys and Plan say why not).
+ */
 async function verify(key: string): Promise<void> {
   setKey(key);
   try {
     session.me = await apiJson<Me>('/v1/me');
     session.tenant = session.me.tenant;
   } catch (e) {
-    if (e instanceof ApiError && e.status === 404) {
+    if (e instanceof ApiError && (e.status === 404 || e.status === 403)) {
       session.me = null;
       session.tenant = '';
       await apiJson('/v1/models');

@@ -486,3 +486,46 @@ async fn console_waits_when_the_gateway_asks() {
         "{live}"
     );
 }
+
+/// A key without the `usage` scope (a camera's `stream,detect` key) signs
+/// in: `/v1/me` refuses it (403), the console falls back to `/v1/models`
+/// and the live demo runs (before, the sign-in said "The gateway refused
+/// this key").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_the_usage_scope_signs_in_and_streams() {
+    use sha2::{Digest, Sha256};
+    let _one_browser = ONE_BROWSER.lock().await;
+    let key = "fg_camera_stream_detect_only_0123456789abcdef";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("framegate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[auth.keys]]\ntenant = \"cams\"\nscopes = [\"stream\", \"detect\"]\nsha256 = \"{}\"\n",
+            hex::encode(Sha256::digest(key.as_bytes()))
+        ),
+    )
+    .expect("write config");
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap(), "--quic-listen", "off"]).await;
+    let me = reqwest::Client::new()
+        .get(gw.url("/v1/me"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("GET /v1/me");
+    assert_eq!(me.status(), 403, "the key is expected to lack the usage scope");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-e2e-no-usage");
+    let result = run_console_e2e(
+        &gw,
+        &out,
+        &[
+            ("FRAMEGATE_KEY", key),
+            ("FRAMEGATE_E2E_SECONDS", "4"),
+            ("FRAMEGATE_E2E_TRANSPORT", "websocket"),
+            ("FRAMEGATE_E2E_ONLY_LIVE", "1"),
+        ],
+    )
+    .await;
+    let answered = result["live"]["answered"].as_u64().unwrap_or(0);
+    assert!(answered >= 1, "no frame answered after sign-in: {result}");
+}

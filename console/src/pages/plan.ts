@@ -15,6 +15,14 @@ const LIMITS: [keyof Me['limits'], string][] = [
   ['models', 'models'],
 ];
 
+/** What a limit the plan leaves unset means, where it is not "unlimited". */
+const UNSET: Partial<Record<keyof Me['limits'], string>> = {
+  weight: '1 (the default)',
+  max_keys: 'none (no self-service keys)',
+  models: 'all',
+  burst: 'one second of frames',
+};
+
 export class PlanPage {
   mount(root: HTMLElement): void {
     const out = h('div', { id: 'plan-result' }, notice('info', 'Loading…'));
@@ -51,7 +59,7 @@ export class PlanPage {
     row('scopes', me.scopes.join(', '));
     for (const [field, name] of LIMITS) {
       const v = me.limits?.[field];
-      row(name, v === null || v === undefined ? 'unlimited' : Array.isArray(v) ? v.join(', ') || 'all' : fmtInt(v as number));
+      row(name, v === null || v === undefined ? UNSET[field] ?? 'unlimited' : Array.isArray(v) ? v.join(', ') : fmtInt(v as number));
     }
     const cap = me.budget?.cap_frames;
     const used = me.budget?.used_frames ?? 0;

@@ -513,7 +513,11 @@ async fn a_key_without_the_usage_scope_signs_in_and_streams() {
         .send()
         .await
         .expect("GET /v1/me");
-    assert_eq!(me.status(), 403, "the key is expected to lack the usage scope");
+    assert_eq!(
+        me.status(),
+        403,
+        "the key is expected to lack the usage scope"
+    );
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-e2e-no-usage");
     let result = run_console_e2e(
         &gw,

@@ -63,7 +63,9 @@ struct Args {
     /// Open loop: frames per second per session.
     #[arg(long, default_value_t = 10.0)]
     fps: f64,
-    /// Closed loop: frames in flight per session.
+    /// Closed loop: frames in flight per session. HTTP, either loop: the
+    /// most requests a session has open at once (a frame due while all are
+    /// out is dropped as `no-credit`).
     #[arg(long, default_value_t = 1)]
     in_flight: u32,
     /// Measured seconds.
@@ -432,7 +434,9 @@ async fn main() -> Result<()> {
         .into(),
         sessions: args.sessions,
         fps_per_session: (args.mode == ModeArg::Open).then_some(args.fps),
-        in_flight_per_session: (args.mode == ModeArg::Closed).then_some(args.in_flight),
+        in_flight_per_session: (args.mode == ModeArg::Closed
+            || (args.transport == TransportArg::Http && args.mode == ModeArg::Open))
+            .then_some(args.in_flight),
         duration_s: args.duration,
         warmup_s: args.warmup,
         measure_start_monotonic_s,

@@ -468,11 +468,11 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
         println!("framegate: HTTPS listening on https://{addr} (WebSocket wss://{addr}/v1/stream)");
         let app = framegate::transport::http::router(gw.clone());
         let mut stopped = quic_stopped.clone();
-        let header_timeout = Duration::from_secs(gw.config.http.handshake_timeout_secs);
+        let deadlines = framegate::transport::HttpDeadlines::of(&gw.config.http);
         tokio::spawn(framegate::transport::serve_router(
             tls,
             app,
-            header_timeout,
+            deadlines,
             async move {
                 let _ = stopped.changed().await;
             },
@@ -627,11 +627,11 @@ async fn start_admin(
         listener.local_addr()?
     );
     let app = framegate::admin::router(gw.clone(), auth);
-    let header_timeout = Duration::from_secs(gw.config.http.handshake_timeout_secs);
+    let deadlines = framegate::transport::HttpDeadlines::of(&gw.config.http);
     tokio::spawn(framegate::transport::serve_router(
         listener,
         app,
-        header_timeout,
+        deadlines,
         async move {
             let _ = stopped.changed().await;
         },

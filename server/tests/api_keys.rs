@@ -228,6 +228,7 @@ async fn scopes_and_model_lists_are_enforced() {
         (200, Some(0)),
         "{v}"
     );
+    assert_eq!(v["default"], serde_json::Value::Null, "{v}");
     let (status, v) = detect_with(&gw, &limited).await;
     assert_eq!(status, 403, "{v}");
     assert!(

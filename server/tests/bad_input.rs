@@ -223,11 +223,22 @@ async fn a_client_that_sends_headers_slowly_or_not_at_all_is_closed() {
     // nothing lose their connections instead of holding them for ever.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("framegate.toml");
-    std::fs::write(&cfg, "[http]\nhandshake_timeout_secs = 1\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[http]\nhandshake_timeout_secs = 1\nkeepalive_timeout_secs = 1\n",
+    )
+    .unwrap();
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     let addr = gw.url("").trim_start_matches("http://").to_string();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The first byte of the HTTP/2 preface, then nothing: the server waits
+    // for more before it can tell HTTP/1 from HTTP/2.
+    let mut preface = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        preface.write_all(b"P").await.unwrap();
+    }
     {
         use tokio::io::AsyncWriteExt;
         slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -246,6 +257,10 @@ async fn a_client_that_sends_headers_slowly_or_not_at_all_is_closed() {
     assert!(
         closed_within(&mut silent, Duration::from_secs(3)).await,
         "a client that sent nothing kept its connection"
+    );
+    assert!(
+        closed_within(&mut preface, Duration::from_secs(3)).await,
+        "a client that sent one byte of the HTTP/2 preface kept its connection"
     );
     // A client that sends its request at once is served, on the same
     // listener, and may keep its connection for the next request.

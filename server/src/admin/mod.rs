@@ -242,9 +242,12 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> Answer {
     s.auth.check(&s.gw, &headers).await?;
-    match store(&s.gw)?.revoke(&id).await? {
+    // Forgotten here even if revoking a child fails after the key itself
+    // was revoked.
+    let revoked = store(&s.gw)?.revoke(&id).await;
+    s.gw.auth.forget_key(&id);
+    match revoked? {
         Some(r) => {
-            s.gw.auth.forget_key(&id);
             for child in &r.minted {
                 s.gw.auth.forget_key(child);
             }

@@ -7,8 +7,12 @@
 //!   "expires_at", "revoked_at"}]}`, the tenant's keys, never hashes;
 //! * `POST /v1/keys` `{"name", "scopes"?}` → 201 with the new key (once),
 //!   while the plan's `max_keys` is above the tenant's active keys (403
-//!   otherwise); never the admin scope, never a scope the caller lacks;
-//! * `DELETE /v1/keys/{id}` → 204 for the tenant's own key, 404 otherwise.
+//!   otherwise); never the admin scope, never a scope the caller lacks; the
+//!   new key records the caller as its parent and keeps its expiry and
+//!   limits;
+//! * `DELETE /v1/keys/{id}` → 204 for the tenant's own key (with every key
+//!   minted from it), 404 otherwise, 403 when it has a scope the caller
+//!   lacks.
 
 use std::sync::Arc;
 
@@ -158,6 +162,12 @@ pub async fn create_key(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body
         .get_key(&p.key_id)
         .await?
         .filter(|r| r.tenant == p.tenant);
+    // The caller's key as the store has it now, not as a cache had it: a key
+    // revoked since it was cached mints nothing (its revocation would not
+    // see the child).
+    if parent.as_ref().is_some_and(|r| !r.active_at(now)) {
+        return Err(GatewayError::Unauthorized);
+    }
     let (expires_at, limits, parent) =
         parent.map_or((None, None, None), |r| (r.expires_at, r.limits, Some(r.id)));
     let created = store
@@ -194,12 +204,15 @@ pub async fn delete_key(
                     serde_json::json!(s)
                 )));
             }
-            if let Some(r) = store.revoke(&id).await? {
+            // Forgotten here even if revoking a child fails after the key
+            // itself was revoked.
+            let revoked = store.revoke(&id).await;
+            gw.auth.forget_key(&id);
+            if let Some(r) = revoked? {
                 for child in &r.minted {
                     gw.auth.forget_key(child);
                 }
             }
-            gw.auth.forget_key(&id);
             tracing::info!(key_id = %id, tenant = %p.tenant, "self-service: key revoked, with the keys minted from it");
             Ok(StatusCode::NO_CONTENT.into_response())
         }

@@ -84,9 +84,17 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted on `/v1/detect`, in bytes. Default 16 MiB.
     pub max_body_bytes: usize,
-    /// Seconds a client gets to send its request headers / WebSocket `Hello`.
-    /// Default 10.
+    /// Seconds a new connection gets to send its first bytes (TLS: to finish
+    /// its handshake), and a WebSocket client its `Hello`. Default 10.
     pub handshake_timeout_secs: u64,
+    /// Seconds an HTTP/1.1 connection may wait for the next request's
+    /// headers, and take to send them: an idle keep-alive connection is
+    /// closed after this, and so is a client sending its headers slowly.
+    /// Keep a load balancer's idle timeout towards the gateway below it
+    /// (AWS ALB: 60 s by default), or it may reuse a connection the gateway
+    /// has just closed. HTTP/2 connections are pinged at this interval
+    /// instead, and closed when a ping goes unanswered. Default 75.
+    pub keepalive_timeout_secs: u64,
     /// Seconds a WebSocket session may go without a byte from its client
     /// before the gateway takes the connection for dead (a client that
     /// vanished without a close: a NAT entry gone, a network dropped) and
@@ -115,6 +123,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: 16 << 20,
             handshake_timeout_secs: 10,
+            keepalive_timeout_secs: 75,
             ws_idle_timeout_secs: 60,
             shutdown_timeout_secs: 20,
             tls_listen: None,
@@ -993,6 +1002,12 @@ impl Config {
                 self.http.handshake_timeout_secs,
                 1,
                 600,
+            ),
+            (
+                "http.keepalive_timeout_secs",
+                self.http.keepalive_timeout_secs,
+                1,
+                3600,
             ),
             (
                 "http.ws_idle_timeout_secs",

@@ -595,7 +595,12 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
             }
         })
         .collect();
-    Json(serde_json::json!({ "default": gw.default_model(), "models": list })).into_response()
+    // The default only when this key may use it.
+    let default = principal
+        .limits
+        .allows_model(gw.default_model())
+        .then(|| gw.default_model());
+    Json(serde_json::json!({ "default": default, "models": list })).into_response()
 }
 
 async fn healthz() -> &'static str {

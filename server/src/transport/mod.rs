@@ -64,31 +64,54 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    let header_timeout = Duration::from_secs(gw.config.http.handshake_timeout_secs);
+    let deadlines = HttpDeadlines::of(&gw.config.http);
     let app = http::router(gw);
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    serve_router(listener, app, header_timeout, shutdown).await;
+    serve_router(listener, app, deadlines, shutdown).await;
     Ok(())
+}
+
+/// How long an HTTP connection may take: to send its first bytes, and to
+/// send each request's headers (or wait idle for the next request).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpDeadlines {
+    /// From accept to the first bytes (`http.handshake_timeout_secs`).
+    pub first_bytes: Duration,
+    /// For each request's headers, the wait for them included
+    /// (`http.keepalive_timeout_secs`); HTTP/2's keep-alive ping interval.
+    pub headers: Duration,
+}
+
+impl HttpDeadlines {
+    /// The deadlines `[http]` configures.
+    pub fn of(http: &crate::config::HttpConfig) -> Self {
+        Self {
+            first_bytes: Duration::from_secs(http.handshake_timeout_secs),
+            headers: Duration::from_secs(http.keepalive_timeout_secs),
+        }
+    }
 }
 
 /// Serves `app` on `listener` (HTTP/1.1 with upgrades, and HTTP/2) until
 /// `shutdown` resolves, then stops accepting, asks open connections to
 /// finish their requests and waits for them.
 ///
-/// What `axum::serve` does, plus a deadline on request headers: a client
-/// gets `header_timeout` for each request's headers (the first from when it
-/// connects, the next from when the previous answer went out), so a client
-/// that opens connections and sends headers slowly, or nothing at all,
-/// cannot hold them for ever (axum's server has no timer, and hyper's own
-/// header deadline needs one).
+/// What `axum::serve` does, plus deadlines, so a client that opens
+/// connections and sends slowly, or nothing at all, cannot hold them for
+/// ever (axum's server has no timer, and hyper's own deadlines need one): a
+/// connection's first bytes, up to where HTTP/1 and HTTP/2 part ways, must
+/// come within `deadlines.first_bytes`; an HTTP/1 request's headers, the
+/// wait for them included, within `deadlines.headers`; an HTTP/2 connection
+/// is pinged every `deadlines.headers` and closed when a ping goes
+/// unanswered.
 pub async fn serve_router<L>(
     mut listener: L,
     app: axum::Router,
-    header_timeout: Duration,
+    deadlines: HttpDeadlines,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener,
@@ -101,11 +124,13 @@ pub async fn serve_router<L>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(deadlines.headers);
     // WebSocket over HTTP/2 (RFC 8441) needs the CONNECT protocol.
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(deadlines.headers)
+        .keep_alive_timeout(deadlines.first_bytes)
         .enable_connect_protocol();
     let builder = Arc::new(builder);
     // Connections watch `stop` (asked to finish) and hold `open` (the
@@ -123,7 +148,7 @@ pub async fn serve_router<L>(
         // Before hyper's own deadline can run, the server reads the first
         // bytes to tell HTTP/1 from HTTP/2: a client that sends nothing is
         // bounded here.
-        let io = FirstByteWithin::new(io, header_timeout);
+        let io = FirstByteWithin::new(io, deadlines.first_bytes);
         tokio::spawn(async move {
             let mut conn =
                 std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
@@ -146,12 +171,19 @@ pub async fn serve_router<L>(
     open_tx.closed().await;
 }
 
-/// A connection whose first byte must arrive within a deadline: reading
-/// fails with `TimedOut` once it has passed with nothing received. After
-/// the first byte it is the connection itself.
+/// The HTTP/2 connection preface: the server reads a connection's first
+/// bytes for as long as they match it before it picks HTTP/1 or HTTP/2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection whose first bytes must arrive within a deadline: reading
+/// fails with `TimedOut` once it has passed before the server could tell
+/// HTTP/1 (a byte off the HTTP/2 preface) from HTTP/2 (the whole preface).
+/// From then on it is the connection itself, and hyper's deadlines apply.
 struct FirstByteWithin<I> {
     io: I,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes of the HTTP/2 preface matched so far.
+    preface: usize,
 }
 
 impl<I> FirstByteWithin<I> {
@@ -159,7 +191,19 @@ impl<I> FirstByteWithin<I> {
         Self {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(within))),
+            preface: 0,
         }
+    }
+
+    /// Follows the sniff over newly read `bytes`; true once it is decided.
+    fn decided(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            if H2_PREFACE.get(self.preface) != Some(&b) {
+                return true;
+            }
+            self.preface += 1;
+        }
+        self.preface == H2_PREFACE.len()
     }
 }
 
@@ -173,12 +217,21 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteWithin<I
         let before = buf.filled().len();
         let me = &mut *self;
         let r = std::pin::Pin::new(&mut me.io).poll_read(cx, buf);
-        let Some(deadline) = me.deadline.as_mut() else {
+        if me.deadline.is_none() {
             return r;
-        };
+        }
         match &r {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => me.deadline = None,
-            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+            Poll::Ready(Ok(()))
+                if buf.filled().len() > before && me.decided(&buf.filled()[before..]) =>
+            {
+                me.deadline = None;
+            }
+            Poll::Pending
+                if me
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready()) =>
+            {
                 return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "nothing received within http.handshake_timeout_secs",

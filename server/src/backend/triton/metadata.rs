@@ -27,11 +27,46 @@ fn names(tensors: &[TensorMetadata]) -> String {
     format!("[{}]", n.join(", "))
 }
 
+/// One dimension the decoder reads.
+#[derive(Debug, Clone, Copy)]
+enum Dim {
+    /// Exactly this many.
+    Exact(i64),
+    /// At least this many (the class scores: a labels file may be shorter
+    /// than the model's classes, whose extra boxes are named `class_N`, as
+    /// with a local model; a longer one names another model's classes).
+    AtLeast(i64),
+    /// Taken as it comes.
+    Any,
+}
+
+impl Dim {
+    fn fits(self, got: i64) -> bool {
+        got == -1
+            || match self {
+                Dim::Exact(n) => got == n,
+                Dim::AtLeast(n) => got >= n,
+                Dim::Any => true,
+            }
+    }
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Exact(n) => write!(f, "{n}"),
+            Dim::AtLeast(n) => write!(f, ">= {n}"),
+            Dim::Any => write!(f, "any"),
+        }
+    }
+}
+
 /// The shape the decoder of `spec` reads from each of its outputs (in
-/// [`decoder_outputs`] order), batch dimension left out; `None` for a
-/// dimension it takes as it comes. `classes`: the model's labels.
-fn decoder_shapes(spec: &ModelSpec, classes: usize) -> Vec<Vec<Option<i64>>> {
+/// [`decoder_outputs`] order), batch dimension left out. `labels`: the
+/// model's labels file's length.
+fn decoder_shapes(spec: &ModelSpec, labels: usize) -> Vec<Vec<Dim>> {
     let (w, h) = (i64::from(spec.input.width), i64::from(spec.input.height));
+    let labels = labels as i64;
     match &spec.decoder {
         DecoderSpec::Nanodet {
             strides,
@@ -39,22 +74,22 @@ fn decoder_shapes(spec: &ModelSpec, classes: usize) -> Vec<Vec<Option<i64>>> {
             cls_outputs,
             ..
         } => {
-            let cells = |s: &u32| Some((w / i64::from(*s)) * (h / i64::from(*s)));
+            let cells = |s: &u32| Dim::Exact((w / i64::from(*s)) * (h / i64::from(*s)));
             let cls = strides
                 .iter()
                 .take(cls_outputs.len())
-                .map(|s| vec![cells(s), Some(classes as i64)]);
+                .map(|s| vec![cells(s), Dim::AtLeast(labels)]);
             let bins = 4 * (i64::from(*reg_max) + 1);
-            let boxes = strides.iter().map(|s| vec![cells(s), Some(bins)]);
+            let boxes = strides.iter().map(|s| vec![cells(s), Dim::Exact(bins)]);
             cls.chain(boxes).collect()
         }
-        DecoderSpec::Yolov8 { .. } => vec![vec![Some(4 + classes as i64), None]],
+        DecoderSpec::Yolov8 { .. } => vec![vec![Dim::AtLeast(4 + labels), Dim::Any]],
     }
 }
 
 /// Every way `meta` differs from what the gateway will send and read, one
 /// line each; empty when it fits. `max_batch` is `pipeline.max_batch`;
-/// `classes` the number of labels the model's boxes are named with.
+/// `classes` the length of the model's labels file.
 pub fn check(
     meta: &ModelMetadataResponse,
     spec: &ModelSpec,
@@ -125,15 +160,9 @@ pub fn check(
                 // output names) would have its boxes named with the wrong
                 // labels; another box layout fails every frame.
                 let fits = t.shape.len() == want.len() + 1
-                    && t.shape[1..]
-                        .iter()
-                        .zip(&want)
-                        .all(|(&got, w)| got == -1 || w.is_none_or(|w| w == got));
+                    && t.shape[1..].iter().zip(&want).all(|(&got, w)| w.fits(got));
                 if !fits {
-                    let dims: Vec<String> = want
-                        .iter()
-                        .map(|d| d.map_or("any".to_string(), |d| d.to_string()))
-                        .collect();
+                    let dims: Vec<String> = want.iter().map(Dim::to_string).collect();
                     problems.push(format!(
                         "output {name:?} has shape {:?}, the decoder reads [batch, {}] \
                          ({classes} labels in the model's labels file)",
@@ -221,7 +250,10 @@ mod tests {
             problems[0].contains("\"cls_s8\" has shape [-1, 2704, 20]"),
             "{problems:?}"
         );
-        assert!(problems[0].contains("[batch, 2704, 80]"), "{problems:?}");
+        assert!(problems[0].contains("[batch, 2704, >= 80]"), "{problems:?}");
+        // A labels file shorter than the model's classes is fine (the rest
+        // are named class_N, as with a local model).
+        assert!(check(&nanodet_meta(), &spec(), 8, 60).is_empty());
         // Another box layout (reg_max 16 instead of 10).
         let mut meta = nanodet_meta();
         meta.outputs[1].shape = vec![-1, 2704, 68];

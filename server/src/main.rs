@@ -467,16 +467,7 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
         let addr = tls.local_addr()?;
         println!("framegate: HTTPS listening on https://{addr} (WebSocket wss://{addr}/v1/stream)");
         let app = framegate::transport::http::router(gw.clone());
-        let mut stopped = quic_stopped.clone();
-        let deadlines = framegate::transport::HttpDeadlines::of(&gw.config.http);
-        tokio::spawn(framegate::transport::serve_router(
-            tls,
-            app,
-            deadlines,
-            async move {
-                let _ = stopped.changed().await;
-            },
-        ));
+        spawn_router(&gw, tls, app, quic_stopped.clone());
     }
     let quic_task = match quic {
         Some((listener, material)) => {
@@ -606,7 +597,7 @@ async fn start_admin(
     gw: &std::sync::Arc<Gateway>,
     auth: std::sync::Arc<framegate::admin::AdminAuth>,
     store: &framegate::auth::keys::KeyStore,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let config = &gw.config.admin;
     if !config.enabled {
@@ -627,6 +618,18 @@ async fn start_admin(
         listener.local_addr()?
     );
     let app = framegate::admin::router(gw.clone(), auth);
+    spawn_router(gw, listener, app, stopped);
+    Ok(())
+}
+
+/// Serves `app` on `listener` with the `[http]` deadlines until `stopped`
+/// changes (SIGTERM), in its own task.
+fn spawn_router<L: axum::serve::Listener>(
+    gw: &Gateway,
+    listener: L,
+    app: axum::Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let deadlines = framegate::transport::HttpDeadlines::of(&gw.config.http);
     tokio::spawn(framegate::transport::serve_router(
         listener,
@@ -636,7 +639,6 @@ async fn start_admin(
             let _ = stopped.changed().await;
         },
     ));
-    Ok(())
 }
 
 /// Frame payloads (tens of KiB each) are allocated by the transport threads

@@ -59,6 +59,11 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // As on the plain listener: answers are small writes that
+                // Nagle would hold back until the client's delayed ACK.
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {

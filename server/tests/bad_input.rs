@@ -4,6 +4,7 @@
 mod support;
 
 use std::time::Duration;
+use support::usage::write_config;
 use support::*;
 
 async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> String {
@@ -137,8 +138,10 @@ async fn the_body_limit_is_the_image_limit_and_a_broken_body_is_400() {
     // come on top), and a declared Content-Length says so up front.
     let dog = data("dog.jpg");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("framegate.toml");
-    std::fs::write(&cfg, format!("[http]\nmax_body_bytes = {}\n", dog.len())).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("[http]\nmax_body_bytes = {}\n", dog.len()),
+    );
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     assert_eq!(gw.detect(dog.clone(), "image/jpeg").await.status(), 200);
     let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"dog.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();
@@ -222,12 +225,10 @@ async fn a_client_that_sends_headers_slowly_or_not_at_all_is_closed() {
     // client (a header line trickling in) and one that connects and sends
     // nothing lose their connections instead of holding them for ever.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("framegate.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = write_config(
+        dir.path(),
         "[http]\nhandshake_timeout_secs = 1\nkeepalive_timeout_secs = 1\n",
-    )
-    .unwrap();
+    );
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     let addr = gw.url("").trim_start_matches("http://").to_string();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();

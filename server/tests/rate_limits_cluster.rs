@@ -334,6 +334,21 @@ async fn session_refused(gw: &Gateway) -> bool {
     }
 }
 
+/// A synthetic-backend gateway's configuration with Redis rate limits
+/// (`ratelimit_line` added to `[ratelimit]`) and `max_sessions = 1`.
+fn one_session_config(
+    dir: &std::path::Path,
+    redis_url: &str,
+    ratelimit_line: &str,
+) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[backend]\nkind = \"synthetic\"\n\n[ratelimit]\nstore = \"redis\"\nredis_url = \"{redis_url}\"\n{ratelimit_line}\n\n[plans.default]\nmax_sessions = 1\n"
+        ),
+    )
+}
+
 /// `max_sessions` across gateways: a session open on one gateway counts on
 /// the others, and when that gateway is killed (no Bye, no clean-up) its
 /// session stops counting once its heartbeat lapses.
@@ -341,24 +356,7 @@ async fn session_refused(gw: &Gateway) -> bool {
 async fn max_sessions_spans_the_cluster_and_a_crashed_gateways_sessions_expire() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[backend]
-kind = "synthetic"
-
-[ratelimit]
-store = "redis"
-redis_url = "{}"
-session_ttl_secs = 3
-
-[plans.default]
-max_sessions = 1
-"#,
-            redis.url()
-        ),
-    );
+    let cfg = one_session_config(dir.path(), &redis.url(), "session_ttl_secs = 3");
     let mut a = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     let b = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     let (_held, _) = open_session(&a).await;
@@ -389,24 +387,7 @@ max_sessions = 1
 async fn the_local_fallback_counts_the_sessions_opened_through_redis() {
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[backend]
-kind = "synthetic"
-
-[ratelimit]
-store = "redis"
-redis_url = "{}"
-timeout_ms = 100
-
-[plans.default]
-max_sessions = 1
-"#,
-            redis.url()
-        ),
-    );
+    let cfg = one_session_config(dir.path(), &redis.url(), "timeout_ms = 100");
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     let (held, _) = open_session(&gw).await;
     redis.kill();

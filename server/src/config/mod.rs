@@ -951,9 +951,6 @@ impl Config {
                 m.store
             ));
         }
-        if m.flush_interval_ms == 0 || m.flush_interval_ms > 60_000 {
-            problems.push("metering.flush_interval_ms must be in 1..=60000".into());
-        }
         if m.window_secs == 0 || 3600 % m.window_secs != 0 {
             problems.push("metering.window_secs must divide 3600".into());
         }
@@ -982,14 +979,8 @@ impl Config {
                 r.on_store_error
             ));
         }
-        if r.timeout_ms == 0 || r.timeout_ms > 10_000 {
-            problems.push("ratelimit.timeout_ms must be in 1..=10000".into());
-        }
         if r.max_local_entries < 1024 {
             problems.push("ratelimit.max_local_entries must be at least 1024".into());
-        }
-        if r.session_ttl_secs < 3 || r.session_ttl_secs > 3600 {
-            problems.push("ratelimit.session_ttl_secs must be in 3..=3600".into());
         }
         // Times: zero where it would stop a task (an interval of 0 panics,
         // a timeout of 0 fails every call) and past what an Instant can
@@ -1038,6 +1029,19 @@ impl Config {
                 self.pipeline.max_queue_wait_ms,
                 0,
                 600_000,
+            ),
+            (
+                "metering.flush_interval_ms",
+                self.metering.flush_interval_ms,
+                1,
+                60_000,
+            ),
+            ("ratelimit.timeout_ms", self.ratelimit.timeout_ms, 1, 10_000),
+            (
+                "ratelimit.session_ttl_secs",
+                self.ratelimit.session_ttl_secs,
+                3,
+                3600,
             ),
             (
                 "metering.store_timeout_ms",

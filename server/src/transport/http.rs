@@ -682,45 +682,41 @@ mod tests {
 
     #[test]
     fn part_names_respect_quoting() {
-        let name = |h: &str| part_name(h);
-        assert_eq!(
-            name("Content-Disposition: form-data; name=\"image\"").as_deref(),
-            Some("image")
-        );
-        assert_eq!(
-            name("content-disposition: form-data;name=image;filename=a.jpg").as_deref(),
-            Some("image")
-        );
-        // A `;` and a `name=` inside a quoted filename are not parameters.
-        assert_eq!(
-            name("Content-Disposition: form-data; filename=\"x;name=image\"; name=\"other\"")
-                .as_deref(),
-            Some("other")
-        );
-        assert_eq!(
-            name("Content-Disposition: form-data; name=\"a\\\"b\"").as_deref(),
-            Some("a\"b")
-        );
-        // Parameters without a value, empty ones, an unterminated quote.
-        assert_eq!(
-            name("Content-Disposition: form-data; foo; name=image").as_deref(),
-            Some("image")
-        );
-        assert_eq!(
-            name("Content-Disposition: form-data;;name=\"image\"").as_deref(),
-            Some("image")
-        );
-        assert_eq!(
-            name("Content-Disposition: form-data; name=\"ima").as_deref(),
-            Some("ima")
-        );
-        assert_eq!(
-            name("Content-Disposition: form-data; name=").as_deref(),
-            Some("")
-        );
-        assert_eq!(name("Content-Disposition: form-data").as_deref(), None);
-        assert_eq!(name("Content-Type: image/jpeg"), None);
-        assert_eq!(name("Content-Disposition: form-data; filename=f"), None);
+        for (header, want) in [
+            (
+                "Content-Disposition: form-data; name=\"image\"",
+                Some("image"),
+            ),
+            (
+                "content-disposition: form-data;name=image;filename=a.jpg",
+                Some("image"),
+            ),
+            // A `;` and a `name=` inside a quoted filename are not parameters.
+            (
+                "Content-Disposition: form-data; filename=\"x;name=image\"; name=\"other\"",
+                Some("other"),
+            ),
+            (
+                "Content-Disposition: form-data; name=\"a\\\"b\"",
+                Some("a\"b"),
+            ),
+            // Parameters without a value, empty ones, an unterminated quote.
+            (
+                "Content-Disposition: form-data; foo; name=image",
+                Some("image"),
+            ),
+            (
+                "Content-Disposition: form-data;;name=\"image\"",
+                Some("image"),
+            ),
+            ("Content-Disposition: form-data; name=\"ima", Some("ima")),
+            ("Content-Disposition: form-data; name=", Some("")),
+            ("Content-Disposition: form-data", None),
+            ("Content-Type: image/jpeg", None),
+            ("Content-Disposition: form-data; filename=f", None),
+        ] {
+            assert_eq!(part_name(header).as_deref(), want, "{header}");
+        }
         // Non-UTF-8 bytes in another part's filename do not spoil the body.
         let mut raw = b"--b\r\nContent-Disposition: form-data; name=other; filename=\"\xe9t\xe9\"\r\n\r\nx\r\n".to_vec();
         raw.extend_from_slice(

@@ -191,12 +191,23 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-async fn server_info(target: &Target, key: &str, label: Option<String>) -> ServerInfo {
+async fn server_info(
+    target: &Target,
+    addrs: &[std::net::SocketAddr],
+    key: &str,
+    label: Option<String>,
+) -> ServerInfo {
     let mut info = ServerInfo {
         label,
         ..Default::default()
     };
-    let client = reqwest::Client::new();
+    // To the checked addresses, not a fresh lookup of the name.
+    let Ok(client) = reqwest::Client::builder()
+        .resolve_to_addrs(&target.host, addrs)
+        .build()
+    else {
+        return info;
+    };
     let resp = client
         .get(target.http_url("/v1/models"))
         .bearer_auth(key)
@@ -227,7 +238,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let target = Target::parse(&args.target)?;
-    target.check_loopback(args.allow_remote).await?;
+    let target_addrs = target.check_loopback(args.allow_remote).await?;
     // The paths are appended to the checked authority: one that is not a
     // path could move the host the request goes to past the guard.
     framegate_loadtest::target::check_path("--ws-path", &args.ws_path)?;
@@ -268,10 +279,10 @@ async fn main() -> Result<()> {
     }
     let transport: SharedTransport = match args.transport {
         TransportArg::Ws => {
-            let (url, tls) = match &args.wss_target {
+            let (url, tls, addrs) = match &args.wss_target {
                 Some(t) => {
                     let wt = Target::parse(t)?;
-                    wt.check_loopback(args.allow_remote).await?;
+                    let addrs = wt.check_loopback(args.allow_remote).await?;
                     let pin = match (&args.tls_pin, &args.tls_cert) {
                         (Some(p), _) => quic::parse_pin(p)?,
                         (None, Some(f)) => quic::pin_of_pem_file(f)?,
@@ -281,15 +292,16 @@ async fn main() -> Result<()> {
                         ),
                     };
                     let url = format!("wss://{}{}", wt.authority, args.ws_path);
-                    (url, Some(Arc::new(quic::pinned_tls(pin)?)))
+                    (url, Some(Arc::new(quic::pinned_tls(pin)?)), addrs)
                 }
-                None => (target.ws_url(&args.ws_path), None),
+                None => (target.ws_url(&args.ws_path), None, target_addrs.clone()),
             };
             Arc::new(WsTransport {
                 url,
                 tls,
                 key: args.key.clone(),
                 model: args.model.clone(),
+                addrs,
             })
         }
         TransportArg::Quic => {
@@ -321,15 +333,18 @@ async fn main() -> Result<()> {
             } else {
                 format!("{}?model={}", args.http_path, args.model)
             };
-            Arc::new(HttpTransport::new(
-                target.http_url(&path),
-                args.key.clone(),
-                args.http_multipart,
-                args.in_flight,
-            )?)
+            Arc::new(
+                HttpTransport::new(
+                    target.http_url(&path),
+                    args.key.clone(),
+                    args.http_multipart,
+                    args.in_flight,
+                )?
+                .connect_to(target_addrs.clone()),
+            )
         }
     };
-    let server = server_info(&target, &args.key, args.label.clone()).await;
+    let server = server_info(&target, &target_addrs, &args.key, args.label.clone()).await;
     if server.synthetic {
         eprintln!("framegate-load: the server runs the SYNTHETIC backend (no model inference)");
     }

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use framegate_loadtest::recorder::{Totals, STAGES};
@@ -12,12 +13,21 @@ use framegate_loadtest::transport::quic::{parse_pin, pinned_tls};
 use framegate_loadtest::transport::ws::WsTransport;
 use support::{Gateway, KEY};
 
-async fn closed_loop(url: String, tls: Option<[u8; 32]>, sessions: usize) -> Totals {
+/// `url`'s host is a name that never resolves (RFC 6761 `.invalid`): the
+/// connections must go to `addr`, the address the loopback guard checked,
+/// without looking the name up again.
+async fn closed_loop(
+    url: String,
+    addr: SocketAddr,
+    tls: Option<[u8; 32]>,
+    sessions: usize,
+) -> Totals {
     let transport = WsTransport {
         url,
         tls: tls.map(|pin| Arc::new(pinned_tls(pin).unwrap())),
         key: KEY.into(),
         model: String::new(),
+        addrs: vec![addr],
     };
     support::load::closed_loop(transport, sessions, 4).await
 }
@@ -43,18 +53,25 @@ fn every_frame_answered(t: &Totals, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_and_wss_closed_loops_against_the_synthetic_backend_answer_every_frame() {
     let gw = Gateway::start(&["--backend", "synthetic", "--https-listen", "127.0.0.1:0"]).await;
-    let https = gw.https_addr();
+    let https: SocketAddr = gw.https_addr().parse().unwrap();
     let pin = parse_pin(&gw.fingerprint()).unwrap();
 
-    let t = closed_loop(format!("ws://{}/v1/stream", gw.addr), None, 2).await;
+    let t = closed_loop(
+        format!("ws://gateway.invalid:{}/v1/stream", gw.addr.port()),
+        gw.addr,
+        None,
+        2,
+    )
+    .await;
     every_frame_answered(&t, "ws");
-    let t = closed_loop(format!("wss://{https}/v1/stream"), Some(pin), 2).await;
+    let wss = format!("wss://gateway.invalid:{}/v1/stream", https.port());
+    let t = closed_loop(wss.clone(), https, Some(pin), 2).await;
     every_frame_answered(&t, "wss");
 
     // Another certificate's pin: the TLS handshake fails, no session opens.
     let mut wrong = pin;
     wrong[0] ^= 0xff;
-    let t = closed_loop(format!("wss://{https}/v1/stream"), Some(wrong), 1).await;
+    let t = closed_loop(wss, https, Some(wrong), 1).await;
     assert_eq!((t.sessions_opened, t.sent), (0, 0));
     assert_eq!(
         t.connect_errors.values().sum::<u64>(),

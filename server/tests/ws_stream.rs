@@ -100,6 +100,24 @@ async fn key_in_the_upgrade_header_works_and_a_wrong_one_is_401() {
     }
 }
 
+#[tokio::test]
+async fn an_upgrade_with_another_websocket_version_is_told_which_one() {
+    let gw = Gateway::start(&[]).await;
+    let resp = reqwest::Client::new()
+        .get(gw.url("/v1/stream"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 426);
+    assert_eq!(resp.headers()["sec-websocket-version"], "13");
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("Sec-WebSocket-Version must be 13"), "{body}");
+}
+
 async fn expect_close(ws: &mut Ws, code: ErrorCode, close: u16) -> String {
     let msg = match recv(ws).await {
         Some(ServerMessage::Error(e)) => {

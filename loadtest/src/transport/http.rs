@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -63,8 +64,13 @@ pub struct HttpTransport {
     pub multipart: bool,
     /// Requests a session keeps outstanding at most.
     pub in_flight: u32,
-    /// `host:port` to connect to.
+    /// `host:port` to connect to (and the `Host` header).
     authority: String,
+    /// The addresses `authority` was checked to resolve to; when set,
+    /// connections go to these and the name is not looked up again (a name
+    /// that resolves elsewhere later cannot move the load past the
+    /// loopback guard).
+    addrs: Vec<SocketAddr>,
     /// Path and query of `url`.
     path: String,
     /// Each image's request, built once for all sessions (one memory file
@@ -105,9 +111,18 @@ impl HttpTransport {
             multipart,
             in_flight: in_flight.max(1),
             authority,
+            addrs: Vec::new(),
             path,
             requests: Arc::default(),
         })
+    }
+
+    /// Connects to `addrs` (as checked by
+    /// [`crate::target::Target::check_loopback`]) instead of resolving the
+    /// URL's host for each connection.
+    pub fn connect_to(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.addrs = addrs;
+        self
     }
 }
 
@@ -311,9 +326,12 @@ impl HttpTransport {
     }
 
     async fn connect(&self) -> Result<Conn, &'static str> {
-        let tcp = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|_| "request: connect")?;
+        let tcp = if self.addrs.is_empty() {
+            TcpStream::connect(&self.authority).await
+        } else {
+            TcpStream::connect(&self.addrs[..]).await
+        }
+        .map_err(|_| "request: connect")?;
         let _ = tcp.set_nodelay(true);
         Ok(Conn {
             tcp,
@@ -853,6 +871,39 @@ mod tests {
             &b.shared_request(key, &f)
         ));
         assert_eq!(t.requests.lock().unwrap().len(), 1);
+    }
+
+    /// Connections go to the checked addresses: the URL's host (a name
+    /// that never resolves) is only the `Host` header.
+    #[tokio::test]
+    async fn connections_go_to_the_checked_addresses_not_a_fresh_lookup() {
+        let (url, server) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{\"detections\":[]}").await;
+        let addr: SocketAddr = url["http://".len()..]
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let url = format!("http://loadtest.invalid:{}/x", addr.port());
+        let unchecked = HttpTransport::new(url.clone(), "k".into(), false, 1).unwrap();
+        assert!(unchecked.connect().await.is_err(), "the name resolves?");
+        let t = HttpTransport::new(url, "k".into(), false, 1)
+            .unwrap()
+            .connect_to(vec![addr]);
+        let (kind, _) = t
+            .exchange(None, &Request::Memory(t.request_of(&frame())))
+            .await;
+        assert_eq!(
+            kind,
+            AnswerKind::Detections {
+                boxes: 0,
+                timings: None
+            }
+        );
+        let got = String::from_utf8_lossy(&server.await.unwrap()).into_owned();
+        let host = format!("\r\nHost: loadtest.invalid:{}\r\n", addr.port());
+        assert!(got.contains(&host), "{got}");
     }
 
     /// A server that reads a request's head only, answers 429 and closes

@@ -1,6 +1,7 @@
 //! WebSocket sessions: `Hello` → `Welcome`, then one binary message per
 //! `Frame`, answers read by a task of their own (`docs/protocol.md`).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -8,6 +9,7 @@ use framegate_protocol::{
     ClientMessage, DecodeLimits, Frame, Hello, ServerMessage, PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -27,6 +29,10 @@ pub struct WsTransport {
     pub key: String,
     /// Model to request (empty: the default).
     pub model: String,
+    /// The addresses the URL's host was checked to resolve to
+    /// ([`crate::target::Target::check_loopback`]); connections go there
+    /// and the name is not looked up again. Empty: resolve the host.
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl Transport for WsTransport {
@@ -49,18 +55,25 @@ impl WsTransport {
         // CPU in a profile), so read in 8 KiB steps. TCP_NODELAY as any
         // streaming client.
         let config = WebSocketConfig::default().read_buffer_size(8 << 10);
-        let (mut ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async_tls_with_config(
-                req,
-                Some(config),
-                true,
-                self.tls.clone().map(tokio_tungstenite::Connector::Rustls),
-            ),
-        )
-        .await
-        .context("WebSocket connect timed out")?
-        .context("WebSocket connect")?;
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let connect = async {
+            if self.addrs.is_empty() {
+                return tokio_tungstenite::connect_async_tls_with_config(
+                    req,
+                    Some(config),
+                    true,
+                    connector,
+                )
+                .await;
+            }
+            let tcp = TcpStream::connect(&self.addrs[..]).await?;
+            tcp.set_nodelay(true)?;
+            tokio_tungstenite::client_async_tls_with_config(req, tcp, Some(config), connector).await
+        };
+        let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .context("WebSocket connect timed out")?
+            .context("WebSocket connect")?;
         let hello = ClientMessage::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             credential: self.key.clone(),

@@ -58,7 +58,18 @@ enum Control {
 pub async fn upgrade(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let accept = match accept_key(req.method(), req.headers()) {
         Ok(a) => a,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => {
+            let status = refusal.0;
+            let mut resp = refusal.into_response();
+            if status == StatusCode::UPGRADE_REQUIRED {
+                // RFC 6455 4.2.2: name the version this server speaks.
+                resp.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    header::HeaderValue::from_static("13"),
+                );
+            }
+            return resp;
+        }
     };
     let principal = match req.headers().get(header::AUTHORIZATION) {
         Some(v) => match gw.authenticate_header(v.to_str().ok()).await {
@@ -119,7 +130,10 @@ fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, (StatusCod
         .map(|v| v.as_bytes())
         != Some(b"13")
     {
-        return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "Sec-WebSocket-Version must be 13",
+        );
     }
     match headers.get(header::SEC_WEBSOCKET_KEY) {
         Some(key) => Ok(accept_for(key.as_bytes())),

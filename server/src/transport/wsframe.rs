@@ -406,12 +406,22 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 Some(data(op, whole.freeze()))
             }
             OP_PING => Some(WsMessage::Ping(payload.freeze())),
-            OP_CLOSE => Some(WsMessage::Close(
-                (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
-            )),
+            OP_CLOSE => Some(WsMessage::Close(close_code(&payload))),
             _ => None, // a pong: nothing to do
         }
     }
+}
+
+/// The status code of a client's close frame, as its answer should carry
+/// it: none when it gave none; 1007 when its reason is not UTF-8 (RFC 6455
+/// 5.5.1 and 8.1: the endpoint fails the connection with 1007 "invalid
+/// frame payload data").
+fn close_code(payload: &[u8]) -> Option<u16> {
+    let (code, reason) = (payload.get(..2)?, &payload[2..]);
+    if std::str::from_utf8(reason).is_err() {
+        return Some(1007);
+    }
+    Some(u16::from_be_bytes([code[0], code[1]]))
 }
 
 /// Whether a close frame may carry `code` (RFC 6455 7.4): the defined
@@ -607,6 +617,27 @@ mod tests {
                 Ok(WsMessage::Binary(Bytes::from_static(b"hello world"))),
                 Ok(WsMessage::Text(Bytes::from_static(b"text"))),
                 Ok(WsMessage::Close(Some(1000))),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_reason_that_is_not_utf8_is_answered_1007() {
+        let close = |reason: &[u8]| {
+            let mut payload = 1000u16.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            client_frame(true, OP_CLOSE, &payload)
+        };
+        let mut s = close("bye \u{e9}".as_bytes());
+        s.extend(close(b"bye \xe9"));
+        s.extend(client_frame(true, OP_CLOSE, b""));
+        let got = read_all(s, 3, 1024).await;
+        assert_eq!(
+            got,
+            vec![
+                Ok(WsMessage::Close(Some(1000))),
+                Ok(WsMessage::Close(Some(1007))),
+                Ok(WsMessage::Close(None)),
             ]
         );
     }

@@ -412,3 +412,44 @@ async fn the_local_fallback_counts_the_sessions_opened_through_redis() {
     .await;
     assert!(reopened, "the slot of the ended session was not given back");
 }
+
+/// A session admitted by the local fallback while Redis was down is
+/// registered in Redis by its heartbeat once Redis is back, so it counts
+/// on the other gateways (before, it never did: the cluster could admit
+/// `max_sessions` more while it lived).
+#[tokio::test]
+async fn a_session_admitted_while_redis_was_down_counts_across_the_cluster_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = one_session_config(
+        dir.path(),
+        &redis.url(),
+        "timeout_ms = 100\nsession_ttl_secs = 3",
+    );
+    let a = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let b = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    redis.kill();
+    let (_held, _) = open_session(&a).await;
+    redis.restart();
+    // Watched in Redis itself: a session b welcomed meanwhile would hold a
+    // slot of its own (kept for a resume) and hide the difference.
+    let tenant_slots = || {
+        let keys = redis
+            .cmd(&["--scan", "--pattern", "fg:*:rl:s"])
+            .unwrap_or_default();
+        let key = keys.lines().next().map(str::to_string);
+        key.and_then(|k| redis.cmd(&["ZCARD", &k]))
+    };
+    let registered = support::usage::eventually(Duration::from_secs(10), || async {
+        tenant_slots().as_deref() == Some("1")
+    })
+    .await;
+    assert!(
+        registered,
+        "the session gateway a admitted during the outage was never registered in Redis"
+    );
+    assert!(
+        session_refused(&b).await,
+        "the session on gateway a does not count on b"
+    );
+}

@@ -712,7 +712,9 @@ pub struct RateLimitConfig {
     pub max_local_entries: usize,
     /// Seconds a streaming session's slot in Redis lives without a
     /// heartbeat (every third of it), so a crashed gateway's sessions stop
-    /// counting against `max_sessions` after this. Default 30.
+    /// counting against `max_sessions` after this. Sessions admitted while
+    /// Redis was down are registered by their next heartbeat once it is
+    /// back. Default 30.
     pub session_ttl_secs: u64,
 }
 

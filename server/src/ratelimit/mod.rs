@@ -349,50 +349,73 @@ impl RateLimiter {
             rand::thread_rng().fill_bytes(&mut b);
             let member = hex::encode(b);
             match r.open_session(&s.sessions, &member, self.session_ttl).await {
-                Ok(Ok(())) => {
-                    let (store, keys, ttl) = (r.clone(), s.sessions.clone(), self.session_ttl);
-                    let m = member.clone();
-                    let beat = tokio::spawn(async move {
-                        let mut tick = tokio::time::interval(ttl / 3);
-                        tick.tick().await;
-                        loop {
-                            tick.tick().await;
-                            if let Err(e) = store.heartbeat(&keys, &m, ttl).await {
-                                tracing::debug!(error = %e, "session heartbeat failed");
-                            }
-                        }
-                    });
-                    // Counted here too: should Redis fail, the local
-                    // fallback starts from this gateway's real count.
-                    self.sessions.hold(&s.sessions);
-                    return Ok(SessionSlot(Slot::Redis {
-                        store: r.clone(),
-                        keys: s.sessions.clone(),
-                        member,
-                        beat,
-                        local: self.sessions.clone(),
-                    }));
-                }
+                // Counted here too: should Redis fail, the local fallback
+                // starts from this gateway's real count.
+                Ok(Ok(())) => self.sessions.hold(&s.sessions),
                 Ok(Err(i)) => return Err(refused(i)),
                 Err(e) => {
                     self.store_failed(&e);
+                    // The script may have run before the store timed out:
+                    // a session not opened takes its member out again.
+                    let forget = || {
+                        let (store, keys, m) = (r.clone(), s.sessions.clone(), member.clone());
+                        tokio::spawn(async move {
+                            let _ = store.close_session(&keys, &m).await;
+                        });
+                    };
                     match self.on_error {
-                        OnStoreError::Allow => return Ok(SessionSlot(Slot::None)),
+                        OnStoreError::Allow => self.sessions.hold(&s.sessions),
                         OnStoreError::Deny => {
+                            forget();
                             return Err(GatewayError::Overloaded(
                                 "the rate-limit store is unavailable".into(),
-                            ))
+                            ));
                         }
-                        OnStoreError::Local => {}
+                        OnStoreError::Local => {
+                            if let Err(i) = self.sessions.acquire(&s.sessions) {
+                                forget();
+                                return Err(refused(i));
+                            }
+                        }
                     }
                 }
             }
+            // Opened through Redis or admitted without it: either way the
+            // heartbeat (re)registers the slot, so a session admitted while
+            // the store was down counts across the cluster once it is back.
+            return Ok(SessionSlot(self.redis_slot(r, &s.sessions, member)));
         }
         self.sessions.acquire(&s.sessions).map_err(refused)?;
         Ok(SessionSlot(Slot::Local {
             sessions: self.sessions.clone(),
             keys: s.sessions.clone(),
         }))
+    }
+}
+
+impl RateLimiter {
+    /// A slot kept in Redis as `member` (and held in this gateway's own
+    /// count), renewed every third of the session TTL until it drops.
+    fn redis_slot(&self, r: &redis::RedisLimits, keys: &[(String, u32)], member: String) -> Slot {
+        let (store, beat_keys, ttl) = (r.clone(), keys.to_vec(), self.session_ttl);
+        let m = member.clone();
+        let beat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.heartbeat(&beat_keys, &m, ttl).await {
+                    tracing::debug!(error = %e, "session heartbeat failed");
+                }
+            }
+        });
+        Slot::Redis {
+            store: r.clone(),
+            keys: keys.to_vec(),
+            member,
+            beat,
+            local: self.sessions.clone(),
+        }
     }
 }
 

@@ -229,6 +229,48 @@ fn an_endpoint_failing_readiness_is_skipped_until_it_recovers() {
     );
 }
 
+/// An endpoint that comes up after start-up serving another model under the
+/// configured name (a rollout gone wrong) stays out of rotation, with the
+/// misfit as its reason, and inference keeps going to the one that fits.
+/// (Before, only the endpoints ready at start-up had their metadata checked.)
+#[test]
+fn an_endpoint_that_comes_up_with_another_model_under_the_name_stays_out() {
+    let _one_at_a_time = serial();
+    let wrong = MlServer::start(&[(
+        "nanodet-g",
+        repo_root().join("server/tests/data/yolo-test.onnx"),
+    )]);
+    let fwd = Forwarder::start(wrong.grpc);
+    fwd.stop();
+    let direct = server().grpc_url();
+    let config = TritonConfig {
+        health_interval_ms: 50,
+        ..triton_config(vec![direct.clone(), fwd.url()])
+    };
+    let pool = TritonPool::connect(&config).unwrap();
+    let model = LoadedModel::bundled().unwrap();
+    let mut backend = TritonBackend::new(pool.clone(), &model, None, "", 1).unwrap();
+    assert_eq!(pool.ready_endpoints(), std::slice::from_ref(&direct));
+
+    fwd.resume();
+    let misfit = format!(
+        "{}: model \"nanodet-g\" does not fit its model.toml",
+        fwd.url()
+    );
+    wait_until("the health check judges the new endpoint's model", || {
+        pool.describe_health().contains(&misfit)
+    });
+    // Many more checks: it stays out.
+    std::thread::sleep(Duration::from_millis(500));
+    let health = pool.describe_health();
+    assert_eq!(pool.ready_endpoints(), [direct], "{health}");
+    assert!(health.contains(&misfit), "{health}");
+    assert!(health.contains("[-1, 3, 64, 64]"), "{health}");
+    for _ in 0..4 {
+        infer_once(&mut backend).unwrap();
+    }
+}
+
 #[test]
 fn a_dead_endpoint_of_two_loses_no_request() {
     let _one_at_a_time = serial();

@@ -8,8 +8,9 @@
 //!
 //! The pieces: [`pool`] holds the connections, the readiness checks and the
 //! retries; [`select`] decides which endpoint gets a call; [`metadata`]
-//! checks at start-up that the server's model is the one `model.toml`
-//! describes. The protocol (`proto/grpc_predict_v2.proto`) is compiled by
+//! checks that the server's model is the one `model.toml` describes (at
+//! start-up, where a misfit is a start-up error, and on every readiness
+//! check, where it keeps that endpoint out of rotation). The protocol (`proto/grpc_predict_v2.proto`) is compiled by
 //! `build.rs` with the pure-Rust `protox`, so no `protoc` is needed.
 
 pub mod metadata;
@@ -155,8 +156,12 @@ impl TritonBackend {
     ) -> Result<Self, TritonError> {
         let spec = &model.spec;
         let model_name = model_name.unwrap_or(&spec.name).to_string();
-        for (endpoint, meta) in pool.watch_model(&model_name, model_version)? {
-            let problems = metadata::check(&meta, spec, max_batch, model.labels.len());
+        let fits: pool::MetadataCheck = {
+            let (spec, classes) = (spec.clone(), model.labels.len());
+            Arc::new(move |meta| metadata::check(meta, &spec, max_batch, classes))
+        };
+        for (endpoint, meta) in pool.watch_model(&model_name, model_version, fits.clone())? {
+            let problems = fits(&meta);
             if !problems.is_empty() {
                 return Err(TritonError::Metadata {
                     endpoint,

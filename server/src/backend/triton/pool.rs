@@ -28,6 +28,21 @@ use crate::config::TritonConfig;
 
 type Client = GrpcInferenceServiceClient<Channel>;
 
+/// What the gateway needs of a served model's metadata: the problems with
+/// `meta`, one line each (none: it fits). [`super::metadata::check`] bound
+/// to a model's `model.toml`.
+pub type MetadataCheck = Arc<dyn Fn(&ModelMetadataResponse) -> Vec<String> + Send + Sync>;
+
+/// A model the readiness checks include.
+#[derive(Clone)]
+struct Watched {
+    name: String,
+    version: String,
+    /// Run on every check: an endpoint that (re)starts with another model
+    /// under the same name stays out of rotation.
+    fits: MetadataCheck,
+}
+
 /// One configured server.
 struct Server {
     url: String,
@@ -40,8 +55,8 @@ pub struct TritonPool {
     config: TritonConfig,
     servers: Arc<Vec<Server>>,
     health: Arc<Mutex<EndpointHealth>>,
-    /// Models whose readiness the health check includes: (name, version).
-    watched: Arc<Mutex<Vec<(String, String)>>>,
+    /// Models whose readiness (and metadata) the health check includes.
+    watched: Arc<Mutex<Vec<Watched>>>,
     turn: AtomicUsize,
     runtime: Option<Runtime>,
 }
@@ -84,10 +99,11 @@ fn connection_failed(s: &tonic::Status) -> bool {
     std::error::Error::source(s).is_some()
 }
 
-/// Readiness of one server: `ServerReady`, then `ModelReady` for each model.
+/// Readiness of one server: `ServerReady`, then `ModelReady` for each
+/// model and its metadata against what the gateway sends and reads.
 async fn check_ready(
     mut client: Client,
-    models: Vec<(String, String)>,
+    models: Vec<Watched>,
     deadline: Duration,
 ) -> Result<(), String> {
     let check = async {
@@ -100,11 +116,16 @@ async fn check_ready(
         if !ready {
             return Err("server not ready".to_string());
         }
-        for (name, version) in models {
+        for Watched {
+            name,
+            version,
+            fits,
+        } in models
+        {
             let ready = client
                 .model_ready(ModelReadyRequest {
                     name: name.clone(),
-                    version,
+                    version: version.clone(),
                 })
                 .await
                 .map_err(|s| format!("model {name:?}: {}", status_text(&s)))?
@@ -112,6 +133,21 @@ async fn check_ready(
                 .ready;
             if !ready {
                 return Err(format!("model {name:?} not ready"));
+            }
+            let meta = client
+                .model_metadata(ModelMetadataRequest {
+                    name: name.clone(),
+                    version,
+                })
+                .await
+                .map_err(|s| format!("model {name:?} metadata: {}", status_text(&s)))?
+                .into_inner();
+            let problems = fits(&meta);
+            if !problems.is_empty() {
+                return Err(format!(
+                    "model {name:?} does not fit its model.toml: {}",
+                    problems.join("; ")
+                ));
             }
         }
         Ok(())
@@ -125,7 +161,7 @@ async fn check_ready(
 async fn check_all(
     servers: &[Server],
     health: &Mutex<EndpointHealth>,
-    watched: &Mutex<Vec<(String, String)>>,
+    watched: &Mutex<Vec<Watched>>,
     deadline: Duration,
 ) {
     let models = watched.lock().expect("lock").clone();
@@ -274,20 +310,22 @@ impl TritonPool {
             .collect()
     }
 
-    /// Adds a model to the readiness checks, and returns its metadata from
-    /// every ready endpoint (URL, metadata), for validation.
+    /// Adds a model to the readiness checks, with `fits` judging its
+    /// metadata on every check (an endpoint serving something else under the
+    /// name stays down, with the problems as its reason), and returns its
+    /// metadata from every ready endpoint (URL, metadata), for validation
+    /// now.
     pub fn watch_model(
         &self,
         name: &str,
         version: &str,
+        fits: MetadataCheck,
     ) -> Result<Vec<(String, ModelMetadataResponse)>, TritonError> {
-        {
-            let mut w = self.watched.lock().expect("lock");
-            let key = (name.to_string(), version.to_string());
-            if !w.contains(&key) {
-                w.push(key);
-            }
-        }
+        self.watched.lock().expect("lock").push(Watched {
+            name: name.to_string(),
+            version: version.to_string(),
+            fits,
+        });
         // A server busy with other clients' batches may answer metadata late:
         // allow it as long as an inference call.
         let deadline =

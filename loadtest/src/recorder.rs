@@ -266,6 +266,9 @@ impl Recorder {
         }
         let Some(s) = self.second(at) else { return };
         let lat = us(at.saturating_duration_since(sent_at));
+        // The histograms stop at MAX_US: a longer wait is counted at the
+        // cap (the frame log keeps the real value), never left out.
+        let capped = lat.min(MAX_US);
         if self.frame_log.is_some() {
             let (outcome, timings) = match kind {
                 AnswerKind::Detections { timings, .. } => {
@@ -279,13 +282,13 @@ impl Recorder {
         self.with(|t| match kind {
             AnswerKind::Detections { timings, .. } => {
                 t.answered += 1;
-                let _ = t.latency.record(lat);
+                let _ = t.latency.record(capped);
                 if let Some(st) = timings {
                     record_stages(&mut t.stages, st);
                 }
                 let w = Self::window(t, s);
                 w.answered += 1;
-                let _ = w.latency.record(lat);
+                let _ = w.latency.record(capped);
             }
             AnswerKind::Dropped(r) => {
                 *t.dropped.entry(r.clone()).or_default() += 1;
@@ -409,6 +412,27 @@ mod tests {
         let p50 = t.latency.value_at_quantile(0.5);
         assert!((19_900..=20_100).contains(&p50), "{p50}");
         assert_eq!(t.stages[3].len(), 2);
+    }
+
+    #[test]
+    fn a_latency_past_the_histogram_is_counted_at_its_cap() {
+        let t0 = Instant::now();
+        let r = Recorder::new(t0);
+        let det = AnswerKind::Detections {
+            boxes: 0,
+            timings: None,
+        };
+        r.sent(t0);
+        r.answer((0, 1), t0, t0 + Duration::from_secs(700), &det);
+        let t = r.finish();
+        assert_eq!((t.answered, t.latency.len()), (1, 1));
+        assert!(
+            t.latency.max() >= MAX_US * 999 / 1000,
+            "{}",
+            t.latency.max()
+        );
+        let w = t.windows.iter().map(|w| w.latency.len()).sum::<u64>();
+        assert_eq!(w, 1);
     }
 
     /// A `Write` into a buffer the test keeps.

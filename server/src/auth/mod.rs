@@ -260,8 +260,10 @@ pub fn generate_key() -> String {
 
 impl Authenticator {
     /// Builds the authenticator from the configuration and the key store;
-    /// with no static keys configured it also takes the development key,
-    /// `dev_key_env` (the value of `FRAMEGATE_DEV_KEY`) or a new one.
+    /// with no static keys configured it also takes the development key:
+    /// `dev_key_env` (the value of `FRAMEGATE_DEV_KEY`), or a new one unless
+    /// OIDC issuers are configured (a gateway whose callers sign in through
+    /// an identity provider gets no key nobody asked for).
     pub fn from_config(
         config: &Config,
         store: Option<KeyStore>,
@@ -307,6 +309,7 @@ impl Authenticator {
         }
         let (key, origin) = match dev_key_env.filter(|k| !k.is_empty()) {
             Some(k) => (k, DevKey::FromEnv),
+            None if !config.auth.oidc.is_empty() => return (auth, DevKey::None),
             None => {
                 let k = generate_key();
                 (k.clone(), DevKey::Generated(k))
@@ -611,6 +614,20 @@ mod tests {
         assert!(auth.authenticate_header(Some("Bearer k1")).await.is_ok());
         assert!(auth.authenticate_header(Some("Basic k1")).await.is_err());
         assert!(auth.authenticate_header(None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn with_oidc_issuers_no_key_is_generated_but_one_from_the_env_is_taken() {
+        let config: Config = toml::from_str(
+            "[[auth.oidc]]\nname = \"idp\"\nissuer = \"https://idp.example\"\naudience = \"framegate\"\n",
+        )
+        .unwrap();
+        let (auth, origin) = Authenticator::from_config(&config, None, None);
+        assert_eq!(origin, DevKey::None);
+        assert!(auth.static_keys.is_empty());
+        let (auth, origin) = Authenticator::from_config(&config, None, Some("k1".into()));
+        assert_eq!(origin, DevKey::FromEnv);
+        assert!(auth.authenticate("k1").await.is_ok());
     }
 
     #[tokio::test]

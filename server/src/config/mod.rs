@@ -137,7 +137,8 @@ impl Default for HttpConfig {
 pub struct AuthConfig {
     /// Static API keys, each with the tenant it belongs to. When empty, the
     /// gateway also accepts a single development key: `FRAMEGATE_DEV_KEY`
-    /// from the environment, or a random key printed once at start-up.
+    /// from the environment, or (when no `oidc` issuer is configured) a
+    /// random key printed once at start-up.
     /// Issued keys (`framegate keys create`, the admin API) live in the key
     /// store, not here.
     pub keys: Vec<ApiKeyConfig>,

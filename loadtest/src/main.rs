@@ -201,9 +201,13 @@ async fn server_info(
         label,
         ..Default::default()
     };
-    // To the checked addresses, not a fresh lookup of the name.
+    // To the checked addresses, not a fresh lookup of the name; no proxy
+    // from the environment and no redirect (either would send the request,
+    // and the key, to a host the guard never saw).
     let Ok(client) = reqwest::Client::builder()
         .resolve_to_addrs(&target.host, addrs)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .build()
     else {
         return info;

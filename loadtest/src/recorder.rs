@@ -141,7 +141,7 @@ impl std::fmt::Debug for Recorder {
 }
 
 fn us(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, MAX_US)
+    (d.as_micros() as u64).max(1)
 }
 
 impl Recorder {
@@ -415,15 +415,17 @@ mod tests {
     }
 
     #[test]
-    fn a_latency_past_the_histogram_is_counted_at_its_cap() {
+    fn a_latency_past_the_histogram_is_counted_at_its_cap_and_logged_as_it_was() {
         let t0 = Instant::now();
-        let r = Recorder::new(t0);
+        let buf = Shared::default();
+        let r = Recorder::new(t0).with_frame_log(Box::new(buf.clone()));
         let det = AnswerKind::Detections {
             boxes: 0,
             timings: None,
         };
         r.sent(t0);
         r.answer((0, 1), t0, t0 + Duration::from_secs(700), &det);
+        r.finish_frame_log().unwrap();
         let t = r.finish();
         assert_eq!((t.answered, t.latency.len()), (1, 1));
         assert!(
@@ -433,6 +435,14 @@ mod tests {
         );
         let w = t.windows.iter().map(|w| w.latency.len()).sum::<u64>();
         assert_eq!(w, 1);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("0,1,0.000,700000.000,detections"),
+            "{text}"
+        );
     }
 
     /// A `Write` into a buffer the test keeps.

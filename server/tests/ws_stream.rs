@@ -114,8 +114,24 @@ async fn an_upgrade_with_another_websocket_version_is_told_which_one() {
         .unwrap();
     assert_eq!(resp.status(), 426);
     assert_eq!(resp.headers()["sec-websocket-version"], "13");
+    assert_eq!(resp.headers()["upgrade"], "websocket");
     let body = resp.text().await.unwrap();
     assert!(body.contains("Sec-WebSocket-Version must be 13"), "{body}");
+    // No version at all is a malformed upgrade: 400.
+    let resp = reqwest::Client::new()
+        .get(gw.url("/v1/stream"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("Sec-WebSocket-Version header missing"),
+        "{body}"
+    );
 }
 
 async fn expect_close(ws: &mut Ws, code: ErrorCode, close: u16) -> String {

@@ -62,11 +62,16 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             let status = refusal.0;
             let mut resp = refusal.into_response();
             if status == StatusCode::UPGRADE_REQUIRED {
-                // RFC 6455 4.2.2: name the version this server speaks.
-                resp.headers_mut().insert(
+                // RFC 6455 4.2.2: name the version this server speaks; RFC
+                // 9110 15.5.22: a 426 names the protocol in `Upgrade`.
+                use header::HeaderValue;
+                let h = resp.headers_mut();
+                h.insert(
                     header::SEC_WEBSOCKET_VERSION,
-                    header::HeaderValue::from_static("13"),
+                    HeaderValue::from_static("13"),
                 );
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
             return resp;
         }
@@ -125,15 +130,23 @@ fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, (StatusCod
             "Upgrade header did not include 'websocket'",
         );
     }
-    if headers
+    match headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(|v| v.as_bytes())
-        != Some(b"13")
     {
-        return refuse(
-            StatusCode::UPGRADE_REQUIRED,
-            "Sec-WebSocket-Version must be 13",
-        );
+        Some(b"13") => {}
+        None => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Version header missing",
+            )
+        }
+        Some(_) => {
+            return refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "Sec-WebSocket-Version must be 13",
+            )
+        }
     }
     match headers.get(header::SEC_WEBSOCKET_KEY) {
         Some(key) => Ok(accept_for(key.as_bytes())),

@@ -489,8 +489,9 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     }
 
     /// The close frame answering a client's close (RFC 6455 5.5.1): its
-    /// status code echoed, none when it gave none, 1002 when it gave one
-    /// that may not be sent.
+    /// status code echoed (1007 stands for a reason that was not UTF-8, see
+    /// `close_code`), none when it gave none, 1002 when it gave one that may
+    /// not be sent.
     pub fn queue_close_answer(&mut self, client_code: Option<u16>) {
         match client_code {
             None => push_frame(&mut self.out, OP_CLOSE, &[]),

@@ -242,7 +242,8 @@ fn an_endpoint_that_comes_up_with_another_model_under_the_name_stays_out() {
     )]);
     let fwd = Forwarder::start(wrong.grpc);
     fwd.stop();
-    let direct = server().grpc_url();
+    let good = Forwarder::start(server().grpc);
+    let direct = good.url();
     let config = TritonConfig {
         health_interval_ms: 50,
         ..triton_config(vec![direct.clone(), fwd.url()])
@@ -269,6 +270,18 @@ fn an_endpoint_that_comes_up_with_another_model_under_the_name_stays_out() {
     for _ in 0..4 {
         infer_once(&mut backend).unwrap();
     }
+    // With the endpoint that fits gone, calls fail rather than go to the
+    // misfit (a down endpoint is still tried when nothing is ready; a
+    // misfit never is).
+    good.stop();
+    let before = fwd.bytes();
+    for _ in 0..2 {
+        assert!(infer_once(&mut backend).is_err());
+    }
+    assert!(
+        fwd.bytes() - before < 1 << 20,
+        "a batch went to the misfit endpoint"
+    );
 }
 
 #[test]

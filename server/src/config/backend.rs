@@ -71,8 +71,8 @@ pub struct TritonConfig {
     /// milliseconds; doubles with each attempt. Default 50.
     pub retry_backoff_ms: u64,
     /// How often every endpoint's readiness (`ServerReady`, then `ModelReady`
-    /// and `ModelMetadata` against `model.toml` for each served model) is
-    /// checked, in milliseconds. Default 1000.
+    /// for each served model, and `ModelMetadata` against `model.toml` when
+    /// the endpoint was not ready) is checked, in milliseconds. Default 1000.
     pub health_interval_ms: u64,
     /// How long start-up waits for at least one ready endpoint before it
     /// fails, in milliseconds. Default 30000.

@@ -9,9 +9,10 @@
 //! The pieces: [`pool`] holds the connections, the readiness checks and the
 //! retries; [`select`] decides which endpoint gets a call; [`metadata`]
 //! checks that the server's model is the one `model.toml` describes (at
-//! start-up, where a misfit is a start-up error, and on every readiness
-//! check, where it keeps that endpoint out of rotation). The protocol (`proto/grpc_predict_v2.proto`) is compiled by
-//! `build.rs` with the pure-Rust `protox`, so no `protoc` is needed.
+//! start-up, where a misfit is a start-up error, and whenever an endpoint
+//! comes back, where a misfit keeps it out of rotation). The protocol
+//! (`proto/grpc_predict_v2.proto`) is compiled by `build.rs` with the
+//! pure-Rust `protox`, so no `protoc` is needed.
 
 pub mod metadata;
 pub mod pool;

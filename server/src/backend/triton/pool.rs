@@ -99,13 +99,30 @@ fn connection_failed(s: &tonic::Status) -> bool {
     std::error::Error::source(s).is_some()
 }
 
+/// Why a readiness check failed.
+enum CheckFailed {
+    /// Not reachable, not ready, or no answer in time.
+    Down(String),
+    /// Ready, with a model that does not fit `model.toml`.
+    Misfit(String),
+}
+
+impl From<String> for CheckFailed {
+    fn from(reason: String) -> Self {
+        Self::Down(reason)
+    }
+}
+
 /// Readiness of one server: `ServerReady`, then `ModelReady` for each
-/// model and its metadata against what the gateway sends and reads.
+/// model and, when `verify` (the endpoint was not ready: it may have come
+/// back with another model), its metadata against what the gateway sends
+/// and reads.
 async fn check_ready(
     mut client: Client,
     models: Vec<Watched>,
+    verify: bool,
     deadline: Duration,
-) -> Result<(), String> {
+) -> Result<(), CheckFailed> {
     let check = async {
         let ready = client
             .server_ready(ServerReadyRequest {})
@@ -114,7 +131,7 @@ async fn check_ready(
             .into_inner()
             .ready;
         if !ready {
-            return Err("server not ready".to_string());
+            return Err(CheckFailed::Down("server not ready".into()));
         }
         for Watched {
             name,
@@ -132,7 +149,10 @@ async fn check_ready(
                 .into_inner()
                 .ready;
             if !ready {
-                return Err(format!("model {name:?} not ready"));
+                return Err(CheckFailed::Down(format!("model {name:?} not ready")));
+            }
+            if !verify {
+                continue;
             }
             let meta = client
                 .model_metadata(ModelMetadataRequest {
@@ -144,40 +164,72 @@ async fn check_ready(
                 .into_inner();
             let problems = fits(&meta);
             if !problems.is_empty() {
-                return Err(format!(
+                return Err(CheckFailed::Misfit(format!(
                     "model {name:?} does not fit its model.toml: {}",
                     problems.join("; ")
-                ));
+                )));
             }
         }
         Ok(())
     };
     tokio::time::timeout(deadline, check)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} ms", deadline.as_millis())))
+        .unwrap_or_else(|_| {
+            Err(CheckFailed::Down(format!(
+                "no answer within {} ms",
+                deadline.as_millis()
+            )))
+        })
 }
 
-/// One round of readiness checks on every server, concurrently.
+/// How long a readiness check may take: `ready` for an endpoint that was
+/// ready (a few small calls), `verify` when its metadata is fetched too (a
+/// server busy with batches may answer that late).
+#[derive(Clone, Copy)]
+struct CheckDeadlines {
+    ready: Duration,
+    verify: Duration,
+}
+
+/// One round of readiness checks on every server, concurrently. An endpoint
+/// that was not ready has its models' metadata checked again.
 async fn check_all(
     servers: &[Server],
     health: &Mutex<EndpointHealth>,
     watched: &Mutex<Vec<Watched>>,
-    deadline: Duration,
+    deadlines: CheckDeadlines,
 ) {
     let models = watched.lock().expect("lock").clone();
-    let checks = servers
-        .iter()
-        .map(|s| check_ready(s.clients[0].clone(), models.clone(), deadline));
+    let verify: Vec<bool> = {
+        let h = health.lock().expect("lock");
+        (0..servers.len())
+            .map(|i| *h.state(i) != EndpointState::Ready)
+            .collect()
+    };
+    let checks = servers.iter().zip(&verify).map(|(s, &v)| {
+        let deadline = if v { deadlines.verify } else { deadlines.ready };
+        check_ready(s.clients[0].clone(), models.clone(), v, deadline)
+    });
     let results = futures_util::future::join_all(checks).await;
     let mut h = health.lock().expect("lock");
     for (i, r) in results.into_iter().enumerate() {
         let url = &servers[i].url;
-        let ok = r.is_ok();
-        if h.report(i, r) {
-            if ok {
-                tracing::info!(endpoint = %url, "inference endpoint ready again");
-            } else if let EndpointState::Down { reason } = h.state(i) {
-                tracing::warn!(endpoint = %url, %reason, "inference endpoint not ready; skipped until it recovers");
+        let changed = match r {
+            Ok(()) => h.report(i, Ok(())),
+            Err(CheckFailed::Down(reason)) => h.report(i, Err(reason)),
+            Err(CheckFailed::Misfit(reason)) => h.report_misfit(i, reason),
+        };
+        if changed {
+            match h.state(i) {
+                EndpointState::Ready => {
+                    tracing::info!(endpoint = %url, "inference endpoint ready again")
+                }
+                EndpointState::Down { reason } => {
+                    tracing::warn!(endpoint = %url, %reason, "inference endpoint not ready; skipped until it recovers")
+                }
+                EndpointState::Misfit { reason } => {
+                    tracing::warn!(endpoint = %url, %reason, "inference endpoint serves a model that does not fit; skipped until it does")
+                }
             }
         }
     }
@@ -240,7 +292,7 @@ impl TritonPool {
                 &pool.servers,
                 &pool.health,
                 &pool.watched,
-                connect_timeout,
+                pool.check_deadlines(),
             ));
             if pool.health.lock().expect("lock").any_ready() {
                 break;
@@ -274,15 +326,26 @@ impl TritonPool {
             self.watched.clone(),
         );
         let interval = Duration::from_millis(self.config.health_interval_ms);
-        let deadline = Duration::from_millis(self.config.connect_timeout_ms);
+        let deadlines = self.check_deadlines();
         self.runtime().spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                check_all(&servers, &health, &watched, deadline).await;
+                check_all(&servers, &health, &watched, deadlines).await;
             }
         });
+    }
+
+    /// Readiness within `connect_timeout_ms`; metadata, which a server busy
+    /// with other clients' batches may answer late, as long as an inference
+    /// call (`timeout_ms`) if that is longer.
+    fn check_deadlines(&self) -> CheckDeadlines {
+        let ready = Duration::from_millis(self.config.connect_timeout_ms);
+        CheckDeadlines {
+            ready,
+            verify: ready.max(Duration::from_millis(self.config.timeout_ms)),
+        }
     }
 
     /// Every endpoint with its state, one per line, for error messages.
@@ -293,7 +356,9 @@ impl TritonPool {
             .enumerate()
             .map(|(i, s)| match h.state(i) {
                 EndpointState::Ready => format!("{}: ready", s.url),
-                EndpointState::Down { reason } => format!("{}: {reason}", s.url),
+                EndpointState::Down { reason } | EndpointState::Misfit { reason } => {
+                    format!("{}: {reason}", s.url)
+                }
             })
             .collect::<Vec<_>>()
             .join("; ")
@@ -321,15 +386,19 @@ impl TritonPool {
         version: &str,
         fits: MetadataCheck,
     ) -> Result<Vec<(String, ModelMetadataResponse)>, TritonError> {
-        self.watched.lock().expect("lock").push(Watched {
-            name: name.to_string(),
-            version: version.to_string(),
-            fits,
-        });
-        // A server busy with other clients' batches may answer metadata late:
-        // allow it as long as an inference call.
-        let deadline =
-            Duration::from_millis(self.config.timeout_ms.max(self.config.connect_timeout_ms));
+        {
+            // Once per model: every inference worker binds its own backend
+            // (same model.toml, same check).
+            let mut w = self.watched.lock().expect("lock");
+            if !w.iter().any(|m| m.name == name && m.version == version) {
+                w.push(Watched {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    fits,
+                });
+            }
+        }
+        let deadline = self.check_deadlines().verify;
         let mut out = Vec::new();
         for url in self.ready_endpoints() {
             let server = self

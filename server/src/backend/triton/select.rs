@@ -5,7 +5,8 @@
 //! into it; a call picks a ready endpoint it has not tried yet, in turn
 //! (round robin over the ready ones, so calls spread evenly over the fleet). When no
 //! ready endpoint is left, a `Down` one is tried rather than failing at
-//! once: its state may be older than its recovery.
+//! once: its state may be older than its recovery. A `Misfit` endpoint
+//! (serving another model under the name) is never tried.
 
 /// The state of one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,13 @@ pub enum EndpointState {
     /// Failed its last readiness check or a call with `UNAVAILABLE`.
     Down {
         /// Why, for logs and start-up errors.
+        reason: String,
+    },
+    /// Ready, but its model's metadata does not fit `model.toml`: calls to
+    /// it would fail or be misread, so none goes there until a check finds
+    /// the right model.
+    Misfit {
+        /// The differences.
         reason: String,
     },
 }
@@ -41,16 +49,24 @@ impl EndpointHealth {
     /// Records a readiness check or call result. Returns true when the
     /// state changed (worth a log line).
     pub fn report(&mut self, endpoint: usize, outcome: Result<(), String>) -> bool {
-        let new = match outcome {
-            Ok(()) => EndpointState::Ready,
-            Err(reason) => EndpointState::Down { reason },
-        };
+        self.set(
+            endpoint,
+            match outcome {
+                Ok(()) => EndpointState::Ready,
+                Err(reason) => EndpointState::Down { reason },
+            },
+        )
+    }
+
+    /// Records that `endpoint` serves a model that does not fit. Returns
+    /// true when the state changed.
+    pub fn report_misfit(&mut self, endpoint: usize, reason: String) -> bool {
+        self.set(endpoint, EndpointState::Misfit { reason })
+    }
+
+    fn set(&mut self, endpoint: usize, new: EndpointState) -> bool {
         let slot = &mut self.states[endpoint];
-        let changed = matches!(
-            (&*slot, &new),
-            (EndpointState::Ready, EndpointState::Down { .. })
-                | (EndpointState::Down { .. }, EndpointState::Ready)
-        );
+        let changed = std::mem::discriminant(&*slot) != std::mem::discriminant(&new);
         *slot = new;
         changed
     }
@@ -73,6 +89,7 @@ impl EndpointHealth {
         let untried = |ready: bool| -> Vec<usize> {
             (0..self.states.len())
                 .filter(|i| !tried.contains(i))
+                .filter(|i| !matches!(self.states[*i], EndpointState::Misfit { .. }))
                 .filter(|i| (self.states[*i] == EndpointState::Ready) == ready)
                 .collect()
         };
@@ -121,6 +138,22 @@ mod tests {
         assert_eq!(h.pick(1, &[1]), Some(2));
         assert_eq!(h.pick(1, &[1, 2]), Some(0));
         assert_eq!(h.pick(1, &[0, 1, 2]), None);
+    }
+
+    #[test]
+    fn a_misfit_endpoint_is_never_tried() {
+        let mut h = EndpointHealth::new(3);
+        h.report(0, down());
+        assert!(h.report_misfit(1, "another model".into()));
+        assert!(!h.report_misfit(1, "still another model".into()));
+        h.report(2, Ok(()));
+        assert_eq!(h.pick(0, &[]), Some(2));
+        // Nothing ready: the down one, never the misfit.
+        assert_eq!(h.pick(0, &[2]), Some(0));
+        assert_eq!(h.pick(1, &[0, 2]), None);
+        // The right model is back: a change, and it takes turns again.
+        assert!(h.report(1, Ok(())));
+        assert_eq!(h.pick(1, &[2]), Some(1));
     }
 
     #[test]

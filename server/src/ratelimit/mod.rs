@@ -398,22 +398,32 @@ impl RateLimiter {
     /// count), renewed every third of the session TTL until it drops.
     fn redis_slot(&self, r: &redis::RedisLimits, keys: &[(String, u32)], member: String) -> Slot {
         let (store, beat_keys, ttl) = (r.clone(), keys.to_vec(), self.session_ttl);
-        let m = member.clone();
-        let beat = tokio::spawn(async move {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
             tick.tick().await;
             loop {
-                tick.tick().await;
-                if let Err(e) = store.heartbeat(&beat_keys, &m, ttl).await {
-                    tracing::debug!(error = %e, "session heartbeat failed");
+                tokio::select! {
+                    biased;
+                    // The slot dropped (its sender with it).
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = store.heartbeat(&beat_keys, &member, ttl).await {
+                            tracing::debug!(error = %e, "session heartbeat failed");
+                        }
+                    }
                 }
+            }
+            // Freed by the task that renews it, after any renewal under
+            // way: a late heartbeat cannot re-add the member after this.
+            // If it fails, the slot expires with its heartbeat.
+            if let Err(e) = store.close_session(&beat_keys, &member).await {
+                tracing::debug!(error = %e, "session slot not freed; it expires");
             }
         });
         Slot::Redis {
-            store: r.clone(),
             keys: keys.to_vec(),
-            member,
-            beat,
+            stop,
             local: self.sessions.clone(),
         }
     }
@@ -431,10 +441,9 @@ enum Slot {
         keys: Vec<(String, u32)>,
     },
     Redis {
-        store: redis::RedisLimits,
         keys: Vec<(String, u32)>,
-        member: String,
-        beat: tokio::task::JoinHandle<()>,
+        /// Dropped with the slot: its heartbeat task then frees it in Redis.
+        stop: tokio::sync::oneshot::Sender<()>,
         /// The same slot in this gateway's own count.
         local: Arc<local::LocalSessions>,
     },
@@ -445,23 +454,9 @@ impl Drop for SessionSlot {
         match std::mem::replace(&mut self.0, Slot::None) {
             Slot::None => {}
             Slot::Local { sessions, keys } => sessions.release(&keys),
-            Slot::Redis {
-                store,
-                keys,
-                member,
-                beat,
-                local,
-            } => {
+            Slot::Redis { keys, stop, local } => {
                 local.release(&keys);
-                beat.abort();
-                // If this fails the slot expires with its heartbeat.
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        if let Err(e) = store.close_session(&keys, &member).await {
-                            tracing::debug!(error = %e, "session slot not freed; it expires");
-                        }
-                    });
-                }
+                drop(stop);
             }
         }
     }

@@ -448,6 +448,9 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
             "framegate: no API keys configured; generated development key (shown once, set {DEV_KEY_ENV} to choose your own):\n  {k}"
         ),
         DevKey::FromEnv => println!("framegate: using the development key from {DEV_KEY_ENV}"),
+        DevKey::None if gw.config.auth.keys.is_empty() => println!(
+            "framegate: no development key (OIDC issuers configured): callers use their issuers' tokens or keys issued in the key store"
+        ),
         DevKey::None => {}
     }
     println!(

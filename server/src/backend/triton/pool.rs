@@ -38,9 +38,21 @@ pub type MetadataCheck = Arc<dyn Fn(&ModelMetadataResponse) -> Vec<String> + Sen
 struct Watched {
     name: String,
     version: String,
-    /// Run on every check: an endpoint that (re)starts with another model
-    /// under the same name stays out of rotation.
+    /// Judges the metadata of an endpoint that was not ready (or not yet
+    /// checked against this model): one serving another model under the
+    /// same name is a misfit, out of rotation.
     fits: MetadataCheck,
+}
+
+/// The models the readiness checks include, and how far each endpoint's
+/// metadata was checked.
+struct Watchlist {
+    models: Vec<Watched>,
+    /// Goes up with each model added.
+    generation: u64,
+    /// Per endpoint: the generation of the list whose metadata it last
+    /// passed. Behind `generation`, its metadata is checked again.
+    verified: Vec<u64>,
 }
 
 /// One configured server.
@@ -56,7 +68,7 @@ pub struct TritonPool {
     servers: Arc<Vec<Server>>,
     health: Arc<Mutex<EndpointHealth>>,
     /// Models whose readiness (and metadata) the health check includes.
-    watched: Arc<Mutex<Vec<Watched>>>,
+    watched: Arc<Mutex<Watchlist>>,
     turn: AtomicUsize,
     runtime: Option<Runtime>,
 }
@@ -113,78 +125,75 @@ impl From<String> for CheckFailed {
     }
 }
 
+/// One call's answer within `deadline`, or why not.
+async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(Ok(answer)) => Ok(answer.into_inner()),
+        Ok(Err(s)) => Err(status_text(&s)),
+        Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+    }
+}
+
 /// Readiness of one server: `ServerReady`, then `ModelReady` for each
-/// model and, when `verify` (the endpoint was not ready: it may have come
-/// back with another model), its metadata against what the gateway sends
-/// and reads.
+/// model and, when `verify` (the endpoint was not ready, so it may have
+/// come back with another model, or was not checked against every model
+/// yet), its metadata against what the gateway sends and reads.
 async fn check_ready(
     mut client: Client,
     models: Vec<Watched>,
     verify: bool,
-    deadline: Duration,
+    deadlines: CheckDeadlines,
 ) -> Result<(), CheckFailed> {
-    let check = async {
-        let ready = client
-            .server_ready(ServerReadyRequest {})
+    let ready = within(deadlines.ready, client.server_ready(ServerReadyRequest {}))
+        .await?
+        .ready;
+    if !ready {
+        return Err(CheckFailed::Down("server not ready".into()));
+    }
+    for Watched {
+        name,
+        version,
+        fits,
+    } in models
+    {
+        let request = ModelReadyRequest {
+            name: name.clone(),
+            version: version.clone(),
+        };
+        let ready = within(deadlines.ready, client.model_ready(request))
             .await
-            .map_err(|s| status_text(&s))?
-            .into_inner()
+            .map_err(|e| format!("model {name:?}: {e}"))?
             .ready;
         if !ready {
-            return Err(CheckFailed::Down("server not ready".into()));
+            return Err(CheckFailed::Down(format!("model {name:?} not ready")));
         }
-        for Watched {
-            name,
+        if !verify {
+            continue;
+        }
+        let request = ModelMetadataRequest {
+            name: name.clone(),
             version,
-            fits,
-        } in models
-        {
-            let ready = client
-                .model_ready(ModelReadyRequest {
-                    name: name.clone(),
-                    version: version.clone(),
-                })
-                .await
-                .map_err(|s| format!("model {name:?}: {}", status_text(&s)))?
-                .into_inner()
-                .ready;
-            if !ready {
-                return Err(CheckFailed::Down(format!("model {name:?} not ready")));
-            }
-            if !verify {
-                continue;
-            }
-            let meta = client
-                .model_metadata(ModelMetadataRequest {
-                    name: name.clone(),
-                    version,
-                })
-                .await
-                .map_err(|s| format!("model {name:?} metadata: {}", status_text(&s)))?
-                .into_inner();
-            let problems = fits(&meta);
-            if !problems.is_empty() {
-                return Err(CheckFailed::Misfit(format!(
-                    "model {name:?} does not fit its model.toml: {}",
-                    problems.join("; ")
-                )));
-            }
+        };
+        let meta = within(deadlines.verify, client.model_metadata(request))
+            .await
+            .map_err(|e| format!("model {name:?} metadata: {e}"))?;
+        let problems = fits(&meta);
+        if !problems.is_empty() {
+            return Err(CheckFailed::Misfit(format!(
+                "model {name:?} does not fit its model.toml: {}",
+                problems.join("; ")
+            )));
         }
-        Ok(())
-    };
-    tokio::time::timeout(deadline, check)
-        .await
-        .unwrap_or_else(|_| {
-            Err(CheckFailed::Down(format!(
-                "no answer within {} ms",
-                deadline.as_millis()
-            )))
-        })
+    }
+    Ok(())
 }
 
-/// How long a readiness check may take: `ready` for an endpoint that was
-/// ready (a few small calls), `verify` when its metadata is fetched too (a
-/// server busy with batches may answer that late).
+/// Deadlines of a readiness check's calls: `ready` for `ServerReady` and
+/// `ModelReady` (small answers), `verify` for `ModelMetadata` (a server
+/// busy with batches may answer that late).
 #[derive(Clone, Copy)]
 struct CheckDeadlines {
     ready: Duration,
@@ -192,30 +201,41 @@ struct CheckDeadlines {
 }
 
 /// One round of readiness checks on every server, concurrently. An endpoint
-/// that was not ready has its models' metadata checked again.
+/// that was not ready, or not checked against every watched model yet, has
+/// its models' metadata checked.
 async fn check_all(
     servers: &[Server],
     health: &Mutex<EndpointHealth>,
-    watched: &Mutex<Vec<Watched>>,
+    watched: &Mutex<Watchlist>,
     deadlines: CheckDeadlines,
 ) {
-    let models = watched.lock().expect("lock").clone();
-    let verify: Vec<bool> = {
+    let (models, generation, verify) = {
+        let w = watched.lock().expect("lock");
         let h = health.lock().expect("lock");
-        (0..servers.len())
-            .map(|i| *h.state(i) != EndpointState::Ready)
-            .collect()
+        let verify: Vec<bool> = (0..servers.len())
+            .map(|i| *h.state(i) != EndpointState::Ready || w.verified[i] < w.generation)
+            .collect();
+        (w.models.clone(), w.generation, verify)
     };
-    let checks = servers.iter().zip(&verify).map(|(s, &v)| {
-        let deadline = if v { deadlines.verify } else { deadlines.ready };
-        check_ready(s.clients[0].clone(), models.clone(), v, deadline)
-    });
+    let checks = servers
+        .iter()
+        .zip(&verify)
+        .map(|(s, &v)| check_ready(s.clients[0].clone(), models.clone(), v, deadlines));
     let results = futures_util::future::join_all(checks).await;
+    let mut w = watched.lock().expect("lock");
     let mut h = health.lock().expect("lock");
     for (i, r) in results.into_iter().enumerate() {
         let url = &servers[i].url;
         let changed = match r {
-            Ok(()) => h.report(i, Ok(())),
+            Ok(()) if verify[i] && w.generation == generation => {
+                w.verified[i] = generation;
+                h.report(i, Ok(()))
+            }
+            // A pass without the metadata changes nothing: it was ready,
+            // and if a call failed meanwhile (as on a restart) it stays
+            // down until a round checks its metadata. Nor does one against
+            // a list that has grown since.
+            Ok(()) => false,
             Err(CheckFailed::Down(reason)) => h.report(i, Err(reason)),
             Err(CheckFailed::Misfit(reason)) => h.report_misfit(i, reason),
         };
@@ -281,7 +301,11 @@ impl TritonPool {
             config: config.clone(),
             servers: Arc::new(servers),
             health: Arc::new(Mutex::new(EndpointHealth::new(config.endpoints.len()))),
-            watched: Arc::new(Mutex::new(Vec::new())),
+            watched: Arc::new(Mutex::new(Watchlist {
+                models: Vec::new(),
+                generation: 0,
+                verified: vec![0; config.endpoints.len()],
+            })),
             turn: AtomicUsize::new(0),
             runtime: Some(runtime),
         });
@@ -376,10 +400,11 @@ impl TritonPool {
     }
 
     /// Adds a model to the readiness checks, with `fits` judging its
-    /// metadata on every check (an endpoint serving something else under the
-    /// name stays down, with the problems as its reason), and returns its
-    /// metadata from every ready endpoint (URL, metadata), for validation
-    /// now.
+    /// metadata whenever an endpoint comes back (one serving something else
+    /// under the name is a misfit, never called, with the problems as its
+    /// reason), and returns its metadata from every ready endpoint (URL,
+    /// metadata), for validation now. Every endpoint is checked against
+    /// the grown list by the next round.
     pub fn watch_model(
         &self,
         name: &str,
@@ -390,12 +415,17 @@ impl TritonPool {
             // Once per model: every inference worker binds its own backend
             // (same model.toml, same check).
             let mut w = self.watched.lock().expect("lock");
-            if !w.iter().any(|m| m.name == name && m.version == version) {
-                w.push(Watched {
+            if !w
+                .models
+                .iter()
+                .any(|m| m.name == name && m.version == version)
+            {
+                w.models.push(Watched {
                     name: name.to_string(),
                     version: version.to_string(),
                     fits,
                 });
+                w.generation += 1;
             }
         }
         let deadline = self.check_deadlines().verify;

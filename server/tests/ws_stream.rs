@@ -103,29 +103,25 @@ async fn key_in_the_upgrade_header_works_and_a_wrong_one_is_401() {
 #[tokio::test]
 async fn an_upgrade_with_another_websocket_version_is_told_which_one() {
     let gw = Gateway::start(&[]).await;
-    let resp = reqwest::Client::new()
-        .get(gw.url("/v1/stream"))
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "8")
-        .send()
-        .await
-        .unwrap();
+    let upgrade = |version: Option<&'static str>| {
+        let mut req = reqwest::Client::new()
+            .get(gw.url("/v1/stream"))
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(v) = version {
+            req = req.header("sec-websocket-version", v);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let resp = upgrade(Some("8")).await;
     assert_eq!(resp.status(), 426);
     assert_eq!(resp.headers()["sec-websocket-version"], "13");
     assert_eq!(resp.headers()["upgrade"], "websocket");
     let body = resp.text().await.unwrap();
     assert!(body.contains("Sec-WebSocket-Version must be 13"), "{body}");
     // No version at all is a malformed upgrade: 400.
-    let resp = reqwest::Client::new()
-        .get(gw.url("/v1/stream"))
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let resp = upgrade(None).await;
     assert_eq!(resp.status(), 400);
     let body = resp.text().await.unwrap();
     assert!(

@@ -209,13 +209,14 @@ async fn check_all(
     watched: &Mutex<Watchlist>,
     deadlines: CheckDeadlines,
 ) {
-    let (models, generation, verify) = {
+    let (models, generation, verify, failures) = {
         let w = watched.lock().expect("lock");
         let h = health.lock().expect("lock");
         let verify: Vec<bool> = (0..servers.len())
             .map(|i| *h.state(i) != EndpointState::Ready || w.verified[i] < w.generation)
             .collect();
-        (w.models.clone(), w.generation, verify)
+        let failures: Vec<u64> = (0..servers.len()).map(|i| h.failures(i)).collect();
+        (w.models.clone(), w.generation, verify, failures)
     };
     let checks = servers
         .iter()
@@ -227,14 +228,17 @@ async fn check_all(
     for (i, r) in results.into_iter().enumerate() {
         let url = &servers[i].url;
         let changed = match r {
-            Ok(()) if verify[i] && w.generation == generation => {
+            // A pass counts only if nothing overtook the round: no failure
+            // reported meanwhile (a call failing as the server restarts,
+            // perhaps with another model) and no model added since.
+            Ok(()) if verify[i] && w.generation == generation && h.failures(i) == failures[i] => {
                 w.verified[i] = generation;
                 h.report(i, Ok(()))
             }
-            // A pass without the metadata changes nothing: it was ready,
-            // and if a call failed meanwhile (as on a restart) it stays
-            // down until a round checks its metadata. Nor does one against
-            // a list that has grown since.
+            // A pass without the metadata changes nothing: the endpoint was
+            // ready, and if a call failed meanwhile it stays down until a
+            // round checks its metadata. An overtaken pass neither: the
+            // next round checks again.
             Ok(()) => false,
             Err(CheckFailed::Down(reason)) => h.report(i, Err(reason)),
             Err(CheckFailed::Misfit(reason)) => h.report_misfit(i, reason),

@@ -31,6 +31,9 @@ pub enum EndpointState {
 #[derive(Debug, Clone)]
 pub struct EndpointHealth {
     states: Vec<EndpointState>,
+    /// Per endpoint: failures reported so far (checks and calls), so that
+    /// a check's pass can tell whether a failure came in while it ran.
+    failures: Vec<u64>,
 }
 
 impl EndpointHealth {
@@ -43,7 +46,13 @@ impl EndpointHealth {
                 };
                 n
             ],
+            failures: vec![0; n],
         }
+    }
+
+    /// Failures reported for `endpoint` so far.
+    pub fn failures(&self, endpoint: usize) -> u64 {
+        self.failures[endpoint]
     }
 
     /// Records a readiness check or call result. Returns true when the
@@ -65,6 +74,9 @@ impl EndpointHealth {
     }
 
     fn set(&mut self, endpoint: usize, new: EndpointState) -> bool {
+        if new != EndpointState::Ready {
+            self.failures[endpoint] += 1;
+        }
         let slot = &mut self.states[endpoint];
         let changed = std::mem::discriminant(&*slot) != std::mem::discriminant(&new);
         *slot = new;
@@ -138,6 +150,17 @@ mod tests {
         assert_eq!(h.pick(1, &[1]), Some(2));
         assert_eq!(h.pick(1, &[1, 2]), Some(0));
         assert_eq!(h.pick(1, &[0, 1, 2]), None);
+    }
+
+    #[test]
+    fn failures_are_counted_so_a_check_can_tell_it_was_overtaken() {
+        let mut h = EndpointHealth::new(2);
+        assert_eq!((h.failures(0), h.failures(1)), (0, 0));
+        h.report(0, Ok(()));
+        h.report(0, down());
+        h.report_misfit(0, "another model".into());
+        h.report(0, Ok(()));
+        assert_eq!((h.failures(0), h.failures(1)), (2, 0));
     }
 
     #[test]

@@ -58,14 +58,7 @@ async fn admin_api_issues_keys_that_work_until_revoked_or_expired() {
     assert_eq!((status, one["name"].as_str()), (200, Some("ci")));
 
     // Revoked: refused at once on this gateway, like an unknown key.
-    let (status, v) = admin(
-        &gw,
-        Method::DELETE,
-        &format!("/v1/admin/keys/{id}"),
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let (status, v) = revoke_as_admin(&gw, &id).await;
     assert_eq!(status, 200, "{v}");
     assert!(v["revoked_at"].as_u64().is_some());
     let (status, body) = detect_with(&gw, &key).await;
@@ -77,14 +70,7 @@ async fn admin_api_issues_keys_that_work_until_revoked_or_expired() {
         Some(ServerMessage::Error(e)) => assert_eq!(e.code, ErrorCode::Unauthorized),
         other => panic!("expected Error, got {other:?}"),
     }
-    let (status, _) = admin(
-        &gw,
-        Method::DELETE,
-        "/v1/admin/keys/aaaaaaaaaaaa",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let (status, _) = revoke_as_admin(&gw, "aaaaaaaaaaaa").await;
     assert_eq!(status, 404);
 
     // Expiry.
@@ -624,14 +610,7 @@ async fn revoking_a_key_revokes_the_keys_it_minted() {
     );
     // Revoking the owner (admin API) revokes the keys it still has out.
     let (other_id, other) = mint(&owner, json!({"name": "other"})).await;
-    let (status, v) = admin(
-        &gw,
-        Method::DELETE,
-        &format!("/v1/admin/keys/{owner_id}"),
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let (status, v) = revoke_as_admin(&gw, &owner_id).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["revoked_with_it"], json!([other_id]), "{v}");
     assert_eq!(detect_with(&gw, &other).await.0, 401);
@@ -715,4 +694,16 @@ async fn a_key_minted_by_a_key_keeps_its_expiry_and_limits() {
         me["limits"]["frames_per_sec"], 1.0,
         "the child escaped the limit: {me}"
     );
+}
+
+/// `DELETE /v1/admin/keys/{id}` with the admin token.
+async fn revoke_as_admin(gw: &Gateway, id: &str) -> (u16, serde_json::Value) {
+    admin(
+        gw,
+        Method::DELETE,
+        &format!("/v1/admin/keys/{id}"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await
 }

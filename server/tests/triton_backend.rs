@@ -150,6 +150,14 @@ fn infer_once(backend: &mut TritonBackend) -> Result<(), framegate::error::Gatew
     Ok(())
 }
 
+/// A pool on `config` and the bundled model bound to it (max_batch 1).
+fn bundled_on(config: &TritonConfig) -> (Arc<TritonPool>, TritonBackend) {
+    let pool = TritonPool::connect(config).unwrap();
+    let model = LoadedModel::bundled().unwrap();
+    let backend = TritonBackend::new(pool.clone(), &model, None, "", 1).unwrap();
+    (pool, backend)
+}
+
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -169,10 +177,8 @@ fn unavailable_calls_are_retried_on_another_endpoint() {
         retries: 1,
         ..triton_config(vec![fwd.url(), direct.clone()])
     };
-    let pool = TritonPool::connect(&config).unwrap();
+    let (pool, mut backend) = bundled_on(&config);
     assert_eq!(pool.ready_endpoints(), [fwd.url(), direct.clone()]);
-    let model = LoadedModel::bundled().unwrap();
-    let mut backend = TritonBackend::new(pool.clone(), &model, None, "", 1).unwrap();
     for _ in 0..4 {
         infer_once(&mut backend).unwrap();
     }
@@ -202,9 +208,7 @@ fn an_endpoint_failing_readiness_is_skipped_until_it_recovers() {
         health_interval_ms: 50,
         ..triton_config(vec![fwd.url(), direct.clone()])
     };
-    let pool = TritonPool::connect(&config).unwrap();
-    let model = LoadedModel::bundled().unwrap();
-    let mut backend = TritonBackend::new(pool.clone(), &model, None, "", 1).unwrap();
+    let (pool, mut backend) = bundled_on(&config);
 
     fwd.stop();
     wait_until("the health check marks the stopped endpoint down", || {
@@ -248,9 +252,7 @@ fn an_endpoint_that_comes_up_with_another_model_under_the_name_stays_out() {
         health_interval_ms: 50,
         ..triton_config(vec![direct.clone(), fwd.url()])
     };
-    let pool = TritonPool::connect(&config).unwrap();
-    let model = LoadedModel::bundled().unwrap();
-    let mut backend = TritonBackend::new(pool.clone(), &model, None, "", 1).unwrap();
+    let (pool, mut backend) = bundled_on(&config);
     assert_eq!(pool.ready_endpoints(), std::slice::from_ref(&direct));
 
     fwd.resume();

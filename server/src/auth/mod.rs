@@ -601,6 +601,11 @@ mod tests {
     use super::*;
     use crate::config::ApiKeyConfig;
 
+    /// An embedded key store in `dir`.
+    fn embedded_store(dir: &tempfile::TempDir) -> KeyStore {
+        KeyStore::Embedded(keys::EmbeddedKeys::open(&dir.path().join("k.redb")).unwrap())
+    }
+
     #[tokio::test]
     async fn dev_key_from_env_is_accepted_and_others_refused() {
         let (auth, origin) =
@@ -676,8 +681,7 @@ mod tests {
     #[tokio::test]
     async fn a_lookup_that_read_the_key_before_it_was_revoked_here_does_not_cache_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            KeyStore::Embedded(keys::EmbeddedKeys::open(&dir.path().join("k.redb")).unwrap());
+        let store = embedded_store(&dir);
         let mut config = Config::default();
         config.auth.cache_ttl_secs = 600;
         let (mut auth, _) =
@@ -726,8 +730,7 @@ mod tests {
     #[tokio::test]
     async fn issued_keys_are_cached_expire_and_revoke_within_the_ttl() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            KeyStore::Embedded(keys::EmbeddedKeys::open(&dir.path().join("k.redb")).unwrap());
+        let store = embedded_store(&dir);
         let mut config = Config::default();
         config.auth.cache_ttl_secs = 1;
         config.plans.insert(

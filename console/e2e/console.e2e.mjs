@@ -39,6 +39,9 @@ const TRANSPORT = env('FRAMEGATE_E2E_TRANSPORT', 'auto');
 const ALSO = env('FRAMEGATE_E2E_ALSO', '');
 // Set: sign in and one live run, nothing else (the gateway-asks-to-wait test).
 const ONLY_LIVE = env('FRAMEGATE_E2E_ONLY_LIVE', '') !== '';
+// Set: accept the gateway's self-signed development certificate (an
+// `https://` FRAMEGATE_URL on loopback).
+const IGNORE_CERT = env('FRAMEGATE_E2E_IGNORE_CERT', '') !== '';
 // Extra Chromium flags, space-separated.
 const EXTRA_ARGS = env('FRAMEGATE_E2E_CHROMIUM_ARGS', '').split(' ').filter(Boolean);
 // A busy 2-core machine: every wait is generous.
@@ -62,6 +65,7 @@ const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: CHROMIUM,
   headless: true,
   viewport: { width: 1100, height: 760 },
+  ignoreHTTPSErrors: IGNORE_CERT,
   args: [
     '--headless',
     '--no-sandbox',
@@ -90,6 +94,9 @@ try {
   // ---- sign in (the page itself needs no key) ----
   log('open', `${URL_BASE}/console/`);
   await page.goto(`${URL_BASE}/console/`);
+  // The HTTP version the page came over (`h2` over https: the WebSocket then
+  // opens on the same connection with an extended CONNECT, RFC 8441).
+  result.pageProtocol = await page.evaluate(() => performance.getEntriesByType('navigation')[0]?.nextHopProtocol ?? '');
   await page.fill('#api-key', KEY);
   await page.click('#sign-in button[type=submit]');
   await page.waitForSelector('#nav:not([hidden])');

@@ -55,6 +55,9 @@ pub enum GatewayError {
         /// The budget.
         budget: u64,
     },
+    /// The request body stopped arriving (`http.body_timeout_secs`).
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// The content type or image format is not one we decode.
     #[error("unsupported media type: {0}")]
     UnsupportedMedia(String),
@@ -148,6 +151,7 @@ impl GatewayError {
             | Forbidden(_)
             | NotFound(_)
             | BadRequest(_)
+            | RequestTimeout(_)
             | PayloadTooLarge { .. }
             | PixelBudget { .. }
             | UnsupportedMedia(_)
@@ -182,6 +186,7 @@ impl GatewayError {
                 | GatewayError::Overloaded(_)
                 | GatewayError::GoingAway
                 | GatewayError::RateLimited { .. }
+                | GatewayError::RequestTimeout(_)
         )
     }
 
@@ -191,7 +196,7 @@ impl GatewayError {
         match self {
             Unauthorized => ErrorCode::Unauthorized,
             Forbidden(_) => ErrorCode::Forbidden,
-            BadRequest(_) => ErrorCode::BadRequest,
+            BadRequest(_) | RequestTimeout(_) => ErrorCode::BadRequest,
             PayloadTooLarge { .. } | PixelBudget { .. } => ErrorCode::PayloadTooLarge,
             UnsupportedMedia(_) => ErrorCode::UnsupportedMediaType,
             InvalidImage(_) => ErrorCode::InvalidImage,
@@ -217,6 +222,7 @@ impl GatewayError {
             Unauthorized => 401,
             Forbidden(_) => 403,
             BadRequest(_) | InvalidImage(_) | Protocol(_) => 400,
+            RequestTimeout(_) => 408,
             PayloadTooLarge { .. } | PixelBudget { .. } => 413,
             UnsupportedMedia(_) => 415,
             UnknownModel(_) | ResumeRefused(_) | NotFound(_) => 404,
@@ -260,7 +266,7 @@ impl GatewayError {
         match self {
             Unauthorized => 4001,
             Forbidden(_) => 4003,
-            Protocol(_) | BadRequest(_) => 1002,
+            Protocol(_) | BadRequest(_) | RequestTimeout(_) => 1002,
             PayloadTooLarge { .. } | PixelBudget { .. } => 1009,
             UnknownModel(_) | UnsupportedMedia(_) | InvalidImage(_) | ResumeRefused(_)
             | NotFound(_) => 1008,

@@ -75,6 +75,14 @@ struct TransportLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpVersionLabel {
+    http: String,
+}
+
+/// The `http` label's values on `framegate_ws_upgrades_total`.
+const HTTP_VERSIONS: [&str; 2] = ["1.1", "2"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -221,6 +229,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_cuda_preprocess_fallbacks_total",
     "framegate_model_ready",
     "framegate_auth_failures_total",
+    "framegate_ws_upgrades_total",
     "framegate_auth_key_lookups_total",
     "framegate_rate_limited_frames_total",
     "framegate_ratelimit_store_errors_total",
@@ -253,6 +262,7 @@ pub struct Metrics {
     cuda_fallbacks: Family<ModelLabel, Counter>,
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
+    ws_upgrades: Family<HttpVersionLabel, Counter>,
     key_lookups: Family<ResultLabel, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     oidc_jwks_fetches: Family<IssuerResultLabels, Counter>,
@@ -315,6 +325,7 @@ impl Metrics {
             cuda_fallbacks: Family::default(),
             model_ready: Family::default(),
             auth_failures: Family::default(),
+            ws_upgrades: Family::default(),
             key_lookups: Family::default(),
             rate_limited: Family::default(),
             oidc_jwks_fetches: Family::default(),
@@ -421,6 +432,17 @@ impl Metrics {
             "Requests and sessions refused for a missing or bad credential, by transport",
             m.auth_failures.clone(),
         );
+        r.register(
+            "ws_upgrades",
+            "WebSocket connections opened on /v1/stream, by HTTP version (1.1: GET with Upgrade; 2: extended CONNECT, RFC 8441)",
+            m.ws_upgrades.clone(),
+        );
+        for http in HTTP_VERSIONS {
+            drop(
+                m.ws_upgrades
+                    .get_or_create(&HttpVersionLabel { http: http.into() }),
+            );
+        }
         r.register(
             "auth_key_lookups",
             "Key store lookups of issued keys missing from the in-process cache, by result (found, unknown, error)",
@@ -679,6 +701,17 @@ pub fn key_lookup(result: &'static str) {
 /// A credential was refused.
 pub fn auth_failure(transport: Transport) {
     get().auth_failures.get_or_create(&t(transport)).inc();
+}
+
+/// A WebSocket connection was opened on `/v1/stream`, over HTTP/2 (RFC
+/// 8441) or HTTP/1.1.
+pub fn ws_upgrade(http2: bool) {
+    get()
+        .ws_upgrades
+        .get_or_create(&HttpVersionLabel {
+            http: HTTP_VERSIONS[usize::from(http2)].into(),
+        })
+        .inc();
 }
 
 /// `n` frames (or a session) were refused by a rate limit.

@@ -285,3 +285,91 @@ async fn a_client_that_sends_headers_slowly_or_not_at_all_is_closed() {
     }
     still_serves(&gw).await;
 }
+
+/// A request body that stops arriving is answered 408 after
+/// `http.body_timeout_secs` and its connection closed (before, the request
+/// and its buffer were held for as long as the client kept the socket); a
+/// body that keeps arriving, however slowly, is read.
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_408_and_a_slow_one_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[http]\nbody_timeout_secs = 1\n");
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let jpeg = data("dog.jpg");
+    let head = format!(
+        "POST /v1/detect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        jpeg.len()
+    );
+    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&jpeg[..4096]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
+        .await
+        .expect("no answer to a stalled body within 10 s, nor a close")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.contains("http.body_timeout_secs"), "{answer}");
+    // The same body in eight pieces 600 ms apart (4.2 s in all, each gap
+    // under the 1 s limit) is read and answered.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    for piece in jpeg.chunks(jpeg.len().div_ceil(8)) {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        slow.write_all(piece).await.unwrap();
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\"detections\"") {
+        let n = tokio::time::timeout(Duration::from_secs(120), slow.read(&mut buf))
+            .await
+            .expect("an answer within 120 s (a hang guard)")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("\"dog\""), "{got}");
+    still_serves(&gw).await;
+}
+
+/// An HTTP/2 client that answers the gateway's pings but has no request
+/// open is closed after `http.keepalive_timeout_secs` (HTTP/1.1 has its
+/// header deadline for this; before, an HTTP/2 connection could be held for
+/// ever by a client that sends nothing).
+#[tokio::test]
+async fn an_http2_connection_with_nothing_open_is_closed() {
+    use http_body_util::Empty;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[http]\nkeepalive_timeout_secs = 1\n");
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let (mut used, used_driver) = h2_connect(gw.addr).await;
+    let (_silent, silent_driver) = h2_connect(gw.addr).await;
+    let resp = used
+        .send_request(
+            hyper::Request::get(gw.url("/healthz"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for (what, driver) in [
+        ("after a request", used_driver),
+        ("with no request", silent_driver),
+    ] {
+        tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .unwrap_or_else(|_| panic!("an idle HTTP/2 connection ({what}) was kept"))
+            .unwrap();
+    }
+    still_serves(&gw).await;
+}

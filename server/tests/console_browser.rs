@@ -487,6 +487,46 @@ async fn console_waits_when_the_gateway_asks() {
     );
 }
 
+/// The console served over `https://` streams over WebSocket: Chromium
+/// loads the page over HTTP/2 and then opens the WebSocket on that
+/// connection with an extended CONNECT (RFC 8441), as the gateway
+/// advertises it. Before, the gateway advertised it but refused the CONNECT
+/// (405), and the page's WebSocket failed on every HTTPS gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_over_https_streams_over_a_websocket_on_http2() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let gw = Gateway::start(&["--quic-listen", "off", "--https-listen", "127.0.0.1:0"]).await;
+    let https = format!("https://{}", gw.https_addr());
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-e2e-https");
+    let result = run_console_e2e(
+        &gw,
+        &out,
+        &[
+            ("FRAMEGATE_URL", https.as_str()),
+            ("FRAMEGATE_E2E_IGNORE_CERT", "1"),
+            ("FRAMEGATE_E2E_SECONDS", "4"),
+            ("FRAMEGATE_E2E_TRANSPORT", "websocket"),
+            ("FRAMEGATE_E2E_ONLY_LIVE", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(result["pageProtocol"], "h2", "{result}");
+    let live = &result["live"];
+    assert!(live["answered"].as_u64().unwrap_or(0) >= 3, "{live}");
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let over_h2 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("framegate_ws_upgrades_total{http=\"2\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(over_h2 >= 1, "no WebSocket over HTTP/2: {metrics}");
+}
+
 /// A key without the `usage` scope (a camera's `stream,detect` key) signs
 /// in: `/v1/me` refuses it (403), the console falls back to `/v1/models`
 /// and the live demo runs (before, the sign-in said "The gateway refused

@@ -130,6 +130,117 @@ async fn an_upgrade_with_another_websocket_version_is_told_which_one() {
     );
 }
 
+/// RFC 8441: over HTTP/2 a WebSocket opens with an extended CONNECT
+/// (browsers do this when the page came over HTTP/2, as over `https://`;
+/// before, the gateway advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL` but
+/// answered the CONNECT 405, and Chromium's WebSocket failed). The stream
+/// carries a whole session, and the connection is not idle while it does.
+#[tokio::test]
+async fn a_websocket_over_http2_streams_and_keeps_its_connection_while_open() {
+    use http_body_util::Empty;
+    use hyper::{Method, Request};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::usage::write_config(dir.path(), "[http]\nkeepalive_timeout_secs = 1\n");
+    let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    let (mut h2, driver) = h2_connect(gw.addr).await;
+    // A plain request first: by its answer the server's SETTINGS (which
+    // allow the extended CONNECT) have arrived.
+    let resp = h2
+        .send_request(Request::get(gw.url("/healthz")).body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let connect = |version: &str| {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(gw.url("/v1/stream"))
+            .header("sec-websocket-version", version)
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(Empty::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    let refused = h2.send_request(connect("8")).await.unwrap();
+    assert_eq!(refused.status(), 426);
+    assert_eq!(refused.headers()["sec-websocket-version"], "13");
+    let resp = h2.send_request(connect("13")).await.unwrap();
+    assert_eq!(resp.status(), 200, "extended CONNECT refused");
+    let upgraded = hyper::upgrade::on(resp).await.expect("the stream upgrades");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        let m = tokio::time::timeout(Duration::from_secs(120), ws.next())
+            .await
+            .expect("an answer within 120 s (a hang guard)");
+        match m {
+            Some(Ok(Message::Binary(b))) => {
+                break Some(ServerMessage::decode(&b, &Default::default()).unwrap())
+            }
+            Some(Ok(Message::Close(f))) => {
+                assert_eq!(f.map(|f| u16::from(f.code)), Some(1000));
+                break None;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("the WebSocket over HTTP/2 failed: {other:?}"),
+        }
+    };
+    ws.send(Message::Binary(hello("").encode())).await.unwrap();
+    assert!(matches!(
+        next(&mut ws).await,
+        Some(ServerMessage::Welcome(_))
+    ));
+    // Three times `keepalive_timeout_secs` with the session quiet: the
+    // connection carries an open WebSocket, so it is not idle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !driver.is_finished(),
+        "the connection closed under an open WebSocket"
+    );
+    ws.send(Message::Binary(jpeg_frame(1, &data("dog.jpg")).encode()))
+        .await
+        .unwrap();
+    match next(&mut ws).await {
+        Some(ServerMessage::Detections(d)) => {
+            assert_eq!((d.seq, d.usage.frames), (1, 1));
+            assert!(dets_from_proto(&d).iter().any(|b| b.label == "dog"));
+        }
+        other => panic!("expected Detections, got {other:?}"),
+    }
+    ws.send(Message::Binary(
+        ClientMessage::Bye(Default::default()).encode(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        next(&mut ws).await.is_none(),
+        "Bye is answered with a close"
+    );
+    drop(ws);
+    // With the WebSocket gone nothing is open: the connection is closed.
+    tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("an HTTP/2 connection with nothing open was kept")
+        .unwrap();
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("framegate_ws_upgrades_total{http=\"2\"} 1\n"),
+        "{metrics}"
+    );
+}
+
 async fn expect_close(ws: &mut Ws, code: ErrorCode, close: u16) -> String {
     let msg = match recv(ws).await {
         Some(ServerMessage::Error(e)) => {

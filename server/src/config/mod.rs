@@ -92,9 +92,18 @@ pub struct HttpConfig {
     /// closed after this, and so is a client sending its headers slowly.
     /// Keep a load balancer's idle timeout towards the gateway below it
     /// (AWS ALB: 60 s by default), or it may reuse a connection the gateway
-    /// has just closed. HTTP/2 connections are pinged at this interval
-    /// instead, and closed when a ping goes unanswered. Default 75.
+    /// has just closed. HTTP/2 connections are pinged at this interval, and
+    /// closed when a ping goes unanswered or when no request (nor a
+    /// WebSocket over HTTP/2) has been open on them for this long. Default
+    /// 75.
     pub keepalive_timeout_secs: u64,
+    /// Seconds a request body may go without a byte arriving while the
+    /// gateway reads it: a client that stops sending half-way (or trickles
+    /// a large body) is answered 408 and its connection closed, instead of
+    /// holding the request and its buffer. Like nginx's
+    /// `client_body_timeout`, it bounds each gap, not the whole upload, so
+    /// a large image on a slow link still arrives. Default 30.
+    pub body_timeout_secs: u64,
     /// Seconds a WebSocket session may go without a byte from its client
     /// before the gateway takes the connection for dead (a client that
     /// vanished without a close: a NAT entry gone, a network dropped) and
@@ -124,6 +133,7 @@ impl Default for HttpConfig {
             max_body_bytes: 16 << 20,
             handshake_timeout_secs: 10,
             keepalive_timeout_secs: 75,
+            body_timeout_secs: 30,
             ws_idle_timeout_secs: 60,
             shutdown_timeout_secs: 20,
             tls_listen: None,
@@ -1000,6 +1010,12 @@ impl Config {
             (
                 "http.keepalive_timeout_secs",
                 self.http.keepalive_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "http.body_timeout_secs",
+                self.http.body_timeout_secs,
                 1,
                 3600,
             ),

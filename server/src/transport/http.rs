@@ -35,7 +35,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/detect", post(detect))
         .route("/v1/models", get(models))
-        .route("/v1/stream", get(super::ws::upgrade))
+        .route(
+            "/v1/stream",
+            get(super::ws::upgrade).connect(super::ws::upgrade),
+        )
         .route("/v1/webtransport", get(webtransport))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -237,8 +240,9 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
 const MULTIPART_ROOM: usize = 16 << 10;
 
 /// The whole body, at most `max` bytes (`limit` is the image limit the
-/// refusal names). A body over `max` is 413; one that cannot be read (cut
-/// off, malformed chunked encoding) is 400, not counted as too large.
+/// refusal names). A body over `max` is 413; one that stopped arriving for
+/// `http.body_timeout_secs` is 408; one that cannot be read (cut off,
+/// malformed chunked encoding) is 400, not counted as too large.
 async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, GatewayError> {
     axum::body::to_bytes(req.into_body(), max)
         .await
@@ -250,6 +254,9 @@ async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, Gate
                         size: max.saturating_add(1),
                         limit,
                     };
+                }
+                if let Some(stalled) = c.downcast_ref::<super::BodyStalled>() {
+                    return GatewayError::RequestTimeout(stalled.to_string());
                 }
                 cause = c.source();
             }
@@ -431,10 +438,12 @@ async fn detect(
                     | GatewayError::UnknownModel(_)
                     | GatewayError::BudgetExhausted { .. }
                     | GatewayError::PayloadTooLarge { .. }
+                    | GatewayError::RequestTimeout(_)
                     | GatewayError::RateLimited { .. }
             ) {
-                // Refused before the body was read: the connection cannot be
-                // reused, so say so rather than let the client race its close.
+                // Refused before the body was read (or while it stalled):
+                // the connection cannot be reused, so say so rather than let
+                // the client race its close.
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -82,8 +82,12 @@ pub struct HttpDeadlines {
     /// From accept to the first bytes (`http.handshake_timeout_secs`).
     pub first_bytes: Duration,
     /// For each request's headers, the wait for them included
-    /// (`http.keepalive_timeout_secs`); HTTP/2's keep-alive ping interval.
+    /// (`http.keepalive_timeout_secs`); HTTP/2's keep-alive ping interval,
+    /// and how long any connection may have no request open.
     pub headers: Duration,
+    /// The longest wait for a request body's next bytes while a handler
+    /// reads it (`http.body_timeout_secs`); see [`BodyStalled`].
+    pub body_gap: Duration,
 }
 
 impl HttpDeadlines {
@@ -92,6 +96,7 @@ impl HttpDeadlines {
         Self {
             first_bytes: Duration::from_secs(http.handshake_timeout_secs),
             headers: Duration::from_secs(http.keepalive_timeout_secs),
+            body_gap: Duration::from_secs(http.body_timeout_secs),
         }
     }
 }
@@ -107,7 +112,10 @@ impl HttpDeadlines {
 /// come within `deadlines.first_bytes`; an HTTP/1 request's headers, the
 /// wait for them included, within `deadlines.headers`; an HTTP/2 connection
 /// is pinged every `deadlines.headers` and closed when a ping goes
-/// unanswered.
+/// unanswered. Any connection with no request open (its answer not yet
+/// sent, or a WebSocket it carries) for `deadlines.headers` is asked to
+/// close (HTTP/2: `GOAWAY`), so an HTTP/2 client that answers pings but
+/// sends nothing cannot hold a connection for ever either.
 pub async fn serve_router<L>(
     mut listener: L,
     app: axum::Router,
@@ -143,7 +151,12 @@ pub async fn serve_router<L>(
             conn = listener.accept() => conn,
             _ = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        let (streams_tx, mut streams_rx) = tokio::sync::watch::channel(0usize);
+        let service = Tracked {
+            inner: TowerToHyperService::new(app.clone()),
+            streams: streams_tx,
+            body_gap: deadlines.body_gap,
+        };
         let (builder, stop_tx, open_rx) = (builder.clone(), stop_tx.clone(), open_rx.clone());
         // Before hyper's own deadline can run, the server reads the first
         // bytes to tell HTTP/1 from HTTP/2: a client that sends nothing is
@@ -158,6 +171,11 @@ pub async fn serve_router<L>(
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
+                _ = idle_for(&mut streams_rx, deadlines.headers) => {
+                    tracing::trace!("closing an HTTP connection idle for http.keepalive_timeout_secs");
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
             };
             if let Err(e) = r {
                 tracing::trace!(error = %e, "HTTP connection ended with an error");
@@ -169,6 +187,187 @@ pub async fn serve_router<L>(
     drop(stop_rx);
     drop(open_rx);
     open_tx.closed().await;
+}
+
+/// Resolves once no request has been open on a connection (`open` counts
+/// them) for `after`; never if the count's senders are gone.
+async fn idle_for(open: &mut tokio::sync::watch::Receiver<usize>, after: Duration) {
+    loop {
+        if open.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        if tokio::time::timeout(after, open.wait_for(|n| *n > 0))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Held while a request is open on its connection: until its answer's body
+/// has been sent (or dropped), and, for a WebSocket upgrade, until the
+/// WebSocket connection ends ([`ws::upgrade`] takes it from the request's
+/// extensions). The connection's idle deadline waits while any is held.
+#[derive(Debug, Clone)]
+pub struct StreamGuard {
+    _open: Arc<OpenStream>,
+}
+
+#[derive(Debug)]
+struct OpenStream(tokio::sync::watch::Sender<usize>);
+
+impl StreamGuard {
+    fn enter(open: &tokio::sync::watch::Sender<usize>) -> Self {
+        open.send_modify(|n| *n += 1);
+        Self {
+            _open: Arc::new(OpenStream(open.clone())),
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A connection's service: `inner`, with each request counted in `streams`
+/// while it is open (see [`StreamGuard`]) and its body read under
+/// `body_gap` (see [`BodyStalled`]).
+struct Tracked<S> {
+    inner: S,
+    streams: tokio::sync::watch::Sender<usize>,
+    body_gap: Duration,
+}
+
+impl<S, B> hyper::service::Service<hyper::Request<B>> for Tracked<S>
+where
+    S: hyper::service::Service<
+        hyper::Request<StallLimited<B>>,
+        Response = axum::response::Response,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = hyper::Response<Guarded<axum::body::Body>>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn call(&self, req: hyper::Request<B>) -> Self::Future {
+        let guard = StreamGuard::enter(&self.streams);
+        let mut req = req.map(|body| StallLimited::new(body, self.body_gap));
+        req.extensions_mut().insert(guard.clone());
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let resp = answer.await?;
+            Ok(resp.map(|body| Guarded {
+                body,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+/// A request body read while [`StallLimited`] waited longer than
+/// `http.body_timeout_secs` for its next bytes (answered 408).
+#[derive(Debug, thiserror::Error)]
+#[error("no bytes of the request body arrived for {} s (http.body_timeout_secs)", .0.as_secs())]
+pub struct BodyStalled(pub Duration);
+
+/// A request body whose next bytes must come within `gap` of the reader
+/// starting to wait for them: the clock runs only while a handler reads
+/// and the client sends nothing, so a handler that reads later, or never,
+/// is not hurried.
+pub struct StallLimited<B> {
+    body: B,
+    gap: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+impl<B> StallLimited<B> {
+    fn new(body: B, gap: Duration) -> Self {
+        Self {
+            body,
+            gap,
+            timer: None,
+            waiting: false,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for StallLimited<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let me = &mut *self;
+        match std::pin::Pin::new(&mut me.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                me.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let until = tokio::time::Instant::now() + me.gap;
+                let timer = me
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                if !me.waiting {
+                    timer.as_mut().reset(until);
+                    me.waiting = true;
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(me.gap).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An answer's body that holds its request's [`StreamGuard`] until hyper
+/// has sent it (or dropped it).
+struct Guarded<B> {
+    body: B,
+    _guard: StreamGuard,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The HTTP/2 connection preface: the server reads a connection's first

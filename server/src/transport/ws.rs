@@ -1,5 +1,6 @@
-//! WebSocket streaming at `GET /v1/stream`: one FlatBuffers message per
-//! binary WebSocket message.
+//! WebSocket streaming at `/v1/stream` (`GET` over HTTP/1.1, extended
+//! `CONNECT` over HTTP/2): one FlatBuffers message per binary WebSocket
+//! message.
 //!
 //! A thin adapter around the session runner ([`crate::session::runner`]):
 //! this module reads Hello, authenticates, and then only moves messages —
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use framegate_protocol::{ClientMessage, DecodeLimits, ServerMessage, PROTOCOL_VERSION};
@@ -52,12 +53,18 @@ enum Control {
     Close(Option<u16>),
 }
 
-/// Handles the upgrade (RFC 6455 over HTTP/1.1). A key in `Authorization`
-/// is checked here (wrong key → 401, no upgrade); without one,
-/// `Hello.credential` must carry it.
-pub async fn upgrade(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let accept = match accept_key(req.method(), req.headers()) {
-        Ok(a) => a,
+/// Handles the upgrade: RFC 6455 over HTTP/1.1 (`GET` with `Upgrade:
+/// websocket`, answered 101), or RFC 8441 over HTTP/2 (extended `CONNECT`
+/// with `:protocol = websocket`, answered 200; browsers use it when the page
+/// came over an HTTP/2 connection to the gateway, as over `https://`). A key
+/// in `Authorization` is checked here (wrong key → 401, no upgrade); without
+/// one, `Hello.credential` must carry it.
+///
+/// The request's [`super::StreamGuard`] goes with the connection, so an
+/// HTTP/2 connection carrying a WebSocket is not idle while it runs.
+pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
+    let handshake = match handshake(&req) {
+        Ok(h) => h,
         Err(refusal) => {
             let status = refusal.0;
             let mut resp = refusal.into_response();
@@ -70,8 +77,10 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
                     header::SEC_WEBSOCKET_VERSION,
                     HeaderValue::from_static("13"),
                 );
-                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if req.version() < axum::http::Version::HTTP_2 {
+                    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                }
             }
             return resp;
         }
@@ -86,27 +95,64 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         },
         None => None,
     };
+    let guard = req.extensions_mut().remove::<super::StreamGuard>();
+    let http2 = handshake == Handshake::Http2;
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_connection(gw, upgraded, principal).await,
+            Ok(upgraded) => {
+                crate::metrics::ws_upgrade(http2);
+                run_connection(gw, upgraded, principal).await
+            }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
+        drop(guard);
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .expect("static upgrade response")
+    match handshake {
+        Handshake::Http1 { accept } => Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Body::empty())
+            .expect("static upgrade response"),
+        Handshake::Http2 => Response::new(Body::empty()),
+    }
 }
 
-/// Checks the upgrade request (RFC 6455 section 4.2.1) and returns the
-/// `Sec-WebSocket-Accept` value, or the refusal to send.
-fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+/// How a WebSocket upgrade request is answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Handshake {
+    /// RFC 6455 over HTTP/1.1: 101 with this `Sec-WebSocket-Accept`.
+    Http1 { accept: String },
+    /// RFC 8441 over HTTP/2: 200, the stream becomes the connection.
+    Http2,
+}
+
+/// Checks the upgrade request (RFC 6455 section 4.2.1 over HTTP/1.1, RFC
+/// 8441 section 5 over HTTP/2) and says how to answer it, or the refusal to
+/// send.
+fn handshake(req: &Request) -> Result<Handshake, (StatusCode, &'static str)> {
     let refuse = |status: StatusCode, why: &'static str| Err((status, why));
-    if method != Method::GET {
+    let headers = req.headers();
+    let http2 = req.version() >= axum::http::Version::HTTP_2;
+    if http2 {
+        if req.method() != Method::CONNECT {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "over HTTP/2 a WebSocket opens with an extended CONNECT (RFC 8441)",
+            );
+        }
+        match req.extensions().get::<hyper::ext::Protocol>() {
+            Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => {}
+            _ => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "an extended CONNECT here must have :protocol websocket",
+                )
+            }
+        }
+    } else if req.method() != Method::GET {
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             "a WebSocket upgrade is a GET",
@@ -118,13 +164,13 @@ fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, (StatusCod
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    if !has(header::CONNECTION, "upgrade") {
+    if !http2 && !has(header::CONNECTION, "upgrade") {
         return refuse(
             StatusCode::BAD_REQUEST,
             "Connection header did not include 'upgrade'",
         );
     }
-    if !has(header::UPGRADE, "websocket") {
+    if !http2 && !has(header::UPGRADE, "websocket") {
         return refuse(
             StatusCode::BAD_REQUEST,
             "Upgrade header did not include 'websocket'",
@@ -148,8 +194,13 @@ fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, (StatusCod
             )
         }
     }
+    if http2 {
+        return Ok(Handshake::Http2);
+    }
     match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) => Ok(accept_for(key.as_bytes())),
+        Some(key) => Ok(Handshake::Http1 {
+            accept: accept_for(key.as_bytes()),
+        }),
         None => refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header missing"),
     }
 }

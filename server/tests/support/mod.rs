@@ -544,6 +544,28 @@ pub async fn open_session(gw: &Gateway) -> (Ws, framegate_protocol::Welcome) {
     }
 }
 
+/// An HTTP/2 connection to `addr` in cleartext (prior knowledge, as the
+/// gateway's HTTP listener takes it): the request sender, and the task
+/// driving the connection, which ends when the connection does.
+pub async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, driver)
+}
+
 /// A raw QUIC connection to the gateway (for protocol-level and hostile
 /// tests), pinned to its development certificate.
 pub mod quic {

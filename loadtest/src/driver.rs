@@ -252,6 +252,14 @@ async fn session(
                     }
                 }
                 Some(SessionEvent::Credit(c)) => credits += c as usize,
+                // The gateway drains: it still answers what it admitted and
+                // then closes; frames sent now would be refused. Answers
+                // keep coming; only frames unanswered at the close are lost.
+                Some(SessionEvent::GoingAway(_)) => {
+                    recorder.going_away();
+                    sending = false;
+                    backoff_until = None;
+                }
                 Some(SessionEvent::Closed(reason)) => {
                     if sending || !in_flight.is_empty() {
                         recorder.closed_early(&first_line(&reason));
@@ -286,6 +294,66 @@ mod tests {
 
     use super::*;
     use crate::transport::{AnswerKind, BoxFuture, SessionHandle, Transport};
+
+    /// An in-memory gateway that drains: it holds the first three frames,
+    /// sends the `going-away` notice, answers the three, then closes (as
+    /// the gateway does on SIGTERM).
+    struct GoesAway;
+
+    impl Transport for GoesAway {
+        fn name(&self) -> &'static str {
+            "mock-going-away"
+        }
+
+        fn open(&self, _id: usize) -> BoxFuture<'_, anyhow::Result<SessionHandle>> {
+            let (ftx, mut frx) = mpsc::channel::<crate::transport::OutFrame>(64);
+            let (etx, erx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while held.len() < 3 {
+                    match frx.recv().await {
+                        Some(f) => held.push(f.seq),
+                        None => return,
+                    }
+                }
+                let notice = SessionEvent::GoingAway("going-away: gateway shutting down".into());
+                let mut events = vec![notice];
+                events.extend(held.into_iter().map(|seq| SessionEvent::Answer {
+                    seq,
+                    kind: AnswerKind::Detections {
+                        boxes: 1,
+                        timings: None,
+                    },
+                    at: Instant::now(),
+                }));
+                events.push(SessionEvent::Closed("closed by server: 1001".into()));
+                for ev in events {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if etx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Box::pin(async move {
+                Ok(SessionHandle {
+                    frames: ftx,
+                    events: erx,
+                    credits: 4,
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_draining_gateways_answers_after_its_notice_are_counted_not_lost() {
+        // Before, the notice ended the session at once: the three frames
+        // the gateway went on to answer were counted lost and the session
+        // closed early.
+        let t = run_mock_on(GoesAway, Load::Closed { in_flight: 3 }, 1, Duration::ZERO).await;
+        assert_eq!((t.sent, t.answered, t.lost), (3, 3, 0));
+        assert_eq!(t.going_away, 1);
+        assert!(t.closed_early.is_empty(), "{:?}", t.closed_early);
+    }
 
     /// An in-memory server: answers every frame at once. Also shows that a
     /// transport is all a new wire protocol (QUIC) needs.
@@ -338,6 +406,15 @@ mod tests {
         sessions: usize,
         refusal_backoff: Duration,
     ) -> crate::recorder::Totals {
+        run_mock_on(AnswerAtOnce, load, sessions, refusal_backoff).await
+    }
+
+    async fn run_mock_on(
+        transport: impl Transport + 'static,
+        load: Load,
+        sessions: usize,
+        refusal_backoff: Duration,
+    ) -> crate::recorder::Totals {
         let plan = RunPlan {
             sessions,
             load,
@@ -351,7 +428,7 @@ mod tests {
         let frames = Arc::new(FrameSet::synthetic(8, 8, 50, 2).unwrap());
         let start = Instant::now() + Duration::from_millis(20);
         let rec = Arc::new(Recorder::new(start));
-        run(&plan, Arc::new(AnswerAtOnce), frames, rec.clone(), start).await;
+        run(&plan, Arc::new(transport), frames, rec.clone(), start).await;
         rec.finish()
     }
 

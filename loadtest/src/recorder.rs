@@ -82,6 +82,9 @@ pub struct Totals {
     pub connect_errors: BTreeMap<String, u64>,
     /// Sessions that ended early, by reason.
     pub closed_early: BTreeMap<String, u64>,
+    /// Sessions that got the gateway's `going-away` notice (and stopped
+    /// sending; the answers owed still count).
+    pub going_away: u64,
     /// Sessions opened.
     pub sessions_opened: u64,
     /// Send→answer latency of answered frames, µs.
@@ -103,6 +106,7 @@ impl Default for Totals {
             unmatched: 0,
             connect_errors: BTreeMap::new(),
             closed_early: BTreeMap::new(),
+            going_away: 0,
             sessions_opened: 0,
             latency: histogram(),
             stages: STAGES.iter().map(|_| histogram()).collect(),
@@ -330,6 +334,11 @@ impl Recorder {
     /// A session ended before the run did.
     pub fn closed_early(&self, reason: &str) {
         self.with(|t| *t.closed_early.entry(reason.to_string()).or_default() += 1);
+    }
+
+    /// A session got the gateway's `going-away` notice.
+    pub fn going_away(&self) {
+        self.with(|t| t.going_away += 1);
     }
 
     /// Server RSS sampled at `at`.

@@ -160,6 +160,9 @@ pub struct Report {
     pub connect_errors: BTreeMap<String, u64>,
     /// Sessions that ended early, by reason.
     pub closed_early: BTreeMap<String, u64>,
+    /// Sessions that got the gateway's `going-away` notice and stopped
+    /// sending (a gateway restarted or scaled in during the run).
+    pub going_away: u64,
     /// Send→answer latency.
     pub latency_ms: LatencySummary,
     /// Server stage timings from the answers, by stage.
@@ -226,6 +229,7 @@ impl Report {
             sessions_opened: t.sessions_opened,
             connect_errors: t.connect_errors.clone(),
             closed_early: t.closed_early.clone(),
+            going_away: t.going_away,
             latency_ms: LatencySummary::from_us(&t.latency),
             stages_ms,
             max_rss_mib,
@@ -282,6 +286,13 @@ impl Report {
             let _ = writeln!(
                 s,
                 "WARNING: {connect_errors} sessions could not connect, {closed_early} ended early (reasons in the report)"
+            );
+        }
+        if self.going_away > 0 {
+            let _ = writeln!(
+                s,
+                "NOTE: {} sessions got the gateway's going-away notice and stopped sending",
+                self.going_away
             );
         }
         let _ = write!(
@@ -364,6 +375,7 @@ impl Report {
             || !self.errors.is_empty()
             || !self.connect_errors.is_empty()
             || !self.closed_early.is_empty()
+            || self.going_away > 0
         {
             // The reasons carry text from the server (refusals, close
             // reasons): escaped like everything else in the page.
@@ -378,11 +390,12 @@ impl Report {
             };
             let _ = write!(
                 h,
-                "<p>Drops: {} · errors: {} · connect errors: {} · closed early: {}</p>",
+                "<p>Drops: {} · errors: {} · connect errors: {} · closed early: {} · going-away notices: {}</p>",
                 counts(&self.dropped),
                 counts(&self.errors),
                 counts(&self.connect_errors),
-                counts(&self.closed_early)
+                counts(&self.closed_early),
+                self.going_away
             );
         }
         let xs: Vec<f64> = self.timeline.iter().map(|p| p.t as f64).collect();

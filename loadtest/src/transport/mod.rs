@@ -57,6 +57,10 @@ pub enum SessionEvent {
     },
     /// More credits (`Credit` message).
     Credit(u32),
+    /// The gateway's `going-away` notice (an `Error` without seq): it
+    /// answers the frames it admitted, then closes; the session sends no
+    /// more. The notice's text.
+    GoingAway(String),
     /// The session ended (server closed, fatal error); the reason.
     Closed(String),
 }
@@ -119,6 +123,9 @@ pub fn answer_events(msg: ServerMessage, at: Instant) -> Option<Events> {
                 kind: AnswerKind::Error(e.code.as_str().to_string()),
                 at,
             },
+            None if e.code == framegate_protocol::ErrorCode::GoingAway => {
+                SessionEvent::GoingAway(format!("{}: {}", e.code.as_str(), e.message))
+            }
             None => {
                 SessionEvent::Closed(format!("session error {}: {}", e.code.as_str(), e.message))
             }
@@ -139,5 +146,37 @@ impl IntoIterator for Events {
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter().chain(self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use framegate_protocol::{ErrorCode, ErrorMessage};
+
+    fn session_error(code: ErrorCode) -> SessionEvent {
+        let msg = ServerMessage::Error(ErrorMessage {
+            code,
+            message: "why".into(),
+            retryable: true,
+            seq: None,
+            retry_after_ms: None,
+        });
+        let mut events = answer_events(msg, Instant::now()).unwrap().into_iter();
+        let ev = events.next().unwrap();
+        assert!(events.next().is_none());
+        ev
+    }
+
+    #[test]
+    fn the_going_away_notice_is_not_the_end_of_the_session() {
+        assert!(matches!(
+            session_error(ErrorCode::GoingAway),
+            SessionEvent::GoingAway(r) if r == "going-away: why"
+        ));
+        assert!(matches!(
+            session_error(ErrorCode::Overloaded),
+            SessionEvent::Closed(r) if r.contains("overloaded")
+        ));
     }
 }

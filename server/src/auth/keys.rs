@@ -326,18 +326,30 @@ impl KeyStore {
             r.revoked_at = Some(now);
             self.put_key(&r).await?;
         }
-        // Children are in the same tenant (a key mints for its own).
+        // Children are in the same tenant (a key mints for its own). One
+        // pass builds the tenant's parent → children index, so the walk is
+        // linear in the tenant's keys however deep or wide the tree.
         let keys = self.list_keys(Some(&r.tenant)).await?;
+        let mut children: std::collections::HashMap<&str, Vec<&KeyRecord>> =
+            std::collections::HashMap::new();
+        for k in &keys {
+            if let Some(p) = k.parent.as_deref() {
+                children.entry(p).or_default().push(k);
+            }
+        }
         let mut minted = Vec::new();
-        let mut parents = vec![r.id.clone()];
+        let mut seen = std::collections::HashSet::from([r.id.as_str()]);
+        let mut parents = vec![r.id.as_str()];
         while let Some(parent) = parents.pop() {
-            for k in keys.iter().filter(|k| k.parent.as_deref() == Some(&parent)) {
-                if minted.contains(&k.id) || k.id == r.id {
+            for k in children.get(parent).into_iter().flatten() {
+                // A record naming an ancestor as its child (only a damaged
+                // store could) is not walked twice.
+                if !seen.insert(k.id.as_str()) {
                     continue;
                 }
-                parents.push(k.id.clone());
+                parents.push(k.id.as_str());
                 if k.revoked_at.is_none() {
-                    let mut child = k.clone();
+                    let mut child = (*k).clone();
                     child.revoked_at = Some(now);
                     self.put_key(&child).await?;
                     minted.push(k.id.clone());

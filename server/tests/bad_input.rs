@@ -294,7 +294,7 @@ async fn a_client_that_sends_headers_slowly_or_not_at_all_is_closed() {
 async fn a_body_that_stops_arriving_is_408_and_a_slow_one_is_read() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "[http]\nbody_timeout_secs = 1\n");
+    let cfg = write_config(dir.path(), "[http]\nbody_timeout_secs = 3\n");
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     let jpeg = data("dog.jpg");
     let head = format!(
@@ -317,12 +317,33 @@ async fn a_body_that_stops_arriving_is_408_and_a_slow_one_is_read() {
         "{answer}"
     );
     assert!(answer.contains("http.body_timeout_secs"), "{answer}");
-    // The same body in eight pieces 600 ms apart (4.2 s in all, each gap
-    // under the 1 s limit) is read and answered.
+    // A JSON endpoint's body (self-service key creation) alike: the same
+    // 408 and JSON error, not the extractor's plain-text 400.
+    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
+        .await
+        .expect("no answer to a stalled JSON body within 10 s, nor a close")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"bad-request\""), "{answer}");
+    // The same body in five pieces 1 s apart (5 s in all, longer than the
+    // limit, each gap well under it) is read and answered.
     let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     slow.write_all(head.as_bytes()).await.unwrap();
-    for piece in jpeg.chunks(jpeg.len().div_ceil(8)) {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+    for piece in jpeg.chunks(jpeg.len().div_ceil(5)) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
         slow.write_all(piece).await.unwrap();
     }
     let mut buf = vec![0u8; 64 << 10];
@@ -341,16 +362,72 @@ async fn a_body_that_stops_arriving_is_408_and_a_slow_one_is_read() {
     still_serves(&gw).await;
 }
 
+/// One `GET path` on a kept-alive HTTP/1.1 connection: the answer's status
+/// (0 when the connection was closed).
+async fn http1_get(conn: &mut tokio::net::TcpStream, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    if conn.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return head[9..12].parse().unwrap();
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return 0,
+        }
+    }
+}
+
 /// An HTTP/2 client that answers the gateway's pings but has no request
 /// open is closed after `http.keepalive_timeout_secs` (HTTP/1.1 has its
 /// header deadline for this; before, an HTTP/2 connection could be held for
 /// ever by a client that sends nothing).
 #[tokio::test]
-async fn an_http2_connection_with_nothing_open_is_closed() {
+async fn an_http2_connection_with_nothing_open_is_closed_and_a_busy_one_is_kept() {
     use http_body_util::Empty;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "[http]\nkeepalive_timeout_secs = 1\n");
+    let cfg = write_config(dir.path(), "[http]\nkeepalive_timeout_secs = 2\n");
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
+    // The count of open requests, not a clock from the connect: a
+    // connection in use (a request every third of the timeout, for three
+    // times the timeout) is kept, over HTTP/2 and over HTTP/1.1
+    // keep-alive; before, both were closed a timeout after the connect.
+    let (mut busy, busy_driver) = h2_connect(gw.addr).await;
+    let mut busy1 = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for i in 0..9 {
+        let resp = busy
+            .send_request(
+                hyper::Request::get(gw.url("/healthz"))
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("HTTP/2 request {i} on a busy connection: {e}"));
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            http1_get(&mut busy1, "/healthz").await,
+            200,
+            "HTTP/1.1 request {i} on a busy keep-alive connection"
+        );
+        tokio::time::sleep(Duration::from_millis(666)).await;
+    }
+    assert!(!busy_driver.is_finished());
     let (mut used, used_driver) = h2_connect(gw.addr).await;
     let (_silent, silent_driver) = h2_connect(gw.addr).await;
     let resp = used

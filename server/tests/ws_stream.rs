@@ -142,7 +142,7 @@ async fn a_websocket_over_http2_streams_and_keeps_its_connection_while_open() {
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = support::usage::write_config(dir.path(), "[http]\nkeepalive_timeout_secs = 1\n");
+    let cfg = support::usage::write_config(dir.path(), "[http]\nkeepalive_timeout_secs = 2\n");
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     let (mut h2, driver) = h2_connect(gw.addr).await;
     // A plain request first: by its answer the server's SETTINGS (which
@@ -198,12 +198,18 @@ async fn a_websocket_over_http2_streams_and_keeps_its_connection_while_open() {
         Some(ServerMessage::Welcome(_))
     ));
     // Three times `keepalive_timeout_secs` with the session quiet: the
-    // connection carries an open WebSocket, so it is not idle.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // connection carries an open WebSocket, so it is not idle (an idle one
+    // would have had its GOAWAY, and the next request would fail).
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(
         !driver.is_finished(),
         "the connection closed under an open WebSocket"
     );
+    let resp = h2
+        .send_request(Request::get(gw.url("/healthz")).body(Empty::new()).unwrap())
+        .await
+        .expect("the connection was closed under an open WebSocket");
+    assert_eq!(resp.status(), 200);
     ws.send(Message::Binary(jpeg_frame(1, &data("dog.jpg")).encode()))
         .await
         .unwrap();

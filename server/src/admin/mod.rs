@@ -26,7 +26,7 @@ pub mod selfservice;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use crate::transport::http::BodyBytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -137,7 +137,7 @@ fn store(gw: &Gateway) -> Result<&KeyStore, GatewayError> {
 }
 
 /// Parses a JSON body into `T`, with a clear message when it does not fit.
-pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, GatewayError> {
+pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, GatewayError> {
     serde_json::from_slice(body)
         .map_err(|e| GatewayError::BadRequest(format!("bad JSON body: {e}")))
 }
@@ -170,7 +170,11 @@ struct CreateKey {
     limits: Option<PlanLimits>,
 }
 
-async fn create_key(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Answer {
+async fn create_key(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Answer {
     s.auth.check(&s.gw, &headers).await?;
     let req: CreateKey = parse_body(&body)?;
     check_name("tenant", &req.tenant)?;
@@ -299,7 +303,7 @@ async fn put_tenant(
     State(s): State<AdminState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Answer {
     s.auth.check(&s.gw, &headers).await?;
     check_name("tenant", &name)?;
@@ -351,7 +355,7 @@ async fn put_plan(
     State(s): State<AdminState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Answer {
     s.auth.check(&s.gw, &headers).await?;
     check_name("plan", &name)?;

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use crate::transport::http::BodyBytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -105,7 +105,11 @@ struct CreateKey {
 }
 
 /// `POST /v1/keys`.
-pub async fn create_key(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Answer {
+pub async fn create_key(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Answer {
     let p = caller(&gw, &headers).await?;
     let req: CreateKey = super::parse_body(&body)?;
     if req.name.len() > 128 {

@@ -98,9 +98,9 @@ pub struct HttpConfig {
     /// 75.
     pub keepalive_timeout_secs: u64,
     /// Seconds a request body may go without a byte arriving while the
-    /// gateway reads it: a client that stops sending half-way (or trickles
-    /// a large body) is answered 408 and its connection closed, instead of
-    /// holding the request and its buffer. Like nginx's
+    /// gateway reads it: a client that stops sending half-way is answered
+    /// 408 (HTTP/1.1: and its connection closed; HTTP/2: the stream ends),
+    /// instead of holding the request and its buffer. Like nginx's
     /// `client_body_timeout`, it bounds each gap, not the whole upload, so
     /// a large image on a slow link still arrives. Default 30.
     pub body_timeout_secs: u64,

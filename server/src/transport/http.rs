@@ -264,6 +264,35 @@ async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, Gate
         })
 }
 
+/// A request body, whole, as axum's `Bytes` extractor reads it (under the
+/// router's body limit), except that a body that stopped arriving
+/// ([`super::BodyStalled`]) is answered like everywhere else: 408 with the
+/// JSON error, not axum's plain-text 400.
+#[derive(Debug)]
+pub struct BodyBytes(pub Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Self(b)),
+            Err(rejection) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+                while let Some(c) = cause {
+                    if let Some(stalled) = c.downcast_ref::<super::BodyStalled>() {
+                        return Err(error_response(&GatewayError::RequestTimeout(
+                            stalled.to_string(),
+                        )));
+                    }
+                    cause = c.source();
+                }
+                Err(rejection.into_response())
+            }
+        }
+    }
+}
+
 fn bad_multipart(why: &str) -> GatewayError {
     GatewayError::BadRequest(format!("bad multipart body: {why}"))
 }

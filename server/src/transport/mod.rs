@@ -190,17 +190,19 @@ pub async fn serve_router<L>(
 }
 
 /// Resolves once no request has been open on a connection (`open` counts
-/// them) for `after`; never if the count's senders are gone.
+/// them) for `after`; never if the count's senders are gone. Any change of
+/// the count restarts the wait: a request that opened and finished between
+/// two looks (an HTTP/1 request is served within one poll of the
+/// connection, this watcher's own task) still counts as activity.
 async fn idle_for(open: &mut tokio::sync::watch::Receiver<usize>, after: Duration) {
     loop {
         if open.wait_for(|n| *n == 0).await.is_err() {
             return std::future::pending().await;
         }
-        if tokio::time::timeout(after, open.wait_for(|n| *n > 0))
-            .await
-            .is_err()
-        {
-            return;
+        match tokio::time::timeout(after, open.changed()).await {
+            Err(_) => return,
+            Ok(Err(_)) => return std::future::pending().await,
+            Ok(Ok(())) => continue,
         }
     }
 }
@@ -279,7 +281,9 @@ pub struct BodyStalled(pub Duration);
 /// A request body whose next bytes must come within `gap` of the reader
 /// starting to wait for them: the clock runs only while a handler reads
 /// and the client sends nothing, so a handler that reads later, or never,
-/// is not hurried.
+/// is not hurried. A reader is expected to poll until the body ends, as
+/// `axum::body::to_bytes` does (one that stops polling while waiting and
+/// comes back later finds the clock still running from its first wait).
 pub struct StallLimited<B> {
     body: B,
     gap: Duration,

@@ -68,6 +68,16 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         Err(refusal) => {
             let status = refusal.0;
             let mut resp = refusal.into_response();
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110 15.5.6: a 405 names the methods that would do.
+                let allow = if req.version() < axum::http::Version::HTTP_2 {
+                    "GET"
+                } else {
+                    "CONNECT"
+                };
+                resp.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            }
             if status == StatusCode::UPGRADE_REQUIRED {
                 // RFC 6455 4.2.2: name the version this server speaks; RFC
                 // 9110 15.5.22: a 426 names the protocol in `Upgrade`.

@@ -163,7 +163,7 @@ async fn session(
         Load::Idle => {
             tokio::select! {
                 _ = tokio::time::sleep_until(end_tok) => {}
-                ev = wait_closed(&mut h.events) => recorder.closed_early(&first_line(&ev)),
+                ev = wait_closed(&mut h.events, recorder) => recorder.closed_early(&first_line(&ev)),
             }
             return;
         }
@@ -254,7 +254,9 @@ async fn session(
                 Some(SessionEvent::Credit(c)) => credits += c as usize,
                 // The gateway drains: it still answers what it admitted and
                 // then closes; frames sent now would be refused. Answers
-                // keep coming; only frames unanswered at the close are lost.
+                // keep coming; only frames unanswered at the close are lost
+                // (a gateway that never closes is waited for until the
+                // run's end plus the drain time, as any session is).
                 Some(SessionEvent::GoingAway(_)) => {
                     recorder.going_away();
                     sending = false;
@@ -276,10 +278,16 @@ async fn session(
     drop(h.frames);
 }
 
-async fn wait_closed(events: &mut tokio::sync::mpsc::Receiver<SessionEvent>) -> String {
+/// Waits for an idle session's end (counting a `going-away` notice on the
+/// way); the reason.
+async fn wait_closed(
+    events: &mut tokio::sync::mpsc::Receiver<SessionEvent>,
+    recorder: &Recorder,
+) -> String {
     loop {
         match events.recv().await {
             Some(SessionEvent::Closed(r)) => return r,
+            Some(SessionEvent::GoingAway(_)) => recorder.going_away(),
             Some(_) => continue,
             None => return "session ended".into(),
         }
@@ -295,10 +303,14 @@ mod tests {
     use super::*;
     use crate::transport::{AnswerKind, BoxFuture, SessionHandle, Transport};
 
-    /// An in-memory gateway that drains: it holds the first three frames,
-    /// sends the `going-away` notice, answers the three, then closes (as
-    /// the gateway does on SIGTERM).
-    struct GoesAway;
+    /// An in-memory gateway that drains: it holds the first `hold` frames,
+    /// sends the `going-away` notice, answers `answer` of them, then closes
+    /// (as the gateway does on SIGTERM: all of them; past its shutdown
+    /// deadline: fewer).
+    struct GoesAway {
+        hold: usize,
+        answer: usize,
+    }
 
     impl Transport for GoesAway {
         fn name(&self) -> &'static str {
@@ -308,9 +320,10 @@ mod tests {
         fn open(&self, _id: usize) -> BoxFuture<'_, anyhow::Result<SessionHandle>> {
             let (ftx, mut frx) = mpsc::channel::<crate::transport::OutFrame>(64);
             let (etx, erx) = mpsc::channel(64);
+            let (hold, answered) = (self.hold, self.answer);
             tokio::spawn(async move {
                 let mut held = Vec::new();
-                while held.len() < 3 {
+                while held.len() < hold {
                     match frx.recv().await {
                         Some(f) => held.push(f.seq),
                         None => return,
@@ -318,14 +331,18 @@ mod tests {
                 }
                 let notice = SessionEvent::GoingAway("going-away: gateway shutting down".into());
                 let mut events = vec![notice];
-                events.extend(held.into_iter().map(|seq| SessionEvent::Answer {
-                    seq,
-                    kind: AnswerKind::Detections {
-                        boxes: 1,
-                        timings: None,
-                    },
-                    at: Instant::now(),
-                }));
+                events.extend(
+                    held.into_iter()
+                        .take(answered)
+                        .map(|seq| SessionEvent::Answer {
+                            seq,
+                            kind: AnswerKind::Detections {
+                                boxes: 1,
+                                timings: None,
+                            },
+                            at: Instant::now(),
+                        }),
+                );
                 events.push(SessionEvent::Closed("closed by server: 1001".into()));
                 for ev in events {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -349,10 +366,28 @@ mod tests {
         // Before, the notice ended the session at once: the three frames
         // the gateway went on to answer were counted lost and the session
         // closed early.
-        let t = run_mock_on(GoesAway, Load::Closed { in_flight: 3 }, 1, Duration::ZERO).await;
+        let drains = |answer| GoesAway { hold: 3, answer };
+        let t = run_mock_on(drains(3), Load::Closed { in_flight: 3 }, 1, Duration::ZERO).await;
         assert_eq!((t.sent, t.answered, t.lost), (3, 3, 0));
         assert_eq!(t.going_away, 1);
         assert!(t.closed_early.is_empty(), "{:?}", t.closed_early);
+        // A gateway that closes with a frame unanswered: that one is lost
+        // and the session ended early, with the close's reason.
+        let t = run_mock_on(drains(2), Load::Closed { in_flight: 3 }, 1, Duration::ZERO).await;
+        assert_eq!((t.sent, t.answered, t.lost), (3, 2, 1));
+        assert_eq!(t.going_away, 1);
+        assert_eq!(
+            t.closed_early.get("closed by server: 1001"),
+            Some(&1),
+            "{:?}",
+            t.closed_early
+        );
+        // An idle session's notice is counted too; its close before the
+        // end of the run is an early one.
+        let idle = GoesAway { hold: 0, answer: 0 };
+        let t = run_mock_on(idle, Load::Idle, 1, Duration::ZERO).await;
+        assert_eq!((t.sent, t.going_away), (0, 1));
+        assert_eq!(t.closed_early.get("closed by server: 1001"), Some(&1));
     }
 
     /// An in-memory server: answers every frame at once. Also shows that a

@@ -338,6 +338,10 @@ async fn a_body_that_stops_arriving_is_408_and_a_slow_one_is_read() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"bad-request\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     // The same body in five pieces 1 s apart (5 s in all, longer than the
     // limit, each gap well under it) is read and answered.
     let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -402,7 +406,7 @@ async fn http1_get(conn: &mut tokio::net::TcpStream, path: &str) -> u16 {
 async fn an_http2_connection_with_nothing_open_is_closed_and_a_busy_one_is_kept() {
     use http_body_util::Empty;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "[http]\nkeepalive_timeout_secs = 2\n");
+    let cfg = write_config(dir.path(), "[http]\nkeepalive_timeout_secs = 3\n");
     let gw = Gateway::start(&["--config", cfg.to_str().unwrap()]).await;
     // The count of open requests, not a clock from the connect: a
     // connection in use (a request every third of the timeout, for three
@@ -425,7 +429,7 @@ async fn an_http2_connection_with_nothing_open_is_closed_and_a_busy_one_is_kept(
             200,
             "HTTP/1.1 request {i} on a busy keep-alive connection"
         );
-        tokio::time::sleep(Duration::from_millis(666)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(!busy_driver.is_finished());
     let (mut used, used_driver) = h2_connect(gw.addr).await;

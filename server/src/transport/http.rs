@@ -281,9 +281,13 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
                 let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
                 while let Some(c) = cause {
                     if let Some(stalled) = c.downcast_ref::<super::BodyStalled>() {
-                        return Err(error_response(&GatewayError::RequestTimeout(
-                            stalled.to_string(),
-                        )));
+                        let mut resp =
+                            error_response(&GatewayError::RequestTimeout(stalled.to_string()));
+                        // The rest of the body is unread: the connection
+                        // cannot be reused (as on /v1/detect).
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return Err(resp);
                     }
                     cause = c.source();
                 }

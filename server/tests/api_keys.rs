@@ -86,12 +86,7 @@ async fn admin_api_issues_keys_that_work_until_revoked_or_expired() {
     for _ in 0..5 {
         assert_eq!(detect_with(&gw, &ghost).await.0, 401);
     }
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let unknown = metrics
         .lines()
         .find(|l| l.starts_with("framegate_auth_key_lookups_total{result=\"unknown\"}"))

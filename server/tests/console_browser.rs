@@ -513,12 +513,7 @@ async fn the_console_over_https_streams_over_a_websocket_on_http2() {
     assert_eq!(result["pageProtocol"], "h2", "{result}");
     let live = &result["live"];
     assert!(live["answered"].as_u64().unwrap_or(0) >= 3, "{live}");
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let over_h2 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("framegate_ws_upgrades_total{http=\"2\"} "))

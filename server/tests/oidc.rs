@@ -534,12 +534,7 @@ async fn valid_tokens_work_and_every_bad_token_is_a_clear_401() {
 }
 
 async fn jwks_metric(gw: &Gateway, result: &str) -> u64 {
-    let text = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let prefix = format!("framegate_oidc_jwks_fetches_total{{issuer=\"kc\",result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

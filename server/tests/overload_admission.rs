@@ -244,12 +244,7 @@ fn expected_wait_ms(message: &str) -> u64 {
 }
 
 async fn refused_for_queue_wait(gw: &Gateway) -> u64 {
-    let text = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     text.lines()
         .find(|l| {
             l.starts_with("framegate_admission_refused_total{")

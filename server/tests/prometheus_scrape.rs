@@ -114,12 +114,7 @@ async fn prometheus_counts_the_frames_answered() {
     drop(prom);
 
     // Every metric the dashboard uses is exported by the running gateway.
-    let text = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let dashboard =
         std::fs::read_to_string(repo_root().join("deploy/grafana/framegate.json")).unwrap();
     for name in framegate::metrics::METRIC_NAMES {

@@ -59,12 +59,7 @@ async fn usage_frames(gw: &Gateway) -> Option<u64> {
 }
 
 async fn metric(gw: &Gateway, line_prefix: &str) -> u64 {
-    let text = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     text.lines()
         .filter(|l| l.starts_with(line_prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -177,12 +177,7 @@ async fn hammer(gws: &[Gateway]) -> Arc<Counts> {
 }
 
 async fn store_errors(gw: &Gateway) -> f64 {
-    let text = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("framegate_ratelimit_store_errors_total "))
         .and_then(|v| v.parse().ok())

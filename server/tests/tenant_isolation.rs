@@ -229,12 +229,7 @@ async fn no_tenant_ever_receives_another_tenants_results() {
         .expect("the isolation run finishes within 60 s");
 
     // The frames really were batched together (mixed tenants in one batch).
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

@@ -129,12 +129,7 @@ async fn webtransport_session_detects_and_ends_with_bye() {
         assert!(rest < 10, "the stream did not end after Bye");
     }
     // The session is counted under its own transport label.
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics
             .lines()

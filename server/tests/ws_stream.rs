@@ -235,12 +235,7 @@ async fn a_websocket_over_http2_streams_and_keeps_its_connection_while_open() {
         .await
         .expect("an HTTP/2 connection with nothing open was kept")
         .unwrap();
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("framegate_ws_upgrades_total{http=\"2\"} 1\n"),
         "{metrics}"

@@ -271,6 +271,16 @@ impl Gateway {
         )
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

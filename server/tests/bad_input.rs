@@ -286,6 +286,26 @@ async fn a_client_that_sends_headers_slowly_or_not_at_all_is_closed() {
     still_serves(&gw).await;
 }
 
+/// Sends `start` (a request whose body stops short) and reads until the
+/// gateway closes: its 408 answer, with `Connection: close`.
+async fn stalled_answer(addr: std::net::SocketAddr, start: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(start).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
+        .await
+        .expect("no answer to a stalled body within 10 s, nor a close")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    answer
+}
+
 /// A request body that stops arriving is answered 408 after
 /// `http.body_timeout_secs` and its connection closed (before, the request
 /// and its buffer were held for as long as the client kept the socket); a
@@ -302,46 +322,22 @@ async fn a_body_that_stops_arriving_is_408_and_a_slow_one_is_read() {
          Content-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
         jpeg.len()
     );
-    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    stalled.write_all(&jpeg[..4096]).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
-        .await
-        .expect("no answer to a stalled body within 10 s, nor a close")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(
-        answer.to_ascii_lowercase().contains("connection: close"),
-        "{answer}"
-    );
+    let mut start = head.clone().into_bytes();
+    start.extend_from_slice(&jpeg[..4096]);
+    let answer = stalled_answer(gw.addr, &start).await;
     assert!(answer.contains("http.body_timeout_secs"), "{answer}");
     // A JSON endpoint's body (self-service key creation) alike: the same
     // 408 and JSON error, not the extractor's plain-text 400.
-    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    stalled
-        .write_all(
-            format!(
-                "POST /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
-                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
-            )
-            .as_bytes(),
+    let answer = stalled_answer(
+        gw.addr,
+        format!(
+            "POST /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
         )
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
-        .await
-        .expect("no answer to a stalled JSON body within 10 s, nor a close")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        .as_bytes(),
+    )
+    .await;
     assert!(answer.contains("\"code\":\"bad-request\""), "{answer}");
-    assert!(
-        answer.to_ascii_lowercase().contains("connection: close"),
-        "{answer}"
-    );
     // The same body in five pieces 1 s apart (5 s in all, longer than the
     // limit, each gap well under it) is read and answered.
     let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();

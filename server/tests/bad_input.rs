@@ -450,3 +450,34 @@ async fn an_http2_connection_with_nothing_open_is_closed_and_a_busy_one_is_kept(
     }
     still_serves(&gw).await;
 }
+
+/// The JSON endpoints read their bodies before the caller is authenticated
+/// (the extractor runs first), so their bound is 64 KiB, not the image
+/// limit: a 1 MiB body without a key is refused with 413 and the JSON
+/// error. Before, the gateway read up to 16 MiB from anyone and then
+/// answered 401.
+#[tokio::test]
+async fn a_json_endpoint_refuses_a_large_body_before_reading_it() {
+    let gw = Gateway::start(&["--backend", "synthetic"]).await;
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/keys"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert_eq!(v["error"]["code"], "payload-too-large", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("limit 65536"), "{message}");
+    // A small body is read and refused for what it is: no key.
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/keys"))
+        .header("content-type", "application/json")
+        .body("{\"name\":\"cam\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}

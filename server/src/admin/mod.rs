@@ -120,6 +120,9 @@ pub fn router(gw: Arc<Gateway>, auth: Arc<AdminAuth>) -> Router {
         .route("/v1/admin/plans", get(list_plans))
         .route("/v1/admin/plans/{name}", get(get_plan).put(put_plan))
         .route("/v1/admin/usage", get(usage))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::transport::http::JSON_BODY_LIMIT,
+        ))
         .fallback(|| async {
             GatewayError::NotFound(
                 "no such admin endpoint; see docs/operations.md, \"Admin API\"".into(),

@@ -50,7 +50,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/me", get(crate::admin::selfservice::me))
         .route(
             "/v1/keys",
-            get(crate::admin::selfservice::list_keys).post(crate::admin::selfservice::create_key),
+            get(crate::admin::selfservice::list_keys)
+                .post(crate::admin::selfservice::create_key)
+                .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT)),
         )
         .route(
             "/v1/keys/{id}",
@@ -264,10 +266,16 @@ async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, Gate
         })
 }
 
-/// A request body, whole, as axum's `Bytes` extractor reads it (under the
-/// router's body limit), except that a body that stopped arriving
-/// ([`super::BodyStalled`]) is answered like everywhere else: 408 with the
-/// JSON error, not axum's plain-text 400.
+/// The largest body of the JSON endpoints (self-service and admin key,
+/// tenant and plan requests): their bodies are read before the caller is
+/// authenticated, so the bound is small, not `http.max_body_bytes`.
+pub const JSON_BODY_LIMIT: usize = 64 << 10;
+
+/// A JSON endpoint's request body, whole, as axum's `Bytes` extractor reads
+/// it (under the route's body limit, [`JSON_BODY_LIMIT`]), with the
+/// refusals answered like everywhere else (the JSON error, `Connection:
+/// close` as the rest of the body is unread): 413 for a body over the
+/// limit, 408 for one that stopped arriving ([`super::BodyStalled`]).
 #[derive(Debug)]
 pub struct BodyBytes(pub Bytes);
 
@@ -275,19 +283,27 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared =
+            header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+        let refuse = |e: GatewayError| {
+            let mut resp = error_response(&e);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        };
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(Self(b)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(refuse(GatewayError::PayloadTooLarge {
+                    size: declared.unwrap_or(JSON_BODY_LIMIT + 1),
+                    limit: JSON_BODY_LIMIT,
+                }))
+            }
             Err(rejection) => {
                 let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
                 while let Some(c) = cause {
                     if let Some(stalled) = c.downcast_ref::<super::BodyStalled>() {
-                        let mut resp =
-                            error_response(&GatewayError::RequestTimeout(stalled.to_string()));
-                        // The rest of the body is unread: the connection
-                        // cannot be reused (as on /v1/detect).
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        return Err(resp);
+                        return Err(refuse(GatewayError::RequestTimeout(stalled.to_string())));
                     }
                     cause = c.source();
                 }

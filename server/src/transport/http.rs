@@ -249,21 +249,24 @@ async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, Gate
     axum::body::to_bytes(req.into_body(), max)
         .await
         .map_err(|e| {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(c) = cause {
-                if c.is::<http_body_util::LengthLimitError>() {
-                    return GatewayError::PayloadTooLarge {
-                        size: max.saturating_add(1),
-                        limit,
-                    };
+            if cause_of::<http_body_util::LengthLimitError>(&e).is_some() {
+                GatewayError::PayloadTooLarge {
+                    size: max.saturating_add(1),
+                    limit,
                 }
-                if let Some(stalled) = c.downcast_ref::<super::BodyStalled>() {
-                    return GatewayError::RequestTimeout(stalled.to_string());
-                }
-                cause = c.source();
+            } else if let Some(stalled) = cause_of::<super::BodyStalled>(&e) {
+                GatewayError::RequestTimeout(stalled.to_string())
+            } else {
+                GatewayError::BadRequest(format!("the request body could not be read: {e}"))
             }
-            GatewayError::BadRequest(format!("the request body could not be read: {e}"))
         })
+}
+
+/// The first error of type `T` in `e`'s chain of sources (`e` included).
+fn cause_of<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    std::iter::successors(Some(e), |c| c.source()).find_map(|c| c.downcast_ref::<T>())
 }
 
 /// The largest body of the JSON endpoints (self-service and admin key,
@@ -299,16 +302,10 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
                     limit: JSON_BODY_LIMIT,
                 }))
             }
-            Err(rejection) => {
-                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
-                while let Some(c) = cause {
-                    if let Some(stalled) = c.downcast_ref::<super::BodyStalled>() {
-                        return Err(refuse(GatewayError::RequestTimeout(stalled.to_string())));
-                    }
-                    cause = c.source();
-                }
-                Err(rejection.into_response())
-            }
+            Err(rejection) => Err(match cause_of::<super::BodyStalled>(&rejection) {
+                Some(stalled) => refuse(GatewayError::RequestTimeout(stalled.to_string())),
+                None => rejection.into_response(),
+            }),
         }
     }
 }

@@ -322,14 +322,16 @@ where
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                let until = tokio::time::Instant::now() + me.gap;
-                let timer = me
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
                 if !me.waiting {
-                    timer.as_mut().reset(until);
+                    // The reader starts to wait: the clock starts now.
+                    let until = tokio::time::Instant::now() + me.gap;
+                    match &mut me.timer {
+                        Some(timer) => timer.as_mut().reset(until),
+                        None => me.timer = Some(Box::pin(tokio::time::sleep_until(until))),
+                    }
                     me.waiting = true;
                 }
+                let timer = me.timer.as_mut().expect("armed when the wait began");
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(me.gap).into()))),
                     Poll::Pending => Poll::Pending,

@@ -63,18 +63,15 @@ enum Control {
 /// The request's [`super::StreamGuard`] goes with the connection, so an
 /// HTTP/2 connection carrying a WebSocket is not idle while it runs.
 pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
-    let handshake = match handshake(&req) {
+    let http2 = req.version() >= axum::http::Version::HTTP_2;
+    let handshake = match handshake(&req, http2) {
         Ok(h) => h,
         Err(refusal) => {
             let status = refusal.0;
             let mut resp = refusal.into_response();
             if status == StatusCode::METHOD_NOT_ALLOWED {
                 // RFC 9110 15.5.6: a 405 names the methods that would do.
-                let allow = if req.version() < axum::http::Version::HTTP_2 {
-                    "GET"
-                } else {
-                    "CONNECT"
-                };
+                let allow = if http2 { "CONNECT" } else { "GET" };
                 resp.headers_mut()
                     .insert(header::ALLOW, header::HeaderValue::from_static(allow));
             }
@@ -87,7 +84,7 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
                     header::SEC_WEBSOCKET_VERSION,
                     HeaderValue::from_static("13"),
                 );
-                if req.version() < axum::http::Version::HTTP_2 {
+                if !http2 {
                     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 }
@@ -106,7 +103,6 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         None => None,
     };
     let guard = req.extensions_mut().remove::<super::StreamGuard>();
-    let http2 = handshake == Handshake::Http2;
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -131,7 +127,7 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
 }
 
 /// How a WebSocket upgrade request is answered.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Handshake {
     /// RFC 6455 over HTTP/1.1: 101 with this `Sec-WebSocket-Accept`.
     Http1 { accept: String },
@@ -142,10 +138,9 @@ enum Handshake {
 /// Checks the upgrade request (RFC 6455 section 4.2.1 over HTTP/1.1, RFC
 /// 8441 section 5 over HTTP/2) and says how to answer it, or the refusal to
 /// send.
-fn handshake(req: &Request) -> Result<Handshake, (StatusCode, &'static str)> {
+fn handshake(req: &Request, http2: bool) -> Result<Handshake, (StatusCode, &'static str)> {
     let refuse = |status: StatusCode, why: &'static str| Err((status, why));
     let headers = req.headers();
-    let http2 = req.version() >= axum::http::Version::HTTP_2;
     if http2 {
         if req.method() != Method::CONNECT {
             return refuse(

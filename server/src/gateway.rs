@@ -32,6 +32,9 @@ pub struct Gateway {
     /// The WebTransport endpoint browsers are told about (set with
     /// [`Gateway::with_webtransport`]); `None` while it is off.
     pub webtransport: Option<crate::transport::webtransport::WebTransportInfo>,
+    /// The request-body bytes open HTTP requests may hold together
+    /// (`http.max_body_bytes_in_flight`), shared by every listener.
+    pub body_budget: crate::transport::BodyBudget,
 }
 
 /// The ONNX Runtime CPU backend factory.
@@ -122,6 +125,7 @@ impl Gateway {
             max_pixels: config.limits.max_frame_pixels,
             max_side: config.limits.max_frame_side,
         };
+        let body_budget = crate::transport::BodyBudget::new(config.http.max_body_bytes_in_flight);
         Ok(Arc::new(Self {
             config,
             auth,
@@ -132,6 +136,7 @@ impl Gateway {
             metering: None,
             ratelimit,
             webtransport: None,
+            body_budget,
         }))
     }
 

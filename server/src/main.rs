@@ -638,6 +638,7 @@ fn spawn_router<L: axum::serve::Listener>(
         listener,
         app,
         deadlines,
+        gw.body_budget.clone(),
         async move {
             let _ = stopped.changed().await;
         },

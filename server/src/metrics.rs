@@ -230,6 +230,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "framegate_model_ready",
     "framegate_auth_failures_total",
     "framegate_ws_upgrades_total",
+    "framegate_http_body_bytes_in_flight",
+    "framegate_http_body_budget_refusals_total",
     "framegate_auth_key_lookups_total",
     "framegate_rate_limited_frames_total",
     "framegate_ratelimit_store_errors_total",
@@ -263,6 +265,8 @@ pub struct Metrics {
     model_ready: Family<ModelLabel, Gauge>,
     auth_failures: Family<TransportLabel, Counter>,
     ws_upgrades: Family<HttpVersionLabel, Counter>,
+    body_bytes_in_flight: Gauge,
+    body_budget_refusals: Counter,
     key_lookups: Family<ResultLabel, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     oidc_jwks_fetches: Family<IssuerResultLabels, Counter>,
@@ -326,6 +330,8 @@ impl Metrics {
             model_ready: Family::default(),
             auth_failures: Family::default(),
             ws_upgrades: Family::default(),
+            body_bytes_in_flight: Gauge::default(),
+            body_budget_refusals: Counter::default(),
             key_lookups: Family::default(),
             rate_limited: Family::default(),
             oidc_jwks_fetches: Family::default(),
@@ -443,6 +449,16 @@ impl Metrics {
                     .get_or_create(&HttpVersionLabel { http: http.into() }),
             );
         }
+        r.register(
+            "http_body_bytes_in_flight",
+            "Request-body bytes held by open HTTP requests (every listener), against http.max_body_bytes_in_flight",
+            m.body_bytes_in_flight.clone(),
+        );
+        r.register(
+            "http_body_budget_refusals",
+            "HTTP request bodies refused because they did not fit http.max_body_bytes_in_flight (answered 429 overloaded)",
+            m.body_budget_refusals.clone(),
+        );
         r.register(
             "auth_key_lookups",
             "Key store lookups of issued keys missing from the in-process cache, by result (found, unknown, error)",
@@ -712,6 +728,16 @@ pub fn ws_upgrade(http2: bool) {
             http: HTTP_VERSIONS[usize::from(http2)].into(),
         })
         .inc();
+}
+
+/// Request-body bytes held by open HTTP requests changed by `delta`.
+pub fn body_bytes_held(delta: i64) {
+    get().body_bytes_in_flight.inc_by(delta);
+}
+
+/// A request body did not fit `http.max_body_bytes_in_flight`.
+pub fn body_budget_refused() {
+    get().body_budget_refusals.inc();
 }
 
 /// `n` frames (or a session) were refused by a rate limit.

@@ -481,3 +481,149 @@ async fn a_json_endpoint_refuses_a_large_body_before_reading_it() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// The value of the unlabelled metric `name` in the gateway's `/metrics`.
+async fn metric(gw: &Gateway, name: &str) -> f64 {
+    let text = gw.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+}
+
+/// Waits (at most 10 s) until `framegate_http_body_bytes_in_flight`
+/// satisfies `ok`; its last value.
+async fn body_bytes_held_until(gw: &Gateway, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = metric(gw, "framegate_http_body_bytes_in_flight").await;
+        if ok(held) || std::time::Instant::now() > deadline {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads an HTTP/1.1 answer on `conn` until the gateway closes it.
+async fn answer_until_close(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("an answer and a close within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+/// Request bodies held at once are bounded gateway-wide
+/// (`http.max_body_bytes_in_flight`): before, any number of clients could
+/// each make the gateway hold an upload of up to `http.max_body_bytes`.
+/// While one upload holds most of the budget, a body whose declared length
+/// does not fit is refused at once (429 `overloaded`, retryable, the
+/// connection closed), so is a chunked one when its bytes stop fitting, and
+/// a JSON endpoint's body alike; once the upload is answered its bytes are
+/// given back and the same request is read again.
+#[tokio::test]
+async fn request_bodies_held_at_once_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[http]\nmax_body_bytes = 100000\nmax_body_bytes_in_flight = 140000\n",
+    );
+    let gw = Gateway::start(&["--backend", "synthetic", "--config", cfg.to_str().unwrap()]).await;
+    let detect_head = |length: &str| {
+        format!(
+            "POST /v1/detect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Type: application/octet-stream\r\n{length}\r\n"
+        )
+    };
+
+    // An upload of 100,000 bytes stops after 90,000: it holds them.
+    let mut upload = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    upload
+        .write_all(detect_head("Content-Length: 100000\r\n").as_bytes())
+        .await
+        .unwrap();
+    upload.write_all(&vec![0x55u8; 90_000]).await.unwrap();
+    let held = body_bytes_held_until(&gw, |h| h >= 90_000.0).await;
+    assert_eq!(held, 90_000.0, "bytes held by the stalled upload");
+
+    // 60,000 declared bytes do not fit the 50,000 left: refused before any
+    // of them is read.
+    let client = reqwest::Client::new();
+    let refused = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 429);
+        assert_eq!(
+            resp.headers()
+                .get("connection")
+                .map(|v| v.to_str().unwrap()),
+            Some("close")
+        );
+        let v: serde_json::Value = resp.json().await.expect("JSON error body");
+        assert_eq!(v["error"]["code"], "overloaded", "{v}");
+        assert_eq!(v["error"]["retryable"], true, "{v}");
+        let message = v["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("http.max_body_bytes_in_flight"),
+            "{message}"
+        );
+        message
+    };
+    let big = || {
+        client
+            .post(gw.url("/v1/detect"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/octet-stream")
+            .body(vec![0x55u8; 60_000])
+    };
+    let message = refused(big().send().await.unwrap()).await;
+    assert!(message.contains("60000"), "{message}");
+
+    // A chunked body (no declared length) is refused when the bytes that do
+    // not fit arrive.
+    let mut chunked = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut request = detect_head("Transfer-Encoding: chunked\r\n").into_bytes();
+    for _ in 0..3 {
+        request.extend_from_slice(format!("{:x}\r\n", 20_000).as_bytes());
+        request.extend_from_slice(&[0x55u8; 20_000]);
+        request.extend_from_slice(b"\r\n");
+    }
+    chunked.write_all(&request).await.unwrap();
+    let answer = answer_until_close(&mut chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
+
+    // A JSON endpoint's body (self-service key creation) alike.
+    let resp = client
+        .post(gw.url("/v1/keys"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(format!("{{\"name\":\"{}\"}}", "x".repeat(60_000)))
+        .send()
+        .await
+        .unwrap();
+    refused(resp).await;
+    assert!(metric(&gw, "framegate_http_body_budget_refusals_total").await >= 3.0);
+
+    // The upload ends (not an image: 415) and gives its bytes back.
+    upload.write_all(&vec![0x55u8; 10_000]).await.unwrap();
+    let mut upload_answer = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    while !String::from_utf8_lossy(&upload_answer).contains("\"error\"") {
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(Duration::from_secs(10), upload.read(&mut buf))
+            .await
+            .expect("the upload's answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&upload_answer));
+        upload_answer.extend_from_slice(&buf[..n]);
+    }
+    let upload_answer = String::from_utf8_lossy(&upload_answer);
+    assert!(upload_answer.starts_with("HTTP/1.1 415"), "{upload_answer}");
+    let held = body_bytes_held_until(&gw, |h| h == 0.0).await;
+    assert_eq!(held, 0.0, "bytes held after every request was answered");
+    // The body refused before is read now (and refused for what it is).
+    let resp = big().send().await.unwrap();
+    assert_eq!(resp.status(), 415);
+    assert_eq!(body_bytes_held_until(&gw, |h| h == 0.0).await, 0.0);
+}

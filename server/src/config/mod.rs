@@ -84,6 +84,17 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted on `/v1/detect`, in bytes. Default 16 MiB.
     pub max_body_bytes: usize,
+    /// Most request-body bytes all open HTTP requests together may hold
+    /// (every listener: HTTP, HTTPS, admin), from the moment they arrive
+    /// until the request is answered. A body that would take the total over
+    /// it is refused with 429 (`overloaded`, retryable) and its connection
+    /// closed: at once when its declared length does not fit, else when the
+    /// bytes that do not fit arrive. Without it, many large uploads at once
+    /// could make the gateway hold `max_body_bytes` each, as many as
+    /// clients open. At least `max_body_bytes` + 16 KiB (a multipart
+    /// body's room for its part headers). Default 256 MiB (16 uploads of
+    /// the largest size, about 1,600 of a 160 KB camera frame).
+    pub max_body_bytes_in_flight: usize,
     /// Seconds a new connection gets to send its first bytes (TLS: to finish
     /// its handshake), and a WebSocket client its `Hello`. Default 10.
     pub handshake_timeout_secs: u64,
@@ -131,6 +142,7 @@ impl Default for HttpConfig {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: 16 << 20,
+            max_body_bytes_in_flight: 256 << 20,
             handshake_timeout_secs: 10,
             keepalive_timeout_secs: 75,
             body_timeout_secs: 30,
@@ -898,6 +910,13 @@ impl Config {
         }
         if self.http.max_body_bytes < 1024 {
             problems.push("http.max_body_bytes must be at least 1024".into());
+        }
+        let body_room = crate::transport::http::MULTIPART_ROOM;
+        if self.http.max_body_bytes_in_flight < self.http.max_body_bytes.saturating_add(body_room) {
+            problems.push(format!(
+                "http.max_body_bytes_in_flight must be at least http.max_body_bytes + {body_room} (room for a multipart body's part headers), got {} with max_body_bytes {}",
+                self.http.max_body_bytes_in_flight, self.http.max_body_bytes
+            ));
         }
         for (i, k) in self.auth.keys.iter().enumerate() {
             if k.tenant.is_empty() {

@@ -239,12 +239,14 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
 
 /// Room in a multipart body beyond the image: part headers, boundaries,
 /// small fields.
-const MULTIPART_ROOM: usize = 16 << 10;
+pub(crate) const MULTIPART_ROOM: usize = 16 << 10;
 
 /// The whole body, at most `max` bytes (`limit` is the image limit the
 /// refusal names). A body over `max` is 413; one that stopped arriving for
-/// `http.body_timeout_secs` is 408; one that cannot be read (cut off,
-/// malformed chunked encoding) is 400, not counted as too large.
+/// `http.body_timeout_secs` is 408; one that does not fit
+/// `http.max_body_bytes_in_flight` is 429 `overloaded`; one that cannot be
+/// read (cut off, malformed chunked encoding) is 400, not counted as too
+/// large.
 async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, GatewayError> {
     axum::body::to_bytes(req.into_body(), max)
         .await
@@ -256,6 +258,8 @@ async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, Gate
                 }
             } else if let Some(stalled) = cause_of::<super::BodyStalled>(&e) {
                 GatewayError::RequestTimeout(stalled.to_string())
+            } else if let Some(over) = cause_of::<super::BodyOverBudget>(&e) {
+                GatewayError::Overloaded(over.to_string())
             } else {
                 GatewayError::BadRequest(format!("the request body could not be read: {e}"))
             }
@@ -278,7 +282,8 @@ pub const JSON_BODY_LIMIT: usize = 64 << 10;
 /// it (under the route's body limit, [`JSON_BODY_LIMIT`]), with the
 /// refusals answered like everywhere else (the JSON error, `Connection:
 /// close` as the rest of the body is unread): 413 for a body over the
-/// limit, 408 for one that stopped arriving ([`super::BodyStalled`]).
+/// limit, 408 for one that stopped arriving ([`super::BodyStalled`]), 429
+/// for one that does not fit the gateway's [`super::BodyBudget`].
 #[derive(Debug)]
 pub struct BodyBytes(pub Bytes);
 
@@ -302,10 +307,15 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
                     limit: JSON_BODY_LIMIT,
                 }))
             }
-            Err(rejection) => Err(match cause_of::<super::BodyStalled>(&rejection) {
-                Some(stalled) => refuse(GatewayError::RequestTimeout(stalled.to_string())),
-                None => rejection.into_response(),
-            }),
+            Err(rejection) => {
+                if let Some(stalled) = cause_of::<super::BodyStalled>(&rejection) {
+                    Err(refuse(GatewayError::RequestTimeout(stalled.to_string())))
+                } else if let Some(over) = cause_of::<super::BodyOverBudget>(&rejection) {
+                    Err(refuse(GatewayError::Overloaded(over.to_string())))
+                } else {
+                    Err(rejection.into_response())
+                }
+            }
         }
     }
 }
@@ -486,6 +496,7 @@ async fn detect(
                     | GatewayError::PayloadTooLarge { .. }
                     | GatewayError::RequestTimeout(_)
                     | GatewayError::RateLimited { .. }
+                    | GatewayError::Overloaded(_)
             ) {
                 // Refused before the body was read (or while it stalled):
                 // the connection cannot be reused, so say so rather than let

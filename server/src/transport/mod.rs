@@ -65,13 +65,14 @@ pub async fn serve_http(
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let deadlines = HttpDeadlines::of(&gw.config.http);
+    let budget = gw.body_budget.clone();
     let app = http::router(gw);
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    serve_router(listener, app, deadlines, shutdown).await;
+    serve_router(listener, app, deadlines, budget, shutdown).await;
     Ok(())
 }
 
@@ -115,11 +116,13 @@ impl HttpDeadlines {
 /// unanswered. Any connection with no request open (its answer not yet
 /// sent, or a WebSocket it carries) for `deadlines.headers` is asked to
 /// close (HTTP/2: `GOAWAY`), so an HTTP/2 client that answers pings but
-/// sends nothing cannot hold a connection for ever either.
+/// sends nothing cannot hold a connection for ever either. Request bodies
+/// take their bytes from `budget` as they arrive (see [`BodyBudget`]).
 pub async fn serve_router<L>(
     mut listener: L,
     app: axum::Router,
     deadlines: HttpDeadlines,
+    budget: BodyBudget,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener,
@@ -156,6 +159,7 @@ pub async fn serve_router<L>(
             inner: TowerToHyperService::new(app.clone()),
             streams: streams_tx,
             body_gap: deadlines.body_gap,
+            budget: budget.clone(),
         };
         let (builder, stop_tx, open_rx) = (builder.clone(), stop_tx.clone(), open_rx.clone());
         // Before hyper's own deadline can run, the server reads the first
@@ -235,18 +239,20 @@ impl Drop for OpenStream {
 }
 
 /// A connection's service: `inner`, with each request counted in `streams`
-/// while it is open (see [`StreamGuard`]) and its body read under
-/// `body_gap` (see [`BodyStalled`]).
+/// while it is open (see [`StreamGuard`]), its body read under `body_gap`
+/// (see [`BodyStalled`]) and its bytes charged to `budget` until its answer
+/// is sent (see [`BodyBudget`]).
 struct Tracked<S> {
     inner: S,
     streams: tokio::sync::watch::Sender<usize>,
     body_gap: Duration,
+    budget: BodyBudget,
 }
 
 impl<S, B> hyper::service::Service<hyper::Request<B>> for Tracked<S>
 where
     S: hyper::service::Service<
-        hyper::Request<StallLimited<B>>,
+        hyper::Request<Budgeted<StallLimited<B>>>,
         Response = axum::response::Response,
     >,
     S::Future: Send + 'static,
@@ -259,7 +265,12 @@ where
 
     fn call(&self, req: hyper::Request<B>) -> Self::Future {
         let guard = StreamGuard::enter(&self.streams);
-        let mut req = req.map(|body| StallLimited::new(body, self.body_gap));
+        let charge = Arc::new(Charge::new(self.budget.clone()));
+        let mut req = req.map(|body| Budgeted {
+            body: StallLimited::new(body, self.body_gap),
+            charge: charge.clone(),
+            checked: false,
+        });
         req.extensions_mut().insert(guard.clone());
         let answer = self.inner.call(req);
         Box::pin(async move {
@@ -267,6 +278,7 @@ where
             Ok(resp.map(|body| Guarded {
                 body,
                 _guard: guard,
+                _charge: charge,
             }))
         })
     }
@@ -349,11 +361,188 @@ where
     }
 }
 
-/// An answer's body that holds its request's [`StreamGuard`] until hyper
-/// has sent it (or dropped it).
+/// The request-body bytes all open HTTP requests together may hold
+/// (`http.max_body_bytes_in_flight`), shared by every listener of a
+/// gateway. Each request's body takes its bytes as they arrive and gives
+/// them back when the request ends (its answer sent or dropped), since the
+/// image a handler reads stays in memory through decoding and inference.
+/// Without it, N clients each uploading the largest body at once would make
+/// the gateway hold N × `http.max_body_bytes`, for any N.
+///
+/// A body that would take the total over the limit ends with
+/// [`BodyOverBudget`] (answered 429 `overloaded`, retryable): at its first
+/// read when its declared length does not fit what is free now (nothing is
+/// read), else when the bytes that do not fit arrive. A declared length is
+/// only checked, never reserved: a client that declares much and sends
+/// little holds only what it sent.
+#[derive(Debug, Clone)]
+pub struct BodyBudget(Arc<BudgetInner>);
+
+#[derive(Debug)]
+struct BudgetInner {
+    limit: usize,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl BodyBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self(Arc::new(BudgetInner {
+            limit,
+            held: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+
+    /// The limit, in bytes.
+    pub fn limit(&self) -> usize {
+        self.0.limit
+    }
+
+    /// Bytes held by open requests now.
+    pub fn held(&self) -> usize {
+        self.0.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `n` more bytes would fit now.
+    fn fits(&self, n: usize) -> bool {
+        self.held().saturating_add(n) <= self.0.limit
+    }
+
+    /// Takes `n` bytes if they fit.
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let taken = self
+            .0
+            .held
+            .fetch_update(Relaxed, Relaxed, |held| {
+                held.checked_add(n).filter(|&total| total <= self.0.limit)
+            })
+            .is_ok();
+        if taken {
+            crate::metrics::body_bytes_held(n as i64);
+        }
+        taken
+    }
+
+    fn give(&self, n: usize) {
+        if n > 0 {
+            self.0
+                .held
+                .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::body_bytes_held(-(n as i64));
+        }
+    }
+}
+
+/// The bytes one request's body took from its [`BodyBudget`], given back
+/// when both the body and the answer are gone.
+#[derive(Debug)]
+struct Charge {
+    budget: BodyBudget,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl Charge {
+    fn new(budget: BodyBudget) -> Self {
+        Self {
+            budget,
+            bytes: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give(*self.bytes.get_mut());
+    }
+}
+
+/// A request body refused by the [`BodyBudget`] (answered 429
+/// `overloaded`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the gateway holds as many request-body bytes as it may (http.max_body_bytes_in_flight, {limit} bytes); a body of {size} bytes does not fit now, retry shortly"
+)]
+pub struct BodyOverBudget {
+    /// The request's body size: declared, or read so far plus the bytes that
+    /// did not fit.
+    pub size: usize,
+    /// The budget's limit.
+    pub limit: usize,
+}
+
+/// A request body whose bytes are charged to a [`BodyBudget`] as they
+/// arrive; its declared length (the size hint's lower bound, from
+/// `Content-Length`) is checked against what is free at the first read.
+pub struct Budgeted<B> {
+    body: B,
+    charge: Arc<Charge>,
+    checked: bool,
+}
+
+impl<B> hyper::body::Body for Budgeted<B>
+where
+    B: hyper::body::Body<Error = axum::BoxError> + Unpin,
+    B::Data: bytes::Buf,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use bytes::Buf;
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::task::Poll;
+        let me = &mut *self;
+        let budget = &me.charge.budget;
+        if !me.checked {
+            me.checked = true;
+            let declared = usize::try_from(me.body.size_hint().lower()).unwrap_or(usize::MAX);
+            if !budget.fits(declared) {
+                crate::metrics::body_budget_refused();
+                return Poll::Ready(Some(Err(BodyOverBudget {
+                    size: declared,
+                    limit: budget.limit(),
+                }
+                .into())));
+            }
+        }
+        let frame = std::task::ready!(std::pin::Pin::new(&mut me.body).poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(|f| f.data_ref())) {
+            let n = data.map_or(0, Buf::remaining);
+            if n > 0 {
+                if !budget.take(n) {
+                    crate::metrics::body_budget_refused();
+                    return Poll::Ready(Some(Err(BodyOverBudget {
+                        size: me.charge.bytes.load(Relaxed).saturating_add(n),
+                        limit: budget.limit(),
+                    }
+                    .into())));
+                }
+                me.charge.bytes.fetch_add(n, Relaxed);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An answer's body that holds its request's [`StreamGuard`] and the bytes
+/// its request body took from the [`BodyBudget`] until hyper has sent it
+/// (or dropped it).
 struct Guarded<B> {
     body: B,
     _guard: StreamGuard,
+    _charge: Arc<Charge>,
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {

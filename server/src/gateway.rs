@@ -33,7 +33,8 @@ pub struct Gateway {
     /// [`Gateway::with_webtransport`]); `None` while it is off.
     pub webtransport: Option<crate::transport::webtransport::WebTransportInfo>,
     /// The request-body bytes open HTTP requests may hold together
-    /// (`http.max_body_bytes_in_flight`), shared by every listener.
+    /// (`http.max_body_bytes_in_flight`), shared by the HTTP and HTTPS
+    /// listeners.
     pub body_budget: crate::transport::BodyBudget,
 }
 
@@ -125,7 +126,7 @@ impl Gateway {
             max_pixels: config.limits.max_frame_pixels,
             max_side: config.limits.max_frame_side,
         };
-        let body_budget = crate::transport::BodyBudget::new(config.http.max_body_bytes_in_flight);
+        let body_budget = crate::transport::BodyBudget::new(config.http.body_bytes_in_flight());
         Ok(Arc::new(Self {
             config,
             auth,

@@ -470,7 +470,7 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
         let addr = tls.local_addr()?;
         println!("framegate: HTTPS listening on https://{addr} (WebSocket wss://{addr}/v1/stream)");
         let app = framegate::transport::http::router(gw.clone());
-        spawn_router(&gw, tls, app, quic_stopped.clone());
+        spawn_router(&gw, tls, app, gw.body_budget.clone(), quic_stopped.clone());
     }
     let quic_task = match quic {
         Some((listener, material)) => {
@@ -621,16 +621,20 @@ async fn start_admin(
         listener.local_addr()?
     );
     let app = framegate::admin::router(gw.clone(), auth);
-    spawn_router(gw, listener, app, stopped);
+    // A budget of its own: a flood of public uploads cannot lock the
+    // operators out of the admin API.
+    let budget = framegate::transport::BodyBudget::new(gw.config.http.body_bytes_in_flight());
+    spawn_router(gw, listener, app, budget, stopped);
     Ok(())
 }
 
-/// Serves `app` on `listener` with the `[http]` deadlines until `stopped`
-/// changes (SIGTERM), in its own task.
+/// Serves `app` on `listener` with the `[http]` deadlines and `budget` for
+/// request bodies until `stopped` changes (SIGTERM), in its own task.
 fn spawn_router<L: axum::serve::Listener>(
     gw: &Gateway,
     listener: L,
     app: axum::Router,
+    budget: framegate::transport::BodyBudget,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let deadlines = framegate::transport::HttpDeadlines::of(&gw.config.http);
@@ -638,7 +642,7 @@ fn spawn_router<L: axum::serve::Listener>(
         listener,
         app,
         deadlines,
-        gw.body_budget.clone(),
+        budget,
         async move {
             let _ = stopped.changed().await;
         },

@@ -528,7 +528,7 @@ async fn request_bodies_held_at_once_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        "[http]\nmax_body_bytes = 100000\nmax_body_bytes_in_flight = 140000\n",
+        "[http]\nmax_body_bytes = 100000\nmax_body_bytes_in_flight = 140000\nbody_timeout_secs = 120\n",
     );
     let gw = Gateway::start(&["--backend", "synthetic", "--config", cfg.to_str().unwrap()]).await;
     let detect_head = |length: &str| {
@@ -604,6 +604,16 @@ async fn request_bodies_held_at_once_are_bounded() {
         .unwrap();
     refused(resp).await;
     assert!(metric(&gw, "framegate_http_body_budget_refusals_total").await >= 3.0);
+    // One declared over the JSON limit is too large whatever the budget
+    // holds: 413, not a "retry shortly".
+    let resp = client
+        .post(gw.url("/v1/keys"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 150_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
 
     // The upload ends (not an image: 415) and gives its bytes back.
     upload.write_all(&vec![0x55u8; 10_000]).await.unwrap();
@@ -626,4 +636,39 @@ async fn request_bodies_held_at_once_are_bounded() {
     let resp = big().send().await.unwrap();
     assert_eq!(resp.status(), 415);
     assert_eq!(body_bytes_held_until(&gw, |h| h == 0.0).await, 0.0);
+
+    // A client that never lets its answers be sent (HTTP/2, a stream window
+    // of 0) does not keep its bodies charged: they are given back when the
+    // handler is done, not when the answer has gone.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("HTTP/2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::post("/v1/keys")
+        .header("host", "x")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+            "{{\"name\":\"{}\"}}",
+            "x".repeat(60_000)
+        ))))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("the answer's head within 10 s")
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let held = body_bytes_held_until(&gw, |h| h == 0.0).await;
+    assert_eq!(
+        held, 0.0,
+        "bytes held for an answer its client does not take"
+    );
+    assert!(!driver.is_finished(), "the HTTP/2 connection is still open");
+    drop(resp);
+    driver.abort();
 }

@@ -84,17 +84,19 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted on `/v1/detect`, in bytes. Default 16 MiB.
     pub max_body_bytes: usize,
-    /// Most request-body bytes all open HTTP requests together may hold
-    /// (every listener: HTTP, HTTPS, admin), from the moment they arrive
-    /// until the request is answered. A body that would take the total over
-    /// it is refused with 429 (`overloaded`, retryable) and its connection
-    /// closed: at once when its declared length does not fit, else when the
-    /// bytes that do not fit arrive. Without it, many large uploads at once
-    /// could make the gateway hold `max_body_bytes` each, as many as
-    /// clients open. At least `max_body_bytes` + 16 KiB (a multipart
-    /// body's room for its part headers). Default 256 MiB (16 uploads of
-    /// the largest size, about 1,600 of a 160 KB camera frame).
-    pub max_body_bytes_in_flight: usize,
+    /// Most request-body bytes open HTTP requests together may hold (the
+    /// HTTP and HTTPS listeners together; the admin listener has a budget
+    /// of its own of the same size), from the moment they arrive until
+    /// their handler is done with them. A body that would take the total
+    /// over it is refused with 429 (`overloaded`, retryable; HTTP/1.1: the
+    /// connection closed): at once when its declared length does not fit,
+    /// else when the bytes that do not fit arrive. Without it, many large
+    /// uploads at once could make the gateway hold `max_body_bytes` each,
+    /// as many as clients open. At least `max_body_bytes` + 16 KiB (a
+    /// multipart body's room for its part headers). Default: 256 MiB (16
+    /// uploads of the largest size, about 1,600 of a 160 KB camera frame),
+    /// or `max_body_bytes` + 16 KiB when that is more.
+    pub max_body_bytes_in_flight: Option<usize>,
     /// Seconds a new connection gets to send its first bytes (TLS: to finish
     /// its handshake), and a WebSocket client its `Hello`. Default 10.
     pub handshake_timeout_secs: u64,
@@ -137,12 +139,28 @@ pub struct HttpConfig {
     pub tls_listen: Option<SocketAddr>,
 }
 
+/// `http.max_body_bytes_in_flight` when not set: 256 MiB.
+pub const DEFAULT_BODY_BYTES_IN_FLIGHT: usize = 256 << 20;
+
+impl HttpConfig {
+    /// The request-body bytes open requests may hold together:
+    /// `max_body_bytes_in_flight`, or its default (see there).
+    pub fn body_bytes_in_flight(&self) -> usize {
+        self.max_body_bytes_in_flight.unwrap_or_else(|| {
+            DEFAULT_BODY_BYTES_IN_FLIGHT.max(
+                self.max_body_bytes
+                    .saturating_add(crate::transport::http::MULTIPART_ROOM),
+            )
+        })
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: 16 << 20,
-            max_body_bytes_in_flight: 256 << 20,
+            max_body_bytes_in_flight: None,
             handshake_timeout_secs: 10,
             keepalive_timeout_secs: 75,
             body_timeout_secs: 30,
@@ -912,11 +930,13 @@ impl Config {
             problems.push("http.max_body_bytes must be at least 1024".into());
         }
         let body_room = crate::transport::http::MULTIPART_ROOM;
-        if self.http.max_body_bytes_in_flight < self.http.max_body_bytes.saturating_add(body_room) {
-            problems.push(format!(
-                "http.max_body_bytes_in_flight must be at least http.max_body_bytes + {body_room} (room for a multipart body's part headers), got {} with max_body_bytes {}",
-                self.http.max_body_bytes_in_flight, self.http.max_body_bytes
-            ));
+        if let Some(budget) = self.http.max_body_bytes_in_flight {
+            if budget < self.http.max_body_bytes.saturating_add(body_room) {
+                problems.push(format!(
+                    "http.max_body_bytes_in_flight must be at least http.max_body_bytes + {body_room} (room for a multipart body's part headers), got {budget} with max_body_bytes {}",
+                    self.http.max_body_bytes
+                ));
+            }
         }
         for (i, k) in self.auth.keys.iter().enumerate() {
             if k.tenant.is_empty() {
@@ -1172,6 +1192,26 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(&format!("{section}.{field}")), "{err}");
         }
+    }
+
+    #[test]
+    fn the_body_budget_fits_the_largest_body() {
+        // Unset: 256 MiB, or the largest body and its multipart room when
+        // that is more (a config that raised max_body_bytes still starts).
+        let mut config = Config::default();
+        assert_eq!(config.http.body_bytes_in_flight(), 256 << 20);
+        config.http.max_body_bytes = 300 << 20;
+        config.validate().unwrap();
+        assert_eq!(config.http.body_bytes_in_flight(), (300 << 20) + (16 << 10));
+        // Set below that: refused, saying why.
+        config.http.max_body_bytes_in_flight = Some(300 << 20);
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.problems[0].contains("http.max_body_bytes_in_flight"),
+            "{err}"
+        );
+        config.http.max_body_bytes_in_flight = Some((300 << 20) + (16 << 10));
+        config.validate().unwrap();
     }
 
     #[test]

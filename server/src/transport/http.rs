@@ -248,8 +248,15 @@ pub(crate) const MULTIPART_ROOM: usize = 16 << 10;
 /// read (cut off, malformed chunked encoding) is 400, not counted as too
 /// large.
 async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, GatewayError> {
+    let charge = req.extensions().get::<super::BodyCharge>().cloned();
     axum::body::to_bytes(req.into_body(), max)
         .await
+        // The image outlives the request when its client goes away while
+        // it waits in the queue: its bytes stay charged until dropped.
+        .map(|body| match &charge {
+            Some(charge) => charge.hold(body),
+            None => body,
+        })
         .map_err(|e| {
             if cause_of::<http_body_util::LengthLimitError>(&e).is_some() {
                 GatewayError::PayloadTooLarge {
@@ -299,6 +306,15 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             resp
         };
+        // A body declared larger than the limit is refused before any of
+        // it is read (and before the gateway-wide body budget could call
+        // it a busy moment: it never fits).
+        if let Some(size) = declared.filter(|&n| n > JSON_BODY_LIMIT) {
+            return Err(refuse(GatewayError::PayloadTooLarge {
+                size,
+                limit: JSON_BODY_LIMIT,
+            }));
+        }
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(Self(b)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {

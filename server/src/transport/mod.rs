@@ -272,13 +272,13 @@ where
             checked: false,
         });
         req.extensions_mut().insert(guard.clone());
+        req.extensions_mut().insert(BodyCharge(charge));
         let answer = self.inner.call(req);
         Box::pin(async move {
             let resp = answer.await?;
             Ok(resp.map(|body| Guarded {
                 body,
                 _guard: guard,
-                _charge: charge,
             }))
         })
     }
@@ -361,13 +361,16 @@ where
     }
 }
 
-/// The request-body bytes all open HTTP requests together may hold
-/// (`http.max_body_bytes_in_flight`), shared by every listener of a
-/// gateway. Each request's body takes its bytes as they arrive and gives
-/// them back when the request ends (its answer sent or dropped), since the
-/// image a handler reads stays in memory through decoding and inference.
-/// Without it, N clients each uploading the largest body at once would make
-/// the gateway hold N × `http.max_body_bytes`, for any N.
+/// The request-body bytes open HTTP requests together may hold
+/// (`http.max_body_bytes_in_flight`), shared by a gateway's public
+/// listeners (the admin listener has its own). Each request's body takes its
+/// bytes as they arrive and gives them back when they are gone: when its
+/// handler has finished, or, for bytes a handler keeps beyond that (an
+/// image still queued for inference after its client went away), when the
+/// last of them is dropped ([`BodyCharge::hold`]). The answer's own sending
+/// holds nothing, so a client that does not read its answers cannot pin the
+/// budget. Without it, N clients each uploading the largest body at once
+/// would make the gateway hold N × `http.max_body_bytes`, for any N.
 ///
 /// A body that would take the total over the limit ends with
 /// [`BodyOverBudget`] (answered 429 `overloaded`, retryable): at its first
@@ -435,7 +438,8 @@ impl BodyBudget {
 }
 
 /// The bytes one request's body took from its [`BodyBudget`], given back
-/// when both the body and the answer are gone.
+/// when the body, the request and every [`BodyCharge::hold`] of its bytes
+/// are gone.
 #[derive(Debug)]
 struct Charge {
     budget: BodyBudget,
@@ -454,6 +458,38 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.give(*self.bytes.get_mut());
+    }
+}
+
+/// A request's body charge, in its extensions: a handler that keeps the
+/// body's bytes beyond the request ties the charge to them with
+/// [`BodyCharge::hold`].
+#[derive(Debug, Clone)]
+pub struct BodyCharge(Arc<Charge>);
+
+impl BodyCharge {
+    /// `bytes` (the body, or part of it), holding the body's charge until
+    /// they and every slice of them are dropped. No copy.
+    pub fn hold(&self, bytes: bytes::Bytes) -> bytes::Bytes {
+        if bytes.is_empty() {
+            return bytes;
+        }
+        bytes::Bytes::from_owner(HeldBytes {
+            bytes,
+            _charge: self.0.clone(),
+        })
+    }
+}
+
+/// Bytes that hold a body's [`Charge`].
+struct HeldBytes {
+    bytes: bytes::Bytes,
+    _charge: Arc<Charge>,
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -536,13 +572,11 @@ where
     }
 }
 
-/// An answer's body that holds its request's [`StreamGuard`] and the bytes
-/// its request body took from the [`BodyBudget`] until hyper has sent it
-/// (or dropped it).
+/// An answer's body that holds its request's [`StreamGuard`] until hyper
+/// has sent it (or dropped it).
 struct Guarded<B> {
     body: B,
     _guard: StreamGuard,
-    _charge: Arc<Charge>,
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
@@ -681,4 +715,48 @@ pub(crate) fn cut_at_char_boundary(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn budgeted(
+        bytes: usize,
+        charge: &Arc<Charge>,
+    ) -> impl hyper::body::Body<Data = bytes::Bytes, Error = axum::BoxError> {
+        let body = http_body_util::Full::new(bytes::Bytes::from(vec![7u8; bytes]))
+            .map_err(|e| -> axum::BoxError { match e {} });
+        Budgeted {
+            body,
+            charge: charge.clone(),
+            checked: false,
+        }
+    }
+
+    /// A body's bytes stay charged while any slice of them is kept, and are
+    /// given back, once, when the last one goes.
+    #[tokio::test]
+    async fn held_bytes_keep_their_charge_until_the_last_slice_is_dropped() {
+        let budget = BodyBudget::new(1000);
+        let charge = Arc::new(Charge::new(budget.clone()));
+        let body = budgeted(600, &charge).collect().await.unwrap().to_bytes();
+        assert_eq!(budget.held(), 600);
+        // 600 more declared do not fit the 400 left: refused at once.
+        let other = Arc::new(Charge::new(budget.clone()));
+        let err = budgeted(600, &other).collect().await.unwrap_err();
+        let over = err
+            .downcast_ref::<BodyOverBudget>()
+            .expect("BodyOverBudget");
+        assert_eq!((over.size, over.limit), (600, 1000));
+        drop(other);
+        assert_eq!(budget.held(), 600);
+        // The handler keeps a slice of the body (a multipart image) and is
+        // done with the rest.
+        let image = BodyCharge(charge).hold(body).slice(100..200);
+        assert_eq!(budget.held(), 600);
+        drop(image);
+        assert_eq!(budget.held(), 0);
+    }
 }

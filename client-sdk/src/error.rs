@@ -50,13 +50,23 @@ pub enum ClientError {
         /// least this long).
         retry_after: Option<std::time::Duration>,
     },
-    /// The gateway answered a one-shot HTTP request with an error status.
+    /// The gateway (or a proxy in front of it) answered a one-shot HTTP
+    /// request with an error status.
     #[error("HTTP {status}: {message}")]
     Http {
         /// The status code.
         status: u16,
-        /// The gateway's explanation.
+        /// The gateway's error code, when the answer was its JSON error
+        /// (`None` for a proxy's page, or a code this SDK does not know).
+        code: Option<ErrorCode>,
+        /// The gateway's explanation, or the start of the answer's text.
         message: String,
+        /// Whether the same request may succeed later: the gateway's
+        /// `retryable`, else true for 408, 429 and 5xx.
+        retryable: bool,
+        /// How long the gateway asks to wait before sending again
+        /// (`retry_after_ms`, else the `Retry-After` header), when it said.
+        retry_after: Option<std::time::Duration>,
     },
     /// The gateway sent something that does not follow the protocol.
     #[error("protocol error: {0}")]
@@ -74,7 +84,7 @@ impl ClientError {
             | ClientError::ConnectionLost(_)
             | ClientError::GoingAway(_) => true,
             ClientError::Gateway { retryable, .. } => *retryable,
-            ClientError::Http { status, .. } => *status == 429 || *status >= 500,
+            ClientError::Http { retryable, .. } => *retryable,
             _ => false,
         }
     }
@@ -82,8 +92,60 @@ impl ClientError {
     /// The gateway's retry hint, if it gave one.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            ClientError::Gateway { retry_after, .. } => *retry_after,
+            ClientError::Gateway { retry_after, .. } | ClientError::Http { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
+        }
+    }
+}
+
+/// The error of a one-shot HTTP answer with status `status`: from the
+/// gateway's JSON error (`{"error": {"code", "message", "retryable",
+/// "retry_after_ms"}}`) when the body is one, else (a load balancer's page,
+/// say) from the status and the start of the text; `retry_after_header` is
+/// the `Retry-After` header, in seconds.
+pub(crate) fn http_error(
+    status: u16,
+    retry_after_header: Option<&str>,
+    body: &[u8],
+) -> ClientError {
+    let by_status = status == 408 || status == 429 || status >= 500;
+    let header_hint = retry_after_header
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    match json.as_ref().map(|v| &v["error"]) {
+        Some(e) if e.is_object() => ClientError::Http {
+            status,
+            code: e["code"].as_str().and_then(|c| c.parse().ok()),
+            message: e["message"].as_str().unwrap_or("").to_string(),
+            retryable: e["retryable"].as_bool().unwrap_or(by_status),
+            retry_after: e["retry_after_ms"]
+                .as_u64()
+                .and_then(|ms| u32::try_from(ms).ok())
+                .map(millis)
+                .or(header_hint),
+        },
+        other => {
+            let message = match other.and_then(|e| e.as_str()) {
+                Some(m) => m.to_string(),
+                None => {
+                    let text = String::from_utf8_lossy(body);
+                    let text = text.trim();
+                    match text.char_indices().nth(200) {
+                        Some((end, _)) => format!("{}…", &text[..end]),
+                        None => text.to_string(),
+                    }
+                }
+            };
+            ClientError::Http {
+                status,
+                code: None,
+                message,
+                retryable: by_status,
+                retry_after: header_hint,
+            }
         }
     }
 }

@@ -10,7 +10,11 @@
 //! again, nothing is billed twice. Given several gateways
 //! ([`ClientOptions::endpoints`]), a session moves to the next one when its
 //! gateway shuts down (the `going-away` notice, close 1001) and re-sends the
-//! frames that had no answer; see [`Session::failovers`].
+//! frames that had no answer; see [`Session::failovers`]. A message from the
+//! gateway that does not decode ends the session with
+//! [`ClientError::Protocol`]; one of a type newer than this SDK is skipped.
+//! Errors say whether to retry and when ([`ClientError::is_retryable`],
+//! [`ClientError::retry_after`]), over HTTP too.
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -275,20 +279,19 @@ impl Client {
                 reason: e.to_string(),
             })?;
         let status = resp.status().as_u16();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| ClientError::Protocol(format!("bad JSON from {url}: {e}")))?;
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp.bytes().await.map_err(|e| {
+            ClientError::ConnectionLost(format!("reading the answer from {url}: {e}"))
+        })?;
         if status != 200 {
-            return Err(ClientError::Http {
-                status,
-                message: body["error"]["message"]
-                    .as_str()
-                    .or_else(|| body["error"].as_str())
-                    .unwrap_or("")
-                    .to_string(),
-            });
+            return Err(error::http_error(status, retry_after.as_deref(), &bytes));
         }
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("bad JSON from {url}: {e}")))?;
         Ok(detections_from_json(&body))
     }
 }

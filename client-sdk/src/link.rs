@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use framegate_protocol::framing::{self, FrameDecoder, LENGTH_PREFIX_BYTES};
-use framegate_protocol::{ClientMessage, DecodeLimits, Hello, ServerMessage, Welcome};
+use framegate_protocol::{ClientMessage, DecodeError, DecodeLimits, Hello, ServerMessage, Welcome};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -147,6 +147,10 @@ impl LinkTx {
 
 impl LinkRx {
     /// The next message. Cancel-safe.
+    /// The next message from the gateway. A message that does not decode
+    /// is [`ClientError::Protocol`] (the session ends on it: resuming would
+    /// only be sent it again); one of a type this SDK does not know (a
+    /// newer gateway's) is skipped, as docs/protocol.md asks.
     pub(crate) async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
         match self {
             LinkRx::Quic {
@@ -167,8 +171,10 @@ impl LinkRx {
                             .decode(buf)
                             .map_err(|e| ClientError::Protocol(e.to_string()))?
                             .expect("whole message buffered");
-                        return ServerMessage::decode(&body, limits)
-                            .map_err(|e| ClientError::Protocol(e.to_string()));
+                        match server_message(&body, limits) {
+                            Some(m) => return m,
+                            None => continue,
+                        }
                     }
                 }
                 match recv.read_chunk(64 << 10, true).await {
@@ -210,10 +216,10 @@ impl LinkRx {
                 };
                 *ping_at = None;
                 match next {
-                    Some(Ok(Message::Binary(b))) => {
-                        return ServerMessage::decode(&b, limits)
-                            .map_err(|e| ClientError::Protocol(e.to_string()))
-                    }
+                    Some(Ok(Message::Binary(b))) => match server_message(&b, limits) {
+                        Some(m) => return m,
+                        None => continue,
+                    },
                     Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == GOING_AWAY_CODE => {
                         return Err(ClientError::GoingAway(f.reason.to_string()))
                     }
@@ -339,4 +345,21 @@ pub(crate) async fn open(
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| ClientError::ConnectionLost("no Welcome within the timeout".into()))?
+}
+
+/// `body` decoded; `None` for a message type this SDK does not know.
+fn server_message(
+    body: &bytes::Bytes,
+    limits: &DecodeLimits,
+) -> Option<Result<ServerMessage, ClientError>> {
+    match ServerMessage::decode(body, limits) {
+        Err(DecodeError::UnknownMessage(t)) => {
+            tracing::debug!(
+                message_type = t,
+                "skipping a message type this SDK does not know"
+            );
+            None
+        }
+        r => Some(r.map_err(|e| ClientError::Protocol(e.to_string()))),
+    }
 }

@@ -245,7 +245,15 @@ struct Shared {
 #[derive(Clone)]
 pub struct FrameSender {
     tx: mpsc::Sender<Cmd>,
-    next_seq: Arc<Mutex<u64>>,
+    /// The next frame's seq, and whether Bye was queued: both change only
+    /// under this lock, with the command queued, so a frame is either
+    /// queued before Bye (and sent) or refused.
+    state: Arc<Mutex<SendState>>,
+}
+
+struct SendState {
+    next_seq: u64,
+    finished: bool,
 }
 
 impl std::fmt::Debug for FrameSender {
@@ -278,8 +286,12 @@ impl FrameSender {
     /// # Ok(()) }
     /// ```
     pub async fn send_with(&self, image: Image, opts: FrameOptions) -> Result<u64, ClientError> {
-        let mut next = self.next_seq.lock().await;
-        let seq = *next;
+        let mut state = self.state.lock().await;
+        if state.finished {
+            // Bye is queued: the session sends nothing after it.
+            return Err(ClientError::SessionClosed);
+        }
+        let seq = state.next_seq;
         let frame = Frame {
             seq,
             capture_ts_us: opts.capture_ts_us.unwrap_or_else(now_us),
@@ -296,7 +308,7 @@ impl FrameSender {
             .send(Cmd::Frame(frame))
             .await
             .map_err(|_| ClientError::SessionClosed)?;
-        *next += 1;
+        state.next_seq += 1;
         Ok(seq)
     }
 }
@@ -410,7 +422,10 @@ impl Session {
         Ok(Session {
             sender: FrameSender {
                 tx: cmd_tx,
-                next_seq: Arc::new(Mutex::new(1)),
+                state: Arc::new(Mutex::new(SendState {
+                    next_seq: 1,
+                    finished: false,
+                })),
             },
             answers: ans_rx,
             shared,
@@ -435,8 +450,14 @@ impl Session {
     }
 
     /// Says Bye: no more frames. The stream still yields the answers of
-    /// every frame sent, then ends.
+    /// every frame sent, then ends; a frame sent after this (from any
+    /// [`FrameSender`]) is refused with [`ClientError::SessionClosed`].
     pub async fn finish(&self) -> Result<(), ClientError> {
+        let mut state = self.sender.state.lock().await;
+        if state.finished {
+            return Ok(());
+        }
+        state.finished = true;
         self.sender
             .tx
             .send(Cmd::Bye)
@@ -556,6 +577,9 @@ impl Driver {
             let step = tokio::select! {
                 m = rx.recv() => match m {
                     Ok(m) => self.on_message(m, &mut tx).await,
+                    // A message that does not decode would be sent again
+                    // after a resume, for ever: the session ends on it.
+                    Err(e @ ClientError::Protocol(_)) => Step::Done(Some(e)),
                     Err(e) => Step::Reconnect(e),
                 },
                 // One ping at a time: the deadline runs from the first

@@ -18,7 +18,11 @@
 //!
 //! SIGKILL bound: what was recorded in the accumulator but not yet drained
 //! into the write-ahead file is lost — at most one `flush_interval` of
-//! delivered frames (plus a drain whose `fsync` had not returned).
+//! delivered frames (plus a drain whose `fsync` had not returned). A store
+//! call can take up to `store_timeout_ms` (and a tick makes several), so
+//! while one is waited for the flusher keeps draining into the write-ahead
+//! file every `flush_interval` ([`Flusher::drain_while_waiting`]): a slow
+//! or silent store holds up the store, not the bound.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +69,9 @@ pub struct Flusher {
     /// rewritten to it whole until that succeeds.
     wal_behind: bool,
     timeout: Duration,
+    /// While a store call is waited for, drain into the write-ahead file
+    /// this often (`None`: only once per tick).
+    drain_every: Option<Duration>,
     stats: Arc<FlushStats>,
 }
 
@@ -117,8 +124,15 @@ impl Flusher {
             applied_since_refresh: BTreeMap::new(),
             wal_behind: false,
             timeout,
+            drain_every: None,
             stats,
         }
+    }
+
+    /// Keeps draining the accumulator into the write-ahead file every
+    /// `every` (the flush interval) while a store call is waited for.
+    pub fn drain_while_waiting(&mut self, every: Duration) {
+        self.drain_every = Some(every);
     }
 
     /// Frames waiting for the store (sealed and open).
@@ -152,35 +166,9 @@ impl Flusher {
         // A write-ahead failure is reported at the end; the store still gets
         // the usage.
         let mut wal_error = None;
-        let deltas = self.acc.drain(now);
-        if !deltas.is_empty() {
-            let open = self.open.get_or_insert_with(|| {
-                self.seq += 1;
-                FlushBatch {
-                    id: format!("{}-{}", self.id_prefix, self.seq),
-                    deltas: Vec::new(),
-                }
-            });
-            // Into memory first: if the write-ahead file fails the usage
-            // still reaches the store; only crash safety is lost (logged).
-            let id = open.id.clone();
-            merge_deltas(&mut open.deltas, deltas.iter().cloned());
-            if !self.wal_behind {
-                if let Err(e) = self.wal.append(&id, &deltas) {
-                    self.wal_behind = true;
-                    wal_error.get_or_insert(e);
-                }
-            }
-        }
-        if self.wal_behind {
-            // These deltas (and any earlier append that failed) are only in
-            // memory: write everything pending again, so a crash loses none.
-            match self.wal.rewrite(&self.pending_batches()) {
-                Ok(()) => self.wal_behind = false,
-                Err(e) => {
-                    wal_error.get_or_insert(e);
-                }
-            }
+        let started = tokio::time::Instant::now();
+        if let Err(e) = self.write_ahead(now) {
+            wal_error.get_or_insert(e);
         }
         loop {
             if self.sealed.is_empty() {
@@ -189,8 +177,10 @@ impl Flusher {
                     None => break,
                 }
             }
-            let batch = self.sealed.front().expect("non-empty");
-            let result = tokio::time::timeout(self.timeout, self.store.apply(batch)).await;
+            let batch = self.sealed.front().expect("non-empty").clone();
+            let (store, timeout) = (self.store.clone(), self.timeout);
+            let apply = async move { tokio::time::timeout(timeout, store.apply(&batch)).await };
+            let result = self.waiting(apply, now, started, &mut wal_error).await;
             match result {
                 Ok(Ok(())) => {
                     let batch = self.sealed.pop_front().expect("non-empty");
@@ -233,6 +223,9 @@ impl Flusher {
                 match self.wal.rewrite(&[]) {
                     Ok(()) => self.wal_behind = false,
                     Err(e) => {
+                        // The file may be left half-replaced: the next
+                        // drain rewrites what is pending whole.
+                        self.wal_behind = true;
                         wal_error.get_or_insert(e);
                     }
                 }
@@ -243,10 +236,13 @@ impl Flusher {
             self.stats.last_caught_up_ms.store(ms, Ordering::Relaxed);
         } else if self.wal.bytes() > self.wal_max_bytes {
             if let Err(e) = self.wal.rewrite(&self.pending_batches()) {
+                // As above: appends could go to a file that is no longer
+                // the one a restart reads; rewrite whole next time.
+                self.wal_behind = true;
                 wal_error.get_or_insert(e);
             }
         }
-        self.refresh_budgets(now).await;
+        self.refresh_budgets(now, started, &mut wal_error).await;
         self.stats.pending_batches.store(
             self.sealed.len() as u64 + u64::from(self.open.is_some()),
             Ordering::Relaxed,
@@ -258,6 +254,73 @@ impl Flusher {
             .wal_bytes
             .store(self.wal.bytes(), Ordering::Relaxed);
         wal_error.map_or(Ok(()), Err)
+    }
+
+    /// Drains the accumulator into the open batch and appends it to the
+    /// write-ahead file (rewriting what is pending after a failed append).
+    fn write_ahead(&mut self, now: u64) -> Result<(), FlushError> {
+        let mut wal_error = None;
+        let deltas = self.acc.drain(now);
+        if !deltas.is_empty() {
+            let open = self.open.get_or_insert_with(|| {
+                self.seq += 1;
+                FlushBatch {
+                    id: format!("{}-{}", self.id_prefix, self.seq),
+                    deltas: Vec::new(),
+                }
+            });
+            // Into memory first: if the write-ahead file fails the usage
+            // still reaches the store; only crash safety is lost (logged).
+            let id = open.id.clone();
+            merge_deltas(&mut open.deltas, deltas.iter().cloned());
+            if !self.wal_behind {
+                if let Err(e) = self.wal.append(&id, &deltas) {
+                    self.wal_behind = true;
+                    wal_error.get_or_insert(e);
+                }
+            }
+        }
+        if self.wal_behind {
+            // These deltas (and any earlier append that failed) are only in
+            // memory: write everything pending again, so a crash loses none.
+            match self.wal.rewrite(&self.pending_batches()) {
+                Ok(()) => self.wal_behind = false,
+                Err(e) => {
+                    wal_error.get_or_insert(e);
+                }
+            }
+        }
+        wal_error.map_or(Ok(()), Err)
+    }
+
+    /// Awaits `call` (a store call, which must not borrow the flusher);
+    /// meanwhile, with [`Self::drain_while_waiting`] set, drains into the
+    /// write-ahead file at that interval. `now` and `started`: the tick's
+    /// unix time and when it started, to date the drains.
+    async fn waiting<T>(
+        &mut self,
+        call: impl std::future::Future<Output = T>,
+        now: u64,
+        started: tokio::time::Instant,
+        wal_error: &mut Option<FlushError>,
+    ) -> T {
+        let Some(every) = self.drain_every else {
+            return call.await;
+        };
+        let mut call = std::pin::pin!(call);
+        let mut drain = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut call => return r,
+                _ = drain.tick() => {
+                    let at = now + started.elapsed().as_secs();
+                    if let Err(e) = self.write_ahead(at) {
+                        wal_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
     }
 
     fn on_failure(&self, why: &str) {
@@ -272,12 +335,19 @@ impl Flusher {
         }
     }
 
-    async fn refresh_budgets(&mut self, now: u64) {
+    async fn refresh_budgets(
+        &mut self,
+        now: u64,
+        started: tokio::time::Instant,
+        wal_error: &mut Option<FlushError>,
+    ) {
         let period = period_of(now);
         let tenants = self.budgets.tenants();
         for tenant in tenants {
-            let fut = self.store.period_total(&tenant, period);
-            if let Ok(Ok(total)) = tokio::time::timeout(self.timeout, fut).await {
+            let (store, timeout, t) = (self.store.clone(), self.timeout, tenant.clone());
+            let total =
+                async move { tokio::time::timeout(timeout, store.period_total(&t, period)).await };
+            if let Ok(Ok(total)) = self.waiting(total, now, started, wal_error).await {
                 let applied = self.applied_since_refresh.remove(&tenant).unwrap_or(0);
                 self.budgets.on_store_total(&tenant, period, total, applied);
             }
@@ -385,5 +455,75 @@ mod tests {
             .map(|d| d.frames)
             .sum();
         assert_eq!(frames, 2, "{replayed:?}");
+    }
+
+    /// A store that accepts connections and never answers (a partition
+    /// that drops packets) holds each call for the store timeout; usage
+    /// recorded meanwhile still reaches the write-ahead file within a flush
+    /// interval, so a SIGKILL loses no more than that (before, it waited
+    /// for the whole tick: every store call's timeout in turn).
+    #[tokio::test]
+    async fn a_silent_store_does_not_hold_up_the_write_ahead_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.wal");
+        let (wal, replayed) = Wal::open(&path).unwrap();
+        // Accepts, reads nothing, answers nothing.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let store = UsageStore::Redis(
+            RedisStore::connect(&format!("redis://{addr}/"), Duration::from_secs(4)).unwrap(),
+        );
+        let acc = Arc::new(UsageAccumulator::new(60));
+        let mut flusher = Flusher::new(
+            acc.clone(),
+            store,
+            Arc::new(Budgets::new(&Default::default())),
+            wal,
+            replayed,
+            "gw-test",
+            1 << 20,
+            Duration::from_secs(4),
+            Arc::new(FlushStats::default()),
+        );
+        flusher.drain_while_waiting(Duration::from_millis(100));
+        acc.handle("acme", "k1", "m").record(100);
+        let now = crate::metering::unix_now();
+        let tick = tokio::spawn(async move {
+            let _ = flusher.tick(now).await;
+            flusher
+        });
+        // The tick is waiting for the store: frames delivered now are
+        // drained into the write-ahead file all the same.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!tick.is_finished(), "the silent store answered");
+        for _ in 0..3 {
+            acc.handle("acme", "k1", "m").record(100);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while acc.undrained_frames() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "usage waited in memory while the store was silent"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!tick.is_finished(), "the silent store answered");
+        // A crash now: the write-ahead file holds every frame.
+        let flusher = tick.await.unwrap();
+        assert_eq!(flusher.pending_frames(), 4);
+        drop(flusher);
+        let (_wal, replayed) = Wal::open(&path).unwrap();
+        let frames: u64 = replayed
+            .iter()
+            .flat_map(|b| &b.deltas)
+            .map(|d| d.frames)
+            .sum();
+        assert_eq!(frames, 4, "{replayed:?}");
     }
 }

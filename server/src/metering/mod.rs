@@ -94,7 +94,7 @@ impl Metering {
             .gateway_id
             .clone()
             .unwrap_or_else(|| format!("gw{}", std::process::id()));
-        let flusher = Flusher::new(
+        let mut flusher = Flusher::new(
             accumulator.clone(),
             store.clone(),
             budgets.clone(),
@@ -105,6 +105,7 @@ impl Metering {
             Duration::from_millis(m.store_timeout_ms),
             stats.clone(),
         );
+        flusher.drain_while_waiting(Duration::from_millis(m.flush_interval_ms));
         Ok(Self {
             accumulator,
             budgets,

@@ -315,6 +315,7 @@ pub(crate) async fn open(
                     url: url.clone(),
                     reason: e.to_string(),
                 })?;
+                bound_unacknowledged_writes(ws.get_ref(), silence);
                 let (sink, stream) = ws.split();
                 (
                     LinkTx::Ws(sink),
@@ -362,4 +363,28 @@ fn server_message(
         }
         r => Some(r.map_err(|e| ClientError::Protocol(e.to_string()))),
     }
+}
+
+/// Bounds how long the socket's sent data may stay unacknowledged, or
+/// unsent for a zero window, to `silence` (`TCP_USER_TIMEOUT`): the kernel
+/// then breaks the connection and the session resumes. The keep-alive
+/// deadline cannot see this case: while a write waits (a gateway that
+/// stopped reading, a path gone dead with frames in the send buffer) the
+/// session neither pings nor reads, and without the bound the write would
+/// wait until TCP gives up (about 15 minutes), or for ever on a zero window.
+fn bound_unacknowledged_writes(
+    stream: &tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    silence: Duration,
+) {
+    let tcp = match stream {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => tls.get_ref().0,
+        _ => return,
+    };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(silence)) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT; a stalled write waits for TCP");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, silence);
 }

@@ -167,3 +167,75 @@ async fn lost_datagrams_time_out_and_give_their_credit_back() {
     }
     assert_eq!(lost, [1, 2, 3, 4, 5]);
 }
+
+/// A gateway that stops reading while the client is sending large frames:
+/// the client's write waits for window that never opens, so it neither
+/// pings nor reads, and the keep-alive deadline alone never fires (before,
+/// the session hung until TCP gave up, about 15 minutes, or for ever). The
+/// socket's bound on unacknowledged data breaks it and the session resumes.
+#[tokio::test]
+async fn a_write_stalled_by_a_gateway_that_stopped_reading_is_found_dead() {
+    // Small receive buffers: the first connection's window closes soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Some((mut ws, hello)) = support::accept_hello(tcp).await else {
+                    return;
+                };
+                log.lock().unwrap().push(hello.resume_token.clone());
+                ws.send(Message::Binary(welcome(4).encode())).await.unwrap();
+                if n == 1 {
+                    // Stops reading; the socket stays open.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
+        .await
+        .unwrap();
+    let session = client
+        .session(
+            SessionOptions::default()
+                .keepalive(Duration::from_millis(100))
+                .reconnect_backoff(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+    let sender = session.sender();
+    // Four 4 MB frames: far more than the socket buffers hold.
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let pixels = vec![0u8; 1200 * 1200 * 3];
+            if sender
+                .send(framegate_client::Image::rgb8(1200, 1200, pixels).unwrap())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    while session.resumes() < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a write stalled by a gateway that stopped reading was never given up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.lock().unwrap()[..2], ["", "resume-me"]);
+}

@@ -366,7 +366,8 @@ fn server_message(
 }
 
 /// Bounds how long the socket's sent data may stay unacknowledged, or
-/// unsent for a zero window, to `silence` (`TCP_USER_TIMEOUT`): the kernel
+/// unsent for a zero window, to `silence` (at least 2 s;
+/// `TCP_USER_TIMEOUT`): the kernel
 /// then breaks the connection and the session resumes. The keep-alive
 /// deadline cannot see this case: while a write waits (a gateway that
 /// stopped reading, a path gone dead with frames in the send buffer) the
@@ -381,10 +382,16 @@ fn bound_unacknowledged_writes(
         tokio_tungstenite::MaybeTlsStream::Rustls(tls) => tls.get_ref().0,
         _ => return,
     };
+    // Not below a few retransmission timeouts (200 ms at least each): a
+    // keep-alive set very short must not make one lost segment fatal.
+    let bound = silence.max(USER_TIMEOUT_FLOOR);
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(silence)) {
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(bound)) {
         tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT; a stalled write waits for TCP");
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = (tcp, silence);
+    let _ = (tcp, bound);
 }
+
+/// The least [`bound_unacknowledged_writes`] sets.
+const USER_TIMEOUT_FLOOR: Duration = Duration::from_secs(2);

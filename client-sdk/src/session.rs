@@ -457,12 +457,11 @@ impl Session {
         if state.finished {
             return Ok(());
         }
+        // Marked once Bye is queued (or the session is gone): a finish()
+        // cancelled while it waits leaves the session open, as before it.
+        let sent = self.sender.tx.send(Cmd::Bye).await;
         state.finished = true;
-        self.sender
-            .tx
-            .send(Cmd::Bye)
-            .await
-            .map_err(|_| ClientError::SessionClosed)
+        sent.map_err(|_| ClientError::SessionClosed)
     }
 
     /// The gateway's session id (for logs and support).

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use framegate_client::{Answer, Client, ClientError, Image, SessionOptions};
+use framegate_client::{Answer, Client, ClientError, SessionOptions};
 use framegate_protocol::generated::framegate::v_1 as fb;
-use framegate_protocol::{ClientMessage, DecodeLimits, Detections, ServerMessage, Welcome};
+use framegate_protocol::{ClientMessage, DecodeLimits, Detections, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -48,13 +48,9 @@ async fn scripted_gateway(first: Bytes) -> (String, Arc<AtomicUsize>) {
                 let Some((mut ws, _)) = support::accept_hello(tcp).await else {
                     return;
                 };
-                let welcome = ServerMessage::Welcome(Welcome {
-                    session_id: "s-1".into(),
-                    resume_token: "resume-me".into(),
-                    credits: 4,
-                    ..Default::default()
-                });
-                ws.send(Message::Binary(welcome.encode())).await.unwrap();
+                ws.send(Message::Binary(support::welcome(4).encode()))
+                    .await
+                    .unwrap();
                 if ws.send(Message::Binary(first)).await.is_err() {
                     return;
                 }
@@ -79,20 +75,12 @@ async fn scripted_gateway(first: Bytes) -> (String, Arc<AtomicUsize>) {
     (format!("ws://{addr}"), connections)
 }
 
-fn dog() -> Image {
-    Image::from_file(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../server/tests/data/dog.jpg"
-    ))
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_message_type_the_sdk_does_not_know_is_skipped() {
     let (url, connections) = scripted_gateway(unknown_message()).await;
     let client = Client::connect(&url, "fg_test_key").await.unwrap();
     let mut session = client.session(SessionOptions::default()).await.unwrap();
-    let seq = session.send(dog()).await.unwrap();
+    let seq = session.send(support::dog()).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), session.next())
         .await
         .expect("an answer within 10 s");

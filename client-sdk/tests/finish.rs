@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use framegate_client::{Client, ClientError, Image, SessionOptions};
-use framegate_protocol::{ClientMessage, DecodeLimits, ServerMessage, Welcome};
+use framegate_client::{Client, ClientError, SessionOptions};
+use framegate_protocol::{ClientMessage, DecodeLimits};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -19,13 +19,9 @@ async fn a_frame_sent_after_finish_is_refused_not_lost() {
     let gateway = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let (mut ws, _hello) = support::accept_hello(tcp).await.expect("a Hello");
-        let welcome = ServerMessage::Welcome(Welcome {
-            session_id: "s-1".into(),
-            resume_token: "resume-me".into(),
-            credits: 4,
-            ..Default::default()
-        });
-        ws.send(Message::Binary(welcome.encode())).await.unwrap();
+        ws.send(Message::Binary(support::welcome(4).encode()))
+            .await
+            .unwrap();
         let mut frames = 0;
         while let Some(Ok(m)) = ws.next().await {
             if let Message::Binary(b) = m {
@@ -47,12 +43,7 @@ async fn a_frame_sent_after_finish_is_refused_not_lost() {
     let mut session = client.session(SessionOptions::default()).await.unwrap();
     let sender = session.sender();
     session.finish().await.unwrap();
-    let dog = Image::from_file(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../server/tests/data/dog.jpg"
-    ))
-    .unwrap();
-    let sent = sender.send(dog).await;
+    let sent = sender.send(support::dog()).await;
     assert!(matches!(sent, Err(ClientError::SessionClosed)), "{sent:?}");
     // Saying Bye twice is harmless.
     session.finish().await.unwrap();

@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
-use framegate_client::{Client, ClientError, Image};
+use framegate_client::{Client, ClientError};
 use framegate_protocol::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
+use support::dog;
 
 /// Answers request n with `answers[n - 1]` (status line, headers, body),
 /// after reading the whole request.
@@ -48,14 +51,6 @@ async fn scripted_http(answers: Vec<(&'static str, &'static str, &'static str)>)
         }
     });
     format!("http://{addr}")
-}
-
-fn dog() -> Image {
-    Image::from_file(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../server/tests/data/dog.jpg"
-    ))
-    .unwrap()
 }
 
 #[tokio::test]

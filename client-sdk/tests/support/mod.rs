@@ -1,6 +1,6 @@
 //! Scripted gateways for the SDK's tests.
 
-use framegate_protocol::{ClientMessage, DecodeLimits, Hello};
+use framegate_protocol::{ClientMessage, DecodeLimits, Hello, ServerMessage, Welcome};
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -8,6 +8,7 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Accepts a WebSocket on `tcp` and reads the client's Hello; `None` when
 /// the client left first.
+#[allow(dead_code)]
 pub async fn accept_hello(tcp: TcpStream) -> Option<(WebSocketStream<TcpStream>, Hello)> {
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
     loop {
@@ -22,4 +23,26 @@ pub async fn accept_hello(tcp: TcpStream) -> Option<(WebSocketStream<TcpStream>,
             _ => return None,
         }
     }
+}
+
+/// The scripted gateways' Welcome: session `s-1`, resume token
+/// `resume-me`, `credits` credits.
+#[allow(dead_code)]
+pub fn welcome(credits: u32) -> ServerMessage {
+    ServerMessage::Welcome(Welcome {
+        session_id: "s-1".into(),
+        resume_token: "resume-me".into(),
+        credits,
+        ..Default::default()
+    })
+}
+
+/// The server's test image, dog.jpg.
+#[allow(dead_code)]
+pub fn dog() -> framegate_client::Image {
+    framegate_client::Image::from_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../server/tests/data/dog.jpg"
+    ))
+    .unwrap()
 }

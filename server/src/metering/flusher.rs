@@ -166,21 +166,34 @@ impl Flusher {
         // A write-ahead failure is reported at the end; the store still gets
         // the usage.
         let mut wal_error = None;
-        let started = tokio::time::Instant::now();
+        // The next drain while a store call is waited for: one timer for
+        // the whole tick, however many calls it makes.
+        let mut drain_at = tokio::time::Instant::now() + self.drain_every.unwrap_or_default();
         if let Err(e) = self.write_ahead(now) {
             wal_error.get_or_insert(e);
         }
+        // The open batch is sealed at most once a tick: what later drains
+        // put in it is in the write-ahead file and waits for the next tick
+        // (else a slow store and steady traffic would keep one tick going,
+        // and budgets, compaction and the stats with it).
+        let mut sealed_open = false;
         loop {
             if self.sealed.is_empty() {
+                if sealed_open {
+                    break;
+                }
                 match self.open.take() {
-                    Some(b) => self.sealed.push_back(b),
+                    Some(b) => {
+                        self.sealed.push_back(b);
+                        sealed_open = true;
+                    }
                     None => break,
                 }
             }
             let batch = self.sealed.front().expect("non-empty").clone();
             let (store, timeout) = (self.store.clone(), self.timeout);
             let apply = async move { tokio::time::timeout(timeout, store.apply(&batch)).await };
-            let result = self.waiting(apply, now, started, &mut wal_error).await;
+            let result = self.waiting(apply, &mut drain_at, &mut wal_error).await;
             match result {
                 Ok(Ok(())) => {
                     let batch = self.sealed.pop_front().expect("non-empty");
@@ -242,7 +255,8 @@ impl Flusher {
                 wal_error.get_or_insert(e);
             }
         }
-        self.refresh_budgets(now, started, &mut wal_error).await;
+        self.refresh_budgets(now, &mut drain_at, &mut wal_error)
+            .await;
         self.stats.pending_batches.store(
             self.sealed.len() as u64 + u64::from(self.open.is_some()),
             Ordering::Relaxed,
@@ -295,29 +309,26 @@ impl Flusher {
 
     /// Awaits `call` (a store call, which must not borrow the flusher);
     /// meanwhile, with [`Self::drain_while_waiting`] set, drains into the
-    /// write-ahead file at that interval. `now` and `started`: the tick's
-    /// unix time and when it started, to date the drains.
+    /// write-ahead file whenever `drain_at` passes (then every interval),
+    /// dated by the clock, as a tick's own drain would be.
     async fn waiting<T>(
         &mut self,
         call: impl std::future::Future<Output = T>,
-        now: u64,
-        started: tokio::time::Instant,
+        drain_at: &mut tokio::time::Instant,
         wal_error: &mut Option<FlushError>,
     ) -> T {
         let Some(every) = self.drain_every else {
             return call.await;
         };
         let mut call = std::pin::pin!(call);
-        let mut drain = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 r = &mut call => return r,
-                _ = drain.tick() => {
-                    let at = now + started.elapsed().as_secs();
-                    if let Err(e) = self.write_ahead(at) {
+                () = tokio::time::sleep_until(*drain_at) => {
+                    if let Err(e) = self.write_ahead(super::unix_now()) {
                         wal_error.get_or_insert(e);
                     }
+                    *drain_at = tokio::time::Instant::now() + every;
                 }
             }
         }
@@ -338,7 +349,7 @@ impl Flusher {
     async fn refresh_budgets(
         &mut self,
         now: u64,
-        started: tokio::time::Instant,
+        drain_at: &mut tokio::time::Instant,
         wal_error: &mut Option<FlushError>,
     ) {
         let period = period_of(now);
@@ -347,7 +358,7 @@ impl Flusher {
             let (store, timeout, t) = (self.store.clone(), self.timeout, tenant.clone());
             let total =
                 async move { tokio::time::timeout(timeout, store.period_total(&t, period)).await };
-            if let Ok(Ok(total)) = self.waiting(total, now, started, wal_error).await {
+            if let Ok(Ok(total)) = self.waiting(total, drain_at, wal_error).await {
                 let applied = self.applied_since_refresh.remove(&tenant).unwrap_or(0);
                 self.budgets.on_store_total(&tenant, period, total, applied);
             }

@@ -188,8 +188,16 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 
 /// Reads the image from the body: raw (`image/jpeg`, `image/png`,
 /// `application/octet-stream`, or no type) or multipart field `image`.
-async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
-    let content_type = header_str(req.headers(), header::CONTENT_TYPE)
+/// The headers are checked first: a refusal from them (a declared length
+/// over the limit, a content type not taken) leaves `body` unread, in
+/// place, for [`linger`].
+async fn read_image(
+    parts: &axum::http::request::Parts,
+    body: &mut Option<Body>,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let headers = &parts.headers;
+    let content_type = header_str(headers, header::CONTENT_TYPE)
         .unwrap_or("")
         .to_ascii_lowercase();
     let mime = content_type
@@ -206,20 +214,22 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
         limit
     };
     if let Some(len) =
-        header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
     {
         if len > body_limit {
             return Err(GatewayError::PayloadTooLarge { size: len, limit });
         }
     }
+    let charge = parts.extensions.get::<super::BodyCharge>().cloned();
+    let mut take = || body.take().expect("the body is read once");
     match mime.as_str() {
         "multipart/form-data" => {
             // The body is read whole (it is bounded by `limit` and the
             // room for part headers) and the image is a slice of it: no
             // copy of the image, no streaming parser state per chunk.
-            let raw_type = header_str(req.headers(), header::CONTENT_TYPE).unwrap_or("");
+            let raw_type = header_str(headers, header::CONTENT_TYPE).unwrap_or("");
             let boundary = multipart_boundary(raw_type)?.to_owned();
-            let body = read_body(req, body_limit, limit).await?;
+            let body = read_body(take(), charge, body_limit, limit).await?;
             let image = multipart_field(&body, boundary.as_bytes(), "image")?.ok_or_else(|| {
                 GatewayError::BadRequest("multipart body has no field named \"image\"".into())
             })?;
@@ -229,12 +239,42 @@ async fn read_image(req: Request, limit: usize) -> Result<Bytes, GatewayError> {
             Ok(image)
         }
         "" | "image/jpeg" | "image/jpg" | "image/png" | "application/octet-stream" => {
-            read_body(req, limit, limit).await
+            read_body(take(), charge, limit, limit).await
         }
         other => Err(GatewayError::UnsupportedMedia(format!(
             "content type {other:?}; send image/jpeg, image/png or multipart/form-data with a field \"image\""
         ))),
     }
+}
+
+/// The most of a refused request's body [`linger`] reads, and for how long.
+const LINGER_BYTES: usize = 32 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and discards what is left of a request's body that was refused
+/// without reading it (a bad key, a declared length over the limit), in the
+/// background, at most [`LINGER_BYTES`] within [`LINGER_TIME`] (each gap
+/// also within `http.body_timeout_secs`). The refusal is sent at once; a
+/// client still sending its body then reads it, where closing with the body
+/// unread would make the kernel answer the client's next bytes with a reset
+/// that can take the refusal with it (HTTP/1.1; on HTTP/2 the stream is
+/// reset alone). The discarded bytes are not charged to the body budget.
+pub(crate) fn linger(body: Body, charge: Option<&super::BodyCharge>) {
+    use http_body_util::BodyExt;
+    if let Some(charge) = charge {
+        charge.discard();
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let until = tokio::time::Instant::now() + LINGER_TIME;
+        let mut read = 0usize;
+        while read <= LINGER_BYTES {
+            match tokio::time::timeout_at(until, body.frame()).await {
+                Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+    });
 }
 
 /// Room in a multipart body beyond the image: part headers, boundaries,
@@ -247,9 +287,13 @@ pub(crate) const MULTIPART_ROOM: usize = 16 << 10;
 /// `http.max_body_bytes_in_flight` is 429 `overloaded`; one that cannot be
 /// read (cut off, malformed chunked encoding) is 400, not counted as too
 /// large.
-async fn read_body(req: Request, max: usize, limit: usize) -> Result<Bytes, GatewayError> {
-    let charge = req.extensions().get::<super::BodyCharge>().cloned();
-    axum::body::to_bytes(req.into_body(), max)
+async fn read_body(
+    body: Body,
+    charge: Option<super::BodyCharge>,
+    max: usize,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    axum::body::to_bytes(body, max)
         .await
         // The image outlives the request when its client goes away while
         // it waits in the queue: its bytes stay charged until dropped.
@@ -310,6 +354,8 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
         // it is read (and before the gateway-wide body budget could call
         // it a busy moment: it never fits).
         if let Some(size) = declared.filter(|&n| n > JSON_BODY_LIMIT) {
+            let charge = req.extensions().get::<super::BodyCharge>().cloned();
+            linger(req.into_body(), charge.as_ref());
             return Err(refuse(GatewayError::PayloadTooLarge {
                 size,
                 limit: JSON_BODY_LIMIT,
@@ -488,9 +534,14 @@ async fn detect(
 ) -> Response {
     let received_at = Instant::now();
     metrics::frame_received(Transport::Http);
-    match detect_inner(&gw, params, req, received_at).await {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    match detect_inner(&gw, params, &parts, &mut body, received_at).await {
         Ok(resp) => Json(resp).into_response(),
         Err(e) => {
+            if let Some(unread) = body {
+                linger(unread, parts.extensions.get::<super::BodyCharge>());
+            }
             tracing::debug!(error = %e, "detect refused");
             match &e {
                 GatewayError::Unauthorized => metrics::auth_failure(Transport::Http),
@@ -525,14 +576,17 @@ async fn detect(
     }
 }
 
+/// `body` stays in place, unread, when the request is refused before it is
+/// read (see [`linger`]).
 async fn detect_inner(
     gw: &Gateway,
     params: HashMap<String, String>,
-    req: Request,
+    parts: &axum::http::request::Parts,
+    body: &mut Option<Body>,
     received_at: Instant,
 ) -> Result<DetectResponse, GatewayError> {
     let principal = gw
-        .authenticate_header(header_str(req.headers(), header::AUTHORIZATION))
+        .authenticate_header(header_str(&parts.headers, header::AUTHORIZATION))
         .await?;
     crate::auth::require_scope(&principal, crate::auth::Scope::Detect)?;
     let pipeline = gw.model(params.get("model").map_or("", String::as_str))?;
@@ -544,7 +598,7 @@ async fn detect_inner(
         .await?;
     let meter = SessionMeter::new(gw, &principal, &pipeline.model().spec.name);
     let reservation = meter.reserve()?;
-    let body = read_image(req, gw.config.http.max_body_bytes).await?;
+    let body = read_image(parts, body, gw.config.http.max_body_bytes).await?;
     let frame = probe(None, 0, 0, body, &gw.frame_limits)?;
     let pixels = frame.pixels();
     let share = pipeline.tenant(&principal.tenant, principal.limits.effective_weight());

@@ -444,6 +444,8 @@ impl BodyBudget {
 struct Charge {
     budget: BodyBudget,
     bytes: std::sync::atomic::AtomicUsize,
+    /// The rest of the body is read only to be discarded: not charged.
+    discarding: std::sync::atomic::AtomicBool,
 }
 
 impl Charge {
@@ -451,6 +453,7 @@ impl Charge {
         Self {
             budget,
             bytes: std::sync::atomic::AtomicUsize::new(0),
+            discarding: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -468,6 +471,15 @@ impl Drop for Charge {
 pub struct BodyCharge(Arc<Charge>);
 
 impl BodyCharge {
+    /// The rest of the body is read only to be discarded (a refused
+    /// request's, see `http::linger`): its bytes are not charged, and its
+    /// declared length is not checked against the budget.
+    pub fn discard(&self) {
+        self.0
+            .discarding
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// `bytes` (the body, or part of it), holding the body's charge until
     /// they and every slice of them are dropped. No copy.
     pub fn hold(&self, bytes: bytes::Bytes) -> bytes::Bytes {
@@ -532,6 +544,9 @@ where
         use std::sync::atomic::Ordering::Relaxed;
         use std::task::Poll;
         let me = &mut *self;
+        if me.charge.discarding.load(Relaxed) {
+            return std::pin::Pin::new(&mut me.body).poll_frame(cx);
+        }
         let budget = &me.charge.budget;
         if !me.checked {
             me.checked = true;

@@ -250,21 +250,53 @@ async fn read_image(
 /// The most of a refused request's body [`linger`] reads, and for how long.
 const LINGER_BYTES: usize = 32 << 20;
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most bodies discarded at once, gateway-wide; past it a refused
+/// request's body is dropped unread, as before lingering.
+const LINGER_MAX: usize = 128;
+static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Reads and discards what is left of a request's body that was refused
-/// without reading it (a bad key, a declared length over the limit), in the
-/// background, at most [`LINGER_BYTES`] within [`LINGER_TIME`] (each gap
-/// also within `http.body_timeout_secs`). The refusal is sent at once; a
-/// client still sending its body then reads it, where closing with the body
-/// unread would make the kernel answer the client's next bytes with a reset
-/// that can take the refusal with it (HTTP/1.1; on HTTP/2 the stream is
-/// reset alone). The discarded bytes are not charged to the body budget.
-pub(crate) fn linger(body: Body, charge: Option<&super::BodyCharge>) {
+/// Holds one of [`LINGER_MAX`] places while a body is discarded.
+struct LingerSlot;
+
+impl LingerSlot {
+    fn take() -> Option<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        LINGERING
+            .fetch_update(Relaxed, Relaxed, |n| (n < LINGER_MAX).then_some(n + 1))
+            .ok()
+            .map(|_| Self)
+    }
+}
+
+impl Drop for LingerSlot {
+    fn drop(&mut self) {
+        LINGERING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Reads and discards what is left of an HTTP/1 request's body that was
+/// refused without reading it (a bad key, a declared length over the
+/// limit), in the background, at most [`LINGER_BYTES`] within
+/// [`LINGER_TIME`] (each gap also within `http.body_timeout_secs`), at most
+/// [`LINGER_MAX`] at once. The refusal is sent at once; a client still
+/// sending its body then reads it, where closing with the body unread
+/// would make the kernel answer the client's next bytes with a reset (and
+/// most clients stop at the failed write, refusal unread). HTTP/2 needs
+/// none: dropping the body resets that stream alone and the client reads
+/// the answer. The discarded bytes are not charged to the body budget.
+pub(crate) fn linger(version: axum::http::Version, body: Body, charge: Option<&super::BodyCharge>) {
     use http_body_util::BodyExt;
+    if version > axum::http::Version::HTTP_11 || hyper::body::Body::is_end_stream(&body) {
+        return;
+    }
+    let Some(slot) = LingerSlot::take() else {
+        return;
+    };
     if let Some(charge) = charge {
         charge.discard();
     }
     tokio::spawn(async move {
+        let _slot = slot;
         let mut body = body;
         let until = tokio::time::Instant::now() + LINGER_TIME;
         let mut read = 0usize;
@@ -354,8 +386,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
         // it is read (and before the gateway-wide body budget could call
         // it a busy moment: it never fits).
         if let Some(size) = declared.filter(|&n| n > JSON_BODY_LIMIT) {
-            let charge = req.extensions().get::<super::BodyCharge>().cloned();
-            linger(req.into_body(), charge.as_ref());
+            let (version, charge) = (
+                req.version(),
+                req.extensions().get::<super::BodyCharge>().cloned(),
+            );
+            linger(version, req.into_body(), charge.as_ref());
             return Err(refuse(GatewayError::PayloadTooLarge {
                 size,
                 limit: JSON_BODY_LIMIT,
@@ -540,7 +575,11 @@ async fn detect(
         Ok(resp) => Json(resp).into_response(),
         Err(e) => {
             if let Some(unread) = body {
-                linger(unread, parts.extensions.get::<super::BodyCharge>());
+                linger(
+                    parts.version,
+                    unread,
+                    parts.extensions.get::<super::BodyCharge>(),
+                );
             }
             tracing::debug!(error = %e, "detect refused");
             match &e {

@@ -191,8 +191,8 @@ impl Flusher {
                 }
             }
             let batch = self.sealed.front().expect("non-empty").clone();
-            let (store, timeout) = (self.store.clone(), self.timeout);
-            let apply = async move { tokio::time::timeout(timeout, store.apply(&batch)).await };
+            let store = self.store.clone();
+            let apply = async move { store.apply(&batch).await };
             let result = self.waiting(apply, &mut drain_at, &mut wal_error).await;
             match result {
                 Ok(Ok(())) => {
@@ -307,16 +307,18 @@ impl Flusher {
         wal_error.map_or(Ok(()), Err)
     }
 
-    /// Awaits `call` (a store call, which must not borrow the flusher);
-    /// meanwhile, with [`Self::drain_while_waiting`] set, drains into the
-    /// write-ahead file whenever `drain_at` passes (then every interval),
-    /// dated by the clock, as a tick's own drain would be.
+    /// Awaits `call` (a store call, which must not borrow the flusher) for
+    /// at most the store timeout; meanwhile, with
+    /// [`Self::drain_while_waiting`] set, drains into the write-ahead file
+    /// whenever `drain_at` passes (then every interval), dated by the
+    /// clock, as a tick's own drain would be.
     async fn waiting<T>(
         &mut self,
         call: impl std::future::Future<Output = T>,
         drain_at: &mut tokio::time::Instant,
         wal_error: &mut Option<FlushError>,
-    ) -> T {
+    ) -> Result<T, tokio::time::error::Elapsed> {
+        let call = tokio::time::timeout(self.timeout, call);
         let Some(every) = self.drain_every else {
             return call.await;
         };
@@ -355,9 +357,8 @@ impl Flusher {
         let period = period_of(now);
         let tenants = self.budgets.tenants();
         for tenant in tenants {
-            let (store, timeout, t) = (self.store.clone(), self.timeout, tenant.clone());
-            let total =
-                async move { tokio::time::timeout(timeout, store.period_total(&t, period)).await };
+            let (store, t) = (self.store.clone(), tenant.clone());
+            let total = async move { store.period_total(&t, period).await };
             if let Ok(Ok(total)) = self.waiting(total, drain_at, wal_error).await {
                 let applied = self.applied_since_refresh.remove(&tenant).unwrap_or(0);
                 self.budgets.on_store_total(&tenant, period, total, applied);

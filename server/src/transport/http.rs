@@ -250,35 +250,15 @@ async fn read_image(
 /// The most of a refused request's body [`linger`] reads, and for how long.
 const LINGER_BYTES: usize = 32 << 20;
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
-/// The most bodies discarded at once, gateway-wide; past it a refused
+/// Bodies discarded at once, gateway-wide (128); past it a refused
 /// request's body is dropped unread, as before lingering.
-const LINGER_MAX: usize = 128;
-static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Holds one of [`LINGER_MAX`] places while a body is discarded.
-struct LingerSlot;
-
-impl LingerSlot {
-    fn take() -> Option<Self> {
-        use std::sync::atomic::Ordering::Relaxed;
-        LINGERING
-            .fetch_update(Relaxed, Relaxed, |n| (n < LINGER_MAX).then_some(n + 1))
-            .ok()
-            .map(|_| Self)
-    }
-}
-
-impl Drop for LingerSlot {
-    fn drop(&mut self) {
-        LINGERING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
+static LINGERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(128);
 
 /// Reads and discards what is left of an HTTP/1 request's body that was
 /// refused without reading it (a bad key, a declared length over the
 /// limit), in the background, at most [`LINGER_BYTES`] within
 /// [`LINGER_TIME`] (each gap also within `http.body_timeout_secs`), at most
-/// [`LINGER_MAX`] at once. The refusal is sent at once; a client still
+/// 128 at once ([`LINGERING`]). The refusal is sent at once; a client still
 /// sending its body then reads it, where closing with the body unread
 /// would make the kernel answer the client's next bytes with a reset (and
 /// most clients stop at the failed write, refusal unread). HTTP/2 needs
@@ -289,7 +269,7 @@ pub(crate) fn linger(version: axum::http::Version, body: Body, charge: Option<&s
     if version > axum::http::Version::HTTP_11 || hyper::body::Body::is_end_stream(&body) {
         return;
     }
-    let Some(slot) = LingerSlot::take() else {
+    let Ok(slot) = LINGERING.try_acquire() else {
         return;
     };
     if let Some(charge) = charge {

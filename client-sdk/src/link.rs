@@ -10,7 +10,8 @@ use framegate_protocol::framing::{self, FrameDecoder, LENGTH_PREFIX_BYTES};
 use framegate_protocol::{ClientMessage, DecodeError, DecodeLimits, Hello, ServerMessage, Welcome};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::ClientError;
 
@@ -230,6 +231,11 @@ impl LinkRx {
                         )))
                     }
                     Some(Ok(_)) => continue,
+                    // What the gateway sent, not how it got here: a resume
+                    // would only be sent the same message again.
+                    Some(Err(e @ (WsError::Capacity(_) | WsError::Utf8(_)))) => {
+                        return Err(ClientError::Protocol(e.to_string()))
+                    }
                     Some(Err(e)) => return Err(lost(e)),
                     None => return Err(lost("the gateway closed the connection")),
                 }
@@ -304,9 +310,16 @@ pub(crate) async fn open(
                 let connector = tls
                     .as_ref()
                     .map(|c| tokio_tungstenite::Connector::Rustls(c.clone()));
+                // Messages are bounded as on QUIC (`max_message_bytes`):
+                // tungstenite's own default would buffer up to 64 MiB, and
+                // a message over its bound used to end the connection
+                // only, so the session resumed and was sent it again.
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(limits.max_message_bytes))
+                    .max_frame_size(Some(limits.max_message_bytes));
                 let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
                     url.as_str(),
-                    None,
+                    Some(config),
                     true,
                     connector,
                 )

@@ -43,6 +43,7 @@ pub struct SessionOptions {
     pub(crate) datagrams: bool,
     pub(crate) reconnect_attempts: u32,
     pub(crate) reconnect_backoff: Duration,
+    pub(crate) max_retry_wait: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) keepalive: Duration,
     pub(crate) datagram_timeout: Duration,
@@ -56,6 +57,7 @@ impl Default for SessionOptions {
             datagrams: false,
             reconnect_attempts: 5,
             reconnect_backoff: Duration::from_millis(200),
+            max_retry_wait: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(5),
             datagram_timeout: Duration::from_secs(5),
@@ -97,6 +99,15 @@ impl SessionOptions {
     /// (default 200 ms).
     pub fn reconnect_backoff(mut self, d: Duration) -> Self {
         self.reconnect_backoff = d;
+        self
+    }
+
+    /// The longest the session waits before a reconnect attempt when the
+    /// gateway asked for more (its `retry_after`; default 30 s). The hint
+    /// is a `u32` of milliseconds on the wire: without a bound, a gateway
+    /// that sent a wrong one could hold the session for weeks.
+    pub fn max_retry_wait(mut self, d: Duration) -> Self {
+        self.max_retry_wait = d;
         self
     }
 
@@ -846,6 +857,14 @@ impl Driver {
         Ok(())
     }
 
+    /// The wait before a reconnect attempt: the backoff, or at least as
+    /// long as the gateway asked (a rate limit, a queue to drain), up to
+    /// `max_retry_wait`.
+    fn retry_wait(&self, backoff: Duration, last: &ClientError) -> Duration {
+        let asked = last.retry_after().unwrap_or_default();
+        backoff.max(asked.min(self.opts.max_retry_wait))
+    }
+
     /// Reconnects with the resume token and re-sends what never arrived.
     async fn resume(&mut self, cause: ClientError) -> Result<(LinkTx, LinkRx), ClientError> {
         let mut backoff = self.opts.reconnect_backoff;
@@ -857,9 +876,7 @@ impl Driver {
             self.opts.reconnect_attempts
         };
         for _ in 0..attempts {
-            // At least as long as the gateway asked (a rate limit, a queue
-            // to drain), when it said.
-            tokio::time::sleep(backoff.max(last.retry_after().unwrap_or_default())).await;
+            tokio::time::sleep(self.retry_wait(backoff, &last)).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             let hello = Hello {
                 last_received_seq: self.session_received,
@@ -940,7 +957,7 @@ impl Driver {
             // Straight to another gateway; wait before trying the same
             // address again (a load balancer needs a moment to notice).
             if n == 1 || attempt as usize >= n - 1 {
-                tokio::time::sleep(backoff.max(last.retry_after().unwrap_or_default())).await;
+                tokio::time::sleep(self.retry_wait(backoff, &last)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             let hello = Hello {

@@ -92,9 +92,10 @@ async fn a_message_type_the_sdk_does_not_know_is_skipped() {
     assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test]
-async fn a_message_that_does_not_decode_ends_the_session() {
-    let (url, connections) = scripted_gateway(Bytes::from_static(b"not a framegate message")).await;
+/// The session reports a protocol error once, then ends, on one
+/// connection: no resume loop.
+async fn ends_the_session_without_resuming(first: Bytes) {
+    let (url, connections) = scripted_gateway(first).await;
     let client = Client::connect(&url, "fg_test_key").await.unwrap();
     let mut session = client
         .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
@@ -115,4 +116,18 @@ async fn a_message_that_does_not_decode_ends_the_session() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(connections.load(Ordering::SeqCst), 1);
     assert_eq!(session.resumes(), 0);
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_decode_ends_the_session() {
+    ends_the_session_without_resuming(Bytes::from_static(b"not a framegate message")).await;
+}
+
+/// A WebSocket message over the SDK's message bound (16 MiB, as on QUIC)
+/// is refused from its frame header, before it is buffered. Before,
+/// tungstenite's own limit refused it as a connection error, and the
+/// session resumed and was sent it again, for ever.
+#[tokio::test]
+async fn a_message_over_the_size_bound_ends_the_session() {
+    ends_the_session_without_resuming(Bytes::from(vec![0u8; 17 << 20])).await;
 }

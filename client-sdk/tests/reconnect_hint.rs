@@ -89,16 +89,13 @@ async fn scripted_gateway(script: Vec<Step>) -> (std::net::SocketAddr, Seen) {
 async fn run(
     script: Vec<Step>,
     moved: fn(&framegate_client::Session) -> u64,
+    opts: SessionOptions,
 ) -> Vec<(Instant, String)> {
     let (addr, seen) = scripted_gateway(script).await;
     let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
         .await
         .unwrap();
-    // 20 ms, then 40 ms: far below the hint.
-    let session = client
-        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
-        .await
-        .unwrap();
+    let session = client.session(opts).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while moved(&session) < 1 {
         assert!(
@@ -110,6 +107,11 @@ async fn run(
     }
     let seen = seen.lock().unwrap().clone();
     seen
+}
+
+/// 20 ms, then 40 ms: far below the hint.
+fn short_backoff() -> SessionOptions {
+    SessionOptions::default().reconnect_backoff(Duration::from_millis(20))
 }
 
 /// Connection `next` came at least the hint after the refused `refused`.
@@ -132,6 +134,7 @@ async fn a_resume_waits_at_least_the_gateways_retry_hint() {
             Step::Welcome,
         ],
         |s| s.resumes(),
+        short_backoff(),
     )
     .await;
     let tokens: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
@@ -156,6 +159,7 @@ async fn a_failover_waits_at_least_the_gateways_retry_hint() {
             Step::Welcome,
         ],
         |s| s.failovers(),
+        short_backoff(),
     )
     .await;
     let tokens: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
@@ -179,8 +183,31 @@ async fn a_refused_resume_starts_afresh_on_the_only_gateway() {
             Step::Welcome,
         ],
         |s| s.failovers(),
+        short_backoff(),
     )
     .await;
     let tokens: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(tokens[..3], ["", "resume-me", ""], "fresh, resume, fresh");
+}
+
+#[tokio::test]
+async fn a_retry_hint_is_obeyed_only_up_to_max_retry_wait() {
+    // The resume is refused with a hint of 49 days (the wire's u32 of
+    // milliseconds at its largest): the session waits `max_retry_wait`
+    // (300 ms here), not the hint. Before, nothing bounded the wait.
+    let seen = run(
+        vec![
+            Step::WelcomeThenCut,
+            Step::Refuse(ErrorCode::RateLimited, Some(u32::MAX)),
+            Step::Welcome,
+        ],
+        |s| s.resumes(),
+        short_backoff().max_retry_wait(Duration::from_millis(300)),
+    )
+    .await;
+    let waited = seen[2].0 - seen[1].0;
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
+        "came back {waited:?} after a refusal that asked for 49 days, bound 300 ms"
+    );
 }

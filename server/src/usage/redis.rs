@@ -15,7 +15,10 @@
 //!
 //! A batch is split by tenant and each part applied by one Lua script that
 //! checks and sets the applied-id marker in the same atomic step, so a retry
-//! after a lost reply changes nothing.
+//! after a lost reply changes nothing. The scripts go in pipelines of
+//! [`TENANTS_PER_ROUND_TRIP`]: one round trip per tenant made a batch of a
+//! few thousand tenants (after an outage, or a busy minute) outlast the
+//! store timeout on a Redis a millisecond away, and every retry again.
 
 use std::time::Duration;
 
@@ -23,6 +26,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::{BillingState, FlushBatch, StoreError, UsageRow, APPLIED_ID_TTL_SECS};
+use crate::metering::UsageDelta;
+
+/// Tenants' apply scripts sent in one pipeline (one round trip). Each
+/// script commits on its own with its applied-id marker, so a pipeline cut
+/// short by the timeout keeps what it applied and the retry skips it.
+pub const TENANTS_PER_ROUND_TRIP: usize = 256;
 
 const APPLY: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -127,31 +136,51 @@ impl RedisStore {
     }
 
     pub(super) async fn apply(&self, batch: &FlushBatch) -> Result<(), StoreError> {
-        let mut tenants: Vec<&str> = batch.deltas.iter().map(|d| d.tenant.as_str()).collect();
-        tenants.sort_unstable();
-        tenants.dedup();
-        for tenant in tenants {
-            let t = tag(tenant);
-            let mut inv = self.apply.prepare_invoke();
-            inv.key(format!("{t}:applied:{}", batch.id))
-                .key(format!("{t}:windows"))
-                .key(format!("{t}:unbilled"))
-                .arg(APPLIED_ID_TTL_SECS);
-            for d in batch.deltas.iter().filter(|d| d.tenant == tenant) {
-                inv.key(format!("{t}:u:{}", d.window_start))
-                    .key(format!(
-                        "{t}:period:{}",
-                        crate::metering::period_of(d.window_start)
-                    ))
-                    .arg(d.window_start)
-                    .arg(format!("{}\t{}", d.model, d.key_id))
-                    .arg(d.frames)
-                    .arg(d.pixels);
+        let mut deltas: Vec<&UsageDelta> = batch.deltas.iter().collect();
+        deltas.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        let tenants: Vec<&[&UsageDelta]> = deltas.chunk_by(|a, b| a.tenant == b.tenant).collect();
+        let mut conn = self.conn.clone();
+        for group in tenants.chunks(TENANTS_PER_ROUND_TRIP) {
+            let invocations: Vec<_> = group
+                .iter()
+                .map(|part| self.apply_invocation(&batch.id, part))
+                .collect();
+            // Loading first (cheap, idempotent) saves a NOSCRIPT round
+            // trip after a Redis restart; a pipeline does not retry one.
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.apply).ignore();
+            for inv in &invocations {
+                pipe.invoke_script(inv).ignore();
             }
-            let mut conn = self.conn.clone();
-            let _: i64 = inv.invoke_async(&mut conn).await?;
+            let () = pipe.query_async(&mut conn).await?;
         }
         Ok(())
+    }
+
+    /// One tenant's part of flush `id` (`part`: its deltas, at least one).
+    fn apply_invocation<'a>(
+        &'a self,
+        id: &str,
+        part: &[&UsageDelta],
+    ) -> redis::ScriptInvocation<'a> {
+        let t = tag(&part[0].tenant);
+        let mut inv = self.apply.prepare_invoke();
+        inv.key(format!("{t}:applied:{id}"))
+            .key(format!("{t}:windows"))
+            .key(format!("{t}:unbilled"))
+            .arg(APPLIED_ID_TTL_SECS);
+        for d in part {
+            inv.key(format!("{t}:u:{}", d.window_start))
+                .key(format!(
+                    "{t}:period:{}",
+                    crate::metering::period_of(d.window_start)
+                ))
+                .arg(d.window_start)
+                .arg(format!("{}\t{}", d.model, d.key_id))
+                .arg(d.frames)
+                .arg(d.pixels);
+        }
+        inv
     }
 
     pub(super) async fn period_total(&self, tenant: &str, period: u32) -> Result<u64, StoreError> {

@@ -1,27 +1,20 @@
 //! A real KServe v2 inference server for the Triton backend's tests: MLServer
 //! (from the venv of `scripts/python-env.sh`) serving ONNX models through
-//! `server/tests/mlserver/onnx_runtime.py`, on free loopback ports; and a
-//! TCP forwarder to make one endpoint fail and recover on demand.
+//! `server/tests/mlserver/onnx_runtime.py`, on free loopback ports (the
+//! tests make one endpoint fail and recover with a
+//! [`Forwarder`](super::support::forwarder::Forwarder)).
 #![allow(dead_code, missing_docs)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::support::{python, repo_root};
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::support::forwarder::{free_port, Forwarder};
 
 /// Removes the model repositories of earlier test processes (named
 /// `mlserver-PID-PORT`) that are no longer running.
@@ -163,109 +156,6 @@ impl Drop for MlServer {
 /// The ONNX file of the bundled model.
 pub fn nanodet_onnx() -> PathBuf {
     repo_root().join("models/nanodet-g/nanodet-g-416.onnx")
-}
-
-/// A TCP forwarder from a loopback port to `target`: an endpoint the test
-/// can take down (listener and every connection closed) and bring back on
-/// the same port. Counts the bytes it forwarded towards `target`.
-pub struct Forwarder {
-    pub port: u16,
-    target: SocketAddr,
-    pub bytes_up: Arc<AtomicU64>,
-    runtime: tokio::runtime::Runtime,
-    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Forwarder {
-    pub fn start(target: SocketAddr) -> Forwarder {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let f = Forwarder {
-            port: free_port(),
-            target,
-            bytes_up: Arc::new(AtomicU64::new(0)),
-            runtime,
-            tasks: Mutex::new(Vec::new()),
-            conns: Arc::new(Mutex::new(Vec::new())),
-        };
-        f.resume();
-        f
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Listens (again) on `port`.
-    pub fn resume(&self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let listener = self
-            .runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .expect("bind the forwarder port");
-        let (target, bytes, conns) = (self.target, self.bytes_up.clone(), self.conns.clone());
-        let accept = self.runtime.spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let bytes = bytes.clone();
-                let conn = tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (mut ri, mut wi) = inbound.split();
-                    let (mut ro, mut wo) = outbound.split();
-                    let up = async {
-                        let mut buf = vec![0u8; 64 << 10];
-                        loop {
-                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                            match ri.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    bytes.fetch_add(n as u64, Ordering::Relaxed);
-                                    if wo.write_all(&buf[..n]).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    };
-                    let down = tokio::io::copy(&mut ro, &mut wi);
-                    tokio::select! { _ = up => {}, _ = down => {} }
-                });
-                conns.lock().unwrap().push(conn.abort_handle());
-            }
-        });
-        self.tasks.lock().unwrap().push(accept.abort_handle());
-    }
-
-    /// Closes the listener and every forwarded connection.
-    pub fn stop(&self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-        // Let the aborted tasks drop their sockets.
-        self.runtime
-            .block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let end = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(addr).is_ok() {
-            assert!(Instant::now() < end, "forwarder port still open");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes_up.load(Ordering::Relaxed)
-    }
 }
 
 /// Writes a `framegate.toml` into a temp dir; returns (dir, path).

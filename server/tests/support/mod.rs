@@ -4,6 +4,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod fake_stripe;
+pub mod forwarder;
 pub mod keys;
 pub mod load;
 pub mod redis;

@@ -1,7 +1,7 @@
 //! A real `redis-server` on a free loopback port, persistence off, killed on
 //! drop. Tests that need it fail (never skip) when it is missing.
 
-use std::net::TcpListener;
+use super::forwarder::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,14 +12,6 @@ pub struct RedisServer {
     /// Append-only file with fsync on every write, for tests that kill and
     /// restart Redis and need its data back (as production would have).
     aof: bool,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl RedisServer {

@@ -52,6 +52,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             "/v1/keys",
             get(crate::admin::selfservice::list_keys)
                 .post(crate::admin::selfservice::create_key)
+                // The handlers read bodies themselves (`BodyBytes`,
+                // `read_body`) with these limits; the layers hold them for
+                // axum's own body extractors, should a route take one.
                 .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT)),
         )
         .route(
@@ -221,7 +224,6 @@ async fn read_image(
         }
     }
     let charge = parts.extensions.get::<super::BodyCharge>().cloned();
-    let mut take = || body.take().expect("the body is read once");
     match mime.as_str() {
         "multipart/form-data" => {
             // The body is read whole (it is bounded by `limit` and the
@@ -229,7 +231,7 @@ async fn read_image(
             // copy of the image, no streaming parser state per chunk.
             let raw_type = header_str(headers, header::CONTENT_TYPE).unwrap_or("");
             let boundary = multipart_boundary(raw_type)?.to_owned();
-            let body = read_body(take(), charge, body_limit, limit).await?;
+            let body = read_body(body, charge, body_limit, limit).await?;
             let image = multipart_field(&body, boundary.as_bytes(), "image")?.ok_or_else(|| {
                 GatewayError::BadRequest("multipart body has no field named \"image\"".into())
             })?;
@@ -239,7 +241,7 @@ async fn read_image(
             Ok(image)
         }
         "" | "image/jpeg" | "image/jpg" | "image/png" | "application/octet-stream" => {
-            read_body(take(), charge, limit, limit).await
+            read_body(body, charge, limit, limit).await
         }
         other => Err(GatewayError::UnsupportedMedia(format!(
             "content type {other:?}; send image/jpeg, image/png or multipart/form-data with a field \"image\""
@@ -255,15 +257,17 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 static LINGERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(128);
 
 /// Reads and discards what is left of an HTTP/1 request's body that was
-/// refused without reading it (a bad key, a declared length over the
-/// limit), in the background, at most [`LINGER_BYTES`] within
+/// refused before it was read whole (a bad key, a declared length over the
+/// limit; a chunked body found over the limit, or over the body budget,
+/// while it was read), in the background, at most [`LINGER_BYTES`] within
 /// [`LINGER_TIME`] (each gap also within `http.body_timeout_secs`), at most
 /// 128 at once ([`LINGERING`]). The refusal is sent at once; a client still
 /// sending its body then reads it, where closing with the body unread
 /// would make the kernel answer the client's next bytes with a reset (and
 /// most clients stop at the failed write, refusal unread). HTTP/2 needs
 /// none: dropping the body resets that stream alone and the client reads
-/// the answer. The discarded bytes are not charged to the body budget.
+/// the answer. The discarded bytes are not charged to the body budget, and
+/// what was read before the refusal is given back to it.
 pub(crate) fn linger(version: axum::http::Version, body: Body, charge: Option<&super::BodyCharge>) {
     use http_body_util::BodyExt;
     if version > axum::http::Version::HTTP_11 || hyper::body::Body::is_end_stream(&body) {
@@ -298,35 +302,77 @@ pub(crate) const MULTIPART_ROOM: usize = 16 << 10;
 /// `http.body_timeout_secs` is 408; one that does not fit
 /// `http.max_body_bytes_in_flight` is 429 `overloaded`; one that cannot be
 /// read (cut off, malformed chunked encoding) is 400, not counted as too
-/// large.
+/// large. The body leaves `body` once read, and on a 408 or 400; on a 413
+/// or 429 its client may still be sending, so the rest stays in `body` for
+/// the caller to [`linger`] on while the refusal is sent.
 async fn read_body(
-    body: Body,
+    body: &mut Option<Body>,
     charge: Option<super::BodyCharge>,
     max: usize,
     limit: usize,
 ) -> Result<Bytes, GatewayError> {
-    axum::body::to_bytes(body, max)
-        .await
-        // The image outlives the request when its client goes away while
-        // it waits in the queue: its bytes stay charged until dropped.
-        .map(|body| match &charge {
-            Some(charge) => charge.hold(body),
-            None => body,
-        })
-        .map_err(|e| {
-            if cause_of::<http_body_util::LengthLimitError>(&e).is_some() {
-                GatewayError::PayloadTooLarge {
-                    size: max.saturating_add(1),
-                    limit,
+    use http_body_util::BodyExt;
+    let reading = body.as_mut().expect("the body is read once");
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    let refused = loop {
+        match reading.frame().await {
+            None => break None,
+            Some(Ok(frame)) => {
+                // Trailers carry no bytes of the body.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                len = len.saturating_add(data.len());
+                if len > max {
+                    break Some(GatewayError::PayloadTooLarge {
+                        size: max.saturating_add(1),
+                        limit,
+                    });
                 }
-            } else if let Some(stalled) = cause_of::<super::BodyStalled>(&e) {
-                GatewayError::RequestTimeout(stalled.to_string())
-            } else if let Some(over) = cause_of::<super::BodyOverBudget>(&e) {
-                GatewayError::Overloaded(over.to_string())
-            } else {
-                GatewayError::BadRequest(format!("the request body could not be read: {e}"))
+                if !data.is_empty() {
+                    chunks.push(data);
+                }
             }
-        })
+            Some(Err(e)) => break Some(body_error(&e)),
+        }
+    };
+    if let Some(e) = refused {
+        if !matches!(
+            e,
+            GatewayError::PayloadTooLarge { .. } | GatewayError::Overloaded(_)
+        ) {
+            *body = None;
+        }
+        return Err(e);
+    }
+    *body = None;
+    let whole = if chunks.len() == 1 {
+        chunks.pop().expect("one chunk")
+    } else {
+        let mut whole = bytes::BytesMut::with_capacity(len);
+        for c in &chunks {
+            whole.extend_from_slice(c);
+        }
+        whole.freeze()
+    };
+    // The image outlives the request when its client goes away while it
+    // waits in the queue: its bytes stay charged until dropped.
+    Ok(match &charge {
+        Some(charge) => charge.hold(whole),
+        None => whole,
+    })
+}
+
+/// What a body that could not be read is answered.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
+    if let Some(stalled) = cause_of::<super::BodyStalled>(e) {
+        GatewayError::RequestTimeout(stalled.to_string())
+    } else if let Some(over) = cause_of::<super::BodyOverBudget>(e) {
+        GatewayError::Overloaded(over.to_string())
+    } else {
+        GatewayError::BadRequest(format!("the request body could not be read: {e}"))
+    }
 }
 
 /// The first error of type `T` in `e`'s chain of sources (`e` included).
@@ -341,19 +387,20 @@ fn cause_of<'a, T: std::error::Error + 'static>(
 /// authenticated, so the bound is small, not `http.max_body_bytes`.
 pub const JSON_BODY_LIMIT: usize = 64 << 10;
 
-/// A JSON endpoint's request body, whole, as axum's `Bytes` extractor reads
-/// it (under the route's body limit, [`JSON_BODY_LIMIT`]), with the
-/// refusals answered like everywhere else (the JSON error, `Connection:
-/// close` as the rest of the body is unread): 413 for a body over the
+/// A JSON endpoint's request body, whole, at most [`JSON_BODY_LIMIT`],
+/// with the refusals answered like everywhere else (the JSON error,
+/// `Connection: close` as the rest of the body is unread, and read in the
+/// background by [`linger`] for a 413 or 429): 413 for a body over the
 /// limit, 408 for one that stopped arriving ([`super::BodyStalled`]), 429
-/// for one that does not fit the gateway's [`super::BodyBudget`].
+/// for one that does not fit the gateway's [`super::BodyBudget`], 400 for
+/// one that cannot be read.
 #[derive(Debug)]
 pub struct BodyBytes(pub Bytes);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
     type Rejection = Response;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let declared =
             header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
         let refuse = |e: GatewayError| {
@@ -376,22 +423,24 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for BodyBytes {
                 limit: JSON_BODY_LIMIT,
             }));
         }
-        match Bytes::from_request(req, state).await {
+        let (version, charge) = (
+            req.version(),
+            req.extensions().get::<super::BodyCharge>().cloned(),
+        );
+        let mut body = Some(req.into_body());
+        match read_body(&mut body, charge.clone(), JSON_BODY_LIMIT, JSON_BODY_LIMIT).await {
             Ok(b) => Ok(Self(b)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(refuse(GatewayError::PayloadTooLarge {
-                    size: declared.unwrap_or(JSON_BODY_LIMIT + 1),
-                    limit: JSON_BODY_LIMIT,
-                }))
-            }
-            Err(rejection) => {
-                if let Some(stalled) = cause_of::<super::BodyStalled>(&rejection) {
-                    Err(refuse(GatewayError::RequestTimeout(stalled.to_string())))
-                } else if let Some(over) = cause_of::<super::BodyOverBudget>(&rejection) {
-                    Err(refuse(GatewayError::Overloaded(over.to_string())))
-                } else {
-                    Err(rejection.into_response())
+            Err(e) => {
+                if let Some(unread) = body {
+                    linger(version, unread, charge.as_ref());
                 }
+                Err(refuse(match e {
+                    GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge {
+                        size: declared.unwrap_or(JSON_BODY_LIMIT + 1),
+                        limit: JSON_BODY_LIMIT,
+                    },
+                    e => e,
+                }))
             }
         }
     }
@@ -595,8 +644,8 @@ async fn detect(
     }
 }
 
-/// `body` stays in place, unread, when the request is refused before it is
-/// read (see [`linger`]).
+/// `body` stays in place, unread or partly read, when the request is
+/// refused before it is read whole (see [`linger`]).
 async fn detect_inner(
     gw: &Gateway,
     params: HashMap<String, String>,

@@ -294,7 +294,7 @@ pub struct BodyStalled(pub Duration);
 /// starting to wait for them: the clock runs only while a handler reads
 /// and the client sends nothing, so a handler that reads later, or never,
 /// is not hurried. A reader is expected to poll until the body ends, as
-/// `axum::body::to_bytes` does (one that stops polling while waiting and
+/// `http::read_body` does (one that stops polling while waiting and
 /// comes back later finds the clock still running from its first wait).
 pub struct StallLimited<B> {
     body: B,
@@ -473,11 +473,13 @@ pub struct BodyCharge(Arc<Charge>);
 impl BodyCharge {
     /// The rest of the body is read only to be discarded (a refused
     /// request's, see `http::linger`): its bytes are not charged, and its
-    /// declared length is not checked against the budget.
+    /// declared length is not checked against the budget. What was read
+    /// before the refusal (dropped with it, never held) is given back now,
+    /// not when the discarding ends.
     pub fn discard(&self) {
-        self.0
-            .discarding
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.discarding.store(true, Relaxed);
+        self.0.budget.give(self.0.bytes.swap(0, Relaxed));
     }
 
     /// `bytes` (the body, or part of it), holding the body's charge until

@@ -47,7 +47,7 @@ pub enum ClientError {
         retryable: bool,
         /// For a retryable error, about how long the gateway asks to wait
         /// before trying again, when it gave an estimate (reconnects wait at
-        /// least this long).
+        /// least this long, up to `SessionOptions::max_retry_wait`).
         retry_after: Option<std::time::Duration>,
     },
     /// The gateway (or a proxy in front of it) answered a one-shot HTTP

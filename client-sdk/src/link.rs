@@ -232,8 +232,11 @@ impl LinkRx {
                     }
                     Some(Ok(_)) => continue,
                     // What the gateway sent, not how it got here: a resume
-                    // would only be sent the same message again.
-                    Some(Err(e @ (WsError::Capacity(_) | WsError::Utf8(_)))) => {
+                    // would only be sent the same message again. (Bad UTF-8
+                    // stays a lost connection: the gateway sends no text
+                    // and no such close reason, so it came from something
+                    // in between, and a resume may well work.)
+                    Some(Err(e @ WsError::Capacity(_))) => {
                         return Err(ClientError::Protocol(e.to_string()))
                     }
                     Some(Err(e)) => return Err(lost(e)),

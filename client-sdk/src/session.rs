@@ -102,10 +102,11 @@ impl SessionOptions {
         self
     }
 
-    /// The longest the session waits before a reconnect attempt when the
-    /// gateway asked for more (its `retry_after`; default 30 s). The hint
-    /// is a `u32` of milliseconds on the wire: without a bound, a gateway
-    /// that sent a wrong one could hold the session for weeks.
+    /// How much of the gateway's retry hint (its `retry_after`) a reconnect
+    /// attempt waits for at most (default 30 s); the wait is never shorter
+    /// than the backoff. The hint is a `u32` of milliseconds on the wire:
+    /// without a bound, a gateway that sent a wrong one could hold the
+    /// session for weeks.
     pub fn max_retry_wait(mut self, d: Duration) -> Self {
         self.max_retry_wait = d;
         self

@@ -123,10 +123,10 @@ async fn a_message_that_does_not_decode_ends_the_session() {
     ends_the_session_without_resuming(Bytes::from_static(b"not a framegate message")).await;
 }
 
-/// A WebSocket message over the SDK's message bound (16 MiB, as on QUIC)
-/// is refused from its frame header, before it is buffered. Before,
-/// tungstenite's own limit refused it as a connection error, and the
-/// session resumed and was sent it again, for ever.
+/// A WebSocket message over the SDK's message bound (16 MiB, as on QUIC;
+/// here one frame, refused from its header before it is buffered) ends
+/// the session. Before, tungstenite refused it as a connection error, and
+/// the session resumed and was sent it again, for ever.
 #[tokio::test]
 async fn a_message_over_the_size_bound_ends_the_session() {
     ends_the_session_without_resuming(Bytes::from(vec![0u8; 17 << 20])).await;

@@ -356,12 +356,20 @@ impl Flusher {
     ) {
         let period = period_of(now);
         let tenants = self.budgets.tenants();
-        for tenant in tenants {
-            let (store, t) = (self.store.clone(), tenant.clone());
-            let total = async move { store.period_total(&t, period).await };
-            if let Ok(Ok(total)) = self.waiting(total, drain_at, wal_error).await {
-                let applied = self.applied_since_refresh.remove(&tenant).unwrap_or(0);
-                self.budgets.on_store_total(&tenant, period, total, applied);
+        if tenants.is_empty() {
+            return;
+        }
+        // One store call for every capped tenant (one round trip on
+        // Redis): one call each made a tick with thousands of capped
+        // tenants take thousands of round trips, and as many store
+        // timeouts while the store did not answer.
+        let (store, t) = (self.store.clone(), tenants.clone());
+        let totals = async move { store.period_totals(&t, period).await };
+        if let Ok(Ok(totals)) = self.waiting(totals, drain_at, wal_error).await {
+            debug_assert_eq!(totals.len(), tenants.len(), "a total per tenant");
+            for (tenant, total) in tenants.iter().zip(totals) {
+                let applied = self.applied_since_refresh.remove(tenant).unwrap_or(0);
+                self.budgets.on_store_total(tenant, period, total, applied);
             }
         }
     }

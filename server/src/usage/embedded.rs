@@ -153,6 +153,27 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(super) async fn period_totals(
+        &self,
+        tenants: &[String],
+        p: u32,
+    ) -> Result<Vec<u64>, StoreError> {
+        let tenants = tenants.to_vec();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(PERIOD).map_err(err)?;
+            tenants
+                .iter()
+                .map(|tenant| {
+                    Ok(t.get((tenant.as_str(), p))
+                        .map_err(err)?
+                        .map_or(0, |g| g.value()))
+                })
+                .collect()
+        })
+        .await
+    }
+
     pub(super) async fn rows(
         &self,
         tenant: &str,

@@ -128,6 +128,16 @@ impl UsageStore {
         dispatch!(self.period_total(tenant, period))
     }
 
+    /// [`UsageStore::period_total`] of each of `tenants`, in order, in one
+    /// store call.
+    pub async fn period_totals(
+        &self,
+        tenants: &[String],
+        period: u32,
+    ) -> Result<Vec<u64>, StoreError> {
+        dispatch!(self.period_totals(tenants, period))
+    }
+
     /// Rows of `tenant` with `from <= window_start < to`.
     pub async fn rows(
         &self,

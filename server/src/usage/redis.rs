@@ -15,10 +15,13 @@
 //!
 //! A batch is split by tenant and each part applied by one Lua script that
 //! checks and sets the applied-id marker in the same atomic step, so a retry
-//! after a lost reply changes nothing. The scripts go in pipelines of
-//! [`TENANTS_PER_ROUND_TRIP`]: one round trip per tenant made a batch of a
-//! few thousand tenants (after an outage, or a busy minute) outlast the
-//! store timeout on a Redis a millisecond away, and every retry again.
+//! after a lost reply changes nothing. The scripts go in pipelines (see
+//! [`TENANTS_PER_PIPELINE`]), several in flight at once: one round trip
+//! per tenant made a batch of a few thousand tenants (after an outage, or a
+//! busy minute) outlast the store timeout on a Redis a few milliseconds
+//! away, and every retry again (the tenants already applied still cost
+//! their round trip). A pipeline cut short by the timeout keeps what it
+//! applied; the retry sends it again, and Redis skips those tenants.
 
 use std::time::Duration;
 
@@ -28,10 +31,35 @@ use redis::Script;
 use super::{BillingState, FlushBatch, StoreError, UsageRow, APPLIED_ID_TTL_SECS};
 use crate::metering::UsageDelta;
 
-/// Tenants' apply scripts sent in one pipeline (one round trip). Each
-/// script commits on its own with its applied-id marker, so a pipeline cut
-/// short by the timeout keeps what it applied and the retry skips it.
-pub const TENANTS_PER_ROUND_TRIP: usize = 256;
+/// A pipeline of apply scripts holds at most this many tenants, and more
+/// deltas than this only when one tenant has them.
+pub const TENANTS_PER_PIPELINE: usize = 256;
+const DELTAS_PER_PIPELINE: usize = 1024;
+/// Pipelines of one batch in flight at once (on the one multiplexed
+/// connection): the batch costs about one round trip, and Redis's own
+/// time, however many pipelines it takes.
+const PIPELINES_IN_FLIGHT: usize = 8;
+
+/// `tenants` (each one tenant's deltas) cut into pipelines of at most
+/// [`TENANTS_PER_PIPELINE`] tenants and about [`DELTAS_PER_PIPELINE`]
+/// deltas.
+fn pipelines<'a, 'b>(tenants: &'b [&'a [&'a UsageDelta]]) -> Vec<&'b [&'a [&'a UsageDelta]]> {
+    let mut out = Vec::new();
+    let (mut start, mut deltas) = (0, 0);
+    for (i, part) in tenants.iter().enumerate() {
+        if i > start
+            && (i - start == TENANTS_PER_PIPELINE || deltas + part.len() > DELTAS_PER_PIPELINE)
+        {
+            out.push(&tenants[start..i]);
+            (start, deltas) = (i, 0);
+        }
+        deltas += part.len();
+    }
+    if start < tenants.len() {
+        out.push(&tenants[start..]);
+    }
+    out
+}
 
 const APPLY: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -136,24 +164,36 @@ impl RedisStore {
     }
 
     pub(super) async fn apply(&self, batch: &FlushBatch) -> Result<(), StoreError> {
+        use futures_util::{StreamExt, TryStreamExt};
         let mut deltas: Vec<&UsageDelta> = batch.deltas.iter().collect();
         deltas.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         let tenants: Vec<&[&UsageDelta]> = deltas.chunk_by(|a, b| a.tenant == b.tenant).collect();
-        let mut conn = self.conn.clone();
-        for group in tenants.chunks(TENANTS_PER_ROUND_TRIP) {
-            let invocations: Vec<_> = group
-                .iter()
-                .map(|part| self.apply_invocation(&batch.id, part))
-                .collect();
-            // Loading first (cheap, idempotent) saves a NOSCRIPT round
-            // trip after a Redis restart; a pipeline does not retry one.
-            let mut pipe = redis::pipe();
-            pipe.load_script(&self.apply).ignore();
-            for inv in &invocations {
-                pipe.invoke_script(inv).ignore();
-            }
-            let () = pipe.query_async(&mut conn).await?;
+        let sends: Vec<_> = pipelines(&tenants)
+            .into_iter()
+            .map(|group| self.apply_pipeline(&batch.id, group))
+            .collect();
+        futures_util::stream::iter(sends)
+            .buffer_unordered(PIPELINES_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    /// Applies the parts of flush `id` in `group` (one tenant each) in one
+    /// pipeline.
+    async fn apply_pipeline(&self, id: &str, group: &[&[&UsageDelta]]) -> Result<(), StoreError> {
+        let invocations: Vec<_> = group
+            .iter()
+            .map(|part| self.apply_invocation(id, part))
+            .collect();
+        // Loading first (cheap, idempotent) saves a NOSCRIPT round trip
+        // after a Redis restart; a pipeline does not retry one.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.apply).ignore();
+        for inv in &invocations {
+            pipe.invoke_script(inv).ignore();
         }
+        let mut conn = self.conn.clone();
+        let () = pipe.query_async(&mut conn).await?;
         Ok(())
     }
 
@@ -190,6 +230,26 @@ impl RedisStore {
             .query_async(&mut conn)
             .await?;
         Ok(v.unwrap_or(0))
+    }
+
+    /// One pipeline of GETs (the keys are in as many cluster slots as
+    /// tenants, so not one MGET).
+    pub(super) async fn period_totals(
+        &self,
+        tenants: &[String],
+        period: u32,
+    ) -> Result<Vec<u64>, StoreError> {
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for tenant in tenants {
+            pipe.cmd("GET")
+                .arg(format!("{}:period:{period}", tag(tenant)));
+        }
+        let mut conn = self.conn.clone();
+        let totals: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        Ok(totals.into_iter().map(|t| t.unwrap_or(0)).collect())
     }
 
     pub(super) async fn rows(
@@ -311,5 +371,44 @@ impl RedisStore {
             .invoke_async(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(tenants: &[usize]) -> Vec<Vec<usize>> {
+        let delta = UsageDelta {
+            tenant: "t".into(),
+            key_id: "k".into(),
+            model: "m".into(),
+            window_start: 0,
+            frames: 1,
+            pixels: 1,
+        };
+        let all: Vec<&UsageDelta> = vec![&delta; tenants.iter().sum()];
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for &n in tenants {
+            parts.push(&all[at..at + n]);
+            at += n;
+        }
+        pipelines(&parts)
+            .iter()
+            .map(|p| p.iter().map(|t| t.len()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn pipelines_are_bounded_by_tenants_and_by_deltas() {
+        let groups = sizes(&[1; 600]);
+        let counts: Vec<usize> = groups.iter().map(Vec::len).collect();
+        assert_eq!(counts, [256, 256, 88]);
+        // A tenant with more deltas than a pipeline holds goes alone.
+        assert_eq!(sizes(&[2000, 1, 1]), [vec![2000], vec![1, 1]]);
+        assert_eq!(sizes(&[1, 2000, 1]), [vec![1], vec![2000], vec![1]]);
+        assert_eq!(sizes(&[600, 600, 424]), [vec![600], vec![600, 424]]);
+        assert!(sizes(&[]).is_empty());
     }
 }

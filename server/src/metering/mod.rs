@@ -94,9 +94,17 @@ impl Metering {
             .gateway_id
             .clone()
             .unwrap_or_else(|| format!("gw{}", std::process::id()));
+        // On Redis the flusher has a connection of its own: its pipelines
+        // (a large batch after an outage takes seconds of Redis time) would
+        // otherwise hold up, on the one multiplexed connection, the reads
+        // of /v1/usage, self-service budgets and the reporter's lease.
+        let flusher_store = match store {
+            UsageStore::Redis(_) => open_store(config)?,
+            UsageStore::Embedded(_) => store.clone(),
+        };
         let mut flusher = Flusher::new(
             accumulator.clone(),
-            store.clone(),
+            flusher_store,
             budgets.clone(),
             wal,
             replayed,

@@ -141,3 +141,115 @@ async fn a_websocket_session_resumes_over_quic() {
     }
     assert_eq!(close_code(&mut ws).await, Some(1008));
 }
+
+/// A client that said Bye and lost its connection before the last answers
+/// resumes to get them, billed once. Before, the session ended with the
+/// connection, the resume was refused (`not-found`), and a client that then
+/// started afresh (the SDK fails over) sent those frames again and was
+/// billed for them twice.
+///
+/// One frame at a time, 500 ms each (a synthetic backend), so the gateway
+/// finds the connection gone when it writes the second answer, with the
+/// third still to compute. (Had every answer gone out in one write before
+/// the gateway noticed, the session would have ended normally: it cannot
+/// tell answers written to a dead socket from answers read.)
+#[tokio::test]
+async fn a_session_that_said_bye_resumes_for_its_last_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::usage::write_config(
+        dir.path(),
+        "[pipeline]\nmax_batch = 1\nworkers = 1\n\
+         [synthetic]\nfixed_us = 500000\nwait = \"sleep\"\n",
+    );
+    let gw = Gateway::start(&["--backend", "synthetic", "--config", cfg.to_str().unwrap()]).await;
+    let jpeg = data("dog.jpg");
+    let (mut ws, welcome) = open_session(&gw).await;
+    for seq in 1..=3 {
+        send(&mut ws, &jpeg_frame(seq, &jpeg)).await;
+    }
+    send(&mut ws, &ClientMessage::Bye(Default::default())).await;
+    drop(ws);
+    // The second answer (at 1 s) fails to go out; the third is computed
+    // (at 1.5 s) while the session waits for a resume.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+
+    let mut ws = ws_connect(&gw, None).await;
+    let hello = ClientMessage::Hello(Hello {
+        resume_token: welcome.resume_token.clone(),
+        last_received_seq: 0,
+        ..Hello::new(KEY)
+    });
+    send(&mut ws, &hello).await;
+    match recv(&mut ws).await {
+        Some(ServerMessage::Welcome(w)) => {
+            assert_eq!(w.session_id, welcome.session_id, "the same session");
+            assert_eq!(w.received_seq, 3);
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    for seq in 1..=3 {
+        match recv(&mut ws).await {
+            Some(ServerMessage::Detections(d)) => {
+                assert_eq!((d.seq, d.usage.frames), (seq, seq), "billed once");
+            }
+            other => panic!("expected Detections {seq}, got {other:?}"),
+        }
+    }
+    // Then the close that Bye asked for; the token is gone with it.
+    assert_eq!(close_code(&mut ws).await, Some(1000));
+    assert_eq!(gw.counters().await, (3, 3));
+    let mut ws = ws_connect(&gw, None).await;
+    send(&mut ws, &hello).await;
+    match recv(&mut ws).await {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(e.code, framegate_protocol::ErrorCode::NotFound)
+        }
+        other => panic!("expected a refused resume, got {other:?}"),
+    }
+}
+
+/// The SDK's side of the same: `finish()`, then the connection breaks
+/// while the frames are still being computed (a synthetic backend taking
+/// 1 s a batch); the session resumes rather than starting afresh, and
+/// every frame is answered and billed once. Before, the gateway ended the
+/// session on the broken connection, and the SDK's failover re-sent the
+/// four frames: eight billed.
+#[tokio::test]
+async fn the_sdk_resumes_after_finish_for_its_last_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::usage::write_config(
+        dir.path(),
+        "[synthetic]\nfixed_us = 1000000\nwait = \"sleep\"\n",
+    );
+    let gw = Gateway::start(&["--backend", "synthetic", "--config", cfg.to_str().unwrap()]).await;
+    let client = Client::connect(&format!("ws://{}", gw.addr), KEY)
+        .await
+        .unwrap();
+    let mut s = client.session(SessionOptions::default()).await.unwrap();
+    let jpeg = data("dog.jpg");
+    for _ in 0..4 {
+        s.send(Image::encoded(jpeg.clone()).unwrap()).await.unwrap();
+    }
+    s.finish().await.unwrap();
+    // `finish()` returns once Bye is queued: give it time to reach the
+    // gateway (the frames take a second), then break the connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.break_connection_for_test().await;
+    let mut seqs = Vec::new();
+    while let Some(a) = tokio::time::timeout(Duration::from_secs(60), s.next())
+        .await
+        .expect("answers keep coming")
+    {
+        match a.expect("no error") {
+            Answer::Detections(d) => {
+                assert_eq!(d.usage.frames, d.seq, "billed once");
+                seqs.push(d.seq);
+            }
+            other => panic!("expected Detections, got {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(s.failovers(), 0, "resumed, not started afresh");
+    assert_eq!(s.resumes(), 1);
+    assert_eq!(gw.counters().await, (4, 4));
+}

@@ -457,16 +457,9 @@ impl SessionTask {
             self.transmit().await;
             if let Some(reason) = &self.closing {
                 if self.current.is_none() {
-                    // Broke a rule, or the gateway is going away: no
-                    // resume. Said Bye and lost the connection before the
-                    // last answers arrived: the client may resume (within
-                    // the window) to get them, rather than start afresh and
-                    // send, and be billed for, those frames again.
-                    let owed = self.core.pending() + self.core.unacked();
-                    if reason.is_some() || owed == 0 {
-                        break;
-                    }
-                } else if self.core.is_drained() {
+                    break; // said Bye (or broke a rule) and left: no resume
+                }
+                if self.core.is_drained() {
                     let last = match reason {
                         None => Outbound::Finish,
                         Some(GatewayError::GoingAway) => Outbound::GoneAway,
@@ -548,8 +541,7 @@ impl SessionTask {
     }
 
     async fn attach(&mut self, a: Attach) {
-        // After Bye (`Some(None)`) a resume still gets the answers owed.
-        if matches!(self.closing, Some(Some(_))) {
+        if self.closing.is_some() {
             let _ = a.reply.send(Err(GatewayError::ResumeRefused(
                 "the session is ending".into(),
             )));

@@ -142,15 +142,8 @@ impl EmbeddedStore {
     }
 
     pub(super) async fn period_total(&self, tenant: &str, p: u32) -> Result<u64, StoreError> {
-        let tenant = tenant.to_string();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let t = txn.open_table(PERIOD).map_err(err)?;
-            Ok(t.get((tenant.as_str(), p))
-                .map_err(err)?
-                .map_or(0, |g| g.value()))
-        })
-        .await
+        let totals = self.period_totals(&[tenant.to_string()], p).await?;
+        Ok(totals.first().copied().unwrap_or(0))
     }
 
     pub(super) async fn period_totals(

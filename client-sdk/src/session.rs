@@ -423,6 +423,7 @@ impl Session {
             answers: ans_tx,
             shared: shared.clone(),
             unanswered: VecDeque::new(),
+            resend_queue: VecDeque::new(),
             sent_at: VecDeque::new(),
             credits: i64::from(welcome.credits),
             window,
@@ -552,6 +553,10 @@ struct Driver {
     /// frame unanswered `datagram_timeout` after it is lost.
     sent_at: VecDeque<(u64, tokio::time::Instant)>,
     credits: i64,
+    /// Under `block`, frames of `unanswered` still to be re-sent on this
+    /// link: a new gateway may give fewer credits than were in use on the
+    /// old one, and each waits for a credit as a new frame would.
+    resend_queue: VecDeque<Frame>,
     window: u32,
     last_received: u64,
     since_ack: u32,
@@ -566,7 +571,7 @@ enum Step {
 
 impl Driver {
     fn can_send(&self) -> bool {
-        if self.closing || self.going_away {
+        if self.closing || self.going_away || !self.resend_queue.is_empty() {
             return false;
         }
         match self.opts.policy {
@@ -606,6 +611,18 @@ impl Driver {
                 },
                 _ = lost_check.tick(), if !self.sent_at.is_empty() => {
                     self.expire_lost_datagrams().await
+                }
+                // Re-sends owed on this link go before new frames (none to
+                // a gateway going away: the next one gets them).
+                () = std::future::ready(()), if self.credits > 0
+                    && !self.going_away
+                    && !self.resend_queue.is_empty() => {
+                    let sent = self.send_queued(&mut tx).await;
+                    self.publish_credits();
+                    match sent {
+                        Ok(()) => Step::Continue,
+                        Err(e) => Step::Reconnect(e),
+                    }
                 }
                 c = self.cmds.recv(), if self.can_send() => match c {
                     Some(Cmd::Frame(f)) => {
@@ -837,24 +854,52 @@ impl Driver {
         Step::Continue
     }
 
-    /// On a new link: sends `frames` again (each takes a credit), then Bye
-    /// when the caller has already closed, and publishes the credits.
+    /// On a new link: sends `frames` again (each takes a credit; under
+    /// `block`, those beyond the link's credits wait for one in
+    /// `resend_queue`), then Bye when the caller has already closed and
+    /// nothing waits, and publishes the credits.
     async fn replay(&mut self, tx: &mut LinkTx, frames: Vec<Frame>) -> Result<(), ClientError> {
         self.sent_at.clear();
-        for f in frames {
+        self.resend_queue = frames.into();
+        if self.resend_queue.is_empty() && self.closing {
+            tx.send(&ClientMessage::Bye(Bye {
+                reason: "done".into(),
+            }))
+            .await?;
+        }
+        let block = matches!(self.opts.policy, OverloadPolicy::Block);
+        while !self.resend_queue.is_empty() && (self.credits > 0 || !block) {
+            self.send_queued(tx).await?;
+        }
+        self.publish_credits();
+        Ok(())
+    }
+
+    /// Sends the next frame of `resend_queue` (it takes a credit), and Bye
+    /// after the last one when the caller has already closed.
+    async fn send_queued(&mut self, tx: &mut LinkTx) -> Result<(), ClientError> {
+        // A frame answered since it was queued is not sent again (the
+        // gateway answers in order; it cannot happen while it keeps to that).
+        while self
+            .resend_queue
+            .front()
+            .is_some_and(|f| f.seq <= self.last_received)
+        {
+            self.resend_queue.pop_front();
+        }
+        if let Some(f) = self.resend_queue.pop_front() {
             self.credits -= 1;
             let seq = f.seq;
             if tx.send_reporting_datagram(&ClientMessage::Frame(f)).await? {
                 self.sent_at.push_back((seq, tokio::time::Instant::now()));
             }
         }
-        if self.closing {
+        if self.closing && self.resend_queue.is_empty() {
             tx.send(&ClientMessage::Bye(Bye {
                 reason: "done".into(),
             }))
             .await?;
         }
-        self.publish_credits();
         Ok(())
     }
 

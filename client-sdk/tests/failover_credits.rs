@@ -1,0 +1,139 @@
+//! Under `block`, frames re-sent after a failover wait for the new
+//! gateway's credits as new frames would. Before, every unanswered frame
+//! was re-sent at once, and a gateway that gave fewer credits than the old
+//! one refused the surplus (`no-credit`). The gateways here are a scripted
+//! WebSocket peer: the first session gives 4 credits, takes 4 frames and
+//! goes away without answering; the second gives 2 and answers each frame
+//! 100 ms after it arrives, recording how many it held unanswered at most.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use framegate_client::{Answer, Client, SessionOptions};
+use framegate_protocol::{ClientMessage, DecodeLimits, Detections, ServerMessage};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Starts the scripted gateway; the most frames the second session held
+/// unanswered at once.
+async fn scripted_gateway() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = most.clone();
+    tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Some((ws, _)) = support::accept_hello(tcp).await else {
+                    return;
+                };
+                if n == 1 {
+                    first_session(ws).await;
+                } else {
+                    second_session(ws, seen).await;
+                }
+            });
+        }
+    });
+    (format!("ws://{addr}"), most)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+fn frame_seq(m: &Message) -> Option<u64> {
+    let Message::Binary(b) = m else { return None };
+    match ClientMessage::decode(b, &DecodeLimits::default()) {
+        Ok(ClientMessage::Frame(f)) => Some(f.seq),
+        _ => None,
+    }
+}
+
+async fn first_session(mut ws: Ws) {
+    ws.send(Message::Binary(support::welcome(4).encode()))
+        .await
+        .unwrap();
+    let mut frames = 0;
+    while frames < 4 {
+        match ws.next().await {
+            Some(Ok(m)) => frames += usize::from(frame_seq(&m).is_some()),
+            _ => return,
+        }
+    }
+    let _ = ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "going away".into(),
+        }))
+        .await;
+}
+
+async fn second_session(ws: Ws, most: Arc<AtomicUsize>) {
+    let (mut tx, mut rx) = ws.split();
+    tx.send(Message::Binary(support::welcome(2).encode()))
+        .await
+        .unwrap();
+    let held = Arc::new(AtomicUsize::new(0));
+    let (answer_tx, mut answer_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let writer_held = held.clone();
+    tokio::spawn(async move {
+        while let Some(seq) = answer_rx.recv().await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            writer_held.fetch_sub(1, Ordering::SeqCst);
+            let answer = ServerMessage::Detections(Detections {
+                seq,
+                model: "scripted".into(),
+                ..Default::default()
+            });
+            if tx.send(Message::Binary(answer.encode())).await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(m)) = rx.next().await {
+        if let Some(seq) = frame_seq(&m) {
+            let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            let _ = answer_tx.send(seq);
+        }
+    }
+}
+
+#[tokio::test]
+async fn frames_resent_after_a_failover_wait_for_the_new_gateways_credits() {
+    let (url, most) = scripted_gateway().await;
+    let client = Client::connect(&url, "fg_test_key").await.unwrap();
+    let mut session = client
+        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        session.send(support::dog()).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 4 {
+        let a = tokio::time::timeout(Duration::from_secs(10), session.next())
+            .await
+            .expect("answers within 10 s")
+            .expect("session alive");
+        match a {
+            Ok(Answer::Detections(d)) => seqs.push(d.seq),
+            other => panic!("expected Detections, got {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(session.failovers(), 1);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "the second gateway held more frames than the 2 credits it gave"
+    );
+}

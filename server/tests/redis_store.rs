@@ -186,3 +186,32 @@ fn a_batch_of_thousands_of_tenants_takes_few_round_trips() {
     let applied = redis.cmd(&["KEYS", "*:applied:gw1-many-1"]).unwrap();
     assert_eq!(applied.lines().count(), 2000);
 }
+
+/// A tenant whose keys the apply script cannot use (here a key of the
+/// wrong type) fails the flush with an error that names it, on every
+/// retry, while the batch's other tenants are applied. Before, the error
+/// was Redis's own ("WRONGTYPE …" from inside the script), with no word of
+/// whose keys to look at.
+#[tokio::test]
+async fn a_tenant_whose_keys_are_broken_is_named() {
+    let redis = RedisServer::start();
+    redis
+        .cmd(&["SET", "fg:{broken}:windows", "not a sorted set"])
+        .unwrap();
+    let store =
+        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
+    let batch = FlushBatch {
+        id: "gw1-bad-1".into(),
+        deltas: vec![
+            delta("acme", "m1", 3600, 5),
+            delta("broken", "m1", 3600, 2),
+            delta("zeta", "m1", 3600, 1),
+        ],
+    };
+    for _ in 0..2 {
+        let e = store.apply(&batch).await.unwrap_err().to_string();
+        assert!(e.contains("\"broken\"") && e.contains("WRONGTYPE"), "{e}");
+    }
+    assert_eq!(store.window_frames("acme", 3600).await.unwrap(), 5);
+    assert_eq!(store.window_frames("zeta", 3600).await.unwrap(), 1);
+}

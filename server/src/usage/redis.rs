@@ -190,10 +190,22 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.apply).ignore();
         for inv in &invocations {
-            pipe.invoke_script(inv).ignore();
+            pipe.invoke_script(inv);
         }
+        // Each tenant's reply on its own, so an error names its tenant (a
+        // key of the wrong type, say, fails that tenant's part on every
+        // retry, and the operator needs to know whose keys to look at).
+        pipe.ignore_errors();
         let mut conn = self.conn.clone();
-        let () = pipe.query_async(&mut conn).await?;
+        let replies: Vec<redis::RedisResult<i64>> = pipe.query_async(&mut conn).await?;
+        for (part, reply) in group.iter().zip(replies) {
+            if let Err(e) = reply {
+                return Err(StoreError::Failed(format!(
+                    "applying flush {id} for tenant {:?}: {e}",
+                    part[0].tenant
+                )));
+            }
+        }
         Ok(())
     }
 

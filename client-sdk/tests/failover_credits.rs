@@ -137,3 +137,110 @@ async fn frames_resent_after_a_failover_wait_for_the_new_gateways_credits() {
         "the second gateway held more frames than the 2 credits it gave"
     );
 }
+
+/// A gateway that gives notice while re-sends still wait for its credits
+/// gets none of them: they go to the next. Here the second session gives 1
+/// credit, takes the first re-sent frame, gives the going-away notice,
+/// answers it 50 ms later and goes away 300 ms after that; the third
+/// takes the rest.
+#[tokio::test]
+async fn no_resend_goes_to_a_gateway_going_away() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let second_got = Arc::new(AtomicUsize::new(0));
+    let got = second_got.clone();
+    tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let got = got.clone();
+            tokio::spawn(async move {
+                let Some((ws, _)) = support::accept_hello(tcp).await else {
+                    return;
+                };
+                match n {
+                    1 => first_session(ws).await,
+                    2 => leaving_session(ws, got).await,
+                    _ => second_session(ws, Arc::default()).await,
+                }
+            });
+        }
+    });
+    let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
+        .await
+        .unwrap();
+    let mut session = client
+        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        session.send(support::dog()).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 4 {
+        let a = tokio::time::timeout(Duration::from_secs(10), session.next())
+            .await
+            .expect("answers within 10 s")
+            .expect("session alive");
+        match a {
+            Ok(Answer::Detections(d)) => seqs.push(d.seq),
+            other => panic!("expected Detections, got {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(session.failovers(), 2);
+    assert_eq!(
+        second_got.load(Ordering::SeqCst),
+        1,
+        "frames sent to the gateway after its going-away notice"
+    );
+}
+
+/// Welcome with 1 credit; on the first frame the going-away notice, its
+/// answer, and the going-away close; counts the frames it got.
+async fn leaving_session(mut ws: Ws, got: Arc<AtomicUsize>) {
+    ws.send(Message::Binary(support::welcome(1).encode()))
+        .await
+        .unwrap();
+    let Some(seq) = next_frame(&mut ws, &got).await else {
+        return;
+    };
+    let notice = ServerMessage::Error(framegate_protocol::ErrorMessage {
+        code: framegate_protocol::ErrorCode::GoingAway,
+        message: "going away".into(),
+        retryable: true,
+        seq: None,
+        retry_after_ms: None,
+    });
+    ws.send(Message::Binary(notice.encode())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answer = ServerMessage::Detections(Detections {
+        seq,
+        model: "scripted".into(),
+        ..Default::default()
+    });
+    ws.send(Message::Binary(answer.encode())).await.unwrap();
+    // Whatever comes in the next 300 ms is counted.
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        while next_frame(&mut ws, &got).await.is_some() {}
+    })
+    .await;
+    let _ = ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "going away".into(),
+        }))
+        .await;
+}
+
+/// The next frame's seq (counted in `got`); `None` when the client left.
+async fn next_frame(ws: &mut Ws, got: &AtomicUsize) -> Option<u64> {
+    while let Some(Ok(m)) = ws.next().await {
+        if let Some(seq) = frame_seq(&m) {
+            got.fetch_add(1, Ordering::SeqCst);
+            return Some(seq);
+        }
+    }
+    None
+}

@@ -19,32 +19,58 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Starts the scripted gateway; the most frames the second session held
-/// unanswered at once.
-async fn scripted_gateway() -> (String, Arc<AtomicUsize>) {
+/// Starts a scripted gateway: connection `n` (from 1) is served by
+/// `script(n, ws, counter)`, every one with the same counter (what the
+/// script counts: frames held, frames taken).
+async fn scripted_gateway<F, Fut>(script: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(usize, Ws, Arc<AtomicUsize>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let most = Arc::new(AtomicUsize::new(0));
-    let seen = most.clone();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let shared = counter.clone();
     tokio::spawn(async move {
         for n in 1.. {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let seen = seen.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
-                let Some((ws, _)) = support::accept_hello(tcp).await else {
-                    return;
-                };
-                if n == 1 {
-                    first_session(ws).await;
-                } else {
-                    second_session(ws, seen).await;
+                if let Some((ws, _)) = support::accept_hello(tcp).await {
+                    script(n, ws, shared).await;
                 }
             });
         }
     });
-    (format!("ws://{addr}"), most)
+    (format!("ws://{addr}"), counter)
+}
+
+/// A session (20 ms reconnect backoff) on `url` sends 4 frames; each is
+/// answered with Detections, in order.
+async fn four_frames_answered(url: &str) -> framegate_client::Session {
+    let client = Client::connect(url, "fg_test_key").await.unwrap();
+    let mut session = client
+        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        session.send(support::dog()).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 4 {
+        let a = tokio::time::timeout(Duration::from_secs(10), session.next())
+            .await
+            .expect("answers within 10 s")
+            .expect("session alive");
+        match a {
+            Ok(Answer::Detections(d)) => seqs.push(d.seq),
+            other => panic!("expected Detections, got {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    session
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -109,27 +135,16 @@ async fn second_session(ws: Ws, most: Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn frames_resent_after_a_failover_wait_for_the_new_gateways_credits() {
-    let (url, most) = scripted_gateway().await;
-    let client = Client::connect(&url, "fg_test_key").await.unwrap();
-    let mut session = client
-        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
-        .await
-        .unwrap();
-    for _ in 0..4 {
-        session.send(support::dog()).await.unwrap();
-    }
-    let mut seqs = Vec::new();
-    while seqs.len() < 4 {
-        let a = tokio::time::timeout(Duration::from_secs(10), session.next())
-            .await
-            .expect("answers within 10 s")
-            .expect("session alive");
-        match a {
-            Ok(Answer::Detections(d)) => seqs.push(d.seq),
-            other => panic!("expected Detections, got {other:?}"),
+    // The counter: the most frames the second session held unanswered.
+    let (url, most) = scripted_gateway(|n, ws, most| async move {
+        if n == 1 {
+            first_session(ws).await;
+        } else {
+            second_session(ws, most).await;
         }
-    }
-    assert_eq!(seqs, [1, 2, 3, 4]);
+    })
+    .await;
+    let session = four_frames_answered(&url).await;
     assert_eq!(session.failovers(), 1);
     assert_eq!(
         most.load(Ordering::SeqCst),
@@ -145,50 +160,16 @@ async fn frames_resent_after_a_failover_wait_for_the_new_gateways_credits() {
 /// takes the rest.
 #[tokio::test]
 async fn no_resend_goes_to_a_gateway_going_away() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let second_got = Arc::new(AtomicUsize::new(0));
-    let got = second_got.clone();
-    tokio::spawn(async move {
-        for n in 1.. {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let got = got.clone();
-            tokio::spawn(async move {
-                let Some((ws, _)) = support::accept_hello(tcp).await else {
-                    return;
-                };
-                match n {
-                    1 => first_session(ws).await,
-                    2 => leaving_session(ws, got).await,
-                    _ => second_session(ws, Arc::default()).await,
-                }
-            });
+    // The counter: the frames the second session took.
+    let (url, second_got) = scripted_gateway(|n, ws, got| async move {
+        match n {
+            1 => first_session(ws).await,
+            2 => leaving_session(ws, got).await,
+            _ => second_session(ws, Arc::default()).await,
         }
-    });
-    let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
-        .await
-        .unwrap();
-    let mut session = client
-        .session(SessionOptions::default().reconnect_backoff(Duration::from_millis(20)))
-        .await
-        .unwrap();
-    for _ in 0..4 {
-        session.send(support::dog()).await.unwrap();
-    }
-    let mut seqs = Vec::new();
-    while seqs.len() < 4 {
-        let a = tokio::time::timeout(Duration::from_secs(10), session.next())
-            .await
-            .expect("answers within 10 s")
-            .expect("session alive");
-        match a {
-            Ok(Answer::Detections(d)) => seqs.push(d.seq),
-            other => panic!("expected Detections, got {other:?}"),
-        }
-    }
-    assert_eq!(seqs, [1, 2, 3, 4]);
+    })
+    .await;
+    let session = four_frames_answered(&url).await;
     assert_eq!(session.failovers(), 2);
     assert_eq!(
         second_got.load(Ordering::SeqCst),

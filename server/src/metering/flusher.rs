@@ -438,6 +438,29 @@ mod tests {
         assert_eq!(budgets.used("t"), Some((1_003, 10_000)));
     }
 
+    /// A flusher of `acc` into the Redis at `url` (no budgets), with
+    /// `store_timeout` for the store's commands and the flusher's calls.
+    fn redis_flusher(
+        acc: &Arc<UsageAccumulator>,
+        url: &str,
+        store_timeout: Duration,
+        wal: Wal,
+        replayed: Vec<FlushBatch>,
+    ) -> Flusher {
+        let store = UsageStore::Redis(RedisStore::connect(url, store_timeout).unwrap());
+        Flusher::new(
+            acc.clone(),
+            store,
+            Arc::new(Budgets::new(&Default::default())),
+            wal,
+            replayed,
+            "gw-test",
+            1 << 20,
+            store_timeout,
+            Arc::new(FlushStats::default()),
+        )
+    }
+
     #[tokio::test]
     async fn usage_whose_append_failed_is_written_ahead_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -447,19 +470,12 @@ mod tests {
         let acc = Arc::new(UsageAccumulator::new(60));
         // Nothing listens on port 9: the store stays unavailable, so the
         // usage waits in memory and in the write-ahead file.
-        let store = UsageStore::Redis(
-            RedisStore::connect("redis://127.0.0.1:9/", Duration::from_millis(200)).unwrap(),
-        );
-        let mut flusher = Flusher::new(
-            acc.clone(),
-            store,
-            Arc::new(Budgets::new(&Default::default())),
+        let mut flusher = redis_flusher(
+            &acc,
+            "redis://127.0.0.1:9/",
+            Duration::from_millis(300),
             wal,
             replayed,
-            "gw-test",
-            1 << 20,
-            Duration::from_millis(300),
-            Arc::new(FlushStats::default()),
         );
         acc.handle("acme", "k1", "m").record(100);
         acc.handle("acme", "k1", "m").record(100);
@@ -496,20 +512,13 @@ mod tests {
                 held.push(tcp);
             }
         });
-        let store = UsageStore::Redis(
-            RedisStore::connect(&format!("redis://{addr}/"), Duration::from_secs(4)).unwrap(),
-        );
         let acc = Arc::new(UsageAccumulator::new(60));
-        let mut flusher = Flusher::new(
-            acc.clone(),
-            store,
-            Arc::new(Budgets::new(&Default::default())),
+        let mut flusher = redis_flusher(
+            &acc,
+            &format!("redis://{addr}/"),
+            Duration::from_secs(4),
             wal,
             replayed,
-            "gw-test",
-            1 << 20,
-            Duration::from_secs(4),
-            Arc::new(FlushStats::default()),
         );
         flusher.drain_while_waiting(Duration::from_millis(100));
         acc.handle("acme", "k1", "m").record(100);

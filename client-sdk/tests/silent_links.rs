@@ -59,21 +59,26 @@ fn gateway_that_goes_quiet_on(
     (addr, seen)
 }
 
-#[tokio::test]
-async fn a_websocket_that_goes_quiet_is_found_dead_and_resumed() {
-    let (addr, seen) = gateway_that_goes_quiet().await;
+/// A session on the gateway at `addr` that pings every 100 ms (400 ms
+/// without a word means dead) and reconnects after 20 ms.
+async fn watchful_session(addr: SocketAddr) -> framegate_client::Session {
     let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
         .await
         .unwrap();
-    // Pings every 100 ms; 400 ms without a word means dead.
-    let session = client
+    client
         .session(
             SessionOptions::default()
                 .keepalive(Duration::from_millis(100))
                 .reconnect_backoff(Duration::from_millis(20)),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_websocket_that_goes_quiet_is_found_dead_and_resumed() {
+    let (addr, seen) = gateway_that_goes_quiet().await;
+    let session = watchful_session(addr).await;
     let started = Instant::now();
     while session.resumes() < 1 {
         assert!(
@@ -181,17 +186,7 @@ async fn a_write_stalled_by_a_gateway_that_stopped_reading_is_found_dead() {
     socket.set_recv_buffer_size(4096).unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let (addr, seen) = gateway_that_goes_quiet_on(socket.listen(16).unwrap());
-    let client = Client::connect(&format!("ws://{addr}"), "fg_test_key")
-        .await
-        .unwrap();
-    let session = client
-        .session(
-            SessionOptions::default()
-                .keepalive(Duration::from_millis(100))
-                .reconnect_backoff(Duration::from_millis(20)),
-        )
-        .await
-        .unwrap();
+    let session = watchful_session(addr).await;
     let sender = session.sender();
     // Four 4 MB frames: far more than the socket buffers hold.
     tokio::spawn(async move {

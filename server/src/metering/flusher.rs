@@ -461,6 +461,17 @@ mod tests {
         )
     }
 
+    /// The frames the write-ahead file at `path` holds, and its batches.
+    fn frames_written_ahead(path: &std::path::Path) -> (u64, Vec<FlushBatch>) {
+        let (_wal, replayed) = Wal::open(path).unwrap();
+        let frames = replayed
+            .iter()
+            .flat_map(|b| &b.deltas)
+            .map(|d| d.frames)
+            .sum();
+        (frames, replayed)
+    }
+
     #[tokio::test]
     async fn usage_whose_append_failed_is_written_ahead_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -484,12 +495,7 @@ mod tests {
         flusher.tick(1_000).await.unwrap_err();
         assert_eq!(flusher.pending_frames(), 2);
         drop(flusher); // a crash: nothing reached the store
-        let (_wal, replayed) = Wal::open(&path).unwrap();
-        let frames: u64 = replayed
-            .iter()
-            .flat_map(|b| &b.deltas)
-            .map(|d| d.frames)
-            .sum();
+        let (frames, replayed) = frames_written_ahead(&path);
         assert_eq!(frames, 2, "{replayed:?}");
     }
 
@@ -547,12 +553,7 @@ mod tests {
         let flusher = tick.await.unwrap();
         assert_eq!(flusher.pending_frames(), 4);
         drop(flusher);
-        let (_wal, replayed) = Wal::open(&path).unwrap();
-        let frames: u64 = replayed
-            .iter()
-            .flat_map(|b| &b.deltas)
-            .map(|d| d.frames)
-            .sum();
+        let (frames, replayed) = frames_written_ahead(&path);
         assert_eq!(frames, 4, "{replayed:?}");
     }
 }

@@ -18,6 +18,13 @@ use crate::ClientError;
 /// The ALPN id of protocol version 1.
 pub(crate) const ALPN: &[u8] = b"framegate/1";
 
+/// QUIC application code of [`LinkTx::kill`]: an abnormal end, which the
+/// gateway takes for a lost connection.
+const KILLED_CODE: u32 = 1006;
+
+/// How long the answer to the gateway's WebSocket close may take to leave.
+const CLOSE_ANSWER_MAX: Duration = Duration::from_secs(1);
+
 /// WebSocket close code and QUIC application error code of a gateway that
 /// is going away (docs/protocol.md, "Going away").
 pub(crate) const GOING_AWAY_CODE: u16 = 1001;
@@ -141,7 +148,8 @@ impl LinkTx {
     /// The socket closes once the receiving half is dropped too.
     pub(crate) fn kill(&mut self) {
         if let LinkTx::Quic { conn, .. } = std::mem::replace(self, LinkTx::Dead) {
-            conn.close(0u32.into(), b"killed");
+            // Not 0 or 1000: the gateway takes those for a deliberate end.
+            conn.close(KILLED_CODE.into(), b"killed");
         }
     }
 }
@@ -248,6 +256,22 @@ impl LinkRx {
 }
 
 impl LinkRx {
+    /// After the last answer of a session that said Bye: reads the
+    /// gateway's close, if not read yet, and answers it (WebSocket; a QUIC
+    /// stack acknowledges the stream's end by itself), so that the gateway
+    /// ends the session at once instead of holding it for a resume. At
+    /// most [`CLOSE_ANSWER_MAX`].
+    pub(crate) async fn answer_close(&mut self) {
+        if let LinkRx::Ws { stream, .. } = self {
+            // The next read sends the answer to a close already read
+            // (tungstenite answers on the read after it), then ends.
+            let _ = tokio::time::timeout(CLOSE_ANSWER_MAX, async {
+                while let Some(Ok(_)) = stream.next().await {}
+            })
+            .await;
+        }
+    }
+
     /// Whether a keep-alive ping is still waiting for word from the
     /// gateway (WebSocket).
     pub(crate) fn ping_outstanding(&self) -> bool {

@@ -660,11 +660,20 @@ impl Driver {
                     if let Some(e) = err {
                         let _ = self.answers.send(Err(e)).await;
                     }
+                    let ended = self.closing && self.unanswered.is_empty();
+                    // The answers end here, the close below is ours.
+                    drop(self);
+                    if ended {
+                        rx.answer_close().await;
+                    }
                     return;
                 }
                 Step::Reconnect(e) => {
                     if self.closing && self.unanswered.is_empty() {
-                        return; // the gateway closed after the last answer
+                        // The gateway closed after the last answer.
+                        drop(self);
+                        rx.answer_close().await;
+                        return;
                     }
                     if self.going_away || matches!(e, ClientError::GoingAway(_)) {
                         match self.failover(e).await {

@@ -289,7 +289,9 @@ pub struct SessionConfig {
     /// them. Default 2 (enough to keep two workers busy for one session).
     pub max_in_pipeline: u32,
     /// Seconds a session whose connection broke keeps computing and waits
-    /// for a resume (Hello with its token). Default 30.
+    /// for a resume (Hello with its token); also a session that said `Bye`
+    /// whose client has not confirmed the end (docs/protocol.md, "Ending").
+    /// Default 30.
     pub resume_grace_secs: u64,
     /// Answers kept per session until the client acknowledges them, so a
     /// resume can re-send them. When full the oldest is forgotten and a

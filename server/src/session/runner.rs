@@ -107,6 +107,9 @@ struct SessionHandle {
     tenant: String,
     inbound: mpsc::Sender<Inbound>,
     control: mpsc::Sender<Attach>,
+    /// The last connection its client ended on purpose (0: none), see
+    /// [`Connection::quit`].
+    quit: tokio::sync::watch::Sender<ConnId>,
 }
 
 /// Live sessions by resume token, and the usage counters they feed.
@@ -145,6 +148,17 @@ impl Connection {
             })
             .await
             .is_ok()
+    }
+
+    /// The client ended this connection on purpose: a WebSocket close
+    /// frame (or, once the gateway's close went out, the connection's
+    /// clean end), a QUIC application close, or its acknowledgement of the
+    /// stream's end after the gateway's last answer. Once the session has
+    /// read `Bye` (before this or after: the order does not matter) it ends
+    /// without waiting for a resume; a session that never said `Bye` takes
+    /// it for a lost connection. Never waits.
+    pub fn quit(&self) {
+        self.handle.quit.send_replace(self.conn);
     }
 
     /// The connection broke a protocol rule: the session answers what it
@@ -315,10 +329,12 @@ impl SessionRegistry {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let (control_tx, control_rx) = mpsc::channel(4);
         let token = random_hex(16);
+        let (quit_tx, quit_rx) = tokio::sync::watch::channel(0);
         let handle = Arc::new(SessionHandle {
             tenant: principal.tenant.clone(),
             inbound: inbound_tx,
             control: control_tx,
+            quit: quit_tx,
         });
         {
             let mut sessions = self.sessions.lock().expect("registry lock");
@@ -355,7 +371,9 @@ impl SessionRegistry {
             session_id,
             tenant: principal.tenant.clone(),
             current: None,
+            last_conn: None,
             closing: None,
+            quit: quit_rx,
             departure: self.departure.subscribe(),
             leaving: false,
             inbound: inbound_rx,
@@ -397,8 +415,14 @@ struct SessionTask {
     session_id: String,
     tenant: String,
     current: Option<(ConnId, mpsc::Sender<Outbound>)>,
+    /// The connection attached last, kept after it is lost: what it read
+    /// before, and its [`Connection::quit`], still count.
+    last_conn: Option<ConnId>,
     /// `Some(None)`: Bye received; `Some(Some(e))`: ending with `e`.
     closing: Option<Option<GatewayError>>,
+    /// The last connection its client ended on purpose: after Bye, if it
+    /// is `last_conn`, the session ends.
+    quit: tokio::sync::watch::Receiver<ConnId>,
     /// The gateway's shutdown, watched.
     departure: tokio::sync::watch::Receiver<Departure>,
     /// The `going-away` notice was given: frames received from now on are
@@ -456,10 +480,22 @@ impl SessionTask {
             self.dispatch();
             self.transmit().await;
             if let Some(reason) = &self.closing {
-                if self.current.is_none() {
-                    break; // said Bye (or broke a rule) and left: no resume
+                if reason.is_none() && Some(*self.quit.borrow_and_update()) == self.last_conn {
+                    tracing::debug!("the client ended the connection after Bye");
+                    break;
                 }
-                if self.core.is_drained() {
+                if self.current.is_none() {
+                    // Broke a rule, or the gateway is going away: no
+                    // resume. Said Bye and lost the connection before the
+                    // client confirmed the end: it may resume (within the
+                    // window) for the answers it missed, rather than start
+                    // afresh and send, and be billed for, those frames
+                    // again.
+                    if reason.is_some() || self.leaving {
+                        break;
+                    }
+                } else if self.core.is_drained() {
+                    let finish = reason.is_none() && !self.leaving;
                     let last = match reason {
                         None => Outbound::Finish,
                         Some(GatewayError::GoingAway) => Outbound::GoneAway,
@@ -468,7 +504,16 @@ impl SessionTask {
                     if let Some((_, out)) = self.current.take() {
                         let _ = out.send(last).await;
                     }
-                    break;
+                    if !finish {
+                        break;
+                    }
+                    // Every answer is on the wire; the session waits for
+                    // the client's side of the end (`Connection::quit`), or
+                    // for a resume from a client the end did not reach,
+                    // until the resume window passes.
+                    let now = self.now_us();
+                    self.core.detach(now);
+                    continue;
                 }
             }
             let now = self.now_us();
@@ -485,7 +530,11 @@ impl SessionTask {
             let out = self.current.as_ref().map(|c| c.1.clone());
             // While leaving, frames are still read (and refused at once) so
             // the client learns which ones to send elsewhere.
-            let reading = (self.closing.is_none() || self.leaving) && self.core.can_accept();
+            // After Bye what still comes (a resumed connection's Bye or
+            // Acks) is read, full session or not.
+            let said_bye = matches!(self.closing, Some(None)) && !self.leaving;
+            let reading =
+                said_bye || ((self.closing.is_none() || self.leaving) && self.core.can_accept());
             tokio::select! {
                 changed = self.departure.changed(), if watching => {
                     // The registry outlives its sessions; if it is gone
@@ -493,6 +542,8 @@ impl SessionTask {
                     watching = changed.is_ok();
                 }
                 Some(attach) = self.control.recv() => self.attach(attach).await,
+                // Looked at on the next turn (it may come before Bye is read).
+                Ok(()) = self.quit.changed(), if said_bye => {}
                 Some((seq, cts, outcome)) = self.completions.next(), if !self.completions.is_empty() => {
                     self.on_outcome(seq, cts, outcome);
                 }
@@ -541,7 +592,9 @@ impl SessionTask {
     }
 
     async fn attach(&mut self, a: Attach) {
-        if self.closing.is_some() {
+        // After Bye (`Some(None)`) a resume still gets the answers owed and
+        // the close.
+        if matches!(self.closing, Some(Some(_))) || self.leaving {
             let _ = a.reply.send(Err(GatewayError::ResumeRefused(
                 "the session is ending".into(),
             )));
@@ -588,16 +641,29 @@ impl SessionTask {
             tracing::debug!(resent = attached.resent, "resumed");
         }
         self.current = Some((a.conn, a.out));
+        self.last_conn = Some(a.conn);
         let _ = a.reply.send(Ok(()));
     }
 
     async fn on_inbound(&mut self, ev: Inbound) {
         let current = self.current.as_ref().map(|c| c.0);
+        // What a lost connection read before it was lost still counts
+        // (its frames are in the next Welcome's received_seq); a replaced
+        // connection's leftovers do not.
+        let live = current.or(self.last_conn);
+        let said_bye = matches!(self.closing, Some(None));
         match ev {
             // Leftovers of a replaced connection: the client re-sends what
             // the new Welcome's received_seq says is missing.
-            Inbound::Message { conn, .. } | Inbound::Fatal { conn, .. }
-                if Some(conn) != current => {}
+            Inbound::Message { conn, .. } | Inbound::Fatal { conn, .. } if Some(conn) != live => {}
+            // Nothing may follow Bye but the resumed connection's own Bye
+            // (every frame before Bye reached the gateway, as Bye did).
+            Inbound::Message {
+                msg: ClientMessage::Frame(_),
+                ..
+            } if said_bye && !self.leaving => {
+                self.closing = Some(Some(GatewayError::Protocol("Frame after Bye".into())));
+            }
             Inbound::Fatal { error, .. } => self.end(error),
             Inbound::Message {
                 msg: ClientMessage::Frame(f),

@@ -41,14 +41,16 @@ pub(crate) fn hello_too_large(size: usize, max: usize) -> crate::error::GatewayE
     ))
 }
 
-/// Waits for `writer` at most [`WRITER_DRAIN_MAX`], then aborts it.
-pub(crate) async fn drain_writer(writer: &mut tokio::task::JoinHandle<()>) {
-    if tokio::time::timeout(WRITER_DRAIN_MAX, &mut *writer)
-        .await
-        .is_err()
-    {
-        tracing::debug!("the client did not take its last answers in time; connection dropped");
-        writer.abort();
+/// Waits for `writer` at most [`WRITER_DRAIN_MAX`], then aborts it; what
+/// it returned, if it ended in time.
+pub(crate) async fn drain_writer<T>(writer: &mut tokio::task::JoinHandle<T>) -> Option<T> {
+    match tokio::time::timeout(WRITER_DRAIN_MAX, &mut *writer).await {
+        Ok(ended) => ended.ok(),
+        Err(_) => {
+            tracing::debug!("the client did not take its last answers in time; connection dropped");
+            writer.abort();
+            None
+        }
     }
 }
 

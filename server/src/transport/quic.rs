@@ -412,14 +412,67 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
     };
     drop(out_tx);
     reader.set_limits(limits);
+    // A client that took the session's end (or closed the connection on
+    // purpose) after Bye ends the session for good; one whose connection was
+    // lost first may resume it for the answers it missed. The session
+    // ignores `quit` from a client that did not say Bye.
     let clean = tokio::select! {
         clean = read_messages(&session, datagrams, &mut reader, &limits, use_datagrams) => clean,
-        _ = &mut writer => return,
+        end = &mut writer => {
+            if matches!(end, Ok(WriterEnd::ClientEnded)) {
+                session.quit();
+            }
+            return;
+        }
     };
-    if clean {
-        super::drain_writer(&mut writer).await;
-    } else {
+    if !clean {
         writer.abort();
+        if closed_by_client(&conn) {
+            session.quit();
+        }
+        return;
+    }
+    // After Bye (or a violation) the answers still go out; a client that
+    // closes the connection meanwhile wants no more of them.
+    let client_ended = tokio::select! {
+        end = super::drain_writer(&mut writer) => end == Some(WriterEnd::ClientEnded),
+        _ = conn.closed() => {
+            if closed_by_client(&conn) {
+                writer.abort();
+                true
+            } else {
+                // Closed here: by the writer itself, which says how.
+                super::drain_writer(&mut writer).await == Some(WriterEnd::ClientEnded)
+            }
+        }
+    };
+    if client_ended {
+        session.quit();
+    }
+}
+
+/// How a connection's writer ended.
+#[derive(Debug, PartialEq, Eq)]
+enum WriterEnd {
+    /// The client acknowledged the stream's end after the last answer, or
+    /// closed the connection itself (an application close): it ended its
+    /// side on purpose.
+    ClientEnded,
+    /// Anything else: a lost connection, a refusal, a session moved.
+    Other,
+}
+
+/// Whether `conn` was closed by the client on purpose: an application
+/// close with code 0 (what a QUIC stack sends when the application drops the
+/// connection) or 1000 (a normal end), not a timeout, a reset or an error
+/// code.
+fn closed_by_client(conn: &quinn::Connection) -> bool {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+            let code = c.error_code.into_inner();
+            code == 0 || code == u64::from(CLOSE_NORMAL)
+        }
+        _ => false,
     }
 }
 
@@ -491,7 +544,14 @@ async fn write_outbound<S: QuinnSend>(
     conn: quinn::Connection,
     mut send: S,
     mut rx: mpsc::Receiver<Outbound>,
-) {
+) -> WriterEnd {
+    let ended = |conn: &quinn::Connection| {
+        if closed_by_client(conn) {
+            WriterEnd::ClientEnded
+        } else {
+            WriterEnd::Other
+        }
+    };
     while let Some(out) = rx.recv().await {
         let (last, error) = match out {
             Outbound::Message(m) => {
@@ -501,22 +561,32 @@ async fn write_outbound<S: QuinnSend>(
                     .await
                     .is_err()
                 {
-                    return;
+                    return ended(&conn);
                 }
                 continue;
             }
             Outbound::Close(e) => (ServerMessage::Error(e.to_message(None)), Some(e)),
             Outbound::Finish => {
                 let _ = send.quinn().finish();
-                let _ = tokio::time::timeout(LINGER, send.quinn().stopped()).await;
+                // Every byte and the end acknowledged by the client's QUIC
+                // stack (or the stream stopped by it): the end reached it.
+                let took = matches!(
+                    tokio::time::timeout(LINGER, send.quinn().stopped()).await,
+                    Ok(Ok(_))
+                );
+                let end = if took {
+                    WriterEnd::ClientEnded
+                } else {
+                    ended(&conn)
+                };
                 conn.close(CLOSE_NORMAL.into(), b"bye");
-                return;
+                return end;
             }
             Outbound::GoneAway => {
                 let _ = send.quinn().finish();
                 let _ = tokio::time::timeout(LINGER, send.quinn().stopped()).await;
                 close_connection(&conn, &GatewayError::GoingAway);
-                return;
+                return WriterEnd::Other;
             }
         };
         // Bounded as a whole: a client that grants no flow-control credit
@@ -534,8 +604,9 @@ async fn write_outbound<S: QuinnSend>(
         if let Some(e) = error {
             close_connection(&conn, &e);
         }
-        return;
+        return WriterEnd::Other;
     }
     // The session moved to a newer connection (or ended): this one is done.
     conn.close(CLOSE_NORMAL.into(), b"session moved to another connection");
+    WriterEnd::Other
 }

@@ -51,6 +51,9 @@ enum Control {
     /// The client sent a close frame (with this status code): answer it and
     /// end the connection.
     Close(Option<u16>),
+    /// The connection broke (a reset, an I/O error) rather than ending
+    /// cleanly.
+    Broken,
 }
 
 /// Handles the upgrade: RFC 6455 over HTTP/1.1 (`GET` with `Upgrade:
@@ -263,7 +266,11 @@ async fn next_message(
 ) -> Result<Option<ClientMessage>, GatewayError> {
     loop {
         let b = match stream.next().await {
-            Ok(None) | Err(WsError::Io(_)) => return Ok(None),
+            Ok(None) => return Ok(None),
+            Err(WsError::Io(_)) => {
+                control(Control::Broken);
+                return Ok(None);
+            }
             Ok(Some(WsMessage::Close(code))) => {
                 control(Control::Close(code));
                 return Ok(None);
@@ -450,12 +457,51 @@ async fn run_session(
     // Read until Bye, a violation, or the socket ends; the writer ends when
     // the session says so or the socket dies.
     let ended = tokio::select! {
-        ended = read_messages(&conn, &mut stream, &limits, &pong_tx, keepalive) => ended,
-        _ = &mut writer => return,
+        ended = read_messages(&conn, &mut stream, &limits, &pong_tx, keepalive, true) => ended,
+        sent_close = &mut writer => {
+            let rest = read_messages(&conn, &mut stream, &limits, &pong_tx, None, false);
+            close_answered(&conn, sent_close.unwrap_or(false), rest).await;
+            return;
+        }
     };
     match ended {
         ReadEnd::Bye => {
-            super::drain_writer(&mut writer).await;
+            // The answers still go out, then the close. Reading goes on for
+            // the client's side of the end: its close frame (the answer to
+            // ours, or a client that wants no more answers) ends the session
+            // for good; a connection lost first leaves the session to a
+            // resume, so a client that missed answers gets them, billed
+            // once, instead of sending those frames again. As long as
+            // answers take at most [`super::WRITER_DRAIN_MAX`].
+            let mut rest = std::pin::pin!(read_messages(
+                &conn,
+                &mut stream,
+                &limits,
+                &pong_tx,
+                keepalive,
+                false
+            ));
+            let end = tokio::time::timeout(super::WRITER_DRAIN_MAX, async {
+                tokio::select! {
+                    end = &mut rest => Some(end),
+                    sent_close = &mut writer => {
+                        close_answered(&conn, sent_close.unwrap_or(false), &mut rest).await;
+                        None
+                    }
+                }
+            })
+            .await;
+            match end {
+                Ok(None) => {}
+                Ok(Some(ReadEnd::Closed(code))) => {
+                    answer_close_frame(&close_tx, &mut writer, code).await;
+                    conn.quit();
+                }
+                Ok(Some(ReadEnd::Bye | ReadEnd::Violation)) => {
+                    super::drain_writer(&mut writer).await;
+                }
+                Ok(Some(ReadEnd::Gone | ReadEnd::Ended)) | Err(_) => writer.abort(),
+            }
         }
         ReadEnd::Violation => {
             // The session answers what it admitted, then the Error and the
@@ -468,24 +514,55 @@ async fn run_session(
         }
         ReadEnd::Closed(code) => {
             // The writer answers the close frame and ends the connection;
-            // the session detaches and waits for a resume, as below. One
-            // bound for both steps: the writer may be stuck writing to a
-            // client that no longer reads.
-            let answered = tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), async {
-                if close_tx.send(code).await.is_ok() {
-                    let _ = (&mut writer).await;
-                }
-            })
-            .await;
-            if answered.is_err() {
-                writer.abort();
-            }
+            // the session detaches and waits for a resume, as below, unless
+            // it said Bye before (on a connection lost earlier, say).
+            answer_close_frame(&close_tx, &mut writer, code).await;
+            conn.quit();
         }
-        ReadEnd::Gone => {
+        ReadEnd::Gone | ReadEnd::Ended => {
             // The socket is gone: drop the writer so the session detaches
             // and waits for a resume.
             writer.abort();
         }
+    }
+}
+
+/// After the writer ended the connection (`sent_close`: with a close frame
+/// of its own, or the answer to the client's; otherwise the socket died or
+/// the session moved): the client's close frame, or its clean end of the
+/// connection right after our close, confirms that it read up to it, and
+/// after Bye that ends the session for good (see
+/// [`crate::session::Connection::quit`]).
+async fn close_answered(
+    conn: &crate::session::Connection,
+    sent_close: bool,
+    rest: impl std::future::Future<Output = ReadEnd>,
+) {
+    let answered = tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), rest).await;
+    match answered {
+        Ok(ReadEnd::Closed(_)) => conn.quit(),
+        Ok(ReadEnd::Ended) if sent_close => conn.quit(),
+        _ => {}
+    }
+}
+
+/// Has the writer answer the client's close frame (unless it has ended
+/// already, having sent a close of its own) and waits for it. One bound for
+/// both steps: the writer may be stuck writing to a client that no longer
+/// reads.
+async fn answer_close_frame(
+    close_tx: &mpsc::Sender<Option<u16>>,
+    writer: &mut tokio::task::JoinHandle<bool>,
+    code: Option<u16>,
+) {
+    let answered = tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), async {
+        if close_tx.send(code).await.is_ok() {
+            let _ = (&mut *writer).await;
+        }
+    })
+    .await;
+    if answered.is_err() {
+        writer.abort();
     }
 }
 
@@ -498,8 +575,13 @@ enum ReadEnd {
     /// The client sent a close frame (with this status code) without Bye:
     /// it gets the close answered; the session may be resumed.
     Closed(Option<u16>),
-    /// The connection ended without Bye: the session may be resumed.
+    /// The connection broke, or went quiet for too long: the session may be
+    /// resumed.
     Gone,
+    /// The client ended the connection cleanly without a close frame: as
+    /// [`ReadEnd::Gone`], except right after the gateway's own close, which
+    /// it then confirms (the client read up to it).
+    Ended,
 }
 
 /// After refusing a client mid-stream, what the gateway still reads and
@@ -521,12 +603,15 @@ struct KeepAlive<'a> {
 
 /// Forwards client messages until Bye, a violation or the end of the
 /// connection (with `keepalive`, also a connection quiet for too long).
+/// Without `deliver` (after Bye) messages are read and dropped until the
+/// connection ends.
 async fn read_messages(
     conn: &crate::session::Connection,
     stream: &mut Stream,
     limits: &DecodeLimits,
     pongs: &watch::Sender<Option<Bytes>>,
     keepalive: Option<KeepAlive<'_>>,
+    deliver: bool,
 ) -> ReadEnd {
     // Reading is cancel-safe: a tick that interrupts it loses nothing.
     let mut ticks = keepalive.map(|k| {
@@ -537,6 +622,7 @@ async fn read_messages(
     });
     loop {
         let mut closed = None;
+        let mut broken = false;
         let mut control = |c| match c {
             // A copy (at most 125 bytes): the payload shares the read
             // buffer, which may hold a whole frame, and the slot keeps its
@@ -545,6 +631,7 @@ async fn read_messages(
                 pongs.send_replace(Some(Bytes::copy_from_slice(&p)));
             }
             Control::Close(code) => closed = Some(code),
+            Control::Broken => broken = true,
         };
         let next = match (keepalive, ticks.as_mut()) {
             // One timer for the connection's life, not one per message.
@@ -571,6 +658,7 @@ async fn read_messages(
             _ => next_message(stream, limits, &mut control).await,
         };
         match next {
+            Ok(Some(_)) if !deliver => {}
             Ok(Some(msg)) => {
                 let bye = matches!(msg, ClientMessage::Bye(_) | ClientMessage::Hello(_));
                 if !conn.deliver(msg, false).await || bye {
@@ -580,7 +668,8 @@ async fn read_messages(
             Ok(None) => {
                 return match closed {
                     Some(code) => ReadEnd::Closed(code),
-                    None => ReadEnd::Gone,
+                    None if broken => ReadEnd::Gone,
+                    None => ReadEnd::Ended,
                 }
             }
             Err(e) => {
@@ -591,13 +680,15 @@ async fn read_messages(
     }
 }
 
+/// Writes what the session sends; true when it ended with a close frame
+/// (its own, or the answer to the client's) written out.
 async fn write_outbound(
     mut sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
     mut closes: mpsc::Receiver<Option<u16>>,
     mut pongs: watch::Receiver<Option<Bytes>>,
     pings: Arc<tokio::sync::Notify>,
-) {
+) -> bool {
     loop {
         // Answers first: a client that pings without pause does not hold
         // them up; its pongs and its close's answer wait at most for the
@@ -606,13 +697,21 @@ async fn write_outbound(
             biased;
             out = rx.recv() => match out {
                 Some(out) => out,
-                None => return,
+                // The session ended or moved on; a close frame of the
+                // client's that came meanwhile is still answered.
+                None => {
+                    if let Ok(code) = closes.try_recv() {
+                        answer_close(&mut sink, code).await;
+                        return true;
+                    }
+                    return false;
+                }
             },
             Some(code) = closes.recv() => {
                 // Answers still queued are not sent: the client has closed
                 // its side of the conversation.
                 answer_close(&mut sink, code).await;
-                return;
+                return true;
             }
             // Ends (and is disabled) when the reader is gone.
             Ok(()) = pongs.changed() => {
@@ -620,7 +719,7 @@ async fn write_outbound(
                 if let Some(p) = owed {
                     sink.queue_pong(&p);
                     if sink.flush().await.is_err() {
-                        return;
+                        return false;
                     }
                 }
                 continue;
@@ -628,7 +727,7 @@ async fn write_outbound(
             () = pings.notified() => {
                 sink.queue_ping();
                 if sink.flush().await.is_err() {
-                    return;
+                    return false;
                 }
                 continue;
             }
@@ -641,12 +740,11 @@ async fn write_outbound(
                 Outbound::Message(m) => sink.queue_binary(&m.encode()),
                 Outbound::Close(e) => {
                     close_with(&mut sink, &e).await;
-                    return;
+                    return true;
                 }
                 Outbound::Finish => {
                     sink.queue_close(1000, "bye");
-                    let _ = sink.flush().await;
-                    return;
+                    return sink.flush().await.is_ok();
                 }
                 Outbound::GoneAway => {
                     sink.queue_close(
@@ -654,7 +752,7 @@ async fn write_outbound(
                         crate::error::GOING_AWAY_REASON,
                     );
                     let _ = sink.flush().await;
-                    return;
+                    return true;
                 }
             }
             match rx.try_recv() {
@@ -663,7 +761,7 @@ async fn write_outbound(
             }
         }
         if sink.flush().await.is_err() {
-            return;
+            return false;
         }
     }
 }

@@ -519,7 +519,11 @@ pub async fn recv(ws: &mut Ws) -> Option<ServerMessage> {
             .await
             .expect("no message from the server within 120 s (a hang guard, not a speed check)");
         match next {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+            None | Some(Err(_)) => return None,
+            Some(Ok(Message::Close(_))) => {
+                answer_close(ws).await;
+                return None;
+            }
             Some(Ok(Message::Binary(b))) => {
                 return Some(
                     ServerMessage::decode(&b, &DecodeLimits::default())
@@ -538,11 +542,26 @@ pub async fn close_code(ws: &mut Ws) -> Option<u16> {
             .await
             .expect("no close within 120 s");
         match next {
-            Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
-            None | Some(Err(_)) | Some(Ok(Message::Close(None))) => return None,
+            Some(Ok(Message::Close(Some(f)))) => {
+                answer_close(ws).await;
+                return Some(u16::from(f.code));
+            }
+            Some(Ok(Message::Close(None))) => {
+                answer_close(ws).await;
+                return None;
+            }
+            None | Some(Err(_)) => return None,
             Some(Ok(_)) => continue,
         }
     }
+}
+
+/// Answers a close frame just read, as every WebSocket client does
+/// (tungstenite sends the answer on the next read): after Bye that tells
+/// the gateway the end reached the client, and the session ends at once
+/// instead of waiting for a resume.
+pub async fn answer_close(ws: &mut Ws) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.next()).await;
 }
 
 /// Hello → Welcome with the test key in Hello.

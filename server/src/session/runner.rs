@@ -158,7 +158,15 @@ impl Connection {
     /// without waiting for a resume; a session that never said `Bye` takes
     /// it for a lost connection. Never waits.
     pub fn quit(&self) {
-        self.handle.quit.send_replace(self.conn);
+        // Connection ids only grow: a replaced connection's late quit does
+        // not hide the newer one's.
+        self.handle.quit.send_if_modified(|last| {
+            let newer = self.conn > *last;
+            if newer {
+                *last = self.conn;
+            }
+            newer
+        });
     }
 
     /// The connection broke a protocol rule: the session answers what it

@@ -417,17 +417,29 @@ pub(super) async fn run_session<S: QuinnSend, R: QuinnRecv>(
     // lost first may resume it for the answers it missed. The session
     // ignores `quit` from a client that did not say Bye.
     let clean = tokio::select! {
-        clean = read_messages(&session, datagrams, &mut reader, &limits, use_datagrams) => clean,
+        biased;
         end = &mut writer => {
             if matches!(end, Ok(WriterEnd::ClientEnded)) {
                 session.quit();
             }
             return;
         }
+        clean = read_messages(&session, datagrams, &mut reader, &limits, use_datagrams) => clean,
     };
     if !clean {
-        writer.abort();
-        if closed_by_client(&conn) {
+        // Closed by the writer itself (after the session's end, say, on a
+        // connection resumed after Bye): it says how the client took it.
+        let here = matches!(
+            conn.close_reason(),
+            Some(quinn::ConnectionError::LocallyClosed)
+        );
+        let client_ended = if here || writer.is_finished() {
+            super::drain_writer(&mut writer).await == Some(WriterEnd::ClientEnded)
+        } else {
+            writer.abort();
+            closed_by_client(&conn)
+        };
+        if client_ended {
             session.quit();
         }
         return;

@@ -494,13 +494,14 @@ async fn run_session(
             match end {
                 Ok(None) => {}
                 Ok(Some(ReadEnd::Closed(code))) => {
-                    answer_close_frame(&close_tx, &mut writer, code).await;
-                    conn.quit();
+                    answer_close_frame(&conn, &close_tx, &mut writer, code).await;
                 }
                 Ok(Some(ReadEnd::Bye | ReadEnd::Violation)) => {
                     super::drain_writer(&mut writer).await;
                 }
-                Ok(Some(ReadEnd::Gone | ReadEnd::Ended)) | Err(_) => writer.abort(),
+                // A half-close: the client may still read the answers.
+                Ok(Some(ReadEnd::Ended)) => ended_cleanly(&conn, &mut writer, true).await,
+                Ok(Some(ReadEnd::Gone)) | Err(_) => writer.abort(),
             }
         }
         ReadEnd::Violation => {
@@ -516,10 +517,10 @@ async fn run_session(
             // The writer answers the close frame and ends the connection;
             // the session detaches and waits for a resume, as below, unless
             // it said Bye before (on a connection lost earlier, say).
-            answer_close_frame(&close_tx, &mut writer, code).await;
-            conn.quit();
+            answer_close_frame(&conn, &close_tx, &mut writer, code).await;
         }
-        ReadEnd::Gone | ReadEnd::Ended => {
+        ReadEnd::Ended => ended_cleanly(&conn, &mut writer, false).await,
+        ReadEnd::Gone => {
             // The socket is gone: drop the writer so the session detaches
             // and waits for a resume.
             writer.abort();
@@ -546,23 +547,47 @@ async fn close_answered(
     }
 }
 
-/// Has the writer answer the client's close frame (unless it has ended
-/// already, having sent a close of its own) and waits for it. One bound for
-/// both steps: the writer may be stuck writing to a client that no longer
-/// reads.
+/// The client's close frame: the writer is asked to answer it (unless it
+/// has ended already, having sent a close of its own), then the session is
+/// told (after Bye it ends, and answers still being computed are dropped,
+/// unbilled; the writer answers a pending close even once the session has
+/// let go of it), then the writer is waited for, at most
+/// [`CLOSE_ANSWER_SECS`]: it may be stuck writing to a client that no
+/// longer reads.
 async fn answer_close_frame(
+    conn: &crate::session::Connection,
     close_tx: &mpsc::Sender<Option<u16>>,
     writer: &mut tokio::task::JoinHandle<bool>,
     code: Option<u16>,
 ) {
-    let answered = tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), async {
-        if close_tx.send(code).await.is_ok() {
-            let _ = (&mut *writer).await;
-        }
-    })
-    .await;
+    let queued = close_tx.try_send(code).is_ok();
+    conn.quit();
+    if !queued {
+        return;
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(CLOSE_ANSWER_SECS), &mut *writer).await;
     if answered.is_err() {
         writer.abort();
+    }
+}
+
+/// The client ended the connection cleanly (FIN) without a close frame. If
+/// the writer had already written our close, that confirms it (the client
+/// read up to it: after Bye the session ends); otherwise the session waits
+/// for a resume. With `drain` (after Bye: the client may have only
+/// half-closed) the answers owed still go out first.
+async fn ended_cleanly(
+    conn: &crate::session::Connection,
+    writer: &mut tokio::task::JoinHandle<bool>,
+    drain: bool,
+) {
+    let closed_first = writer.is_finished();
+    if !(closed_first || drain) {
+        writer.abort();
+        return;
+    }
+    if super::drain_writer(writer).await == Some(true) && closed_first {
+        conn.quit();
     }
 }
 
@@ -672,6 +697,9 @@ async fn read_messages(
                     None => ReadEnd::Ended,
                 }
             }
+            // After Bye (or our close) nothing read is the session's
+            // business any more.
+            Err(_) if !deliver => return ReadEnd::Violation,
             Err(e) => {
                 conn.fatal(e).await;
                 return ReadEnd::Violation;

@@ -282,6 +282,26 @@ impl Gateway {
             .expect("the metrics text")
     }
 
+    /// `framegate_sessions_open` (every transport) once it reads `want`,
+    /// or after `within`: what it read last.
+    pub async fn sessions_open_within(&self, want: u64, within: Duration) -> u64 {
+        let end = Instant::now() + within;
+        loop {
+            let open: u64 = self
+                .metrics()
+                .await
+                .lines()
+                .filter(|l| l.starts_with("framegate_sessions_open{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|v| v as u64)
+                .sum();
+            if open == want || Instant::now() > end {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

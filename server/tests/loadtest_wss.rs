@@ -7,6 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use framegate_loadtest::recorder::{Totals, STAGES};
 use framegate_loadtest::transport::quic::{parse_pin, pinned_tls};
@@ -64,6 +65,9 @@ async fn ws_and_wss_closed_loops_against_the_synthetic_backend_answer_every_fram
     )
     .await;
     every_frame_answered(&t, "ws");
+    // Each session ended with Bye and a close: none waits for a resume.
+    let open = gw.sessions_open_within(0, Duration::from_secs(3)).await;
+    assert_eq!(open, 0, "sessions left waiting for a resume after the run");
     let wss = format!("wss://gateway.invalid:{}/v1/stream", https.port());
     let t = closed_loop(wss.clone(), https, Some(pin), 2).await;
     every_frame_answered(&t, "wss");

@@ -128,6 +128,12 @@ impl WsTransport {
                     break;
                 }
             }
+            // Bye, then the close: the gateway ends the session at once
+            // (a close alone would leave it waiting for a resume).
+            let bye = ClientMessage::Bye(framegate_protocol::Bye {
+                reason: "done".into(),
+            });
+            let _ = sink.send(Message::Binary(bye.encode())).await;
             let _ = sink.close().await;
         });
         tokio::spawn(async move {

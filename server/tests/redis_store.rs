@@ -214,4 +214,92 @@ async fn a_tenant_whose_keys_are_broken_is_named() {
     }
     assert_eq!(store.window_frames("acme", 3600).await.unwrap(), 5);
     assert_eq!(store.window_frames("zeta", 3600).await.unwrap(), 1);
+    // Refused before anything of its part was written (a script that
+    // failed half-way would have counted it again on every retry).
+    assert_eq!(
+        redis.cmd(&["EXISTS", "fg:{broken}:u:3600", "fg:{broken}:period:197001"]),
+        Some("0".into())
+    );
+}
+
+/// A tenant whose keys the store refuses (a key of the wrong type) holds up
+/// only its own usage: the other tenants' part of the same flush, and every
+/// later flush, reach the store; the refused part waits, in the write-ahead
+/// file too (alone: a restart does not send the applied parts again), and
+/// is applied once, as soon as the key is mended. Before, the batch failed
+/// whole on every retry and every later flush waited behind it.
+#[tokio::test]
+async fn a_refused_tenant_holds_up_only_its_own_usage() {
+    use framegate::metering::wal::Wal;
+    use framegate::metering::{Budgets, FlushStats, Flusher, UsageAccumulator};
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    redis
+        .cmd(&["SET", "fg:{broken}:windows", "not a sorted set"])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.wal");
+    let acc = Arc::new(UsageAccumulator::new(60));
+    let store =
+        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
+    // A flusher over the write-ahead file, replaying what it holds: the
+    // tenants of that.
+    let start = || {
+        let (wal, replayed) = Wal::open(&path).unwrap();
+        let tenants: Vec<String> = replayed
+            .iter()
+            .flat_map(|b| &b.deltas)
+            .map(|d| d.tenant.clone())
+            .collect();
+        let flusher = Flusher::new(
+            acc.clone(),
+            store.clone(),
+            Arc::new(Budgets::new(&Default::default())),
+            wal,
+            replayed,
+            "gw-test",
+            1 << 20,
+            Duration::from_secs(2),
+            Arc::new(FlushStats::default()),
+        );
+        (flusher, tenants)
+    };
+    let (mut flusher, _) = start();
+    // Every delta lands in the window starting at 3600.
+    let now = 3_600;
+    let record = |tenant: &str, frames: u32| {
+        for _ in 0..frames {
+            acc.handle(tenant, "k", "m").record(100);
+        }
+    };
+    record("acme", 2);
+    record("broken", 3);
+    flusher.tick(now).await.unwrap();
+    assert_eq!(store.window_frames("acme", now).await.unwrap(), 2);
+    assert_eq!(flusher.pending_frames(), 3, "the refused part waits");
+    // A restart replays the refused part alone.
+    drop(flusher);
+    let (mut flusher, replayed) = start();
+    assert_eq!(replayed, ["broken"], "what the write-ahead file holds");
+
+    record("zeta", 1);
+    flusher.tick(now).await.unwrap();
+    assert_eq!(
+        store.window_frames("zeta", now).await.unwrap(),
+        1,
+        "a later flush is not held up"
+    );
+    assert_eq!(flusher.pending_frames(), 3);
+
+    redis.cmd(&["DEL", "fg:{broken}:windows"]).unwrap();
+    flusher.tick(now).await.unwrap();
+    assert!(flusher.is_idle());
+    for (tenant, frames) in [("acme", 2), ("broken", 3), ("zeta", 1)] {
+        assert_eq!(
+            store.window_frames(tenant, now).await.unwrap(),
+            frames,
+            "{tenant}: applied once"
+        );
+    }
 }

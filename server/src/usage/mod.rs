@@ -91,6 +91,24 @@ pub enum StoreError {
     /// The store answered something unexpected.
     #[error("usage store error: {0}")]
     Failed(String),
+    /// The store refused some tenants' parts of a flush (each with its
+    /// error: a key of the wrong type, say) and applied every other part.
+    #[error("usage store refused the usage of {}", describe_refusals(.0))]
+    Refused(Vec<(String, String)>),
+}
+
+fn describe_refusals(refused: &[(String, String)]) -> String {
+    const SHOWN: usize = 3;
+    let mut s = refused
+        .iter()
+        .take(SHOWN)
+        .map(|(tenant, e)| format!("tenant {tenant:?} ({e})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if refused.len() > SHOWN {
+        s.push_str(&format!(" and {} more tenants", refused.len() - SHOWN));
+    }
+    s
 }
 
 impl From<::redis::RedisError> for StoreError {
@@ -118,7 +136,9 @@ macro_rules! dispatch {
 }
 
 impl UsageStore {
-    /// Applies a flush once; a batch whose id was already applied changes nothing.
+    /// Applies a flush once; a batch whose id was already applied changes
+    /// nothing. [`StoreError::Refused`]: every part but the tenants named
+    /// was applied (a retry of the whole batch applies only theirs).
     pub async fn apply(&self, batch: &FlushBatch) -> Result<(), StoreError> {
         dispatch!(self.apply(batch))
     }

@@ -61,9 +61,41 @@ fn pipelines<'a, 'b>(tenants: &'b [&'a [&'a UsageDelta]]) -> Vec<&'b [&'a [&'a U
     out
 }
 
+/// KEYS: applied marker, windows zset, unbilled zset, then per delta its
+/// usage hash and its period counter. ARGV: the marker's TTL, then per
+/// delta window, field, frames, pixels. Every key is checked before the
+/// first write: a script that fails half-way keeps what it wrote (Redis
+/// has no rollback) while the marker stays unset, so each retry would
+/// count that part again.
 const APPLY: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local function kind(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+local function integer(v, key)
+  if v and not tonumber(v) then
+    return redis.error_reply('ERR ' .. key .. ' holds a value that is not an integer')
+  end
+end
 local n = (#ARGV - 1) / 4
+local e = kind(KEYS[2], 'zset') or kind(KEYS[3], 'zset')
+if e then return e end
+for i = 0, n - 1 do
+  local hk = KEYS[4 + i * 2]
+  local pk = KEYS[5 + i * 2]
+  local field = ARGV[3 + i * 4]
+  e = kind(hk, 'hash') or kind(pk, 'string')
+    or integer(redis.call('HGET', hk, 'f:' .. field), hk)
+    or integer(redis.call('HGET', hk, 'p:' .. field), hk)
+  if e then return e end
+  if redis.call('TYPE', pk)['ok'] == 'string' then
+    e = integer(redis.call('GET', pk), pk)
+    if e then return e end
+  end
+end
 for i = 0, n - 1 do
   local w = ARGV[2 + i * 4]
   local field = ARGV[3 + i * 4]
@@ -164,7 +196,7 @@ impl RedisStore {
     }
 
     pub(super) async fn apply(&self, batch: &FlushBatch) -> Result<(), StoreError> {
-        use futures_util::{StreamExt, TryStreamExt};
+        use futures_util::StreamExt;
         let mut deltas: Vec<&UsageDelta> = batch.deltas.iter().collect();
         deltas.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         let tenants: Vec<&[&UsageDelta]> = deltas.chunk_by(|a, b| a.tenant == b.tenant).collect();
@@ -172,15 +204,28 @@ impl RedisStore {
             .into_iter()
             .map(|group| self.apply_pipeline(&batch.id, group))
             .collect();
-        futures_util::stream::iter(sends)
-            .buffer_unordered(PIPELINES_IN_FLIGHT)
-            .try_collect()
-            .await
+        let mut replies = futures_util::stream::iter(sends).buffer_unordered(PIPELINES_IN_FLIGHT);
+        let mut refused = Vec::new();
+        while let Some(reply) = replies.next().await {
+            // A pipeline that did not go through fails the batch (retried
+            // whole); parts refused one by one are named.
+            refused.extend(reply?);
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            refused.sort();
+            Err(StoreError::Refused(refused))
+        }
     }
 
     /// Applies the parts of flush `id` in `group` (one tenant each) in one
-    /// pipeline.
-    async fn apply_pipeline(&self, id: &str, group: &[&[&UsageDelta]]) -> Result<(), StoreError> {
+    /// pipeline; the tenants whose part the store refused, with its error.
+    async fn apply_pipeline(
+        &self,
+        id: &str,
+        group: &[&[&UsageDelta]],
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let invocations: Vec<_> = group
             .iter()
             .map(|part| self.apply_invocation(id, part))
@@ -198,15 +243,14 @@ impl RedisStore {
         pipe.ignore_errors();
         let mut conn = self.conn.clone();
         let replies: Vec<redis::RedisResult<i64>> = pipe.query_async(&mut conn).await?;
-        for (part, reply) in group.iter().zip(replies) {
-            if let Err(e) = reply {
-                return Err(StoreError::Failed(format!(
-                    "applying flush {id} for tenant {:?}: {e}",
-                    part[0].tenant
-                )));
-            }
-        }
-        Ok(())
+        Ok(group
+            .iter()
+            .zip(replies)
+            .filter_map(|(part, reply)| {
+                let e = reply.err()?;
+                Some((part[0].tenant.clone(), format!("flush {id}: {e}")))
+            })
+            .collect())
     }
 
     /// One tenant's part of flush `id` (`part`: its deltas, at least one).

@@ -198,6 +198,10 @@ async fn a_tenant_whose_keys_are_broken_is_named() {
     redis
         .cmd(&["SET", "fg:{broken}:windows", "not a sorted set"])
         .unwrap();
+    // A counter INCRBY would refuse, after the other deltas' writes.
+    redis
+        .cmd(&["SET", "fg:{odd}:period:197001", "1.5"])
+        .unwrap();
     let store =
         UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
     let batch = FlushBatch {
@@ -205,13 +209,20 @@ async fn a_tenant_whose_keys_are_broken_is_named() {
         deltas: vec![
             delta("acme", "m1", 3600, 5),
             delta("broken", "m1", 3600, 2),
+            delta("odd", "m1", 60, 1),
+            delta("odd", "m1", 3600, 1),
             delta("zeta", "m1", 3600, 1),
         ],
     };
     for _ in 0..2 {
         let e = store.apply(&batch).await.unwrap_err().to_string();
         assert!(e.contains("\"broken\"") && e.contains("WRONGTYPE"), "{e}");
+        assert!(e.contains("\"odd\"") && e.contains("not a counter"), "{e}");
     }
+    assert_eq!(
+        redis.cmd(&["EXISTS", "fg:{odd}:u:60", "fg:{odd}:u:3600"]),
+        Some("0".into())
+    );
     assert_eq!(store.window_frames("acme", 3600).await.unwrap(), 5);
     assert_eq!(store.window_frames("zeta", 3600).await.unwrap(), 1);
     // Refused before anything of its part was written (a script that
@@ -243,6 +254,7 @@ async fn a_refused_tenant_holds_up_only_its_own_usage() {
     let acc = Arc::new(UsageAccumulator::new(60));
     let store =
         UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
+    let stats = Arc::new(FlushStats::default());
     // A flusher over the write-ahead file, replaying what it holds: the
     // tenants of that.
     let start = || {
@@ -261,7 +273,7 @@ async fn a_refused_tenant_holds_up_only_its_own_usage() {
             "gw-test",
             1 << 20,
             Duration::from_secs(2),
-            Arc::new(FlushStats::default()),
+            stats.clone(),
         );
         (flusher, tenants)
     };
@@ -291,11 +303,24 @@ async fn a_refused_tenant_holds_up_only_its_own_usage() {
         "a later flush is not held up"
     );
     assert_eq!(flusher.pending_frames(), 3);
+    // Steady traffic of the refused tenant: its usage merges, one batch
+    // waits, whatever the number of flushes.
+    for _ in 0..5 {
+        record("broken", 1);
+        flusher.tick(now).await.unwrap();
+    }
+    assert_eq!(flusher.pending_frames(), 8);
+    assert_eq!(
+        stats
+            .pending_batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 
     redis.cmd(&["DEL", "fg:{broken}:windows"]).unwrap();
     flusher.tick(now).await.unwrap();
     assert!(flusher.is_idle());
-    for (tenant, frames) in [("acme", 2), ("broken", 3), ("zeta", 1)] {
+    for (tenant, frames) in [("acme", 2), ("broken", 8), ("zeta", 1)] {
         assert_eq!(
             store.window_frames(tenant, now).await.unwrap(),
             frames,

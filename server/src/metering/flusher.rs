@@ -64,10 +64,6 @@ pub struct Flusher {
     seq: u64,
     open: Option<FlushBatch>,
     sealed: VecDeque<FlushBatch>,
-    /// What is left of batches whose other parts were applied: the parts
-    /// of tenants the store refused (same id, same deltas), retried once a
-    /// tick after the queue so they hold up nobody else's usage.
-    held: VecDeque<FlushBatch>,
     applied_since_refresh: BTreeMap<String, u64>,
     /// An append to the write-ahead file failed: what is pending is
     /// rewritten to it whole until that succeeds.
@@ -81,16 +77,6 @@ pub struct Flusher {
 
 /// A flusher failure that stops the gateway (the write-ahead file failed).
 pub type FlushError = WalError;
-
-/// What became of a batch sent to the store.
-enum Applied {
-    /// Applied whole.
-    Whole,
-    /// Applied but for the parts of tenants the store refused (held).
-    Held,
-    /// Not applied: handed back.
-    Not(FlushBatch),
-}
 
 impl Flusher {
     /// A flusher over `wal`, first replaying `replayed` (the file's
@@ -135,7 +121,6 @@ impl Flusher {
             seq: 0,
             open: None,
             sealed: replayed.into(),
-            held: VecDeque::new(),
             applied_since_refresh: BTreeMap::new(),
             wal_behind: false,
             timeout,
@@ -150,11 +135,10 @@ impl Flusher {
         self.drain_every = Some(every);
     }
 
-    /// Frames waiting for the store (held, sealed and open).
+    /// Frames waiting for the store (sealed and open).
     pub fn pending_frames(&self) -> u64 {
-        self.held
+        self.sealed
             .iter()
-            .chain(&self.sealed)
             .chain(self.open.iter())
             .flat_map(|b| &b.deltas)
             .map(|d| d.frames)
@@ -163,9 +147,8 @@ impl Flusher {
 
     /// What waits for the store, oldest first.
     fn pending_batches(&self) -> Vec<FlushBatch> {
-        self.held
+        self.sealed
             .iter()
-            .chain(&self.sealed)
             .chain(self.open.iter())
             .cloned()
             .collect()
@@ -173,7 +156,7 @@ impl Flusher {
 
     /// Whether anything waits for the store.
     pub fn is_idle(&self) -> bool {
-        self.open.is_none() && self.sealed.is_empty() && self.held.is_empty()
+        self.open.is_none() && self.sealed.is_empty()
     }
 
     /// One flush at unix time `now` (seconds): drain, write ahead, apply
@@ -194,7 +177,6 @@ impl Flusher {
         // (else a slow store and steady traffic would keep one tick going,
         // and budgets, compaction and the stats with it).
         let mut sealed_open = false;
-        let held_before = self.held.len();
         loop {
             if self.sealed.is_empty() {
                 if sealed_open {
@@ -208,23 +190,32 @@ impl Flusher {
                     None => break,
                 }
             }
-            let batch = self.sealed.pop_front().expect("non-empty");
-            match self.apply(batch, &mut drain_at, &mut wal_error).await {
-                Applied::Whole | Applied::Held => {}
-                Applied::Not(batch) => {
-                    self.sealed.push_front(batch);
+            // The batch stays in the queue (and in what a rewrite of the
+            // write-ahead file writes) until its outcome is known.
+            let batch = self.sealed.front().expect("non-empty").clone();
+            let store = self.store.clone();
+            let apply = async move { store.apply(&batch).await };
+            let result = self.waiting(apply, &mut drain_at, &mut wal_error).await;
+            match result {
+                Ok(Ok(())) => {
+                    let batch = self.sealed.pop_front().expect("non-empty");
+                    if let Err(e) = self.wal.ack(&batch.id) {
+                        wal_error.get_or_insert(e);
+                    }
+                    self.count_applied(&batch.id, &batch.deltas);
+                    self.stats.batches_applied.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(StoreError::Refused(refused))) => {
+                    if let Err(e) = self.on_refused(refused) {
+                        wal_error.get_or_insert(e);
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.on_failure(&e.to_string());
                     break;
                 }
-            }
-        }
-        // Parts refused before this tick, once each, unless the store is
-        // down.
-        if self.sealed.is_empty() {
-            for _ in 0..held_before {
-                let batch = self.held.pop_front().expect("counted");
-                if let Applied::Not(batch) = self.apply(batch, &mut drain_at, &mut wal_error).await
-                {
-                    self.held.push_front(batch);
+                Err(_) => {
+                    self.on_failure("timed out");
                     break;
                 }
             }
@@ -256,7 +247,7 @@ impl Flusher {
         self.refresh_budgets(now, &mut drain_at, &mut wal_error)
             .await;
         self.stats.pending_batches.store(
-            (self.held.len() + self.sealed.len()) as u64 + u64::from(self.open.is_some()),
+            self.sealed.len() as u64 + u64::from(self.open.is_some()),
             Ordering::Relaxed,
         );
         self.stats
@@ -268,64 +259,12 @@ impl Flusher {
         wal_error.map_or(Ok(()), Err)
     }
 
-    /// Sends `batch` to the store. Applied whole: acknowledged in the
-    /// write-ahead file. Some tenants' parts refused: the rest is counted
-    /// as applied and the refused parts go to `held` (the write-ahead file
-    /// rewritten to match, so a restart does not send the applied parts
-    /// again). Not applied (the store down or slow): handed back.
-    async fn apply(
-        &mut self,
-        mut batch: FlushBatch,
-        drain_at: &mut tokio::time::Instant,
-        wal_error: &mut Option<FlushError>,
-    ) -> Applied {
-        let store = self.store.clone();
-        let sent = batch.clone();
-        let apply = async move { store.apply(&sent).await };
-        match self.waiting(apply, drain_at, wal_error).await {
-            Ok(Ok(())) => {
-                if let Err(e) = self.wal.ack(&batch.id) {
-                    wal_error.get_or_insert(e);
-                }
-                self.count_applied(&batch.id, &batch.deltas);
-                self.stats.batches_applied.fetch_add(1, Ordering::Relaxed);
-                Applied::Whole
-            }
-            Ok(Err(StoreError::Refused(refused))) => {
-                let (kept, applied): (Vec<_>, Vec<_>) = batch
-                    .deltas
-                    .drain(..)
-                    .partition(|d| refused.iter().any(|(t, _)| *t == d.tenant));
-                self.count_applied(&batch.id, &applied);
-                batch.deltas = kept;
-                self.held.push_back(batch);
-                self.on_refused(&StoreError::Refused(refused).to_string());
-                if !applied.is_empty() {
-                    if let Err(e) = self.wal.rewrite(&self.pending_batches()) {
-                        self.wal_behind = true;
-                        wal_error.get_or_insert(e);
-                    }
-                }
-                Applied::Held
-            }
-            Ok(Err(e)) => {
-                self.on_failure(&e.to_string());
-                Applied::Not(batch)
-            }
-            Err(_) => {
-                self.on_failure("timed out");
-                Applied::Not(batch)
-            }
-        }
-    }
-
     /// Usage of flush `id` that reached the store: the stats, and what the
     /// budgets counted as delivered here and not yet in the store (this
     /// process's batches of capped tenants; a batch replayed from the
     /// write-ahead file was delivered by an earlier run, its frames reach
     /// the budget through the store total alone).
     fn count_applied(&mut self, id: &str, deltas: &[UsageDelta]) {
-        let frames: u64 = deltas.iter().map(|d| d.frames).sum();
         if id.starts_with(&self.id_prefix) {
             for d in deltas {
                 if self.budgets.is_capped(&d.tenant) {
@@ -336,9 +275,50 @@ impl Flusher {
                 }
             }
         }
+        let frames: u64 = deltas.iter().map(|d| d.frames).sum();
         self.stats
             .frames_applied
             .fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// The store applied the front batch but for the parts of the
+    /// `refused` tenants, of which it wrote nothing. The rest counts as
+    /// applied; the refused parts go back into the open batch (a new id,
+    /// sent with the next flush: they hold up nobody else's usage, and take
+    /// no store call of their own however long the key stays broken), and
+    /// the write-ahead file is rewritten to match, in one step.
+    fn on_refused(&mut self, refused: Vec<(String, String)>) -> Result<(), FlushError> {
+        let mut batch = self.sealed.pop_front().expect("non-empty");
+        let (kept, applied): (Vec<_>, Vec<_>) = batch
+            .deltas
+            .drain(..)
+            .partition(|d| refused.iter().any(|(t, _)| *t == d.tenant));
+        self.count_applied(&batch.id, &applied);
+        merge_deltas(&mut self.open_batch().deltas, kept);
+        let n = self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(30) {
+            tracing::warn!(
+                error = %StoreError::Refused(refused),
+                "the usage store refused some tenants' usage (a key it cannot count into); \
+                 it waits, written ahead, and goes with every flush until the key is mended; \
+                 other tenants' usage goes on"
+            );
+        }
+        self.wal.rewrite(&self.pending_batches()).inspect_err(|_| {
+            // As after a failed append: rewritten whole next time.
+            self.wal_behind = true;
+        })
+    }
+
+    /// The open batch (merging, never sent), opened with a new id if none.
+    fn open_batch(&mut self) -> &mut FlushBatch {
+        self.open.get_or_insert_with(|| {
+            self.seq += 1;
+            FlushBatch {
+                id: format!("{}-{}", self.id_prefix, self.seq),
+                deltas: Vec::new(),
+            }
+        })
     }
 
     /// Drains the accumulator into the open batch and appends it to the
@@ -347,13 +327,7 @@ impl Flusher {
         let mut wal_error = None;
         let deltas = self.acc.drain(now);
         if !deltas.is_empty() {
-            let open = self.open.get_or_insert_with(|| {
-                self.seq += 1;
-                FlushBatch {
-                    id: format!("{}-{}", self.id_prefix, self.seq),
-                    deltas: Vec::new(),
-                }
-            });
+            let open = self.open_batch();
             // Into memory first: if the write-ahead file fails the usage
             // still reaches the store; only crash safety is lost (logged).
             let id = open.id.clone();
@@ -415,22 +389,6 @@ impl Flusher {
                 error = why,
                 pending_frames = self.pending_frames(),
                 "usage store unavailable; usage waits in memory and in the write-ahead file"
-            );
-        }
-    }
-
-    fn on_refused(&self, why: &str) {
-        let n = self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        if n.is_multiple_of(30) {
-            tracing::warn!(
-                error = why,
-                held_frames = self
-                    .held
-                    .iter()
-                    .flat_map(|b| &b.deltas)
-                    .map(|d| d.frames)
-                    .sum::<u64>(),
-                "the usage store refused some tenants' usage; it is held (and written ahead) and retried every flush, other tenants' usage goes on"
             );
         }
     }

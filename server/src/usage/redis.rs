@@ -66,18 +66,29 @@ fn pipelines<'a, 'b>(tenants: &'b [&'a [&'a UsageDelta]]) -> Vec<&'b [&'a [&'a U
 /// delta window, field, frames, pixels. Every key is checked before the
 /// first write: a script that fails half-way keeps what it wrote (Redis
 /// has no rollback) while the marker stays unset, so each retry would
-/// count that part again.
+/// count that part again. A key it cannot count into is refused with the
+/// error code `FGREFUSED`, before anything of the part is written.
 const APPLY: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local function kind(key, want)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+local function refuse(why)
+  return redis.error_reply('FGREFUSED ' .. why)
+end
+-- What INCRBY and HINCRBY take, with room for the sum.
+local function integer(v, key)
+  if v and v ~= '0' and not (string.match(v, '^%-?[1-9]%d*$') and #v <= 18) then
+    return refuse(key .. ' holds ' .. string.sub(v, 1, 40) .. ', not a counter')
   end
 end
-local function integer(v, key)
-  if v and not tonumber(v) then
-    return redis.error_reply('ERR ' .. key .. ' holds a value that is not an integer')
+local checked = {}
+local function kind(key, want)
+  if checked[key] then return nil end
+  checked[key] = true
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return refuse('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+  if t == 'string' then
+    return integer(redis.call('GET', key), key)
   end
 end
 local n = (#ARGV - 1) / 4
@@ -85,16 +96,11 @@ local e = kind(KEYS[2], 'zset') or kind(KEYS[3], 'zset')
 if e then return e end
 for i = 0, n - 1 do
   local hk = KEYS[4 + i * 2]
-  local pk = KEYS[5 + i * 2]
   local field = ARGV[3 + i * 4]
-  e = kind(hk, 'hash') or kind(pk, 'string')
+  e = kind(hk, 'hash') or kind(KEYS[5 + i * 2], 'string')
     or integer(redis.call('HGET', hk, 'f:' .. field), hk)
     or integer(redis.call('HGET', hk, 'p:' .. field), hk)
   if e then return e end
-  if redis.call('TYPE', pk)['ok'] == 'string' then
-    e = integer(redis.call('GET', pk), pk)
-    if e then return e end
-  end
 end
 for i = 0, n - 1 do
   local w = ARGV[2 + i * 4]
@@ -243,14 +249,20 @@ impl RedisStore {
         pipe.ignore_errors();
         let mut conn = self.conn.clone();
         let replies: Vec<redis::RedisResult<i64>> = pipe.query_async(&mut conn).await?;
-        Ok(group
-            .iter()
-            .zip(replies)
-            .filter_map(|(part, reply)| {
-                let e = reply.err()?;
-                Some((part[0].tenant.clone(), format!("flush {id}: {e}")))
-            })
-            .collect())
+        // Only the script's own refusals are a tenant's: anything else (a
+        // replica, out of memory, loading, a moved slot) is the store's,
+        // and the batch is retried whole.
+        let mut refused = Vec::new();
+        for (part, reply) in group.iter().zip(replies) {
+            match reply {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("FGREFUSED") => {
+                    refused.push((part[0].tenant.clone(), format!("flush {id}: {e}")));
+                }
+                Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+            }
+        }
+        Ok(refused)
     }
 
     /// One tenant's part of flush `id` (`part`: its deltas, at least one).

@@ -160,6 +160,17 @@ async fn slow_gateway(dir: &std::path::Path, fixed_us: u64) -> Gateway {
     Gateway::start(&["--backend", "synthetic", "--config", cfg.to_str().unwrap()]).await
 }
 
+/// A session on `gw` that sent frames 1 to `n` (dog.jpg), then Bye.
+async fn frames_then_bye(gw: &Gateway, n: u64) -> (Ws, framegate_protocol::Welcome) {
+    let jpeg = data("dog.jpg");
+    let (mut ws, welcome) = open_session(gw).await;
+    for seq in 1..=n {
+        send(&mut ws, &jpeg_frame(seq, &jpeg)).await;
+    }
+    send(&mut ws, &ClientMessage::Bye(Default::default())).await;
+    (ws, welcome)
+}
+
 /// Hello with `token` over a new WebSocket connection: the connection and
 /// the gateway's first answer.
 async fn try_resume(
@@ -197,12 +208,7 @@ fn assert_refused(first: Option<ServerMessage>) {
 async fn a_session_that_said_bye_resumes_for_its_last_answers() {
     let dir = tempfile::tempdir().unwrap();
     let gw = slow_gateway(dir.path(), 500_000).await;
-    let jpeg = data("dog.jpg");
-    let (mut ws, welcome) = open_session(&gw).await;
-    for seq in 1..=3 {
-        send(&mut ws, &jpeg_frame(seq, &jpeg)).await;
-    }
-    send(&mut ws, &ClientMessage::Bye(Default::default())).await;
+    let (ws, welcome) = frames_then_bye(&gw, 3).await;
     // Gone without a close frame: a lost connection.
     drop(ws);
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -240,10 +246,7 @@ async fn a_session_that_said_bye_resumes_for_its_last_answers() {
 async fn a_close_not_read_after_bye_can_be_resumed() {
     let dir = tempfile::tempdir().unwrap();
     let gw = slow_gateway(dir.path(), 1_000).await;
-    let jpeg = data("dog.jpg");
-    let (mut ws, welcome) = open_session(&gw).await;
-    send(&mut ws, &jpeg_frame(1, &jpeg)).await;
-    send(&mut ws, &ClientMessage::Bye(Default::default())).await;
+    let (ws, welcome) = frames_then_bye(&gw, 1).await;
     // The answer and the close arrive, unread; dropping the socket with
     // them unread resets the connection.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -284,12 +287,7 @@ async fn a_close_not_read_after_bye_can_be_resumed() {
 async fn a_client_that_closes_right_after_bye_ends_its_session() {
     let dir = tempfile::tempdir().unwrap();
     let gw = slow_gateway(dir.path(), 1_000_000).await;
-    let jpeg = data("dog.jpg");
-    let (mut ws, welcome) = open_session(&gw).await;
-    for seq in 1..=3 {
-        send(&mut ws, &jpeg_frame(seq, &jpeg)).await;
-    }
-    send(&mut ws, &ClientMessage::Bye(Default::default())).await;
+    let (mut ws, welcome) = frames_then_bye(&gw, 3).await;
     ws.close(None).await.unwrap();
     // The close is answered (before the session lets go of the connection).
     match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
@@ -401,10 +399,7 @@ async fn the_sdk_resumes_after_finish_for_its_last_answers() {
 async fn a_session_held_after_bye_does_not_delay_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let mut gw = slow_gateway(dir.path(), 500_000).await;
-    let jpeg = data("dog.jpg");
-    let (mut ws, _) = open_session(&gw).await;
-    send(&mut ws, &jpeg_frame(1, &jpeg)).await;
-    send(&mut ws, &ClientMessage::Bye(Default::default())).await;
+    let (ws, _) = frames_then_bye(&gw, 1).await;
     drop(ws);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(

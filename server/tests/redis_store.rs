@@ -328,3 +328,52 @@ async fn a_refused_tenant_holds_up_only_its_own_usage() {
         );
     }
 }
+
+/// A refused part of a batch replayed from an earlier run travels on with
+/// this run's usage; when it is finally applied it must not count as
+/// delivered by this run, or it would cancel this run's delivered frames
+/// not yet in the store from the tenant's budget (1,000 instead of 1,003
+/// used).
+#[tokio::test]
+async fn a_refused_part_of_an_earlier_run_leaves_this_runs_budget_right() {
+    use framegate::metering::wal::Wal;
+    use framegate::metering::{Budgets, FlushStats, Flusher, UsageAccumulator};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    let redis = RedisServer::start();
+    redis
+        .cmd(&["SET", "fg:{t}:windows", "not a sorted set"])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(&dir.path().join("usage.wal")).unwrap();
+    let store =
+        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
+    let budgets = Arc::new(Budgets::new(&BTreeMap::from([("t".to_string(), 10_000)])));
+    let now = framegate::metering::unix_now();
+    let replayed = vec![FlushBatch {
+        id: "gw1-earlier-run-7".into(),
+        deltas: vec![delta("t", "m", now - now % 60, 1_000)],
+    }];
+    // This run delivered 3 frames, not yet in the store.
+    for _ in 0..3 {
+        budgets.reserve("t").unwrap().deliver();
+    }
+    let mut flusher = Flusher::new(
+        Arc::new(UsageAccumulator::new(60)),
+        store.clone(),
+        budgets.clone(),
+        wal,
+        replayed,
+        "gw1",
+        1 << 20,
+        Duration::from_secs(2),
+        Arc::new(FlushStats::default()),
+    );
+    flusher.tick(now).await.unwrap();
+    assert_eq!(flusher.pending_frames(), 1_000, "refused");
+    redis.cmd(&["DEL", "fg:{t}:windows"]).unwrap();
+    flusher.tick(now).await.unwrap();
+    assert!(flusher.is_idle());
+    assert_eq!(budgets.used("t"), Some((1_003, 10_000)));
+}

@@ -65,6 +65,10 @@ pub struct Flusher {
     open: Option<FlushBatch>,
     sealed: VecDeque<FlushBatch>,
     applied_since_refresh: BTreeMap<String, u64>,
+    /// Frames of refused parts of batches replayed from an earlier run,
+    /// per tenant, merged into this run's open batch (see
+    /// [`Self::count_applied`]).
+    foreign: BTreeMap<String, u64>,
     /// An append to the write-ahead file failed: what is pending is
     /// rewritten to it whole until that succeeds.
     wal_behind: bool,
@@ -122,6 +126,7 @@ impl Flusher {
             open: None,
             sealed: replayed.into(),
             applied_since_refresh: BTreeMap::new(),
+            foreign: BTreeMap::new(),
             wal_behind: false,
             timeout,
             drain_every: None,
@@ -208,6 +213,7 @@ impl Flusher {
                 Ok(Err(StoreError::Refused(refused))) => {
                     if let Err(e) = self.on_refused(refused) {
                         wal_error.get_or_insert(e);
+                        break;
                     }
                 }
                 Ok(Err(e)) => {
@@ -267,11 +273,21 @@ impl Flusher {
     fn count_applied(&mut self, id: &str, deltas: &[UsageDelta]) {
         if id.starts_with(&self.id_prefix) {
             for d in deltas {
+                // Refused frames of an earlier run merged into this one's.
+                let mut frames = d.frames;
+                if let Some(f) = self.foreign.get_mut(&d.tenant) {
+                    let theirs = (*f).min(frames);
+                    frames -= theirs;
+                    *f -= theirs;
+                    if *f == 0 {
+                        self.foreign.remove(&d.tenant);
+                    }
+                }
                 if self.budgets.is_capped(&d.tenant) {
                     *self
                         .applied_since_refresh
                         .entry(d.tenant.clone())
-                        .or_default() += d.frames;
+                        .or_default() += frames;
                 }
             }
         }
@@ -283,18 +299,22 @@ impl Flusher {
 
     /// The store applied the front batch but for the parts of the
     /// `refused` tenants, of which it wrote nothing. The rest counts as
-    /// applied; the refused parts go back into the open batch (a new id,
-    /// sent with the next flush: they hold up nobody else's usage, and take
-    /// no store call of their own however long the key stays broken), and
-    /// the write-ahead file is rewritten to match, in one step.
+    /// applied; the refused parts move into the open batch (a new id, sent
+    /// with the next flush: they hold up nobody else's usage, and take no
+    /// store call of their own however long the key stays broken). The move
+    /// is written ahead first, in one step (the file then holds them under
+    /// the new id only, never under both ids: a replay of both would count
+    /// them twice). If that write fails, the batch stays first in the queue
+    /// with its refused parts only, under its own id.
     fn on_refused(&mut self, refused: Vec<(String, String)>) -> Result<(), FlushError> {
-        let mut batch = self.sealed.pop_front().expect("non-empty");
-        let (kept, applied): (Vec<_>, Vec<_>) = batch
+        let front = self.sealed.front().expect("non-empty");
+        let id = front.id.clone();
+        let (kept, applied): (Vec<_>, Vec<_>) = front
             .deltas
-            .drain(..)
+            .iter()
+            .cloned()
             .partition(|d| refused.iter().any(|(t, _)| *t == d.tenant));
-        self.count_applied(&batch.id, &applied);
-        merge_deltas(&mut self.open_batch().deltas, kept);
+        self.count_applied(&id, &applied);
         let n = self.stats.failures.fetch_add(1, Ordering::Relaxed);
         if n.is_multiple_of(30) {
             tracing::warn!(
@@ -304,10 +324,33 @@ impl Flusher {
                  other tenants' usage goes on"
             );
         }
-        self.wal.rewrite(&self.pending_batches()).inspect_err(|_| {
-            // As after a failed append: rewritten whole next time.
+        let mut open = match self.open.clone() {
+            Some(open) => open,
+            None => self.open_batch().clone(),
+        };
+        merge_deltas(&mut open.deltas, kept.iter().cloned());
+        let pending: Vec<FlushBatch> = self
+            .sealed
+            .iter()
+            .skip(1)
+            .cloned()
+            .chain(std::iter::once(open.clone()))
+            .collect();
+        if let Err(e) = self.wal.rewrite(&pending) {
+            self.sealed.front_mut().expect("non-empty").deltas = kept;
             self.wal_behind = true;
-        })
+            return Err(e);
+        }
+        self.sealed.pop_front();
+        self.open = Some(open);
+        // Frames an earlier run delivered: when the open batch (this run's
+        // id) is applied they must not count as delivered by this run.
+        if !id.starts_with(&self.id_prefix) {
+            for d in &kept {
+                *self.foreign.entry(d.tenant.clone()).or_default() += d.frames;
+            }
+        }
+        Ok(())
     }
 
     /// The open batch (merging, never sent), opened with a new id if none.

@@ -227,6 +227,13 @@ impl Wal {
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &self.path).map_err(io)?;
+        // The rename itself, durable: else a power loss may bring the old
+        // file back (with batches this one no longer holds).
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.io(e))?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .append(true)

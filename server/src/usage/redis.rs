@@ -97,7 +97,8 @@ if e then return e end
 for i = 0, n - 1 do
   local hk = KEYS[4 + i * 2]
   local field = ARGV[3 + i * 4]
-  e = kind(hk, 'hash') or kind(KEYS[5 + i * 2], 'string')
+  e = integer(ARGV[4 + i * 4], 'frames') or integer(ARGV[5 + i * 4], 'pixels')
+    or kind(hk, 'hash') or kind(KEYS[5 + i * 2], 'string')
     or integer(redis.call('HGET', hk, 'f:' .. field), hk)
     or integer(redis.call('HGET', hk, 'p:' .. field), hk)
   if e then return e end

@@ -3,9 +3,11 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use framegate::metering::{period_of, UsageDelta};
+use framegate::metering::wal::Wal;
+use framegate::metering::{period_of, Budgets, FlushStats, Flusher, UsageAccumulator, UsageDelta};
 use framegate::usage::redis::RedisStore;
 use framegate::usage::{BillingState, FlushBatch, UsageStore};
 use support::redis::RedisServer;
@@ -19,6 +21,37 @@ fn delta(tenant: &str, model: &str, window: u64, frames: u64) -> UsageDelta {
         frames,
         pixels: frames * 100,
     }
+}
+
+/// The store on `redis`, where `tenant`'s windows key has the wrong type:
+/// its usage is refused until the key is deleted.
+fn store_refusing(redis: &RedisServer, tenant: &str) -> UsageStore {
+    let key = format!("fg:{{{tenant}}}:windows");
+    redis.cmd(&["SET", &key, "not a sorted set"]).unwrap();
+    UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap())
+}
+
+/// A flusher of `acc` into `store` over `wal` (2 s store timeout),
+/// replaying `replayed`.
+fn flusher(
+    acc: &Arc<UsageAccumulator>,
+    store: &UsageStore,
+    budgets: Arc<Budgets>,
+    wal: Wal,
+    replayed: Vec<FlushBatch>,
+    stats: Arc<FlushStats>,
+) -> Flusher {
+    Flusher::new(
+        acc.clone(),
+        store.clone(),
+        budgets,
+        wal,
+        replayed,
+        "gw-test",
+        1 << 20,
+        Duration::from_secs(2),
+        stats,
+    )
 }
 
 #[tokio::test]
@@ -195,15 +228,11 @@ fn a_batch_of_thousands_of_tenants_takes_few_round_trips() {
 #[tokio::test]
 async fn a_tenant_whose_keys_are_broken_is_named() {
     let redis = RedisServer::start();
-    redis
-        .cmd(&["SET", "fg:{broken}:windows", "not a sorted set"])
-        .unwrap();
+    let store = store_refusing(&redis, "broken");
     // A counter INCRBY would refuse, after the other deltas' writes.
     redis
         .cmd(&["SET", "fg:{odd}:period:197001", "1.5"])
         .unwrap();
-    let store =
-        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
     let batch = FlushBatch {
         id: "gw1-bad-1".into(),
         deltas: vec![
@@ -241,19 +270,11 @@ async fn a_tenant_whose_keys_are_broken_is_named() {
 /// whole on every retry and every later flush waited behind it.
 #[tokio::test]
 async fn a_refused_tenant_holds_up_only_its_own_usage() {
-    use framegate::metering::wal::Wal;
-    use framegate::metering::{Budgets, FlushStats, Flusher, UsageAccumulator};
-    use std::sync::Arc;
-
     let redis = RedisServer::start();
-    redis
-        .cmd(&["SET", "fg:{broken}:windows", "not a sorted set"])
-        .unwrap();
+    let store = store_refusing(&redis, "broken");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.wal");
     let acc = Arc::new(UsageAccumulator::new(60));
-    let store =
-        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
     let stats = Arc::new(FlushStats::default());
     // A flusher over the write-ahead file, replaying what it holds: the
     // tenants of that.
@@ -264,17 +285,8 @@ async fn a_refused_tenant_holds_up_only_its_own_usage() {
             .flat_map(|b| &b.deltas)
             .map(|d| d.tenant.clone())
             .collect();
-        let flusher = Flusher::new(
-            acc.clone(),
-            store.clone(),
-            Arc::new(Budgets::new(&Default::default())),
-            wal,
-            replayed,
-            "gw-test",
-            1 << 20,
-            Duration::from_secs(2),
-            stats.clone(),
-        );
+        let budgets = Arc::new(Budgets::new(&Default::default()));
+        let flusher = flusher(&acc, &store, budgets, wal, replayed, stats.clone());
         (flusher, tenants)
     };
     let (mut flusher, _) = start();
@@ -336,20 +348,14 @@ async fn a_refused_tenant_holds_up_only_its_own_usage() {
 /// used).
 #[tokio::test]
 async fn a_refused_part_of_an_earlier_run_leaves_this_runs_budget_right() {
-    use framegate::metering::wal::Wal;
-    use framegate::metering::{Budgets, FlushStats, Flusher, UsageAccumulator};
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-
     let redis = RedisServer::start();
-    redis
-        .cmd(&["SET", "fg:{t}:windows", "not a sorted set"])
-        .unwrap();
+    let store = store_refusing(&redis, "t");
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(&dir.path().join("usage.wal")).unwrap();
-    let store =
-        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
-    let budgets = Arc::new(Budgets::new(&BTreeMap::from([("t".to_string(), 10_000)])));
+    let budgets = Arc::new(Budgets::new(&std::collections::BTreeMap::from([(
+        "t".to_string(),
+        10_000,
+    )])));
     let now = framegate::metering::unix_now();
     let replayed = vec![FlushBatch {
         id: "gw1-earlier-run-7".into(),
@@ -359,17 +365,9 @@ async fn a_refused_part_of_an_earlier_run_leaves_this_runs_budget_right() {
     for _ in 0..3 {
         budgets.reserve("t").unwrap().deliver();
     }
-    let mut flusher = Flusher::new(
-        Arc::new(UsageAccumulator::new(60)),
-        store.clone(),
-        budgets.clone(),
-        wal,
-        replayed,
-        "gw1",
-        1 << 20,
-        Duration::from_secs(2),
-        Arc::new(FlushStats::default()),
-    );
+    let acc = Arc::new(UsageAccumulator::new(60));
+    let stats = Arc::new(FlushStats::default());
+    let mut flusher = flusher(&acc, &store, budgets.clone(), wal, replayed, stats);
     flusher.tick(now).await.unwrap();
     assert_eq!(flusher.pending_frames(), 1_000, "refused");
     redis.cmd(&["DEL", "fg:{t}:windows"]).unwrap();

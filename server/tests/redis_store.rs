@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use framegate::metering::wal::Wal;
-use framegate::metering::{period_of, Budgets, FlushStats, Flusher, UsageAccumulator, UsageDelta};
+use framegate::metering::{
+    period_of, Budgets, FlushLeft, FlushStats, Flusher, UsageAccumulator, UsageDelta,
+};
 use framegate::usage::redis::RedisStore;
 use framegate::usage::{BillingState, FlushBatch, UsageStore};
 use support::redis::RedisServer;
@@ -339,6 +341,69 @@ async fn a_refused_tenant_holds_up_only_its_own_usage() {
             "{tenant}: applied once"
         );
     }
+}
+
+/// At shutdown, usage the store refuses outright is not waited for: no
+/// retry within the flush deadline would mend the key. The final flush
+/// applies everyone else's, names the refused tenant, and leaves its
+/// frames in the write-ahead file; a store that is only unreachable is
+/// still waited for.
+#[tokio::test]
+async fn the_final_flush_does_not_wait_out_its_deadline_for_a_refused_tenant() {
+    let redis = RedisServer::start();
+    let store = store_refusing(&redis, "broken");
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(&dir.path().join("usage.wal")).unwrap();
+    let acc = Arc::new(UsageAccumulator::new(60));
+    let budgets = Arc::new(Budgets::new(&Default::default()));
+    let mut first = flusher(&acc, &store, budgets, wal, Vec::new(), Default::default());
+    for tenant in ["acme", "broken", "broken"] {
+        acc.handle(tenant, "k", "m").record(100);
+    }
+    let deadline = Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let left = first.flush_all(|| 3_600, deadline).await;
+    let took = started.elapsed();
+    assert_eq!(
+        left,
+        FlushLeft {
+            frames: 2,
+            refused: vec!["broken".into()]
+        }
+    );
+    assert!(
+        took < deadline / 3,
+        "the final flush waited {took:?} for a key no retry mends"
+    );
+    assert_eq!(store.window_frames("acme", 3_600).await.unwrap(), 1);
+    drop(first);
+    let (_, replayed) = Wal::open(&dir.path().join("usage.wal")).unwrap();
+    let kept: u64 = replayed
+        .iter()
+        .flat_map(|b| &b.deltas)
+        .map(|d| d.frames)
+        .sum();
+    assert_eq!(kept, 2, "the refused frames stay in the write-ahead file");
+
+    // An unreachable store is another matter: it may come back.
+    let gone = UsageStore::Redis(
+        RedisStore::connect("redis://127.0.0.1:1", Duration::from_secs(2)).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(&dir.path().join("usage.wal")).unwrap();
+    let budgets = Arc::new(Budgets::new(&Default::default()));
+    let mut second = flusher(&acc, &gone, budgets, wal, Vec::new(), Default::default());
+    acc.handle("acme", "k", "m").record(100);
+    let left = second
+        .flush_all(|| 3_600, Duration::from_millis(1_500))
+        .await;
+    assert_eq!(
+        left,
+        FlushLeft {
+            frames: 1,
+            refused: Vec::new()
+        }
+    );
 }
 
 /// A refused part of a batch replayed from an earlier run travels on with

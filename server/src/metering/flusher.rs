@@ -72,11 +72,33 @@ pub struct Flusher {
     /// An append to the write-ahead file failed: what is pending is
     /// rewritten to it whole until that succeeds.
     wal_behind: bool,
+    /// How the latest tick's store calls went (see
+    /// [`Self::held_by_refusals`]).
+    last_tick: TickStore,
     timeout: Duration,
     /// While a store call is waited for, drain into the write-ahead file
     /// this often (`None`: only once per tick).
     drain_every: Option<Duration>,
     stats: Arc<FlushStats>,
+}
+
+/// How one tick's store calls went.
+#[derive(Debug, Default)]
+struct TickStore {
+    /// Tenants whose usage the store refused.
+    refused: std::collections::BTreeSet<String>,
+    /// A call failed or timed out (the store may be unreachable).
+    failed: bool,
+}
+
+/// What a final flush ([`Flusher::flush_all`]) left in the write-ahead file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushLeft {
+    /// Frames not in the store.
+    pub frames: u64,
+    /// When the store refused them: the tenants whose keys it cannot count
+    /// into (empty when it was unreachable or the deadline passed).
+    pub refused: Vec<String>,
 }
 
 /// A flusher failure that stops the gateway (the write-ahead file failed).
@@ -128,6 +150,7 @@ impl Flusher {
             applied_since_refresh: BTreeMap::new(),
             foreign: BTreeMap::new(),
             wal_behind: false,
+            last_tick: TickStore::default(),
             timeout,
             drain_every: None,
             stats,
@@ -182,6 +205,7 @@ impl Flusher {
         // (else a slow store and steady traffic would keep one tick going,
         // and budgets, compaction and the stats with it).
         let mut sealed_open = false;
+        self.last_tick = TickStore::default();
         loop {
             if self.sealed.is_empty() {
                 if sealed_open {
@@ -211,16 +235,21 @@ impl Flusher {
                     self.stats.batches_applied.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(StoreError::Refused(refused))) => {
+                    self.last_tick
+                        .refused
+                        .extend(refused.iter().map(|(t, _)| t.clone()));
                     if let Err(e) = self.on_refused(refused) {
                         wal_error.get_or_insert(e);
                         break;
                     }
                 }
                 Ok(Err(e)) => {
+                    self.last_tick.failed = true;
                     self.on_failure(&e.to_string());
                     break;
                 }
                 Err(_) => {
+                    self.last_tick.failed = true;
                     self.on_failure("timed out");
                     break;
                 }
@@ -462,10 +491,33 @@ impl Flusher {
         }
     }
 
-    /// Ticks until nothing is pending or `deadline` passes; returns the
-    /// frames still waiting (kept in the write-ahead file for the next start).
-    pub async fn flush_all(&mut self, now: impl Fn() -> u64, deadline: Duration) -> u64 {
+    /// What is left is usage the store refused outright (a key it cannot
+    /// count into, see [`StoreError::Refused`]) and no more waiting would
+    /// change that: the latest tick reached the store, and every tenant
+    /// still pending is one it refused then. The refused tenants, or `None`.
+    pub fn held_by_refusals(&self) -> Option<Vec<String>> {
+        if self.is_idle() || self.last_tick.failed || !self.sealed.is_empty() {
+            return None;
+        }
+        let pending: std::collections::BTreeSet<&String> = self
+            .open
+            .iter()
+            .flat_map(|b| &b.deltas)
+            .map(|d| &d.tenant)
+            .collect();
+        pending
+            .iter()
+            .all(|t| self.last_tick.refused.contains(*t))
+            .then(|| pending.into_iter().cloned().collect())
+    }
+
+    /// Ticks until nothing is pending or `deadline` passes; returns what is
+    /// still waiting (kept in the write-ahead file for the next start). It
+    /// does not wait for a key to be mended: once only usage the store
+    /// refused is left, it stops.
+    pub async fn flush_all(&mut self, now: impl Fn() -> u64, deadline: Duration) -> FlushLeft {
         let end = tokio::time::Instant::now() + deadline;
+        let mut refused = Vec::new();
         loop {
             if let Err(e) = self.tick(now()).await {
                 tracing::error!(error = %e, "metering write-ahead file failed during the final flush");
@@ -473,9 +525,16 @@ impl Flusher {
             if self.is_idle() || tokio::time::Instant::now() >= end {
                 break;
             }
+            if let Some(tenants) = self.held_by_refusals() {
+                refused = tenants;
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.pending_frames() + self.acc.undrained_frames()
+        FlushLeft {
+            frames: self.pending_frames() + self.acc.undrained_frames(),
+            refused,
+        }
     }
 }
 

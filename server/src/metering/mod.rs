@@ -26,7 +26,7 @@ use tokio::sync::{watch, Mutex as AsyncMutex};
 
 pub use accumulator::{merge_deltas, MeterHandle, SeriesKey, UsageAccumulator, UsageDelta};
 pub use budget::{period_of, Budgets, Reservation};
-pub use flusher::{FlushStats, Flusher};
+pub use flusher::{FlushLeft, FlushStats, Flusher};
 
 use crate::config::Config;
 use crate::usage::{embedded::EmbeddedStore, redis::RedisStore, StoreError, UsageStore};
@@ -188,15 +188,22 @@ impl Metering {
         };
         let Some(mut flusher) = flusher else { return 0 };
         let left = flusher.flush_all(unix_now, deadline).await;
-        if left > 0 {
+        if !left.refused.is_empty() {
             tracing::error!(
-                frames = left,
+                frames = left.frames,
+                tenants = ?left.refused,
+                "the usage store refuses these tenants' usage (a key it cannot count into); \
+                 kept in the write-ahead file, it goes with the next start's flushes once the key is mended"
+            );
+        } else if left.frames > 0 {
+            tracing::error!(
+                frames = left.frames,
                 "usage store unreachable at shutdown; usage kept in the write-ahead file for the next start"
             );
         } else {
             tracing::info!("usage flushed");
         }
-        left
+        left.frames
     }
 }
 

@@ -77,6 +77,30 @@ pub struct FrameResult {
 /// What a submitted frame resolves to.
 pub type FrameOutcome = Result<FrameResult, GatewayError>;
 
+/// A submitted frame's answer, to await. It holds on to the frame's bytes
+/// until then, so that their memory is given back on the thread that
+/// received them (the network side), not on the inference worker that is
+/// done with them first: with glibc's allocator a frame freed on a worker
+/// goes back to the network thread's arena under that arena's lock, which
+/// the network thread takes for every frame it reads (gateway-only
+/// profile: the two threads waited on each other there).
+#[derive(Debug)]
+pub struct Answer {
+    rx: oneshot::Receiver<FrameOutcome>,
+    _payload: bytes::Bytes,
+}
+
+impl std::future::Future for Answer {
+    type Output = Result<FrameOutcome, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx)
+    }
+}
+
 /// A frame on its way through the pipeline.
 #[derive(Debug)]
 pub struct WorkItem {
@@ -346,7 +370,7 @@ impl ModelPipeline {
         tenant: &Arc<TenantShare>,
         frame: ProbedFrame,
         received_at: Instant,
-    ) -> Result<oneshot::Receiver<FrameOutcome>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         self.submit_with_deadline(tenant, frame, received_at, None, Duration::ZERO)
     }
 
@@ -362,7 +386,7 @@ impl ModelPipeline {
         received_at: Instant,
         deadline: Option<Instant>,
         waited: Duration,
-    ) -> Result<oneshot::Receiver<FrameOutcome>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         match self.readiness() {
             Readiness::Ready => {}
             Readiness::Loading => {
@@ -380,6 +404,7 @@ impl ModelPipeline {
         }
         self.admit(tenant, waited)?;
         let (tx, rx) = oneshot::channel();
+        let payload = frame.payload.clone();
         let item = WorkItem {
             frame,
             tenant: tenant.clone(),
@@ -391,7 +416,10 @@ impl ModelPipeline {
         match self.queue.push(item) {
             Ok(()) => {
                 self.after_push();
-                Ok(rx)
+                Ok(Answer {
+                    rx,
+                    _payload: payload,
+                })
             }
             Err(item) => {
                 self.admission.release(&item.tenant);
@@ -956,7 +984,11 @@ fn process_batch(
             (Ok(()), Some(Err(e))) => Err(e),
             (Ok(()), None) => Err(GatewayError::Internal("backend produced no output".into())),
         };
-        let _ = p.item.reply.send(outcome);
+        // The frame's bytes go first: the submitter's [`Answer`] then holds
+        // the last reference and frees them on its own thread.
+        let WorkItem { frame, reply, .. } = p.item;
+        drop(frame);
+        let _ = reply.send(outcome);
     }
 }
 
@@ -1090,6 +1122,45 @@ mod tests {
             assert_eq!(result.unwrap().width, 768, "round {round}");
         }
         assert_eq!(pipeline.frames_inferred(), 6);
+        pipeline.shutdown();
+    }
+
+    /// A frame's bytes are freed by whoever awaited its answer (the
+    /// network thread), not by the worker that ran it: see [`Answer`].
+    #[test]
+    fn a_frame_is_freed_on_the_thread_that_awaited_its_answer() {
+        struct Owner(Vec<u8>, Arc<Mutex<Option<std::thread::ThreadId>>>);
+        impl AsRef<[u8]> for Owner {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for Owner {
+            fn drop(&mut self) {
+                *self.1.lock().unwrap() = Some(std::thread::current().id());
+            }
+        }
+        let pipeline = panicky_pipeline(4);
+        let tenant = pipeline.tenant("t", 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for round in 0..20 {
+            let freed_by = Arc::new(Mutex::new(None));
+            let dog = include_bytes!("../../tests/data/dog.jpg").to_vec();
+            let payload = bytes::Bytes::from_owner(Owner(dog, freed_by.clone()));
+            let frame = decode::probe(None, 0, 0, payload, &LIMITS).unwrap();
+            let answer = pipeline.submit(&tenant, frame, Instant::now()).unwrap();
+            let result =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), answer).await });
+            assert!(matches!(result, Ok(Ok(Ok(_)))), "round {round}: {result:?}");
+            assert_eq!(
+                *freed_by.lock().unwrap(),
+                Some(std::thread::current().id()),
+                "round {round}: the frame was freed on another thread (the worker)"
+            );
+        }
         pipeline.shutdown();
     }
 

@@ -40,6 +40,7 @@
 //! ≤ `resume_buffer`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use framegate_protocol::{
     Detections, DropReason, Dropped, ErrorMessage, OverloadPolicy, ServerMessage, Usage,
@@ -99,7 +100,8 @@ struct Sent {
     max_seq: u64,
     /// Seqs it answers.
     answers: u32,
-    message: ServerMessage,
+    /// Shared with the writer: kept for a re-send without a copy.
+    message: Arc<ServerMessage>,
 }
 
 /// A frame the runner must submit to the pipeline.
@@ -116,8 +118,8 @@ pub struct Dispatch<F> {
 /// A message to write to the connection.
 #[derive(Debug)]
 pub struct Transmit {
-    /// The message.
-    pub message: ServerMessage,
+    /// The message (the resume buffer holds it too).
+    pub message: Arc<ServerMessage>,
     /// `Some(pixels)` when this transmission delivers a Detections for the
     /// first time: the one point where a frame becomes billable.
     pub billed: Option<u64>,
@@ -535,6 +537,7 @@ impl<F> SessionCore<F> {
                 )
             }
         };
+        let message = Arc::new(message);
         self.sent_up_to = max_seq;
         self.unacked.push_back(Sent {
             max_seq,

@@ -54,8 +54,8 @@ pub const OUTBOUND_CAPACITY: usize = 64;
 /// What a connection's writer sends, in order.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A protocol message.
-    Message(ServerMessage),
+    /// A protocol message (shared with the session's resume buffer).
+    Message(Arc<ServerMessage>),
     /// Send this error (without seq) and close with its code.
     Close(GatewayError),
     /// The session ended normally (after Bye): close normally.
@@ -584,7 +584,7 @@ impl SessionTask {
         }
         if let Some((_, out)) = &self.current {
             let notice = ServerMessage::Error(GatewayError::GoingAway.to_message(None));
-            if out.send(Outbound::Message(notice)).await.is_err() {
+            if out.send(Outbound::Message(Arc::new(notice))).await.is_err() {
                 self.detach();
             }
         }
@@ -644,7 +644,7 @@ impl SessionTask {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             received_seq: attached.received_seq,
         });
-        slot.send(Outbound::Message(welcome));
+        slot.send(Outbound::Message(Arc::new(welcome)));
         if attached.resent > 0 {
             tracing::debug!(resent = attached.resent, "resumed");
         }
@@ -898,7 +898,7 @@ impl SessionTask {
             if let Some(pixels) = t.billed {
                 self.registry
                     .record_delivered(&self.tenant, &self.model, pixels);
-                if let ServerMessage::Detections(d) = &t.message {
+                if let ServerMessage::Detections(d) = &*t.message {
                     let r = self
                         .reservations
                         .remove(&d.seq)
@@ -937,7 +937,7 @@ impl SessionTask {
     /// Metrics for one outgoing answer. Detections count once (when
     /// billed); drops and errors as they are sent.
     fn count(&self, t: &crate::session::core::Transmit) {
-        match &t.message {
+        match &*t.message {
             ServerMessage::Detections(d) if t.billed.is_some() => {
                 self.answered.answered(&d.timings)
             }
@@ -998,7 +998,10 @@ mod tests {
             .await
             .unwrap();
         let token = match rx_a.recv().await {
-            Some(Outbound::Message(ServerMessage::Welcome(w))) => w.resume_token,
+            Some(Outbound::Message(m)) => match &*m {
+                ServerMessage::Welcome(w) => w.resume_token.clone(),
+                other => panic!("expected Welcome, got {other:?}"),
+            },
             other => panic!("expected Welcome, got {other:?}"),
         };
         // A resume whose connection is gone before its Welcome goes out.
@@ -1032,7 +1035,8 @@ mod tests {
         assert!(
             matches!(
                 answer,
-                Ok(Some(Outbound::Message(ServerMessage::Detections(ref d)))) if d.seq == 1
+                Ok(Some(Outbound::Message(ref m)))
+                    if matches!(&**m, ServerMessage::Detections(d) if d.seq == 1)
             ),
             "the attached connection lost its session: {answer:?}"
         );

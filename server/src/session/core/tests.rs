@@ -27,7 +27,11 @@ fn det(w: u32, h: u32) -> Outcome {
 }
 
 fn drain(core: &mut SessionCore<u64>) -> Vec<ServerMessage> {
-    std::iter::from_fn(|| core.poll_transmit().map(|t| t.message)).collect()
+    std::iter::from_fn(|| {
+        core.poll_transmit()
+            .map(|t| Arc::unwrap_or_clone(t.message))
+    })
+    .collect()
 }
 
 fn answered(msgs: &[ServerMessage]) -> Vec<u64> {
@@ -382,7 +386,7 @@ impl Sim {
         }
         while let Some(t) = self.core.poll_transmit() {
             self.billed += u64::from(t.billed.is_some());
-            self.to_client.push_back(t.message);
+            self.to_client.push_back(Arc::unwrap_or_clone(t.message));
         }
         assert!(self.core.holding_credit() <= self.window);
         assert!(self.core.in_pipeline() <= 2);

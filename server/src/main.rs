@@ -225,7 +225,7 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
         config.pipeline.spin_after_run = s;
     }
     if let Some(b) = args.max_batch {
-        config.pipeline.max_batch = b;
+        config.pipeline.max_batch = Some(b);
     }
     if let Some(d) = args.max_delay_us {
         config.pipeline.max_delay_us = d;
@@ -292,12 +292,13 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
             name: None,
         });
     }
+    config.resolve_defaults();
     config.validate()?;
     init_logging(&config);
     tracing::info!(
         io_threads = config.pipeline.io_thread_count(),
         inference_workers = config.pipeline.worker_count(),
-        max_batch = config.pipeline.max_batch,
+        max_batch = config.pipeline.max_batch(),
         preprocess = config.pipeline.preprocess.as_str(),
         "threads"
     );
@@ -318,7 +319,7 @@ async fn serve(args: ServeArgs, mut config: Config) -> Result<()> {
                 framegate::backend::triton::pool::TritonPool::connect(&triton)
             })
             .await??;
-            triton_factory(pool, &config.backend.triton, config.pipeline.max_batch)
+            triton_factory(pool, &config.backend.triton, config.pipeline.max_batch())
         }
         BackendKind::Synthetic => {
             println!("framegate: SYNTHETIC backend: made-up boxes, no model inference");
@@ -691,11 +692,13 @@ fn main() -> Result<()> {
             let Some(path) = config else {
                 bail!("give a file with --config");
             };
-            let c = load_config(Some(&path))?;
+            let mut c = load_config(Some(&path))?;
+            c.resolve_defaults();
             println!("{}", toml::to_string_pretty(&c)?);
             Ok(())
         }
         Command::Config(ConfigCommand::Defaults) => {
+            // Unresolved: `pipeline.max_batch` follows the backend chosen.
             print!("{}", toml::to_string_pretty(&Config::default())?);
             Ok(())
         }

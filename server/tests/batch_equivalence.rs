@@ -103,7 +103,7 @@ fn start(config: &PipelineConfig) -> (std::sync::Arc<ModelPipeline>, tokio::runt
 
 fn run_pipeline(max_batch: usize) -> (Vec<FrameResult>, u32) {
     let config = PipelineConfig {
-        max_batch,
+        max_batch: Some(max_batch),
         workers: Some(1),
         // Long enough that the 8 frames submitted together leave as one batch.
         max_delay_us: 200_000,
@@ -213,7 +213,7 @@ fn a_backlog_runs_side_by_side_not_solo() {
     let config = PipelineConfig {
         workers: Some(2),
         solo_threads: Some(2),
-        max_batch: 1,
+        max_batch: Some(1),
         // The 16 frames are queued at once on purpose.
         max_queue_wait_ms: 0,
         ..PipelineConfig::default()

@@ -212,7 +212,7 @@ fn to_nv12(rgb: &RgbImage) -> Vec<u8> {
 
 fn start(model: LoadedModel, preprocess: PreprocessDevice) -> std::sync::Arc<ModelPipeline> {
     let config = PipelineConfig {
-        max_batch: 8,
+        max_batch: Some(8),
         workers: Some(1),
         // Frames queued behind a running batch wait for batch-mates (the
         // first of a burst may leave alone: the worker was idle).

@@ -59,7 +59,7 @@ fn triton_config(endpoints: Vec<String>) -> TritonConfig {
 
 fn run_photos(factory: BackendFactory) -> Vec<FrameResult> {
     let config = PipelineConfig {
-        max_batch: 4,
+        max_batch: Some(4),
         workers: Some(1),
         // The frames submitted together leave in batches of up to 4.
         max_delay_us: 100_000,

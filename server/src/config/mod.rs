@@ -354,14 +354,16 @@ pub struct PipelineConfig {
     /// is not refused on a slow model. 0 turns it off (only `queue_capacity`
     /// bounds the queue). Default 500.
     pub max_queue_wait_ms: u64,
-    /// Largest batch handed to a backend. Default 8 (GPU and Triton backends
-    /// gain from large batches). On a CPU-only ONNX Runtime gateway (workers
-    /// with one-thread sessions) 2 keeps the throughput and cuts the p99 of
-    /// a saturated or overloaded gateway (at 10× overload to about 0.6×, in
-    /// less than half the memory) but raised the p99 at half load by about
-    /// 40 % (docs/benchmarks.md, "CPU batch size at saturation"): set it for
-    /// a gateway that runs saturated.
-    pub max_batch: usize,
+    /// Largest batch handed to a backend. Default: 1 with the `onnx`
+    /// backend (inference on this machine's CPU, also with `preprocess =
+    /// "cuda"`), 8 with `triton` (a GPU server gains from large batches) and
+    /// `synthetic`. One-thread ONNX Runtime sessions run no faster per frame
+    /// in batches, and every frame of a batch waits for the whole batch:
+    /// against batches of 8, frames one at a time gave 4–5 % more frames/s
+    /// at saturation, 0.67–0.82× the p99 there, at 10× overload 0.64× the
+    /// admitted p99 in 0.38× the memory, and the same p99 at half load
+    /// (docs/benchmarks.md, "CPU batch size at saturation").
+    pub max_batch: Option<usize>,
     /// How long, in microseconds, a frame may wait for batch-mates while some
     /// inference worker is busy. When every worker is idle a batch leaves at
     /// once. Default 2000 (2 ms).
@@ -458,6 +460,29 @@ impl PreprocessDevice {
     }
 }
 
+/// `pipeline.max_batch` where inference runs on this machine's CPU (the
+/// `onnx` backend, whatever the preprocessing device).
+pub const CPU_MAX_BATCH: usize = 1;
+/// `pipeline.max_batch` everywhere else (Triton, the synthetic backend), and
+/// for a pipeline configured in code without [`Config::resolve_defaults`].
+pub const DEFAULT_MAX_BATCH: usize = 8;
+
+impl PipelineConfig {
+    /// `max_batch`, or [`DEFAULT_MAX_BATCH`] where it was left unset and not
+    /// resolved by [`Config::resolve_defaults`].
+    pub fn max_batch(&self) -> usize {
+        self.max_batch.unwrap_or(DEFAULT_MAX_BATCH)
+    }
+
+    /// The default `max_batch` for inference on `backend` (see the field).
+    pub fn default_max_batch(backend: BackendKind) -> usize {
+        match backend {
+            BackendKind::Onnx => CPU_MAX_BATCH,
+            BackendKind::Triton | BackendKind::Synthetic => DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
@@ -465,7 +490,7 @@ impl Default for PipelineConfig {
             tenant_queue_floor: 4,
             queue_headroom: None,
             max_queue_wait_ms: 500,
-            max_batch: 8,
+            max_batch: None,
             max_delay_us: 2_000,
             workers: None,
             threads_per_worker: 1,
@@ -854,6 +879,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Fills the defaults that depend on other sections (today
+    /// `pipeline.max_batch`, by backend). Call it once the file and the
+    /// command line have been applied.
+    pub fn resolve_defaults(&mut self) {
+        let backend = self.backend.kind;
+        self.pipeline
+            .max_batch
+            .get_or_insert_with(|| PipelineConfig::default_max_batch(backend));
+    }
+
     /// Checks every field, collecting all problems.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = tenancy::problems(&self.plans, &self.tenants);
@@ -870,11 +905,8 @@ impl Config {
         if p.queue_headroom.is_some_and(|h| h > 1_000_000) {
             problems.push("pipeline.queue_headroom must be at most 1000000".into());
         }
-        if p.max_batch == 0 || p.max_batch > 256 {
-            problems.push(format!(
-                "pipeline.max_batch must be in 1..=256, got {}",
-                p.max_batch
-            ));
+        if let Some(b) = p.max_batch.filter(|b| !(1..=256).contains(b)) {
+            problems.push(format!("pipeline.max_batch must be in 1..=256, got {b}"));
         }
         if p.workers == Some(0) {
             problems.push("pipeline.workers must be at least 1".into());
@@ -894,10 +926,11 @@ impl Config {
         if p.solo_backlog == 0 {
             problems.push("pipeline.solo_backlog must be at least 1".into());
         }
-        if p.solo_backlog > p.max_batch && p.max_batch > 0 {
+        if p.solo_backlog > p.max_batch() && p.max_batch() > 0 {
             problems.push(format!(
                 "pipeline.solo_backlog must be at most pipeline.max_batch ({}), got {}: a longer backlog goes to the workers as batches",
-                p.max_batch, p.solo_backlog
+                p.max_batch(),
+                p.solo_backlog
             ));
         }
         if p.threads_per_worker == 0 {
@@ -1233,9 +1266,42 @@ mod tests {
     }
 
     #[test]
+    fn max_batch_defaults_to_one_only_for_cpu_inference() {
+        let resolved = |text: &str| {
+            let mut c: Config = toml::from_str(text).unwrap();
+            c.resolve_defaults();
+            c.validate().unwrap();
+            c.pipeline.max_batch()
+        };
+        assert_eq!(resolved(""), CPU_MAX_BATCH);
+        // ONNX Runtime runs on the CPU with GPU preprocessing too.
+        assert_eq!(
+            resolved("[pipeline]\npreprocess = \"cuda\"\n"),
+            CPU_MAX_BATCH
+        );
+        assert_eq!(
+            resolved("[backend]\nkind = \"triton\"\n"),
+            DEFAULT_MAX_BATCH
+        );
+        assert_eq!(
+            resolved("[backend]\nkind = \"synthetic\"\n"),
+            DEFAULT_MAX_BATCH
+        );
+        // A value that was set stays, whatever the backend.
+        assert_eq!(resolved("[pipeline]\nmax_batch = 8\n"), 8);
+        assert_eq!(
+            resolved("[backend]\nkind = \"triton\"\n[pipeline]\nmax_batch = 1\n"),
+            1
+        );
+        // A pipeline configured in code without resolving keeps 8.
+        assert_eq!(PipelineConfig::default().max_batch(), DEFAULT_MAX_BATCH);
+        assert_ne!(CPU_MAX_BATCH, DEFAULT_MAX_BATCH);
+    }
+
+    #[test]
     fn a_solo_backlog_beyond_a_full_batch_is_refused() {
         let mut config = Config::default();
-        config.pipeline.max_batch = 4;
+        config.pipeline.max_batch = Some(4);
         config.pipeline.solo_backlog = 4;
         config.validate().unwrap();
         config.pipeline.solo_backlog = 5;

@@ -224,7 +224,7 @@ impl ModelPipeline {
         let queue = Arc::new(IngressQueue::new(admission.hard_limit()));
         let shared = Arc::new(Shared::default());
         let policy = BatchPolicy {
-            max_batch: config.max_batch,
+            max_batch: config.max_batch(),
             max_delay: config.max_delay(),
             solo: false,
             solo_backlog: config.solo_backlog,
@@ -258,10 +258,10 @@ impl ModelPipeline {
             model,
             queue,
             admission,
-            budget: WaitBudget::new(config.max_queue_wait(), workers, config.max_batch),
+            budget: WaitBudget::new(config.max_queue_wait(), workers, config.max_batch()),
             shared,
             workers,
-            max_batch: config.max_batch,
+            max_batch: config.max_batch(),
             queue_capacity: config.queue_capacity,
             threads: Mutex::new(threads),
         })
@@ -1075,7 +1075,7 @@ mod tests {
     fn panicky_pipeline(max_batch: usize) -> Arc<ModelPipeline> {
         let config = PipelineConfig {
             workers: Some(1),
-            max_batch,
+            max_batch: Some(max_batch),
             ..PipelineConfig::default()
         };
         let factory: BackendFactory = Arc::new(|_| Ok(Box::new(Panicky) as Box<dyn Backend>));

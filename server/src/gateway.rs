@@ -79,7 +79,10 @@ pub fn synthetic_factory(config: crate::backend::synthetic::SyntheticConfig) -> 
 
 impl Gateway {
     /// Loads the models and starts their pipelines (they warm up in the
-    /// background; see [`Gateway::readiness`]).
+    /// background; see [`Gateway::readiness`]). `config` as the binary
+    /// runs it has been through [`Config::resolve_defaults`] (after the
+    /// file and the command line); left unset, `pipeline.max_batch` is 8
+    /// whatever the backend.
     pub fn start(
         config: Config,
         auth: Authenticator,

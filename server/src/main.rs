@@ -694,6 +694,7 @@ fn main() -> Result<()> {
             };
             let mut c = load_config(Some(&path))?;
             c.resolve_defaults();
+            c.validate()?;
             println!("{}", toml::to_string_pretty(&c)?);
             Ok(())
         }

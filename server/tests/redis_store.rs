@@ -376,6 +376,17 @@ async fn the_final_flush_does_not_wait_out_its_deadline_for_a_refused_tenant() {
         "the final flush waited {took:?} for a key no retry mends"
     );
     assert_eq!(store.window_frames("acme", 3_600).await.unwrap(), 1);
+    // With no time to wait at all (shutdown_flush_secs = 0) the refusal is
+    // still named, not taken for an unreachable store.
+    acc.handle("broken", "k", "m").record(100);
+    let left = first.flush_all(|| 3_600, Duration::ZERO).await;
+    assert_eq!(
+        left,
+        FlushLeft {
+            frames: 3,
+            refused: vec!["broken".into()]
+        }
+    );
     drop(first);
     let (_, replayed) = Wal::open(&dir.path().join("usage.wal")).unwrap();
     let kept: u64 = replayed
@@ -383,7 +394,7 @@ async fn the_final_flush_does_not_wait_out_its_deadline_for_a_refused_tenant() {
         .flat_map(|b| &b.deltas)
         .map(|d| d.frames)
         .sum();
-    assert_eq!(kept, 2, "the refused frames stay in the write-ahead file");
+    assert_eq!(kept, 3, "the refused frames stay in the write-ahead file");
 
     // An unreachable store is another matter: it may come back.
     let gone = UsageStore::Redis(

@@ -356,7 +356,7 @@ pub struct PipelineConfig {
     pub max_queue_wait_ms: u64,
     /// Largest batch handed to a backend. Default: 1 with the `onnx`
     /// backend (inference on this machine's CPU, also with `preprocess =
-    /// "cuda"`), 8 with `triton` (a GPU server gains from large batches) and
+    /// "cuda"`; `solo_backlog` if that is larger), 8 with `triton` (a GPU server gains from large batches) and
     /// `synthetic`. One-thread ONNX Runtime sessions run no faster per frame
     /// in batches, and every frame of a batch waits for the whole batch:
     /// against batches of 8, frames one at a time gave 4–5 % more frames/s
@@ -882,11 +882,16 @@ impl Config {
     /// Fills the defaults that depend on other sections (today
     /// `pipeline.max_batch`, by backend). Call it once the file and the
     /// command line have been applied.
+    /// With the `onnx` backend an unset `max_batch` is at least
+    /// `solo_backlog` (a backlog that runs solo fits in a batch).
     pub fn resolve_defaults(&mut self) {
         let backend = self.backend.kind;
-        self.pipeline
-            .max_batch
-            .get_or_insert_with(|| PipelineConfig::default_max_batch(backend));
+        let p = &mut self.pipeline;
+        let backlog = p.solo_backlog;
+        p.max_batch.get_or_insert_with(|| match backend {
+            BackendKind::Onnx => PipelineConfig::default_max_batch(backend).max(backlog),
+            _ => PipelineConfig::default_max_batch(backend),
+        });
     }
 
     /// Checks every field, collecting all problems.
@@ -1287,6 +1292,9 @@ mod tests {
             resolved("[backend]\nkind = \"synthetic\"\n"),
             DEFAULT_MAX_BATCH
         );
+        // A solo backlog (docs/benchmarks.md suggests 3 on a CPU gateway)
+        // still fits in a batch.
+        assert_eq!(resolved("[pipeline]\nsolo_backlog = 3\n"), 3);
         // A value that was set stays, whatever the backend.
         assert_eq!(resolved("[pipeline]\nmax_batch = 8\n"), 8);
         assert_eq!(

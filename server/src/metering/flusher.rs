@@ -496,7 +496,14 @@ impl Flusher {
     /// change that: the latest tick reached the store, and every tenant
     /// still pending is one it refused then. The refused tenants, or `None`.
     pub fn held_by_refusals(&self) -> Option<Vec<String>> {
-        if self.is_idle() || self.last_tick.failed || !self.sealed.is_empty() {
+        // Written ahead whole, and nothing else to drain: else a retry
+        // still has work (a rewrite of the file, a drain into it).
+        if self.is_idle()
+            || self.last_tick.failed
+            || !self.sealed.is_empty()
+            || self.wal_behind
+            || self.acc.undrained_frames() > 0
+        {
             return None;
         }
         let pending: std::collections::BTreeSet<&String> = self
@@ -522,11 +529,11 @@ impl Flusher {
             if let Err(e) = self.tick(now()).await {
                 tracing::error!(error = %e, "metering write-ahead file failed during the final flush");
             }
-            if self.is_idle() || tokio::time::Instant::now() >= end {
-                break;
-            }
             if let Some(tenants) = self.held_by_refusals() {
                 refused = tenants;
+                break;
+            }
+            if self.is_idle() || tokio::time::Instant::now() >= end {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

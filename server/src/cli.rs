@@ -9,7 +9,6 @@ use framegate::billing::stripe::StripeSender;
 use framegate::billing::{api_key, preview, MeterReporter};
 use framegate::config::Config;
 use framegate::metering::{open_store, unix_now, Metering};
-use framegate::usage::http::bucketize;
 use framegate::usage::UsageStore;
 
 #[derive(clap::Args)]
@@ -179,8 +178,7 @@ pub async fn usage(args: UsageArgs) -> Result<()> {
         g => bail!("granularity must be hour or day, got {g:?}"),
     };
     let to = args.to.unwrap_or_else(|| unix_now() + 3600);
-    let rows = store.rows(&args.tenant, args.from, to).await?;
-    let buckets = bucketize(&rows, secs);
+    let buckets = store.buckets(&args.tenant, args.from, to, secs).await?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({

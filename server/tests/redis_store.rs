@@ -25,6 +25,54 @@ fn delta(tenant: &str, model: &str, window: u64, frames: u64) -> UsageDelta {
     }
 }
 
+/// A tenant's usage in 1,300 one-minute windows (more than two of the
+/// store's reads of windows: the buckets must fold across them), read back
+/// in hours: `m` one frame a window, `m2` five frames in the first, and
+/// another tenant's frame that must not show.
+async fn check_buckets_over_many_windows(store: &UsageStore) {
+    let mut deltas: Vec<UsageDelta> = (0..1_300).map(|i| delta("t", "m", i * 60, 1)).collect();
+    deltas.push(delta("t", "m2", 0, 5));
+    deltas.push(delta("other", "m", 0, 7));
+    store
+        .apply(&FlushBatch {
+            id: "gw-b-1".into(),
+            deltas,
+        })
+        .await
+        .unwrap();
+    let b = store.buckets("t", 0, 1_300 * 60, 3_600).await.unwrap();
+    let of = |model: &str| -> Vec<(u64, u64)> {
+        b.iter()
+            .filter(|x| x.model == model)
+            .map(|x| (x.start, x.frames))
+            .collect()
+    };
+    let m = of("m");
+    assert_eq!(m.len(), 22, "21 full hours and 40 minutes");
+    assert!(m[..21].iter().all(|&(_, f)| f == 60), "{m:?}");
+    assert_eq!(m[21], (21 * 3_600, 40));
+    assert_eq!(of("m2"), [(0, 5)]);
+    assert_eq!(b.iter().map(|x| x.pixels).sum::<u64>(), 1_305 * 100);
+    // A range inside an hour: its windows only.
+    let part = store.buckets("t", 600, 1_200, 3_600).await.unwrap();
+    assert_eq!(part.len(), 1);
+    assert_eq!((part[0].start, part[0].frames), (0, 10));
+}
+
+#[tokio::test]
+async fn usage_buckets_fold_every_window_of_a_long_range() {
+    let redis = RedisServer::start();
+    let store =
+        UsageStore::Redis(RedisStore::connect(&redis.url(), Duration::from_secs(2)).unwrap());
+    check_buckets_over_many_windows(&store).await;
+    // The same on the embedded store.
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = UsageStore::Embedded(
+        framegate::usage::embedded::EmbeddedStore::open(&dir.path().join("u.redb")).unwrap(),
+    );
+    check_buckets_over_many_windows(&embedded).await;
+}
+
 /// The store on `redis`, where `tenant`'s windows key has the wrong type:
 /// its usage is refused until the key is deleted.
 fn store_refusing(redis: &RedisServer, tenant: &str) -> UsageStore {

@@ -173,11 +173,24 @@ impl EmbeddedStore {
         from: u64,
         to: u64,
     ) -> Result<Vec<UsageRow>, StoreError> {
+        self.fold_rows(tenant, from, to, Vec::new(), Vec::push)
+            .await
+    }
+
+    /// Folds the rows of `tenant` with `from <= window_start < to` into
+    /// `acc` one at a time, in one read transaction.
+    pub(super) async fn fold_rows<A: Send + 'static>(
+        &self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+        mut acc: A,
+        f: fn(&mut A, UsageRow),
+    ) -> Result<A, StoreError> {
         let tenant = tenant.to_string();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(USAGE).map_err(err)?;
-            let mut out = Vec::new();
             for item in t
                 .range((tenant.as_str(), from, "", "")..(tenant.as_str(), to, "", ""))
                 .map_err(err)?
@@ -185,15 +198,18 @@ impl EmbeddedStore {
                 let (k, v) = item.map_err(err)?;
                 let (_, window_start, model, key_id) = k.value();
                 let (frames, pixels) = v.value();
-                out.push(UsageRow {
-                    window_start,
-                    model: model.to_string(),
-                    key_id: key_id.to_string(),
-                    frames,
-                    pixels,
-                });
+                f(
+                    &mut acc,
+                    UsageRow {
+                        window_start,
+                        model: model.to_string(),
+                        key_id: key_id.to_string(),
+                        frames,
+                        pixels,
+                    },
+                );
             }
-            Ok(out)
+            Ok(acc)
         })
         .await
     }

@@ -5,7 +5,7 @@
 //! Answers what the store holds, so the newest `flush_interval` of usage
 //! may not be there yet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -18,23 +18,11 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::transport::http::error_response;
 
-use super::UsageRow;
+pub use super::Bucket;
+use super::{Buckets, UsageRow};
 
 /// Longest range one query may cover (a year and a day).
 const MAX_RANGE_SECS: u64 = 366 * 86_400;
-
-/// One bucket of the answer.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Bucket {
-    /// Bucket start, unix seconds.
-    pub start: u64,
-    /// Model.
-    pub model: String,
-    /// Frames delivered.
-    pub frames: u64,
-    /// Pixels of those frames.
-    pub pixels: u64,
-}
 
 /// The answer of a usage query.
 #[derive(Debug, Serialize)]
@@ -57,22 +45,11 @@ pub struct UsageReport {
 
 /// Groups stored rows into buckets of `bucket_secs` per model.
 pub fn bucketize(rows: &[UsageRow], bucket_secs: u64) -> Vec<Bucket> {
-    let mut map: BTreeMap<(u64, &str), (u64, u64)> = BTreeMap::new();
+    let mut fold = Buckets::new(bucket_secs);
     for r in rows {
-        let e = map
-            .entry((r.window_start - r.window_start % bucket_secs, &r.model))
-            .or_default();
-        e.0 += r.frames;
-        e.1 += r.pixels;
+        fold.add(r.clone());
     }
-    map.into_iter()
-        .map(|((start, model), (frames, pixels))| Bucket {
-            start,
-            model: model.to_string(),
-            frames,
-            pixels,
-        })
-        .collect()
+    fold.finish()
 }
 
 /// Parses `from`, `to` and `granularity`; `(from, to, bucket_secs, name)`.
@@ -114,20 +91,17 @@ pub async fn report(gw: &Gateway, tenant: &str, q: &HashMap<String, String>) -> 
     let Some(m) = gw.metering.as_ref() else {
         return error_response(&GatewayError::NotReady("metering is off".into()));
     };
-    match m.store.rows(tenant, from, to).await {
-        Ok(rows) => {
-            let buckets = bucketize(&rows, secs);
-            Json(UsageReport {
-                tenant: tenant.to_string(),
-                from,
-                to,
-                granularity,
-                frames: buckets.iter().map(|b| b.frames).sum(),
-                pixels: buckets.iter().map(|b| b.pixels).sum(),
-                buckets,
-            })
-            .into_response()
-        }
+    match m.store.buckets(tenant, from, to, secs).await {
+        Ok(buckets) => Json(UsageReport {
+            tenant: tenant.to_string(),
+            from,
+            to,
+            granularity,
+            frames: buckets.iter().map(|b| b.frames).sum(),
+            pixels: buckets.iter().map(|b| b.pixels).sum(),
+            buckets,
+        })
+        .into_response(),
         Err(e) => error_response(&GatewayError::NotReady(e.to_string())),
     }
 }

@@ -40,6 +40,57 @@ pub struct FlushBatch {
     pub deltas: Vec<UsageDelta>,
 }
 
+/// One bucket of a usage report: a model's usage over `bucket_secs`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Bucket {
+    /// Bucket start, unix seconds.
+    pub start: u64,
+    /// Model.
+    pub model: String,
+    /// Frames delivered.
+    pub frames: u64,
+    /// Pixels of those frames.
+    pub pixels: u64,
+}
+
+/// Rows folded into buckets of `secs` per model, one row at a time.
+#[derive(Debug)]
+pub struct Buckets {
+    secs: u64,
+    sums: std::collections::BTreeMap<(u64, String), (u64, u64)>,
+}
+
+impl Buckets {
+    /// No rows yet; buckets of `secs` seconds.
+    pub fn new(secs: u64) -> Self {
+        Self {
+            secs: secs.max(1),
+            sums: Default::default(),
+        }
+    }
+
+    /// Adds one row.
+    pub fn add(&mut self, r: UsageRow) {
+        let start = r.window_start - r.window_start % self.secs;
+        let e = self.sums.entry((start, r.model)).or_default();
+        e.0 += r.frames;
+        e.1 += r.pixels;
+    }
+
+    /// The buckets with usage, by start then model.
+    pub fn finish(self) -> Vec<Bucket> {
+        self.sums
+            .into_iter()
+            .map(|((start, model), (frames, pixels))| Bucket {
+                start,
+                model,
+                frames,
+                pixels,
+            })
+            .collect()
+    }
+}
+
 /// One stored (window, model, key) row of a tenant's usage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageRow {
@@ -156,6 +207,22 @@ impl UsageStore {
         period: u32,
     ) -> Result<Vec<u64>, StoreError> {
         dispatch!(self.period_totals(tenants, period))
+    }
+
+    /// The usage of `tenant` with `from <= window_start < to` in buckets of
+    /// `bucket_secs` per model, folded as the rows are read: a query over a
+    /// year of one-minute windows holds the buckets (at most a bucket per
+    /// hour and model), not every row at once.
+    pub async fn buckets(
+        &self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+        bucket_secs: u64,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        let fold = Buckets::new(bucket_secs);
+        let fold = dispatch!(self.fold_rows(tenant, from, to, fold, Buckets::add))?;
+        Ok(fold.finish())
     }
 
     /// Rows of `tenant` with `from <= window_start < to`.

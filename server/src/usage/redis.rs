@@ -179,6 +179,9 @@ fn tag(tenant: &str) -> String {
     format!("fg:{{{tenant}}}")
 }
 
+/// Windows whose hashes one pipeline of a usage query reads.
+const ROWS_PER_READ: usize = 512;
+
 impl RedisStore {
     /// Connects lazily to `url` (`redis://host:port/db`): the gateway starts
     /// while Redis is down and the flusher retries until it is back.
@@ -327,6 +330,22 @@ impl RedisStore {
         from: u64,
         to: u64,
     ) -> Result<Vec<UsageRow>, StoreError> {
+        self.fold_rows(tenant, from, to, Vec::new(), Vec::push)
+            .await
+    }
+
+    /// Folds the rows of `tenant` with `from <= window_start < to` into
+    /// `acc`, reading the windows' hashes [`ROWS_PER_READ`] windows a
+    /// pipeline: a year of one-minute windows is half a million hashes,
+    /// which one reply would hold in memory at once.
+    pub(super) async fn fold_rows<A>(
+        &self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+        mut acc: A,
+        f: fn(&mut A, UsageRow),
+    ) -> Result<A, StoreError> {
         let t = tag(tenant);
         let mut conn = self.conn.clone();
         let windows: Vec<u64> = redis::cmd("ZRANGEBYSCORE")
@@ -335,37 +354,38 @@ impl RedisStore {
             .arg(format!("({to}"))
             .query_async(&mut conn)
             .await?;
-        if windows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for w in &windows {
-            pipe.cmd("HGETALL").arg(format!("{t}:u:{w}"));
-        }
-        let hashes: Vec<std::collections::HashMap<String, u64>> =
-            pipe.query_async(&mut conn).await?;
-        let mut out = Vec::new();
-        for (w, fields) in windows.iter().zip(hashes) {
-            let mut rows: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-            for (field, v) in fields {
-                if let Some(series) = field.strip_prefix("f:") {
-                    rows.entry(series.to_string()).or_default().0 = v;
-                } else if let Some(series) = field.strip_prefix("p:") {
-                    rows.entry(series.to_string()).or_default().1 = v;
+        for chunk in windows.chunks(ROWS_PER_READ) {
+            let mut pipe = redis::pipe();
+            for w in chunk {
+                pipe.cmd("HGETALL").arg(format!("{t}:u:{w}"));
+            }
+            let hashes: Vec<std::collections::HashMap<String, u64>> =
+                pipe.query_async(&mut conn).await?;
+            for (w, fields) in chunk.iter().zip(hashes) {
+                let mut rows: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+                for (field, v) in fields {
+                    if let Some(series) = field.strip_prefix("f:") {
+                        rows.entry(series.to_string()).or_default().0 = v;
+                    } else if let Some(series) = field.strip_prefix("p:") {
+                        rows.entry(series.to_string()).or_default().1 = v;
+                    }
+                }
+                for (series, (frames, pixels)) in rows {
+                    let (model, key_id) = series.split_once('\t').unwrap_or((&series, ""));
+                    f(
+                        &mut acc,
+                        UsageRow {
+                            window_start: *w,
+                            model: model.to_string(),
+                            key_id: key_id.to_string(),
+                            frames,
+                            pixels,
+                        },
+                    );
                 }
             }
-            for (series, (frames, pixels)) in rows {
-                let (model, key_id) = series.split_once('\t').unwrap_or((&series, ""));
-                out.push(UsageRow {
-                    window_start: *w,
-                    model: model.to_string(),
-                    key_id: key_id.to_string(),
-                    frames,
-                    pixels,
-                });
-            }
         }
-        Ok(out)
+        Ok(acc)
     }
 
     pub(super) async fn unbilled(&self, tenant: &str, before: u64) -> Result<Vec<u64>, StoreError> {

@@ -336,6 +336,13 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.frames).sum::<u64>(), 5);
         assert_eq!(rows[0].pixels, 30);
         assert_eq!(store.window_frames("a", 60).await.unwrap(), 3);
+        // Folded into buckets as read: both windows in the first hour, not
+        // tenant b's.
+        let b = store.buckets("a", 0, 1000, 3600).await.unwrap();
+        assert_eq!(
+            b.iter().map(|x| (x.start, x.frames)).collect::<Vec<_>>(),
+            [(0, 5)]
+        );
         assert_eq!(store.unbilled("a", 1000).await.unwrap(), vec![60, 120]);
         assert_eq!(store.unbilled("a", 100).await.unwrap(), vec![60]);
         let p = crate::metering::period_of(60);

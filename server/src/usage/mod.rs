@@ -61,7 +61,7 @@ pub struct Buckets {
 }
 
 impl Buckets {
-    /// No rows yet; buckets of `secs` seconds.
+    /// No rows yet; buckets of `secs` seconds (0 is taken as 1).
     pub fn new(secs: u64) -> Self {
         Self {
             secs: secs.max(1),

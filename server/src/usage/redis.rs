@@ -179,8 +179,9 @@ fn tag(tenant: &str) -> String {
     format!("fg:{{{tenant}}}")
 }
 
-/// Windows whose hashes one pipeline of a usage query reads.
-const ROWS_PER_READ: usize = 512;
+/// Windows whose hashes one pipeline of a usage query reads (each hash
+/// holds a row per model and key of its window).
+const WINDOWS_PER_READ: usize = 512;
 
 impl RedisStore {
     /// Connects lazily to `url` (`redis://host:port/db`): the gateway starts
@@ -335,9 +336,10 @@ impl RedisStore {
     }
 
     /// Folds the rows of `tenant` with `from <= window_start < to` into
-    /// `acc`, reading the windows' hashes [`ROWS_PER_READ`] windows a
+    /// `acc`, reading the windows' hashes [`WINDOWS_PER_READ`] windows a
     /// pipeline: a year of one-minute windows is half a million hashes,
-    /// which one reply would hold in memory at once.
+    /// which one reply would hold in memory at once (their starts, 8 bytes
+    /// each, still come in one reply).
     pub(super) async fn fold_rows<A>(
         &self,
         tenant: &str,
@@ -354,7 +356,7 @@ impl RedisStore {
             .arg(format!("({to}"))
             .query_async(&mut conn)
             .await?;
-        for chunk in windows.chunks(ROWS_PER_READ) {
+        for chunk in windows.chunks(WINDOWS_PER_READ) {
             let mut pipe = redis::pipe();
             for w in chunk {
                 pipe.cmd("HGETALL").arg(format!("{t}:u:{w}"));

@@ -167,16 +167,6 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn rows(
-        &self,
-        tenant: &str,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<UsageRow>, StoreError> {
-        self.fold_rows(tenant, from, to, Vec::new(), Vec::push)
-            .await
-    }
-
     /// Folds the rows of `tenant` with `from <= window_start < to` into
     /// `acc` one at a time, in one read transaction.
     pub(super) async fn fold_rows<A: Send + 'static>(

@@ -19,7 +19,6 @@ use crate::gateway::Gateway;
 use crate::transport::http::error_response;
 
 pub use super::Bucket;
-use super::{Buckets, UsageRow};
 
 /// Longest range one query may cover (a year and a day).
 const MAX_RANGE_SECS: u64 = 366 * 86_400;
@@ -41,15 +40,6 @@ pub struct UsageReport {
     pub frames: u64,
     /// Pixels over the whole range.
     pub pixels: u64,
-}
-
-/// Groups stored rows into buckets of `bucket_secs` per model.
-pub fn bucketize(rows: &[UsageRow], bucket_secs: u64) -> Vec<Bucket> {
-    let mut fold = Buckets::new(bucket_secs);
-    for r in rows {
-        fold.add(r.clone());
-    }
-    fold.finish()
 }
 
 /// Parses `from`, `to` and `granularity`; `(from, to, bucket_secs, name)`.
@@ -133,6 +123,7 @@ pub async fn usage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{Buckets, UsageRow};
 
     #[test]
     fn rows_group_into_hours_per_model() {
@@ -149,6 +140,13 @@ mod tests {
             row(3600, "a", 4),
             row(3660, "b", 8),
         ];
+        let bucketize = |rows: &[UsageRow], secs| {
+            let mut fold = Buckets::new(secs);
+            for r in rows {
+                fold.add(r.clone());
+            }
+            fold.finish()
+        };
         let b = bucketize(&rows, 3600);
         assert_eq!(b.len(), 3);
         assert_eq!((b[0].start, b[0].frames, b[0].pixels), (0, 3, 6));

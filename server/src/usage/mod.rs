@@ -232,7 +232,7 @@ impl UsageStore {
         from: u64,
         to: u64,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        dispatch!(self.rows(tenant, from, to))
+        dispatch!(self.fold_rows(tenant, from, to, Vec::new(), Vec::push))
     }
 
     /// Windows of `tenant` with usage not yet fully reported, starting before `before`.

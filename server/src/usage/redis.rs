@@ -325,16 +325,6 @@ impl RedisStore {
         Ok(totals.into_iter().map(|t| t.unwrap_or(0)).collect())
     }
 
-    pub(super) async fn rows(
-        &self,
-        tenant: &str,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<UsageRow>, StoreError> {
-        self.fold_rows(tenant, from, to, Vec::new(), Vec::push)
-            .await
-    }
-
     /// Folds the rows of `tenant` with `from <= window_start < to` into
     /// `acc`, reading the windows' hashes [`WINDOWS_PER_READ`] windows a
     /// pipeline: a year of one-minute windows is half a million hashes,

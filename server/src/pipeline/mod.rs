@@ -159,6 +159,10 @@ struct Shared {
     /// now (its producer passed the closed check just before the close)
     /// has nobody to take it, and is answered by whoever sees it.
     stopped: AtomicBool,
+    /// A worker's wake-up is put off to the end of the runtime thread's
+    /// round of ready tasks (see [`ModelPipeline::wake_a_worker`]) and not
+    /// done yet.
+    wake_put_off: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -503,7 +507,7 @@ impl ModelPipeline {
         // workers, the parked-list protocol in [`idle`] loses no wake-up.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.shared.idle_workers.load(Ordering::SeqCst) > 0 {
-            self.shared.sleepers.wake_one_after_publish();
+            self.wake_a_worker();
         }
         // The same fence orders the push before this load against
         // `shutdown`'s store and drain: either the drain finds the frame or
@@ -511,6 +515,42 @@ impl ModelPipeline {
         if self.shared.stopped.load(Ordering::SeqCst) {
             self.answer_leftovers();
         }
+    }
+
+    /// Wakes a parked worker for the frame just queued. With batches of
+    /// one, or a full batch waiting, or outside a Tokio runtime: at once.
+    /// Otherwise the wake-up waits until the runtime thread has run the
+    /// tasks that were ready (Tokio's `yield_now`: it runs again when the
+    /// thread has nothing else ready, or at its next look at the sockets,
+    /// after at most 61 other tasks), so one wake-up hands a worker every
+    /// frame the sessions queued meanwhile instead of one thread switch
+    /// per frame. A frame that meets an idle gateway loses only the time
+    /// the task takes to be polled twice.
+    ///
+    /// No wake-up is lost: the put-off one is done by a task that holds a
+    /// [`PutOffWake`], which wakes when the task ends or is dropped
+    /// unpolled (a runtime shutting down); a frame queued while one is
+    /// pending is covered by it, since the task takes the flag after that
+    /// frame's push (a read-modify-write reads the latest value).
+    fn wake_a_worker(&self) {
+        let at_once = self.max_batch <= 1 || self.queue.len() >= self.max_batch;
+        let runtime = if at_once {
+            None
+        } else {
+            tokio::runtime::Handle::try_current().ok()
+        };
+        let Some(runtime) = runtime else {
+            self.shared.sleepers.wake_one_after_publish();
+            return;
+        };
+        if self.shared.wake_put_off.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let wake = PutOffWake(self.shared.clone());
+        runtime.spawn(async move {
+            tokio::task::yield_now().await;
+            drop(wake);
+        });
     }
 
     /// Answers what is still in the ingress queue once the workers are
@@ -532,17 +572,37 @@ impl Drop for ModelPipeline {
     }
 }
 
-/// Yields a free worker tries before parking when the queue is empty.
-/// Under load the next frame follows within microseconds, and parking costs
-/// two context switches (a park and the producer's wake-up). Gateway-only
-/// A/B with the batcher thread (synthetic backend, WebSocket, 2 cores, two
-/// rounds): 4 yields 28.3–28.4 µs of gateway CPU per frame, 32 yields
-/// 33.0–34.5, none 32.7–33.2.
+/// A worker's wake-up put off by [`ModelPipeline::wake_a_worker`]: done
+/// when this is dropped, by the task that holds it or with it.
+struct PutOffWake(Arc<Shared>);
+
+impl Drop for PutOffWake {
+    fn drop(&mut self) {
+        if self.0.wake_put_off.swap(false, Ordering::SeqCst) {
+            self.0.sleepers.wake_one_after_publish();
+        }
+    }
+}
+
+/// Yields a free worker tries before parking when the queue is empty, with
+/// batches of one. Under load the next frame follows within microseconds,
+/// and parking costs two context switches (a park and the producer's
+/// wake-up). Gateway-only A/B with the batcher thread (synthetic backend,
+/// WebSocket, 2 cores, two rounds): 4 yields 28.3–28.4 µs of gateway CPU
+/// per frame, 32 yields 33.0–34.5, none 32.7–33.2. With larger batches a
+/// worker parks at once: its wake-up is put off until the runtime thread
+/// has queued what it had ready ([`ModelPipeline::wake_a_worker`]), and a
+/// yielding worker would take the frames one at a time before that.
 const IDLE_YIELDS: usize = 4;
 
 /// Longest a free worker parks before it looks at the queue again. Nothing
 /// relies on it ([`idle`] loses no wake-up); it bounds the cost of a bug.
-const IDLE_PARK: Duration = Duration::from_millis(100);
+/// (A minute in unit tests, so a lost wake-up shows as a hang.)
+const IDLE_PARK: Duration = if cfg!(test) {
+    Duration::from_secs(60)
+} else {
+    Duration::from_millis(100)
+};
 
 /// Forms the calling worker's next batch: moves what the ingress queue holds
 /// into the tenants' FIFOs (the scheduler must see every tenant waiting to
@@ -596,7 +656,7 @@ fn next_batch(ctx: &WorkerContext) -> Option<Batch> {
             Decision::Idle => {
                 let nothing_pending = pending.is_empty();
                 drop(pending);
-                if idle > 0 && nothing_pending {
+                if idle > 0 && nothing_pending && ctx.policy.max_batch <= 1 {
                     for _ in 0..IDLE_YIELDS {
                         if !queue.is_empty() || queue.is_closed() {
                             break;
@@ -1161,6 +1221,112 @@ mod tests {
                 "round {round}: the frame was freed on another thread (the worker)"
             );
         }
+        pipeline.shutdown();
+    }
+
+    /// Takes encoded frames, answers each with no boxes, and records the
+    /// size of every batch it gets.
+    struct Recorder(Arc<Mutex<Vec<usize>>>);
+
+    impl Backend for Recorder {
+        fn kind(&self) -> &'static str {
+            "recorder"
+        }
+        fn infer(
+            &mut self,
+            _: &[f32],
+            _: usize,
+            _: &mut dyn FnMut(&[crate::backend::TensorView<'_>]) -> Result<(), GatewayError>,
+        ) -> Result<(), GatewayError> {
+            Ok(())
+        }
+        fn input(&self) -> BackendInput {
+            BackendInput::Encoded { decode: false }
+        }
+        fn detect_encoded(
+            &mut self,
+            frames: &[EncodedFrame<'_>],
+            out: &mut Vec<Vec<RawDetection>>,
+        ) -> Result<(), GatewayError> {
+            self.0.lock().unwrap().push(frames.len());
+            out.extend(frames.iter().map(|_| Vec::new()));
+            Ok(())
+        }
+    }
+
+    /// With batches of more than one, a frame queued by a runtime's task
+    /// wakes a worker once the runtime thread has run what it had ready,
+    /// so the frames it queued meanwhile go as one batch (one thread switch
+    /// for the lot); and the put-off wake-up is not lost when the runtime
+    /// goes away before it runs. (A lost one would leave the worker parked
+    /// for [`IDLE_PARK`], a minute here.)
+    #[test]
+    fn frames_queued_in_one_go_wake_a_worker_once_for_the_lot() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let config = PipelineConfig {
+            workers: Some(1),
+            max_batch: Some(8),
+            ..PipelineConfig::default()
+        };
+        let recorded = batches.clone();
+        let factory: BackendFactory =
+            Arc::new(move |_| Ok(Box::new(Recorder(recorded.clone())) as Box<dyn Backend>));
+        let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, factory);
+        assert_eq!(
+            pipeline.wait_ready(Duration::from_secs(30)),
+            Readiness::Ready
+        );
+        let tenant = pipeline.tenant("t", 1);
+        let dog = bytes::Bytes::from_static(include_bytes!("../../tests/data/dog.jpg"));
+        let frame = || decode::probe(None, 0, 0, dog.clone(), &LIMITS).unwrap();
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        let rt = runtime();
+        let answered = rt.block_on(async {
+            let mut answers = Vec::new();
+            for _ in 0..5 {
+                answers.push(pipeline.submit(&tenant, frame(), Instant::now()).unwrap());
+                // Far longer than a wake-up takes: a worker woken at once
+                // would take this frame alone.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(
+                pipeline.frames_inferred(),
+                0,
+                "a worker ran a frame before the task let the runtime go on"
+            );
+            let mut answered = 0;
+            for a in answers {
+                let r = tokio::time::timeout(Duration::from_secs(10), a).await;
+                assert!(matches!(r, Ok(Ok(Ok(_)))), "{r:?}");
+                answered += 1;
+            }
+            answered
+        });
+        assert_eq!(answered, 5);
+        assert_eq!(*batches.lock().unwrap(), vec![5], "one batch for the lot");
+        // The runtime ends before the task that does the put-off wake-up
+        // runs: dropping that task wakes the worker (parked by now).
+        std::thread::sleep(Duration::from_millis(50));
+        let gone = runtime();
+        let answer = gone.block_on(async { pipeline.submit(&tenant, frame(), Instant::now()) });
+        drop(gone);
+        let r = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), answer.unwrap()).await
+        });
+        assert!(
+            matches!(r, Ok(Ok(Ok(_)))),
+            "the put-off wake-up was lost: {r:?}"
+        );
+        // Outside a runtime there is nothing to put it off to: at once.
+        let answer = pipeline.submit(&tenant, frame(), Instant::now()).unwrap();
+        let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), answer).await });
+        assert!(matches!(r, Ok(Ok(Ok(_)))), "{r:?}");
+        assert_eq!(*batches.lock().unwrap(), vec![5, 1, 1]);
         pipeline.shutdown();
     }
 

@@ -3,7 +3,9 @@
 //! There is no batcher thread: a worker that is free forms its own next
 //! batch from the ingress queue (`next_batch` in the pipeline). A worker
 //! with nothing to run registers here and parks; a transport that queues a
-//! frame while some worker is idle wakes one registered worker. A frame
+//! frame while some worker is idle wakes one registered worker (with
+//! batches of more than one, once its runtime thread has run the tasks that
+//! were ready: `ModelPipeline::wake_a_worker`). A frame
 //! then crosses two threads (the transport's task, the worker) instead of
 //! three, and each thread switch is a context switch on a machine whose
 //! cores are busy.

@@ -159,10 +159,6 @@ struct Shared {
     /// now (its producer passed the closed check just before the close)
     /// has nobody to take it, and is answered by whoever sees it.
     stopped: AtomicBool,
-    /// A worker's wake-up is put off to the end of the runtime thread's
-    /// round of ready tasks (see [`ModelPipeline::wake_a_worker`]) and not
-    /// done yet.
-    wake_put_off: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -517,36 +513,49 @@ impl ModelPipeline {
         }
     }
 
-    /// Wakes a parked worker for the frame just queued. With batches of
-    /// one, or a full batch waiting, or outside a Tokio runtime: at once.
-    /// Otherwise the wake-up waits until the runtime thread has run the
-    /// tasks that were ready (Tokio's `yield_now`: it runs again when the
-    /// thread has nothing else ready, or at its next look at the sockets,
-    /// after at most 61 other tasks), so one wake-up hands a worker every
-    /// frame the sessions queued meanwhile instead of one thread switch
-    /// per frame. A frame that meets an idle gateway loses only the time
-    /// the task takes to be polled twice.
+    /// Wakes a parked worker for the frame just queued. At once with
+    /// batches of one, with a full batch admitted and not yet taken, or
+    /// outside a Tokio runtime. Otherwise the wake-up waits until the
+    /// runtime thread that queued the frame has run the tasks that were
+    /// ready: a task awaits Tokio's `yield_now`, which resumes it once the
+    /// thread runs out of ready tasks or next looks at its sockets and
+    /// timers (every 61 scheduler ticks while it has work). One wake-up
+    /// then hands a worker every frame the thread's sessions queued
+    /// meanwhile, instead of one thread switch per frame. A frame that
+    /// meets an idle gateway loses only the time that task takes to run.
     ///
-    /// No wake-up is lost: the put-off one is done by a task that holds a
-    /// [`PutOffWake`], which wakes when the task ends or is dropped
-    /// unpolled (a runtime shutting down); a frame queued while one is
-    /// pending is covered by it, since the task takes the flag after that
-    /// frame's push (a read-modify-write reads the latest value).
+    /// What is put off is per runtime thread (see [`PUT_OFF`]): a runtime
+    /// that is not being driven holds back only the frames queued from its
+    /// own thread, not those of other threads.
+    ///
+    /// No wake-up is lost: the put-off one is done by the task's
+    /// [`PutOffWake`], when the task ends or is dropped unpolled (a runtime
+    /// shutting down). A frame this thread queues while one is pending is
+    /// covered by it: the task clears the flag with a read-modify-write,
+    /// which reads the latest value, after that frame's push.
     fn wake_a_worker(&self) {
-        let at_once = self.max_batch <= 1 || self.queue.len() >= self.max_batch;
+        let at_once = self.max_batch <= 1 || self.admission.queued() >= self.max_batch;
         let runtime = if at_once {
             None
         } else {
             tokio::runtime::Handle::try_current().ok()
         };
-        let Some(runtime) = runtime else {
+        let put_off = runtime.and_then(|rt| {
+            PUT_OFF
+                .try_with(|p| put_off_here(&mut p.borrow_mut(), &self.shared))
+                .ok()
+                .map(|flag| (rt, flag))
+        });
+        let Some((runtime, flag)) = put_off else {
             self.shared.sleepers.wake_one_after_publish();
             return;
         };
-        if self.shared.wake_put_off.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let wake = PutOffWake(self.shared.clone());
+        // Already put off on this thread: that task covers this frame.
+        let Some(flag) = flag else { return };
+        let wake = PutOffWake {
+            shared: self.shared.clone(),
+            flag,
+        };
         runtime.spawn(async move {
             tokio::task::yield_now().await;
             drop(wake);
@@ -572,14 +581,46 @@ impl Drop for ModelPipeline {
     }
 }
 
+thread_local! {
+    /// The pipelines this thread has put a worker's wake-up off for, each
+    /// with its flag: set while the wake-up is pending. The `Weak` keeps
+    /// the pipeline's allocation, so its address is not reused while the
+    /// entry lasts; entries of pipelines gone are dropped as others come.
+    static PUT_OFF: std::cell::RefCell<Vec<(std::sync::Weak<Shared>, Arc<AtomicBool>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sets this thread's put-off flag for `shared`: the flag, when it was not
+/// set (the caller spawns the task that does the wake-up); `None` when a
+/// wake-up is pending already.
+fn put_off_here(
+    entries: &mut Vec<(std::sync::Weak<Shared>, Arc<AtomicBool>)>,
+    shared: &Arc<Shared>,
+) -> Option<Arc<AtomicBool>> {
+    let found = entries
+        .iter()
+        .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)))
+        .map(|(_, f)| f.clone());
+    let flag = found.unwrap_or_else(|| {
+        entries.retain(|(w, _)| w.strong_count() > 0);
+        let f = Arc::new(AtomicBool::new(false));
+        entries.push((Arc::downgrade(shared), f.clone()));
+        f
+    });
+    (!flag.swap(true, Ordering::SeqCst)).then_some(flag)
+}
+
 /// A worker's wake-up put off by [`ModelPipeline::wake_a_worker`]: done
 /// when this is dropped, by the task that holds it or with it.
-struct PutOffWake(Arc<Shared>);
+struct PutOffWake {
+    shared: Arc<Shared>,
+    flag: Arc<AtomicBool>,
+}
 
 impl Drop for PutOffWake {
     fn drop(&mut self) {
-        if self.0.wake_put_off.swap(false, Ordering::SeqCst) {
-            self.0.sleepers.wake_one_after_publish();
+        if self.flag.swap(false, Ordering::SeqCst) {
+            self.shared.sleepers.wake_one_after_publish();
         }
     }
 }
@@ -596,8 +637,10 @@ impl Drop for PutOffWake {
 const IDLE_YIELDS: usize = 4;
 
 /// Longest a free worker parks before it looks at the queue again. Nothing
-/// relies on it ([`idle`] loses no wake-up); it bounds the cost of a bug.
-/// (A minute in unit tests, so a lost wake-up shows as a hang.)
+/// relies on it ([`idle`] loses no wake-up, nor does a put-off one while
+/// its runtime is driven or dropped); it bounds the cost of a bug, or of a
+/// runtime that queued a frame and then is neither driven nor dropped.
+/// (A minute in unit tests, so a lost wake-up fails the tests' limits.)
 const IDLE_PARK: Duration = if cfg!(test) {
     Duration::from_secs(60)
 } else {
@@ -647,7 +690,8 @@ fn next_batch(ctx: &WorkerContext) -> Option<Batch> {
             Decision::WaitUntil(_) if closed => (pending.len().min(ctx.policy.max_batch), false),
             Decision::WaitUntil(t) => {
                 drop(pending);
-                // Batch-mates may come; a producer wakes us for each.
+                // Batch-mates may come; a producer wakes us (see
+                // `ModelPipeline::wake_a_worker`).
                 shared.sleepers.wait(Some(t), || {
                     !queue.is_empty() || queue.is_closed() || handed_on()
                 });
@@ -1257,9 +1301,10 @@ mod tests {
     /// With batches of more than one, a frame queued by a runtime's task
     /// wakes a worker once the runtime thread has run what it had ready,
     /// so the frames it queued meanwhile go as one batch (one thread switch
-    /// for the lot); and the put-off wake-up is not lost when the runtime
-    /// goes away before it runs. (A lost one would leave the worker parked
-    /// for [`IDLE_PARK`], a minute here.)
+    /// for the lot). What is put off on one thread does not hold back
+    /// another's frames, and is not lost when its runtime goes away before
+    /// it runs. (A lost wake-up would leave the worker parked for
+    /// [`IDLE_PARK`], a minute here: the answers' 10 s limits fail first.)
     #[test]
     fn frames_queued_in_one_go_wake_a_worker_once_for_the_lot() {
         let batches = Arc::new(Mutex::new(Vec::new()));
@@ -1285,8 +1330,25 @@ mod tests {
                 .build()
                 .unwrap()
         };
+        let answered = |rt: &tokio::runtime::Runtime, answer: Answer| {
+            let r =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), answer).await });
+            matches!(r, Ok(Ok(Ok(_))))
+        };
+        // Each step starts with the worker parked.
+        let parked = || {
+            let t0 = Instant::now();
+            while pipeline.shared.sleepers.parked() == 0 {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "the worker never parked"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
         let rt = runtime();
-        let answered = rt.block_on(async {
+        parked();
+        let answers = rt.block_on(async {
             let mut answers = Vec::new();
             for _ in 0..5 {
                 answers.push(pipeline.submit(&tenant, frame(), Instant::now()).unwrap());
@@ -1299,34 +1361,54 @@ mod tests {
                 0,
                 "a worker ran a frame before the task let the runtime go on"
             );
-            let mut answered = 0;
-            for a in answers {
-                let r = tokio::time::timeout(Duration::from_secs(10), a).await;
-                assert!(matches!(r, Ok(Ok(Ok(_)))), "{r:?}");
-                answered += 1;
-            }
-            answered
+            answers
         });
-        assert_eq!(answered, 5);
+        for a in answers {
+            assert!(answered(&rt, a), "one of the five was not answered");
+        }
         assert_eq!(*batches.lock().unwrap(), vec![5], "one batch for the lot");
-        // The runtime ends before the task that does the put-off wake-up
-        // runs: dropping that task wakes the worker (parked by now).
-        std::thread::sleep(Duration::from_millis(50));
-        let gone = runtime();
-        let answer = gone.block_on(async { pipeline.submit(&tenant, frame(), Instant::now()) });
-        drop(gone);
-        let r = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), answer.unwrap()).await
+
+        // A runtime not driven after queuing a frame holds back only its
+        // own thread's wake-up: a frame queued on another thread wakes the
+        // worker, which takes both.
+        parked();
+        let stuck = runtime();
+        let held = stuck
+            .block_on(async { pipeline.submit(&tenant, frame(), Instant::now()) })
+            .unwrap();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let other = runtime();
+                    let answer = other
+                        .block_on(async { pipeline.submit(&tenant, frame(), Instant::now()) })
+                        .unwrap();
+                    assert!(
+                        answered(&other, answer),
+                        "another thread's put-off wake-up held this one back"
+                    );
+                })
+                .join()
+                .unwrap();
         });
-        assert!(
-            matches!(r, Ok(Ok(Ok(_)))),
-            "the put-off wake-up was lost: {r:?}"
-        );
+        assert!(answered(&rt, held));
+        drop(stuck);
+        assert_eq!(*batches.lock().unwrap(), vec![5, 2]);
+
+        // The runtime ends before the task that does the put-off wake-up
+        // runs: dropping that task wakes the worker.
+        parked();
+        let gone = runtime();
+        let answer = gone
+            .block_on(async { pipeline.submit(&tenant, frame(), Instant::now()) })
+            .unwrap();
+        drop(gone);
+        assert!(answered(&rt, answer), "the put-off wake-up was lost");
         // Outside a runtime there is nothing to put it off to: at once.
+        parked();
         let answer = pipeline.submit(&tenant, frame(), Instant::now()).unwrap();
-        let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), answer).await });
-        assert!(matches!(r, Ok(Ok(Ok(_)))), "{r:?}");
-        assert_eq!(*batches.lock().unwrap(), vec![5, 1, 1]);
+        assert!(answered(&rt, answer));
+        assert_eq!(*batches.lock().unwrap(), vec![5, 2, 1, 1]);
         pipeline.shutdown();
     }
 

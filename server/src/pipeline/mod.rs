@@ -1139,8 +1139,10 @@ mod tests {
     use crate::pipeline::postprocess::RawDetection;
 
     /// Takes encoded frames; panics on the frames whose payload ends in
-    /// `PANIC`, answers the others with no boxes.
-    struct Panicky;
+    /// `PANIC`, answers the others with no boxes, and records the size of
+    /// every batch it gets.
+    #[derive(Default)]
+    struct Panicky(Arc<Mutex<Vec<usize>>>);
 
     impl Backend for Panicky {
         fn kind(&self) -> &'static str {
@@ -1162,6 +1164,7 @@ mod tests {
             frames: &[EncodedFrame<'_>],
             out: &mut Vec<Vec<RawDetection>>,
         ) -> Result<(), GatewayError> {
+            self.0.lock().unwrap().push(frames.len());
             for f in frames {
                 assert!(!f.payload.ends_with(b"PANIC"), "the test's panic");
                 out.push(Vec::new());
@@ -1182,7 +1185,8 @@ mod tests {
             max_batch: Some(max_batch),
             ..PipelineConfig::default()
         };
-        let factory: BackendFactory = Arc::new(|_| Ok(Box::new(Panicky) as Box<dyn Backend>));
+        let factory: BackendFactory =
+            Arc::new(|_| Ok(Box::new(Panicky::default()) as Box<dyn Backend>));
         let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, factory);
         assert_eq!(
             pipeline.wait_ready(Duration::from_secs(30)),
@@ -1268,36 +1272,6 @@ mod tests {
         pipeline.shutdown();
     }
 
-    /// Takes encoded frames, answers each with no boxes, and records the
-    /// size of every batch it gets.
-    struct Recorder(Arc<Mutex<Vec<usize>>>);
-
-    impl Backend for Recorder {
-        fn kind(&self) -> &'static str {
-            "recorder"
-        }
-        fn infer(
-            &mut self,
-            _: &[f32],
-            _: usize,
-            _: &mut dyn FnMut(&[crate::backend::TensorView<'_>]) -> Result<(), GatewayError>,
-        ) -> Result<(), GatewayError> {
-            Ok(())
-        }
-        fn input(&self) -> BackendInput {
-            BackendInput::Encoded { decode: false }
-        }
-        fn detect_encoded(
-            &mut self,
-            frames: &[EncodedFrame<'_>],
-            out: &mut Vec<Vec<RawDetection>>,
-        ) -> Result<(), GatewayError> {
-            self.0.lock().unwrap().push(frames.len());
-            out.extend(frames.iter().map(|_| Vec::new()));
-            Ok(())
-        }
-    }
-
     /// With batches of more than one, a frame queued by a runtime's task
     /// wakes a worker once the runtime thread has run what it had ready,
     /// so the frames it queued meanwhile go as one batch (one thread switch
@@ -1315,7 +1289,7 @@ mod tests {
         };
         let recorded = batches.clone();
         let factory: BackendFactory =
-            Arc::new(move |_| Ok(Box::new(Recorder(recorded.clone())) as Box<dyn Backend>));
+            Arc::new(move |_| Ok(Box::new(Panicky(recorded.clone())) as Box<dyn Backend>));
         let pipeline = ModelPipeline::start(LoadedModel::bundled().unwrap(), &config, factory);
         assert_eq!(
             pipeline.wait_ready(Duration::from_secs(30)),
